@@ -1,0 +1,89 @@
+//! Everything HTTP: the router, the error type and one module per resource. Docker-style
+//! PascalCase DTOs live here and nowhere else.
+
+mod error;
+mod logs;
+mod prechecks;
+mod system;
+mod uploads;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequest};
+use axum::http::{Method, Uri};
+use axum::routing::{get, post};
+use uuid::Uuid;
+
+pub use error::ApiError;
+
+use crate::server::AppState;
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(system::health))
+        .route("/api/v1/queue", get(system::queue))
+        .route(
+            "/api/v1/uploads",
+            // The upload handler enforces `server.max_upload_size` itself, while streaming.
+            post(uploads::create)
+                .layer(DefaultBodyLimit::disable())
+                .get(uploads::list),
+        )
+        .route(
+            "/api/v1/uploads/{id}",
+            get(uploads::inspect).delete(uploads::delete),
+        )
+        .route(
+            "/api/v1/prechecks",
+            post(prechecks::create).get(prechecks::list),
+        )
+        .route(
+            "/api/v1/prechecks/{id}",
+            get(prechecks::inspect).delete(prechecks::cancel),
+        )
+        .route("/api/v1/prechecks/{id}/wait", post(prechecks::wait))
+        .route("/api/v1/prechecks/{id}/logs", get(logs::logs))
+        .route("/api/v1/prechecks/{id}/output", get(prechecks::output))
+        .route("/api/v1/debug/prechecks/{id}", get(prechecks::debug))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route for {method} {}: see the API table in README.md",
+        uri.path()
+    ))
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{method} is not allowed on {}: see the API table in README.md",
+        uri.path()
+    ))
+}
+
+/// `axum::Json` whose rejection is an [`ApiError`], so a malformed body gets `{"message"}`.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+/// A path id: anything that is not a UUID names nothing, so it is a 404 like an unknown id.
+fn parse_id(id: &str, what: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id)
+        .map_err(|_| ApiError::NotFound(format!("no such {what}: {id:?} (ids are UUIDs)")))
+}
+
+/// Times in responses: RFC 3339, UTC.
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

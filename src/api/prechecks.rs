@@ -1,0 +1,437 @@
+//! `/api/v1/prechecks`: create, list, inspect, wait, cancel, the checked layout and the debug
+//! tarball.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use tokio_stream::wrappers::ReceiverStream;
+use uuid::Uuid;
+
+use super::{ApiError, Json, parse_id, rfc3339};
+use crate::db::{Cancel, CreateRunError};
+use crate::model::{PrecheckParams, Run, RunStatus, SLOTS};
+use crate::server::AppState;
+use crate::storage::{ChunkSender, write_tar_gz};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePrecheck {
+    upload_id: String,
+    top_cell: Option<String>,
+    die_id: Option<String>,
+    slot: Option<String>,
+    cob: Option<bool>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RunBody {
+    id: Uuid,
+    created: String,
+    /// The `sha256:` id of the image that ran (or runs) it.
+    image: Option<String>,
+    state: RunState,
+    config: RunConfig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue: Option<QueueBody>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RunState {
+    status: RunStatus,
+    exit_code: Option<i64>,
+    error: Option<String>,
+    started_at: Option<String>,
+    finished_at: Option<String>,
+    #[serde(rename = "OOMKilled")]
+    oom_killed: bool,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct RunConfig {
+    image: String,
+    labels: BTreeMap<&'static str, String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct QueueBody {
+    position: u64,
+    length: u64,
+}
+
+impl Serialize for RunStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl From<&Run> for RunBody {
+    fn from(run: &Run) -> RunBody {
+        let p = &run.params;
+        RunBody {
+            id: run.id,
+            created: rfc3339(run.created),
+            image: run.image_id.clone(),
+            state: RunState {
+                status: run.status,
+                exit_code: run.exit_code,
+                error: run.error.clone(),
+                started_at: run.started_at.map(rfc3339),
+                finished_at: run.finished_at.map(rfc3339),
+                oom_killed: run.oom_killed,
+            },
+            config: RunConfig {
+                image: run.image.clone(),
+                labels: BTreeMap::from([
+                    ("upload_id", p.upload_id.to_string()),
+                    ("top_cell", p.top_cell.clone()),
+                    ("die_id", p.die_id.clone()),
+                    ("slot", p.slot.clone()),
+                    ("cob", p.cob.to_string()),
+                ]),
+            },
+            queue: run
+                .queue
+                .map(|(position, length)| QueueBody { position, length }),
+        }
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Json(body): Json<CreatePrecheck>,
+) -> Result<(StatusCode, Json<RunBody>), ApiError> {
+    let upload_id = Uuid::parse_str(&body.upload_id).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "upload_id: {:?} is not an upload id (use the Id that POST /api/v1/uploads returned)",
+            body.upload_id
+        ))
+    })?;
+    let top_cell = match body.top_cell {
+        Some(top) => check_top_cell(top)?,
+        None => {
+            return Err(ApiError::BadRequest(
+                "top_cell: missing: name the layout's top cell".into(),
+            ));
+        }
+    };
+    let die_id = body.die_id.unwrap_or_else(|| "FFFFFFFF".into());
+    if die_id.len() != 8 || !die_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(ApiError::BadRequest(format!(
+            "die_id: {die_id:?} must be exactly 8 letters or digits (default FFFFFFFF)"
+        )));
+    }
+    let slot = body.slot.unwrap_or_else(|| "1x1".into());
+    if !SLOTS.contains(&slot.as_str()) {
+        return Err(ApiError::BadRequest(format!(
+            "slot: {slot:?} is not a slot size: use one of {}",
+            SLOTS.join(", ")
+        )));
+    }
+    let params = PrecheckParams {
+        upload_id,
+        top_cell,
+        die_id,
+        slot,
+        cob: body.cob.unwrap_or(false),
+    };
+    let id = Uuid::new_v4();
+    let created = state
+        .db
+        .create_run(
+            id,
+            params,
+            state.config.image.clone(),
+            OffsetDateTime::now_utc(),
+        )
+        .await?;
+    let run = created.map_err(|e| match e {
+        CreateRunError::UnknownUpload => ApiError::NotFound(format!("no such upload: {upload_id}")),
+        CreateRunError::UploadExpired => ApiError::Gone(format!(
+            "upload {upload_id} has expired (uploads are kept {} minutes until a precheck uses them): upload the layout again",
+            state.config.upload_expiry.as_secs() / 60
+        )),
+    })?;
+    state.queue.created(run.id);
+    tracing::info!(run_id = %run.id, %upload_id, "precheck queued");
+    Ok((StatusCode::CREATED, Json(RunBody::from(&run))))
+}
+
+/// A top cell is passed to the container as one argument: it must not look like a flag or a
+/// path, or carry anything a terminal or a log would misread.
+fn check_top_cell(top: String) -> Result<String, ApiError> {
+    let problem = if top.is_empty() {
+        Some("is empty")
+    } else if top.starts_with('-') {
+        Some("starts with '-'")
+    } else if top.contains('/') {
+        Some("contains '/'")
+    } else if top.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("contains whitespace or control characters")
+    } else if top.len() > 1024 {
+        Some("is longer than 1024 bytes")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(ApiError::BadRequest(format!(
+            "top_cell: {top:?} {p}: give the layout's top cell name"
+        ))),
+        None => Ok(top),
+    }
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Vec<RunBody>>, ApiError> {
+    let mut statuses = Vec::new();
+    for (key, value) in query_pairs(query.as_deref())? {
+        match key.as_str() {
+            "status" => statuses.push(
+                value
+                    .parse::<RunStatus>()
+                    .map_err(|e| ApiError::BadRequest(format!("status: {e}")))?,
+            ),
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {other:?}: use status"
+                )));
+            }
+        }
+    }
+    let runs = state.db.runs(statuses).await?;
+    Ok(Json(runs.iter().map(RunBody::from).collect()))
+}
+
+pub async fn inspect(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RunBody>, ApiError> {
+    let run = find(&state, &id).await?;
+    Ok(Json(RunBody::from(&run)))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct WaitBody {
+    status_code: i64,
+    error: Option<WaitError>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct WaitError {
+    message: String,
+}
+
+/// How long `/wait` may be asked to wait.
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+
+pub async fn wait(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<WaitBody>, ApiError> {
+    let id = parse_id(&id, "precheck")?;
+    let mut timeout = Duration::from_secs(300);
+    for (key, value) in query_pairs(query.as_deref())? {
+        match key.as_str() {
+            "timeout" => {
+                timeout = value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|t| t.is_finite() && *t >= 0.0)
+                    .map(Duration::from_secs_f64)
+                    .filter(|t| *t <= MAX_WAIT)
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "timeout: {value:?} must be a number of seconds from 0 to {}",
+                            MAX_WAIT.as_secs()
+                        ))
+                    })?
+            }
+            "condition" => {}
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {other:?}: use timeout"
+                )));
+            }
+        }
+    }
+    let run = state
+        .queue
+        .wait(id, timeout)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    if !run.status.is_terminal() {
+        return Err(ApiError::Timeout(format!(
+            "precheck {id} is still {} after {} s: call /wait again",
+            run.status,
+            timeout.as_secs_f64()
+        )));
+    }
+    Ok(Json(WaitBody {
+        status_code: run.exit_code.unwrap_or(crate::model::exit_code::NOT_RUN),
+        error: run.error.map(|message| WaitError { message }),
+    }))
+}
+
+/// How long a cancel waits for the container to be stopped and the run recorded.
+const CANCEL_WAIT: Duration = Duration::from_secs(30);
+
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<RunBody>, ApiError> {
+    let id = parse_id(&id, "precheck")?;
+    match state.queue.cancel(id).await? {
+        Cancel::Cancelled(run) => Ok(Json(RunBody::from(&*run))),
+        Cancel::Running => {
+            let run = state
+                .queue
+                .wait(id, CANCEL_WAIT)
+                .await?
+                .ok_or_else(|| not_found(id))?;
+            Ok(Json(RunBody::from(&run)))
+        }
+        Cancel::AlreadyFinished(status) => Err(ApiError::Conflict(format!(
+            "precheck {id} has already finished ({status}): there is nothing to cancel"
+        ))),
+        Cancel::NotFound => Err(not_found(id)),
+    }
+}
+
+pub async fn output(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let run = find(&state, &id).await?;
+    if run.status != RunStatus::Completed {
+        return Err(ApiError::Conflict(format!(
+            "precheck {} is {}: the checked layout exists only for completed prechecks (see /logs or the debug tarball)",
+            run.id, run.status
+        )));
+    }
+    let path = state.storage.output_path(run.id);
+    let file = tokio::fs::File::open(&path).await.map_err(|e| {
+        anyhow::Error::from(e).context(format!("cannot open the output of {}", run.id))
+    })?;
+    let len = file.metadata().await.map_err(anyhow::Error::from)?.len();
+    let upload = state.db.upload(run.params.upload_id).await?;
+    let filename = output_name(upload.as_ref().map(|u| u.name.as_str()));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
+        Body::from_stream(tokio_util::io::ReaderStream::new(file)),
+    )
+        .into_response())
+}
+
+pub async fn debug(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let run = find(&state, &id).await?;
+    if run.status == RunStatus::Queued {
+        return Err(ApiError::Conflict(format!(
+            "precheck {} is still queued: it has no files yet",
+            run.id
+        )));
+    }
+    let dir = state.storage.run_dir(run.id);
+    tokio::fs::create_dir_all(&dir)
+        .await
+        .map_err(anyhow::Error::from)?;
+    let prefix = format!("precheck-{}", run.id);
+    let (writer, rx) = ChunkSender::new();
+    let tar_prefix = prefix.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut writer = writer;
+        if let Err(e) = write_tar_gz(&dir, &tar_prefix, &mut writer) {
+            tracing::warn!("debug tarball of {} failed: {e}", dir.display());
+            writer.fail(e);
+        }
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{prefix}.tar.gz\""),
+            ),
+        ],
+        Body::from_stream(ReceiverStream::new(rx)),
+    )
+        .into_response())
+}
+
+async fn find(state: &AppState, id: &str) -> Result<Run, ApiError> {
+    let id = parse_id(id, "precheck")?;
+    state.db.run(id).await?.ok_or_else(|| not_found(id))
+}
+
+pub(super) fn not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no such precheck: {id}"))
+}
+
+pub(super) fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
+    serde_urlencoded::from_str(query.unwrap_or(""))
+        .map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))
+}
+
+/// `chip_top.gds` -> `chip_top.checked.gds`; only characters safe in a header survive.
+fn output_name(upload_name: Option<&str>) -> String {
+    let name = upload_name.unwrap_or("design.gds");
+    let stem = name.strip_suffix(".gz").unwrap_or(name);
+    let stem = stem.rsplit_once('.').map_or(stem, |(s, _)| s);
+    let safe: String = stem
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        .take(100)
+        .collect();
+    let safe = safe.trim_start_matches('.');
+    if safe.is_empty() {
+        "design.checked.gds".into()
+    } else {
+        format!("{safe}.checked.gds")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names_are_safe() {
+        assert_eq!(output_name(Some("chip_top.gds")), "chip_top.checked.gds");
+        assert_eq!(output_name(Some("chip_top.gds.gz")), "chip_top.checked.gds");
+        assert_eq!(output_name(Some("a\"b;c.oas")), "abc.checked.gds");
+        assert_eq!(output_name(Some("..")), "design.checked.gds");
+        assert_eq!(output_name(None), "design.checked.gds");
+    }
+
+    #[test]
+    fn top_cells_that_could_be_flags_or_paths_are_refused() {
+        for bad in ["", "-rf", "a/b", "a b", "a\tb", "a\u{7}"] {
+            assert!(check_top_cell(bad.into()).is_err(), "{bad:?}");
+        }
+        assert!(check_top_cell("chip_top".into()).is_ok());
+        assert!(check_top_cell("gf180mcu_ws_ip__logo".into()).is_ok());
+    }
+}

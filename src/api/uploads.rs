@@ -1,0 +1,248 @@
+//! `/api/v1/uploads`: layouts streamed to disk while their sha256 is computed.
+
+use axum::extract::{Multipart, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{ApiError, Json, parse_id, rfc3339};
+use crate::config::human_bytes;
+use crate::db::DeleteUpload;
+use crate::model::{LayoutFormat, Upload};
+use crate::server::AppState;
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct UploadBody {
+    id: Uuid,
+    name: String,
+    size: u64,
+    created: String,
+    checksums: Checksums,
+    state: UploadState,
+    layout: LayoutBody,
+}
+
+#[derive(Serialize)]
+struct Checksums {
+    sha256: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct UploadState {
+    expired: bool,
+    expires_at: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct LayoutBody {
+    format: &'static str,
+}
+
+impl UploadBody {
+    fn new(u: &Upload, now: OffsetDateTime) -> UploadBody {
+        UploadBody {
+            id: u.id,
+            name: u.name.clone(),
+            size: u.size,
+            created: rfc3339(u.created),
+            checksums: Checksums {
+                sha256: u.sha256.clone(),
+            },
+            state: UploadState {
+                expired: u.is_expired(now),
+                expires_at: u.expires_at.map(rfc3339),
+            },
+            layout: LayoutBody {
+                format: u.format.as_str(),
+            },
+        }
+    }
+}
+
+/// Bytes the multipart framing may add around the file itself.
+const MULTIPART_SLACK: u64 = 64 * 1024;
+/// Enough of the file to recognise its format.
+const SNIFF_LEN: usize = 16;
+
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<(StatusCode, Json<UploadBody>), ApiError> {
+    let limit = state.config.max_upload_size;
+    let too_large = || {
+        ApiError::TooLarge(format!(
+            "the upload is larger than the limit of {} (server.max_upload_size)",
+            human_bytes(limit)
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit + MULTIPART_SLACK) {
+        return Err(too_large());
+    }
+    let mut multipart = multipart.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected a multipart/form-data body with a `file` field, e.g. curl -F file=@chip_top.gds ({})",
+            e.body_text()
+        ))
+    })?;
+
+    while let Some(mut field) = multipart.next_field().await? {
+        if field.name() != Some("file") {
+            continue;
+        }
+        let name = clean_name(field.file_name().unwrap_or("upload"));
+        // Read enough to recognise the format before anything is written.
+        let mut buffered = Vec::new();
+        let mut buffered_len = 0;
+        while buffered_len < SNIFF_LEN {
+            let Some(chunk) = field.chunk().await? else {
+                break;
+            };
+            buffered_len += chunk.len();
+            buffered.push(chunk);
+        }
+        let head: Vec<u8> = buffered
+            .iter()
+            .flat_map(|c| c.iter().copied())
+            .take(SNIFF_LEN)
+            .collect();
+        let Some(format) = LayoutFormat::sniff(&head) else {
+            return Err(ApiError::BadRequest(format!(
+                "{name:?} is not a layout: expected GDSII, gzip'd GDSII or OASIS, but it starts with {}",
+                describe_start(&head)
+            )));
+        };
+
+        let id = Uuid::new_v4();
+        let mut writer = state.storage.upload_writer(id);
+        let mut size = 0u64;
+        let mut chunks = buffered.into_iter();
+        loop {
+            let chunk = match chunks.next() {
+                Some(chunk) => chunk,
+                None => match field.chunk().await? {
+                    Some(chunk) => chunk,
+                    None => break,
+                },
+            };
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(too_large());
+            }
+            writer.write(chunk).await.map_err(storage_error)?;
+        }
+        let saved = writer.finish().await.map_err(storage_error)?;
+        let now = OffsetDateTime::now_utc();
+        let upload = Upload {
+            id,
+            name,
+            size: saved.size,
+            sha256: saved.sha256,
+            format,
+            created: now,
+            expires_at: Some(now + state.config.upload_expiry),
+            expired: false,
+        };
+        if let Err(e) = state.db.insert_upload(upload.clone()).await {
+            let _ = state.storage.remove_upload(id).await;
+            return Err(e.into());
+        }
+        tracing::info!(upload_id = %id, size = upload.size, format = format.as_str(), "upload stored");
+        return Ok((StatusCode::CREATED, Json(UploadBody::new(&upload, now))));
+    }
+    Err(ApiError::BadRequest(
+        "the multipart body has no `file` field: send the layout as e.g. curl -F file=@chip_top.gds".into(),
+    ))
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<UploadBody>>, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let uploads = state.db.uploads().await?;
+    Ok(Json(
+        uploads.iter().map(|u| UploadBody::new(u, now)).collect(),
+    ))
+}
+
+pub async fn inspect(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<UploadBody>, ApiError> {
+    let id = parse_id(&id, "upload")?;
+    let upload = state.db.upload(id).await?.ok_or_else(|| not_found(id))?;
+    Ok(Json(UploadBody::new(&upload, OffsetDateTime::now_utc())))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id, "upload")?;
+    match state.db.delete_upload(id).await? {
+        DeleteUpload::Deleted => {
+            state
+                .storage
+                .remove_upload(id)
+                .await
+                .map_err(anyhow::Error::from)?;
+            Ok(StatusCode::NO_CONTENT)
+        }
+        DeleteUpload::NotFound => Err(not_found(id)),
+        DeleteUpload::InUse(run) => Err(ApiError::Conflict(format!(
+            "upload {id} is used by precheck {run}, which has not finished: cancel it or wait for it first"
+        ))),
+    }
+}
+
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no such upload: {id}"))
+}
+
+fn storage_error(e: std::io::Error) -> ApiError {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        ApiError::InsufficientStorage(
+            "the server's disk is full: try again later or ask its operator".into(),
+        )
+    } else {
+        ApiError::Internal(anyhow::Error::from(e).context("cannot store the upload"))
+    }
+}
+
+/// The client's file name as text: no folders, no control characters, at most 255 characters.
+fn clean_name(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    let clean: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
+    if clean.trim().is_empty() {
+        "upload".into()
+    } else {
+        clean
+    }
+}
+
+fn describe_start(head: &[u8]) -> String {
+    if head.is_empty() {
+        return "nothing (the file is empty)".into();
+    }
+    let hex: Vec<String> = head.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("bytes {}", hex.join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_text_not_paths() {
+        assert_eq!(clean_name("../../etc/passwd"), "passwd");
+        assert_eq!(clean_name("C:\\chips\\top.gds"), "top.gds");
+        assert_eq!(clean_name("a\u{0}b\nc.gds"), "abc.gds");
+        assert_eq!(clean_name(""), "upload");
+    }
+}

@@ -1,0 +1,505 @@
+//! The configuration file: TOML in, a validated [`Config`] out.
+//!
+//! The raw serde structs mirror the file and reject unknown keys; [`Config`] is what the rest of the
+//! server uses (absolute paths, byte counts, durations). `${VAR}` in any string value is replaced by
+//! the environment variable; an unset variable is an error that names the key.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde::Deserialize;
+
+/// The validated configuration of one server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: IpAddr,
+    pub port: u16,
+    /// Absolute path of the storage folder (database, uploads, runs).
+    pub storage_path: PathBuf,
+    pub max_concurrent: usize,
+    pub upload_expiry: Duration,
+    pub max_upload_size: u64,
+    pub image: String,
+    pub container_prefix: String,
+    pub limits: Limits,
+    pub auth: Auth,
+}
+
+/// Resource limits applied to every run's container.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Memory limit in bytes (swap is not allowed on top of it).
+    pub memory: u64,
+    /// CPUs as a fraction of cores; `None` means all of them.
+    pub cpus: Option<f64>,
+    pub pids: i64,
+    pub timeout: Duration,
+}
+
+/// The `[auth]` table. Enforcement belongs to the auth layer.
+#[derive(Debug, Clone, Default)]
+pub struct Auth {
+    pub required: bool,
+    pub allowed_ips: Vec<String>,
+    pub api_keys: Vec<ApiKey>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub name: String,
+    pub key: String,
+}
+
+pub const DEFAULT_IMAGE: &str = "ghcr.io/wafer-space/gf180mcu-precheck:latest";
+
+impl Config {
+    /// Reads and validates a config file. Relative paths in it are relative to its folder.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let base = path
+            .canonicalize()
+            .with_context(|| format!("cannot resolve config file {}", path.display()))?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        Config::parse(&text, &base, &|name| std::env::var(name).ok())
+            .with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// Parses config text; `base` resolves relative paths and `env` looks up `${VAR}`s.
+    pub fn parse(text: &str, base: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+        let mut value: toml::Value =
+            toml::from_str(text).map_err(|e| anyhow!("{}", e.message()))?;
+        expand_env(&mut value, "", env)?;
+        // Parsed again from text so that a bad value's error shows the line (and key) it is on.
+        let expanded = toml::to_string(&value).map_err(|e| anyhow!("{e}"))?;
+        let raw: RawConfig =
+            toml::from_str(&expanded).map_err(|e| anyhow!("{}", e.to_string().trim_end()))?;
+        raw.validate(base)
+    }
+}
+
+fn expand_env(
+    value: &mut toml::Value,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<()> {
+    match value {
+        toml::Value::String(s) if s.contains("${") => *s = expand_str(s, key, env)?,
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                expand_env(item, &format!("{key}[{i}]"), env)?;
+            }
+        }
+        toml::Value::Table(table) => {
+            for (k, v) in table.iter_mut() {
+                let path = if key.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{key}.{k}")
+                };
+                expand_env(v, &path, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_str(s: &str, key: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String> {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| anyhow!("{key}: unterminated `${{` in {s:?}"))?;
+        let name = &after[..end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            bail!("{key}: `${{{name}}}` is not a valid environment variable name");
+        }
+        let found = env(name).ok_or_else(|| {
+            anyhow!("{key}: environment variable {name} is not set (the config refers to it as ${{{name}}})")
+        })?;
+        out.push_str(&found);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    server: RawServer,
+    docker: RawDocker,
+    limits: RawLimits,
+    auth: RawAuth,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    host: String,
+    port: u16,
+    storage_path: String,
+    max_concurrent: usize,
+    upload_expiry_minutes: u64,
+    max_upload_size: Size,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            host: "127.0.0.1".into(),
+            port: 8000,
+            storage_path: "./data".into(),
+            max_concurrent: 1,
+            upload_expiry_minutes: 15,
+            max_upload_size: Size::Text("2GiB".into()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDocker {
+    image: String,
+    container_prefix: String,
+}
+
+impl Default for RawDocker {
+    fn default() -> Self {
+        RawDocker {
+            image: DEFAULT_IMAGE.into(),
+            container_prefix: "precheck-".into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    memory: Size,
+    cpus: Option<f64>,
+    pids: i64,
+    timeout: DurationText,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            memory: Size::Text("24GiB".into()),
+            cpus: None,
+            pids: 4096,
+            timeout: DurationText::Text("6h".into()),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    required: bool,
+    allowed_ips: Vec<String>,
+    api_keys: Vec<RawApiKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApiKey {
+    name: String,
+    key: String,
+}
+
+/// A byte count: an integer, or text such as `"512MiB"`, `"24GiB"`, `"2GB"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(u64),
+    Text(String),
+}
+
+/// A duration: whole seconds, or text such as `"90s"`, `"30m"`, `"6h"`, `"1d"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DurationText {
+    Seconds(u64),
+    Text(String),
+}
+
+impl RawConfig {
+    fn validate(self, base: &Path) -> Result<Config> {
+        let s = self.server;
+        let host: IpAddr = s.host.parse().map_err(|_| {
+            anyhow!(
+                "server.host: {:?} is not an IP address (e.g. \"127.0.0.1\")",
+                s.host
+            )
+        })?;
+        if s.storage_path.is_empty() {
+            bail!("server.storage_path: must not be empty");
+        }
+        let storage = PathBuf::from(&s.storage_path);
+        let storage_path = normalize(&if storage.is_absolute() {
+            storage
+        } else {
+            base.join(storage)
+        });
+        if s.max_concurrent == 0 {
+            bail!("server.max_concurrent: must be at least 1");
+        }
+        if s.upload_expiry_minutes == 0 {
+            bail!("server.upload_expiry_minutes: must be at least 1");
+        }
+        let max_upload_size = parse_size(&s.max_upload_size, "server.max_upload_size")?;
+        if max_upload_size == 0 {
+            bail!("server.max_upload_size: must be more than 0");
+        }
+        let d = self.docker;
+        if d.image.trim().is_empty()
+            || d.image.starts_with('-')
+            || d.image.contains(char::is_whitespace)
+        {
+            bail!("docker.image: {:?} is not an image reference", d.image);
+        }
+        let prefix_ok = d
+            .container_prefix
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !prefix_ok || d.container_prefix.starts_with(['.', '-']) {
+            bail!(
+                "docker.container_prefix: {:?} may hold only letters, digits, '_', '.' and '-', and must start with a letter or digit",
+                d.container_prefix
+            );
+        }
+        let l = self.limits;
+        let memory = parse_size(&l.memory, "limits.memory")?;
+        if memory < 6 * 1024 * 1024 {
+            bail!("limits.memory: Docker needs at least 6MiB");
+        }
+        if let Some(cpus) = l.cpus
+            && !(cpus > 0.0 && cpus.is_finite())
+        {
+            bail!("limits.cpus: must be more than 0 (leave it out to allow all CPUs)");
+        }
+        if l.pids < 1 {
+            bail!("limits.pids: must be at least 1");
+        }
+        let timeout = parse_duration(&l.timeout, "limits.timeout")?;
+        if timeout.is_zero() {
+            bail!("limits.timeout: must be more than 0");
+        }
+        let a = self.auth;
+        Ok(Config {
+            host,
+            port: s.port,
+            storage_path,
+            max_concurrent: s.max_concurrent,
+            upload_expiry: Duration::from_secs(s.upload_expiry_minutes * 60),
+            max_upload_size,
+            image: d.image,
+            container_prefix: d.container_prefix,
+            limits: Limits {
+                memory,
+                cpus: l.cpus,
+                pids: l.pids,
+                timeout,
+            },
+            auth: Auth {
+                required: a.required,
+                allowed_ips: a.allowed_ips,
+                api_keys: a
+                    .api_keys
+                    .into_iter()
+                    .map(|k| ApiKey {
+                        name: k.name,
+                        key: k.key,
+                    })
+                    .collect(),
+            },
+        })
+    }
+}
+
+/// Removes `.` and `..` components without touching the file system (the folder may not exist yet).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+fn parse_size(size: &Size, key: &str) -> Result<u64> {
+    let text = match size {
+        Size::Bytes(n) => return Ok(*n),
+        Size::Text(t) => t.trim(),
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1000 * 1000 * 1000 * 1000,
+        "tib" => 1 << 40,
+        _ => bail!("{key}: {text:?} is not a size (use bytes, or e.g. \"512MiB\", \"24GiB\")"),
+    };
+    let number: f64 = number.parse().map_err(|_| {
+        anyhow!("{key}: {text:?} is not a size (use bytes, or e.g. \"512MiB\", \"24GiB\")")
+    })?;
+    Ok((number * factor as f64) as u64)
+}
+
+fn parse_duration(d: &DurationText, key: &str) -> Result<Duration> {
+    let text = match d {
+        DurationText::Seconds(n) => return Ok(Duration::from_secs(*n)),
+        DurationText::Text(t) => t.trim(),
+    };
+    let bad = || {
+        anyhow!("{key}: {text:?} is not a duration (use seconds, or e.g. \"90s\", \"30m\", \"6h\")")
+    };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        _ => return Err(bad()),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// Formats a byte count for people: `16 GiB`, `64 MiB`, `1.5 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("TiB", 1 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ];
+    for (name, size) in UNITS {
+        if n >= size {
+            let value = n as f64 / size as f64;
+            return if value.fract() == 0.0 {
+                format!("{value:.0} {name}")
+            } else {
+                format!("{value:.1} {name}")
+            };
+        }
+    }
+    format!("{n} B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/etc/precheck"), &|name| {
+            (name == "SET").then(|| "value".to_string())
+        })
+    }
+
+    fn error(text: &str) -> String {
+        format!("{:#}", parse(text).unwrap_err())
+    }
+
+    #[test]
+    fn defaults_suit_a_real_precheck() {
+        let c = parse("").unwrap();
+        assert_eq!(c.port, 8000);
+        assert_eq!(c.storage_path, PathBuf::from("/etc/precheck/data"));
+        assert_eq!(c.limits.memory, 24 << 30);
+        assert_eq!(c.limits.cpus, None);
+        assert_eq!(c.limits.pids, 4096);
+        assert_eq!(c.limits.timeout, Duration::from_secs(6 * 3600));
+        assert_eq!(c.max_upload_size, 2 << 30);
+        assert_eq!(c.upload_expiry, Duration::from_secs(15 * 60));
+        assert_eq!(c.image, DEFAULT_IMAGE);
+    }
+
+    #[test]
+    fn relative_storage_path_is_made_absolute_against_the_config_folder() {
+        let c = parse("[server]\nstorage_path = \"../var/./store\"").unwrap();
+        assert_eq!(c.storage_path, PathBuf::from("/etc/var/store"));
+        let c = parse("[server]\nstorage_path = \"/srv/precheck\"").unwrap();
+        assert_eq!(c.storage_path, PathBuf::from("/srv/precheck"));
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        let c = parse("[limits]\nmemory = \"64MiB\"\ntimeout = \"90s\"\ncpus = 1.5\n[server]\nmax_upload_size = 1000")
+            .unwrap();
+        assert_eq!(c.limits.memory, 64 << 20);
+        assert_eq!(c.limits.timeout, Duration::from_secs(90));
+        assert_eq!(c.limits.cpus, Some(1.5));
+        assert_eq!(c.max_upload_size, 1000);
+        assert_eq!(
+            parse("[limits]\ntimeout = 30").unwrap().limits.timeout,
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, key) in [
+            ("[server]\nhots = \"x\"", "hots"),
+            ("[servr]\nhost = \"x\"", "servr"),
+            ("[server]\nhost = \"localhost:80\"", "server.host"),
+            ("[server]\nport = 70000", "port"),
+            ("[server]\nmax_concurrent = 0", "server.max_concurrent"),
+            ("[limits]\nmemory = \"lots\"", "limits.memory"),
+            ("[limits]\ntimeout = \"6 hours\"", "limits.timeout"),
+            ("[limits]\ncpus = 0", "limits.cpus"),
+            (
+                "[docker]\ncontainer_prefix = \"a b\"",
+                "docker.container_prefix",
+            ),
+            (
+                "[[auth.api_keys]]\nname = \"ci\"\nkey = \"${UNSET}\"",
+                "auth.api_keys[0].key",
+            ),
+        ] {
+            let e = error(text);
+            assert!(e.contains(key), "{text:?}: {e:?} does not name {key}");
+        }
+        assert!(error("[[auth.api_keys]]\nname = \"ci\"\nkey = \"${UNSET}\"").contains("UNSET"));
+    }
+
+    #[test]
+    fn env_vars_are_expanded() {
+        let c = parse("[[auth.api_keys]]\nname = \"ci\"\nkey = \"k_${SET}_x\"").unwrap();
+        assert_eq!(c.auth.api_keys[0].key, "k_value_x");
+    }
+
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(human_bytes(16 << 30), "16 GiB");
+        assert_eq!(human_bytes(64 << 20), "64 MiB");
+        assert_eq!(human_bytes(1536 << 20), "1.5 GiB");
+        assert_eq!(human_bytes(12), "12 B");
+    }
+}

@@ -1,0 +1,619 @@
+//! The only SQL in the server: the schema and its migrations, and typed queries.
+//!
+//! One SQLite connection lives on its own thread; [`Db`] is a cloneable handle that sends closures
+//! to it and awaits their answers, so no SQLite call ever runs on an async worker. The database is
+//! the truth of every run's state.
+
+use std::path::Path;
+use std::sync::mpsc;
+
+use anyhow::{Context, Result, anyhow};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use crate::model::{LayoutFormat, Outcome, PrecheckParams, Run, RunStatus, Upload};
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A handle to the database thread.
+#[derive(Clone)]
+pub struct Db {
+    jobs: mpsc::Sender<Job>,
+}
+
+/// Each entry moves the schema one version on; `PRAGMA user_version` says how many have run.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE uploads (
+    id         TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    sha256     TEXT NOT NULL,
+    format     TEXT NOT NULL,
+    created    INTEGER NOT NULL,
+    expires_at INTEGER,
+    expired    INTEGER NOT NULL DEFAULT 0
+) STRICT;
+
+CREATE TABLE runs (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               TEXT NOT NULL UNIQUE,
+    kind             TEXT NOT NULL DEFAULT 'precheck',
+    created          INTEGER NOT NULL,
+    upload_id        TEXT NOT NULL,
+    top_cell         TEXT NOT NULL,
+    die_id           TEXT NOT NULL,
+    slot             TEXT NOT NULL,
+    cob              INTEGER NOT NULL,
+    image            TEXT NOT NULL,
+    image_id         TEXT,
+    status           TEXT NOT NULL
+        CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
+    exit_code        INTEGER,
+    error            TEXT,
+    oom_killed       INTEGER NOT NULL DEFAULT 0,
+    started_at       INTEGER,
+    finished_at      INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+) STRICT;
+
+CREATE INDEX runs_by_status ON runs (status, seq);
+CREATE INDEX runs_by_upload ON runs (upload_id);
+"#];
+
+const RUN_COLUMNS: &str =
+    "id, created, upload_id, top_cell, die_id, slot, cob, image, image_id, status,
+    exit_code, error, oom_killed, started_at, finished_at,
+    CASE WHEN status = 'queued'
+        THEN (SELECT COUNT(*) FROM runs q WHERE q.status = 'queued' AND q.seq <= runs.seq) END,
+    CASE WHEN status = 'queued' THEN (SELECT COUNT(*) FROM runs q WHERE q.status = 'queued') END";
+
+const UPLOAD_COLUMNS: &str = "id, name, size, sha256, format, created, expires_at, expired";
+
+/// Why a precheck could not be created.
+#[derive(Debug, PartialEq)]
+pub enum CreateRunError {
+    UnknownUpload,
+    UploadExpired,
+}
+
+/// What deleting an upload did.
+#[derive(Debug, PartialEq)]
+pub enum DeleteUpload {
+    Deleted,
+    NotFound,
+    /// A queued or running run uses it.
+    InUse(Uuid),
+}
+
+/// What a cancel request found.
+#[derive(Debug)]
+pub enum Cancel {
+    /// It was queued and is now cancelled; it never starts.
+    Cancelled(Box<Run>),
+    /// It is running: the request is recorded and the runner stops the container.
+    Running,
+    AlreadyFinished(RunStatus),
+    NotFound,
+}
+
+impl Db {
+    /// Opens (or creates) the database file and brings its schema up to date. Nothing is deleted.
+    pub fn open(path: &Path) -> Result<Db> {
+        let mut conn = Connection::open(path)
+            .with_context(|| format!("cannot open database {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn)
+            .with_context(|| format!("cannot migrate database {}", path.display()))?;
+        let (jobs, receiver) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("sqlite".into())
+            .spawn(move || {
+                for job in receiver {
+                    job(&mut conn);
+                }
+            })
+            .context("cannot start the database thread")?;
+        Ok(Db { jobs })
+    }
+
+    /// Runs `f` on the database thread and returns its answer.
+    async fn call<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Box::new(move |conn| {
+                let _ = tx.send(f(conn));
+            }))
+            .map_err(|_| anyhow!("the database thread has stopped"))?;
+        let answer = rx
+            .await
+            .map_err(|_| anyhow!("the database thread has stopped"))?;
+        answer.context("database error")
+    }
+
+    pub async fn ping(&self) -> Result<()> {
+        self.call(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
+    /// A value kept in the `meta` table, made with `init` the first time it is asked for.
+    pub async fn meta_or_insert(&self, key: &'static str, init: String) -> Result<String> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
+                params![key, init],
+            )?;
+            c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        })
+        .await
+    }
+
+    pub async fn insert_upload(&self, upload: Upload) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO uploads (id, name, size, sha256, format, created, expires_at, expired)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+                params![
+                    upload.id.to_string(),
+                    upload.name,
+                    upload.size as i64,
+                    upload.sha256,
+                    upload.format.as_str(),
+                    micros(upload.created),
+                    upload.expires_at.map(micros),
+                ],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn upload(&self, id: Uuid) -> Result<Option<Upload>> {
+        self.call(move |c| {
+            c.query_row(
+                &format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1"),
+                [id.to_string()],
+                upload_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// All uploads, newest first.
+    pub async fn uploads(&self) -> Result<Vec<Upload>> {
+        self.call(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {UPLOAD_COLUMNS} FROM uploads ORDER BY created DESC, id"
+            ))?;
+            stmt.query_map([], upload_from_row)?.collect()
+        })
+        .await
+    }
+
+    /// Removes an upload's row unless a queued or running run uses it.
+    pub async fn delete_upload(&self, id: Uuid) -> Result<DeleteUpload> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let id = id.to_string();
+            let user: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM runs WHERE upload_id = ?1 AND status IN ('queued', 'running')
+                     ORDER BY seq LIMIT 1",
+                    [&id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(run) = user {
+                return Ok(DeleteUpload::InUse(parse_uuid(&run)?));
+            }
+            let n = tx.execute("DELETE FROM uploads WHERE id = ?1", [&id])?;
+            tx.commit()?;
+            Ok(if n == 0 {
+                DeleteUpload::NotFound
+            } else {
+                DeleteUpload::Deleted
+            })
+        })
+        .await
+    }
+
+    /// Marks uploads past their expiry (and used by no run) as expired; returns their ids so
+    /// their files can be removed.
+    pub async fn expire_uploads(&self, now: OffsetDateTime) -> Result<Vec<Uuid>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "UPDATE uploads SET expired = 1
+                 WHERE expired = 0 AND expires_at IS NOT NULL AND expires_at <= ?1
+                 RETURNING id",
+            )?;
+            let ids = stmt.query_map([micros(now)], |r| r.get::<_, String>(0))?;
+            ids.map(|id| parse_uuid(&id?)).collect()
+        })
+        .await
+    }
+
+    /// The earliest time at which an upload will expire, if any will.
+    pub async fn next_upload_expiry(&self) -> Result<Option<OffsetDateTime>> {
+        self.call(|c| {
+            let t: Option<i64> = c.query_row(
+                "SELECT MIN(expires_at) FROM uploads WHERE expired = 0 AND expires_at IS NOT NULL",
+                [],
+                |r| r.get(0),
+            )?;
+            t.map(from_micros).transpose()
+        })
+        .await
+    }
+
+    /// Queues a precheck. The upload it uses is kept from now on (it no longer expires).
+    pub async fn create_run(
+        &self,
+        id: Uuid,
+        params: PrecheckParams,
+        image: String,
+        now: OffsetDateTime,
+    ) -> Result<Result<Run, CreateRunError>> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let upload = tx
+                .query_row(
+                    &format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1"),
+                    [params.upload_id.to_string()],
+                    upload_from_row,
+                )
+                .optional()?;
+            match upload {
+                None => return Ok(Err(CreateRunError::UnknownUpload)),
+                Some(u) if u.is_expired(now) => return Ok(Err(CreateRunError::UploadExpired)),
+                Some(_) => {}
+            }
+            tx.execute(
+                "UPDATE uploads SET expires_at = NULL WHERE id = ?1",
+                [params.upload_id.to_string()],
+            )?;
+            tx.execute(
+                "INSERT INTO runs (id, created, upload_id, top_cell, die_id, slot, cob, image, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued')",
+                params![
+                    id.to_string(),
+                    micros(now),
+                    params.upload_id.to_string(),
+                    params.top_cell,
+                    params.die_id,
+                    params.slot,
+                    params.cob,
+                    image,
+                ],
+            )?;
+            let run = select_run(&tx, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+            tx.commit()?;
+            Ok(Ok(run))
+        })
+        .await
+    }
+
+    pub async fn run(&self, id: Uuid) -> Result<Option<Run>> {
+        self.call(move |c| select_run(c, id)).await
+    }
+
+    /// Runs with any of `statuses` (all runs when empty), newest first.
+    pub async fn runs(&self, statuses: Vec<RunStatus>) -> Result<Vec<Run>> {
+        self.call(move |c| {
+            let filter = if statuses.is_empty() {
+                String::new()
+            } else {
+                let list: Vec<String> = statuses
+                    .iter()
+                    .map(|s| format!("'{}'", s.as_str()))
+                    .collect();
+                format!("WHERE status IN ({})", list.join(", "))
+            };
+            let mut stmt = c.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs {filter} ORDER BY seq DESC"
+            ))?;
+            stmt.query_map([], run_from_row)?.collect()
+        })
+        .await
+    }
+
+    /// Moves the oldest queued run to `running` and returns it.
+    pub async fn claim_next_run(&self, now: OffsetDateTime) -> Result<Option<Run>> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let id: Option<String> = tx
+                .query_row(
+                    "UPDATE runs SET status = 'running', started_at = ?1
+                     WHERE seq = (SELECT seq FROM runs WHERE status = 'queued' ORDER BY seq LIMIT 1)
+                     RETURNING id",
+                    [micros(now)],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let run = match id {
+                Some(id) => select_run(&tx, parse_uuid(&id)?)?,
+                None => None,
+            };
+            tx.commit()?;
+            Ok(run)
+        })
+        .await
+    }
+
+    pub async fn set_image_id(&self, id: Uuid, image_id: String) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE runs SET image_id = ?2 WHERE id = ?1",
+                params![id.to_string(), image_id],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// Records how a running run ended. Returns false if it was not running.
+    pub async fn finish_run(
+        &self,
+        id: Uuid,
+        outcome: Outcome,
+        now: OffsetDateTime,
+    ) -> Result<bool> {
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE runs SET status = ?2, exit_code = ?3, error = ?4, oom_killed = ?5, finished_at = ?6
+                 WHERE id = ?1 AND status = 'running'",
+                params![
+                    id.to_string(),
+                    outcome.status.as_str(),
+                    outcome.exit_code,
+                    outcome.error,
+                    outcome.oom_killed,
+                    micros(now),
+                ],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Cancels a queued run at once; marks a running one for the runner to stop.
+    pub async fn cancel(&self, id: Uuid, now: OffsetDateTime) -> Result<Cancel> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let status: Option<String> = tx
+                .query_row("SELECT status FROM runs WHERE id = ?1", [id.to_string()], |r| r.get(0))
+                .optional()?;
+            let Some(status) = status else { return Ok(Cancel::NotFound) };
+            let status = parse_status(&status)?;
+            let answer = match status {
+                RunStatus::Queued => {
+                    let o = Outcome::cancelled();
+                    tx.execute(
+                        "UPDATE runs SET status = 'cancelled', exit_code = ?2, error = ?3, finished_at = ?4
+                         WHERE id = ?1",
+                        params![id.to_string(), o.exit_code, o.error, micros(now)],
+                    )?;
+                    Cancel::Cancelled(Box::new(select_run(&tx, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?))
+                }
+                RunStatus::Running => {
+                    tx.execute("UPDATE runs SET cancel_requested = 1 WHERE id = ?1", [id.to_string()])?;
+                    Cancel::Running
+                }
+                terminal => Cancel::AlreadyFinished(terminal),
+            };
+            tx.commit()?;
+            Ok(answer)
+        })
+        .await
+    }
+
+    pub async fn cancel_requested(&self, id: Uuid) -> Result<bool> {
+        self.call(move |c| {
+            c.query_row(
+                "SELECT cancel_requested FROM runs WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|v| v.unwrap_or(false))
+        })
+        .await
+    }
+
+    /// (queued, running) counts.
+    pub async fn queue_counts(&self) -> Result<(u64, u64)> {
+        self.call(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FILTER (WHERE status = 'queued'), COUNT(*) FILTER (WHERE status = 'running')
+                 FROM runs",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )
+        })
+        .await
+    }
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    let version: usize =
+        tx.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+    }
+    tx.commit()
+}
+
+fn select_run(c: &Connection, id: Uuid) -> rusqlite::Result<Option<Run>> {
+    c.query_row(
+        &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
+        [id.to_string()],
+        run_from_row,
+    )
+    .optional()
+}
+
+fn run_from_row(r: &Row) -> rusqlite::Result<Run> {
+    let position: Option<i64> = r.get(15)?;
+    let length: Option<i64> = r.get(16)?;
+    Ok(Run {
+        id: parse_uuid(&r.get::<_, String>(0)?)?,
+        created: from_micros(r.get(1)?)?,
+        params: PrecheckParams {
+            upload_id: parse_uuid(&r.get::<_, String>(2)?)?,
+            top_cell: r.get(3)?,
+            die_id: r.get(4)?,
+            slot: r.get(5)?,
+            cob: r.get(6)?,
+        },
+        image: r.get(7)?,
+        image_id: r.get(8)?,
+        status: parse_status(&r.get::<_, String>(9)?)?,
+        exit_code: r.get(10)?,
+        error: r.get(11)?,
+        oom_killed: r.get(12)?,
+        started_at: r.get::<_, Option<i64>>(13)?.map(from_micros).transpose()?,
+        finished_at: r.get::<_, Option<i64>>(14)?.map(from_micros).transpose()?,
+        queue: position.zip(length).map(|(p, l)| (p as u64, l as u64)),
+    })
+}
+
+fn upload_from_row(r: &Row) -> rusqlite::Result<Upload> {
+    let format: String = r.get(4)?;
+    Ok(Upload {
+        id: parse_uuid(&r.get::<_, String>(0)?)?,
+        name: r.get(1)?,
+        size: r.get::<_, i64>(2)? as u64,
+        sha256: r.get(3)?,
+        format: LayoutFormat::parse(&format)
+            .ok_or_else(|| bad_value(format!("unknown format {format}")))?,
+        created: from_micros(r.get(5)?)?,
+        expires_at: r.get::<_, Option<i64>>(6)?.map(from_micros).transpose()?,
+        expired: r.get(7)?,
+    })
+}
+
+fn micros(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1000) as i64
+}
+
+fn from_micros(us: i64) -> rusqlite::Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(us as i128 * 1000)
+        .map_err(|e| bad_value(e.to_string()))
+}
+
+fn parse_uuid(s: &str) -> rusqlite::Result<Uuid> {
+    Uuid::parse_str(s).map_err(|e| bad_value(format!("bad id {s:?}: {e}")))
+}
+
+fn parse_status(s: &str) -> rusqlite::Result<RunStatus> {
+    s.parse().map_err(bad_value)
+}
+
+fn bad_value(message: String) -> rusqlite::Error {
+    rusqlite::Error::ToSqlConversionFailure(message.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    fn upload(expires_in: time::Duration) -> Upload {
+        Upload {
+            id: Uuid::new_v4(),
+            name: "chip.gds".into(),
+            size: 10,
+            sha256: "ab".into(),
+            format: LayoutFormat::Gds,
+            created: now(),
+            expires_at: Some(now() + expires_in),
+            expired: false,
+        }
+    }
+
+    fn params(upload_id: Uuid) -> PrecheckParams {
+        PrecheckParams {
+            upload_id,
+            top_cell: "chip_top".into(),
+            die_id: "FFFFFFFF".into(),
+            slot: "1x1".into(),
+            cob: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn queue_is_fifo_and_positions_count_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        let u = upload(time::Duration::minutes(5));
+        db.insert_upload(u.clone()).await.unwrap();
+        let mut ids = vec![];
+        for _ in 0..3 {
+            let id = Uuid::new_v4();
+            let run = db
+                .create_run(id, params(u.id), "img".into(), now())
+                .await
+                .unwrap()
+                .unwrap();
+            ids.push(id);
+            assert_eq!(run.queue, Some((ids.len() as u64, ids.len() as u64)));
+        }
+        let first = db.claim_next_run(now()).await.unwrap().unwrap();
+        assert_eq!(first.id, ids[0]);
+        assert_eq!(first.status, RunStatus::Running);
+        assert_eq!(db.run(ids[2]).await.unwrap().unwrap().queue, Some((2, 2)));
+        assert!(matches!(
+            db.cancel(ids[1], now()).await.unwrap(),
+            Cancel::Cancelled(_)
+        ));
+        assert_eq!(db.claim_next_run(now()).await.unwrap().unwrap().id, ids[2]);
+        assert!(db.claim_next_run(now()).await.unwrap().is_none());
+        assert_eq!(db.queue_counts().await.unwrap(), (0, 2));
+        // The upload is pinned by its runs: no longer expiring, not deletable while they run.
+        assert_eq!(db.upload(u.id).await.unwrap().unwrap().expires_at, None);
+        assert_eq!(
+            db.delete_upload(u.id).await.unwrap(),
+            DeleteUpload::InUse(ids[0])
+        );
+    }
+
+    #[tokio::test]
+    async fn expiry_and_reopening_keep_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let db = Db::open(&path).unwrap();
+        let old = upload(time::Duration::seconds(-1));
+        db.insert_upload(old.clone()).await.unwrap();
+        assert_eq!(db.expire_uploads(now()).await.unwrap(), vec![old.id]);
+        let e = db
+            .create_run(Uuid::new_v4(), params(old.id), "img".into(), now())
+            .await
+            .unwrap();
+        assert_eq!(e.unwrap_err(), CreateRunError::UploadExpired);
+        let e = db
+            .create_run(Uuid::new_v4(), params(Uuid::new_v4()), "i".into(), now())
+            .await
+            .unwrap();
+        assert_eq!(e.unwrap_err(), CreateRunError::UnknownUpload);
+        drop(db);
+        let db = Db::open(&path).unwrap();
+        assert!(db.upload(old.id).await.unwrap().unwrap().expired);
+    }
+}

@@ -1,0 +1,378 @@
+//! The only module that talks to the Docker engine (through bollard).
+//!
+//! It knows containers, images and archives, not runs: [`crate::runner`] drives a run through
+//! these calls. Files move in and out through the archive API (never bind mounts), so the server
+//! works against a remote engine and a container that finished while the server was down still
+//! holds its results.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder, UploadToContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
+};
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use tokio_util::io::{StreamReader, SyncIoBridge};
+
+use crate::config::Limits;
+use crate::storage::ChunkSender;
+
+/// Calls that should answer at once are cut off after this long.
+const QUICK: Duration = Duration::from_secs(60);
+
+/// A connection to the engine.
+#[derive(Clone)]
+pub struct Engine {
+    docker: Docker,
+}
+
+/// The engine's version, for `/health`.
+#[derive(Debug, Clone)]
+pub struct EngineVersion {
+    pub version: String,
+    pub api_version: String,
+}
+
+/// Everything needed to create one run's container.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub cmd: Vec<String>,
+    pub working_dir: String,
+    pub env: Vec<String>,
+    pub labels: HashMap<String, String>,
+    pub limits: Limits,
+}
+
+/// How a container ended, as the engine saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Exit {
+    pub code: i64,
+    pub oom_killed: bool,
+}
+
+/// A file to put into a container before it starts.
+#[derive(Debug, Clone)]
+pub struct StagedFile {
+    pub source: PathBuf,
+    /// Absolute path inside the container.
+    pub target: String,
+}
+
+impl Engine {
+    /// Connects to the local engine (`DOCKER_HOST` or the default socket) and agrees on an API
+    /// version both sides speak.
+    pub async fn connect() -> Result<Engine> {
+        // bollard's per-request timeout also covers uploads of large layouts and `/wait`
+        // on long runs; quick calls get their own timeout below.
+        let docker = Docker::connect_with_defaults()
+            .context("cannot connect to the Docker engine")?
+            .with_timeout(Duration::from_secs(7 * 24 * 3600));
+        let docker = tokio::time::timeout(QUICK, docker.negotiate_version())
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "the Docker engine did not answer within {} s",
+                    QUICK.as_secs()
+                )
+            })?
+            .context(
+                "cannot reach the Docker engine (is it running, and may this user use its socket?)",
+            )?;
+        Ok(Engine { docker })
+    }
+
+    pub async fn version(&self) -> Result<EngineVersion> {
+        let v = quick(self.docker.version()).await?;
+        Ok(EngineVersion {
+            version: v.version.unwrap_or_default(),
+            api_version: v.api_version.unwrap_or_default(),
+        })
+    }
+
+    /// The `sha256:` id of a local image, or `None` if the engine does not have it.
+    pub async fn image_id(&self, image: &str) -> Result<Option<String>> {
+        match quick(self.docker.inspect_image(image)).await {
+            Ok(info) => Ok(info.id),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e.context(format!("cannot inspect image {image}"))),
+        }
+    }
+
+    /// Pulls an image, reporting progress through `progress`.
+    pub async fn pull(&self, image: &str, mut progress: impl FnMut(&str)) -> Result<()> {
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(image)
+            .build();
+        let mut stream = self.docker.create_image(Some(options), None, None);
+        while let Some(info) = stream.next().await {
+            let info = info.with_context(|| format!("cannot pull {image}"))?;
+            if let Some(status) = info.status {
+                let line = match info.id {
+                    Some(id) => format!("{id}: {status}"),
+                    None => status,
+                };
+                progress(&line);
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a container with the server's isolation: no network, no capabilities, no new
+    /// privileges, limits on memory (no swap beyond it), CPUs and processes, no TTY.
+    pub async fn create(&self, spec: &ContainerSpec) -> Result<String> {
+        let limits = &spec.limits;
+        let host_config = HostConfig {
+            network_mode: Some("none".into()),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            memory: Some(limits.memory as i64),
+            memory_swap: Some(limits.memory as i64),
+            nano_cpus: limits.cpus.map(|c| (c * 1e9) as i64),
+            pids_limit: Some(limits.pids),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(spec.cmd.clone()),
+            working_dir: Some(spec.working_dir.clone()),
+            env: Some(spec.env.clone()),
+            labels: Some(spec.labels.clone()),
+            tty: Some(false),
+            attach_stdin: Some(false),
+            attach_stdout: Some(false),
+            attach_stderr: Some(false),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&spec.name)
+            .build();
+        let created = quick(self.docker.create_container(Some(options), body)).await?;
+        Ok(created.id)
+    }
+
+    /// Copies files and empty folders into a stopped container through the archive API. The
+    /// tar is built on a blocking thread and streamed, so a large layout is never held in memory.
+    pub async fn stage(&self, container: &str, dirs: &[&str], files: &[StagedFile]) -> Result<()> {
+        let (writer, rx) = ChunkSender::new();
+        let dirs: Vec<String> = dirs.iter().map(|d| d.to_string()).collect();
+        let files = files.to_vec();
+        let producer = tokio::task::spawn_blocking(move || {
+            let mut tar = tar::Builder::new(writer);
+            let result = (|| -> std::io::Result<()> {
+                for dir in &dirs {
+                    let mut header = tar::Header::new_gnu();
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_mode(0o777);
+                    header.set_size(0);
+                    header.set_mtime(0);
+                    tar.append_data(&mut header, dir.trim_start_matches('/'), std::io::empty())?;
+                }
+                for file in &files {
+                    let mut source = std::fs::File::open(&file.source)?;
+                    let mut header = tar::Header::new_gnu();
+                    header.set_metadata(&source.metadata()?);
+                    header.set_mode(0o644);
+                    tar.append_data(
+                        &mut header,
+                        file.target.trim_start_matches('/'),
+                        &mut source,
+                    )?;
+                }
+                tar.finish()
+            })();
+            if let (Err(e), Ok(writer)) = (result, tar.into_inner()) {
+                writer.fail(e);
+            }
+        });
+        let body = bollard::body_try_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let options = UploadToContainerOptionsBuilder::default().path("/").build();
+        let uploaded = self
+            .docker
+            .upload_to_container(container, Some(options), body)
+            .await;
+        producer.await.context("the staging thread failed")?;
+        uploaded.with_context(|| format!("cannot copy the input into container {container}"))
+    }
+
+    pub async fn start(&self, container: &str) -> Result<()> {
+        quick(self.docker.start_container(container, None)).await
+    }
+
+    /// The container's output from its start, stdout and stderr interleaved, each line
+    /// prefixed with the engine's RFC 3339 timestamp; the stream ends when the container stops.
+    pub fn logs(&self, container: &str) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
+        let options = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .build();
+        self.docker
+            .logs(container, Some(options))
+            .map_ok(|out| out.into_bytes())
+            .map_err(anyhow::Error::from)
+    }
+
+    /// Returns once the container is no longer running.
+    pub async fn wait(&self, container: &str) -> Result<()> {
+        let options = WaitContainerOptionsBuilder::default()
+            .condition("not-running")
+            .build();
+        let mut stream = self.docker.wait_container(container, Some(options));
+        match stream.next().await {
+            // A non-zero exit is a result, not a failure: bollard reports it as an error.
+            Some(Ok(_)) | Some(Err(DockerError::DockerContainerWaitError { .. })) | None => Ok(()),
+            Some(Err(e)) => {
+                Err(anyhow::Error::from(e)
+                    .context(format!("cannot wait for container {container}")))
+            }
+        }
+    }
+
+    /// Exit code and whether the kernel killed it for memory.
+    pub async fn exit(&self, container: &str) -> Result<Exit> {
+        let info = quick(self.docker.inspect_container(container, None)).await?;
+        let state = info.state.unwrap_or_default();
+        Ok(Exit {
+            code: state.exit_code.unwrap_or(-1),
+            oom_killed: state.oom_killed.unwrap_or(false),
+        })
+    }
+
+    /// Asks the container to stop (SIGTERM), killing it after `grace`.
+    pub async fn stop(&self, container: &str, grace: Duration) -> Result<()> {
+        let options = StopContainerOptionsBuilder::default()
+            .t(grace.as_secs() as i32)
+            .build();
+        match tokio::time::timeout(
+            grace + QUICK,
+            self.docker.stop_container(container, Some(options)),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) if is_not_modified(&e) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(anyhow!("container {container} did not stop")),
+        }
+    }
+
+    pub async fn kill(&self, container: &str) -> Result<()> {
+        let options = KillContainerOptionsBuilder::default()
+            .signal("SIGKILL")
+            .build();
+        match quick(self.docker.kill_container(container, Some(options))).await {
+            // 409: it is not running any more, which is what we wanted.
+            Err(e)
+                if e.downcast_ref::<DockerError>()
+                    .is_some_and(|e| status_of(e) == Some(409)) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Copies `path` out of a container into `dest` (which is created), keeping the last path
+    /// component: `/work` lands in `dest/work`. Returns false if the path does not exist.
+    pub async fn copy_out(&self, container: &str, path: &str, dest: &Path) -> Result<bool> {
+        let options = DownloadFromContainerOptionsBuilder::default()
+            .path(path)
+            .build();
+        let mut stream = self
+            .docker
+            .download_from_container(container, Some(options))
+            .peekable();
+        if let Some(Err(e)) = std::pin::Pin::new(&mut stream).peek().await {
+            if status_of(e) == Some(404) {
+                return Ok(false);
+            }
+            let message = e.to_string();
+            return Err(anyhow!(
+                "cannot copy {path} out of container {container}: {message}"
+            ));
+        }
+        let reader = StreamReader::new(stream.map_err(std::io::Error::other));
+        let bridge = SyncIoBridge::new(reader);
+        let dest = dest.to_path_buf();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            std::fs::create_dir_all(&dest)?;
+            let mut archive = tar::Archive::new(bridge);
+            archive.set_preserve_permissions(false);
+            archive.set_overwrite(true);
+            // `unpack` refuses entries that would land outside `dest`.
+            archive.unpack(&dest)?;
+            Ok(())
+        })
+        .await
+        .context("the copy thread failed")?
+        .with_context(|| format!("cannot copy {path} out of container {container}"))?;
+        Ok(true)
+    }
+
+    /// Removes a container, whatever its state. A container that is already gone is fine.
+    pub async fn remove(&self, container: &str) -> Result<()> {
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(true)
+            .v(true)
+            .build();
+        match quick(self.docker.remove_container(container, Some(options))).await {
+            Err(e)
+                if e.downcast_ref::<DockerError>()
+                    .is_some_and(|e| status_of(e) == Some(404)) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Ids of all containers (running or not) carrying `label=value`.
+    pub async fn containers_with_label(&self, label: &str, value: &str) -> Result<Vec<String>> {
+        let filters = HashMap::from([("label", vec![format!("{label}={value}")])]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let list = quick(self.docker.list_containers(Some(options))).await?;
+        Ok(list.into_iter().filter_map(|c| c.id).collect())
+    }
+}
+
+async fn quick<T>(call: impl Future<Output = Result<T, DockerError>>) -> Result<T> {
+    match tokio::time::timeout(QUICK, call).await {
+        Ok(result) => result.map_err(anyhow::Error::from),
+        Err(_) => Err(anyhow!(
+            "the Docker engine did not answer within {} s",
+            QUICK.as_secs()
+        )),
+    }
+}
+
+fn status_of(e: &DockerError) -> Option<u16> {
+    match e {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<DockerError>()
+        .is_some_and(|e| status_of(e) == Some(404))
+}
+
+fn is_not_modified(e: &DockerError) -> bool {
+    status_of(e) == Some(304)
+}

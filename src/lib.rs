@@ -1,0 +1,28 @@
+//! precheck-server: runs the gf180mcu precheck on uploaded chip layouts in isolated Docker
+//! containers, behind a Docker-style HTTP API.
+//!
+//! # Layout
+//! - [`config`]: the TOML file, validated into a [`config::Config`].
+//! - [`model`]: uploads, runs, their statuses and outcomes; no SQL, no HTTP.
+//! - [`db`]: the only SQL; SQLite on its own thread behind a cloneable handle.
+//! - [`storage`]: the storage folder, streaming upload writes with sha256, tarballs.
+//! - [`logs`]: a run's timestamped log file and how it is read (tail, since).
+//! - [`docker`]: the only bollard import; containers, images, archives.
+//! - [`runner`]: one run's container from create to remove, and how it ended.
+//! - [`queue`]: FIFO scheduling under `max_concurrent`, cancel, waiting for a run to end.
+//! - [`server`]: `serve(config, listener, shutdown)`, start-up and background tasks.
+//! - [`api`]: everything HTTP: routes, DTOs, errors.
+//! - [`cli`]: the command line.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod docker;
+pub mod logs;
+pub mod model;
+pub mod queue;
+pub mod runner;
+pub mod server;
+pub mod storage;

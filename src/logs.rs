@@ -1,0 +1,309 @@
+//! A run's log file: one line per line the container printed, each prefixed with the time the
+//! engine received it, as Docker's `logs --timestamps` prints them:
+//!
+//! ```text
+//! 2026-11-24T12:00:01.123456789Z Running DRC...
+//! ```
+//! The runner appends to it while the container runs; readers read it (all of it, the last N
+//! lines, or lines after a time) without holding it in memory, during and after the run.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::Path;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// One line of a log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Line {
+    /// Seconds since the Unix epoch (microsecond precision).
+    pub timestamp: f64,
+    /// The raw timestamp as stored.
+    pub stamp: String,
+    pub text: String,
+}
+
+/// Which lines to read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Filter {
+    /// Only lines strictly after this time (seconds since the epoch).
+    pub since: Option<f64>,
+    /// Only the last N lines (of those after `since`).
+    pub tail: Option<usize>,
+}
+
+/// Formats a time as stored in the file (RFC 3339, nanoseconds, UTC).
+pub fn stamp(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+/// Splits a stored line into its parts. A line without a readable timestamp keeps its whole text.
+pub fn parse_line(raw: &str) -> Line {
+    let raw = raw.strip_suffix('\n').unwrap_or(raw);
+    let raw = raw.strip_suffix('\r').unwrap_or(raw);
+    if let Some((stamp, text)) = raw.split_once(' ')
+        && let Ok(t) = OffsetDateTime::parse(stamp, &Rfc3339)
+    {
+        let us = t.unix_timestamp_nanos() / 1000;
+        return Line {
+            timestamp: us as f64 / 1e6,
+            stamp: stamp.to_string(),
+            text: text.to_string(),
+        };
+    }
+    Line {
+        timestamp: 0.0,
+        stamp: String::new(),
+        text: raw.to_string(),
+    }
+}
+
+/// Reads the lines of a log file that pass `filter`, in order, calling `f` for each.
+/// A missing file has no lines.
+pub fn for_each_line(
+    path: &Path,
+    filter: Filter,
+    f: impl FnMut(Line) -> io::Result<()>,
+) -> io::Result<()> {
+    let offset = start_offset(path, filter)?;
+    read_lines(path, offset, filter.since, f).map(drop)
+}
+
+/// Where reading starts for `filter`: 0, or where its last `tail` lines start.
+pub fn start_offset(path: &Path, filter: Filter) -> io::Result<u64> {
+    let Some(n) = filter.tail else { return Ok(0) };
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    let after_since = match filter.since {
+        // The lines after `since` are a suffix of the file: find where it starts, so the tail
+        // counts only those.
+        Some(since) => first_line_after(&mut file, len, micros(since))?,
+        None => 0,
+    };
+    Ok(tail_offset(&mut file, len, n)?.max(after_since))
+}
+
+/// Reads the complete lines from `offset` on (a line still being written is left for the next
+/// call), skipping those not after `since`. Returns the offset after the last line read.
+pub fn read_lines(
+    path: &Path,
+    offset: u64,
+    since: Option<f64>,
+    mut f: impl FnMut(Line) -> io::Result<()>,
+) -> io::Result<u64> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(offset),
+        Err(e) => return Err(e),
+    };
+    let since = since.map(micros);
+    file.seek(SeekFrom::Start(offset))?;
+    let mut reader = BufReader::with_capacity(64 * 1024, file);
+    let mut raw = Vec::new();
+    let mut offset = offset;
+    loop {
+        raw.clear();
+        let n = reader.read_until(b'\n', &mut raw)?;
+        if n == 0 || raw.last() != Some(&b'\n') {
+            return Ok(offset);
+        }
+        offset += n as u64;
+        let line = parse_line(&String::from_utf8_lossy(&raw));
+        if since.is_some_and(|since| micros(line.timestamp) <= since) {
+            continue;
+        }
+        f(line)?;
+    }
+}
+
+fn micros(seconds: f64) -> i64 {
+    (seconds * 1e6).round() as i64
+}
+
+/// The offset where the last `n` lines of the file start.
+fn tail_offset(file: &mut File, len: u64, n: usize) -> io::Result<u64> {
+    if n == 0 {
+        return Ok(len);
+    }
+    const BLOCK: u64 = 64 * 1024;
+    let mut buf = vec![0u8; BLOCK as usize];
+    let mut end = len;
+    let mut newlines = 0usize;
+    // The file's final newline ends the last line; it does not start a new one.
+    let mut skip_last = true;
+    while end > 0 {
+        let start = end.saturating_sub(BLOCK);
+        let chunk = &mut buf[..(end - start) as usize];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(chunk)?;
+        for i in (0..chunk.len()).rev() {
+            if chunk[i] == b'\n' {
+                if skip_last && start + i as u64 == len - 1 {
+                    skip_last = false;
+                    continue;
+                }
+                newlines += 1;
+                if newlines == n {
+                    return Ok(start + i as u64 + 1);
+                }
+            }
+        }
+        skip_last = false;
+        end = start;
+    }
+    Ok(0)
+}
+
+/// The offset of the first line stamped after `since` (microseconds), by binary search over
+/// line starts: lines are appended in time order.
+fn first_line_after(file: &mut File, len: u64, since: i64) -> io::Result<u64> {
+    let (mut lo, mut hi) = (0u64, len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let (start, line) = line_at_or_after(file, mid, len)?;
+        match line {
+            Some(line) if micros(line.timestamp) <= since => lo = start.max(mid) + 1,
+            _ => hi = mid,
+        }
+    }
+    // `lo` may sit inside a line: move to the next line start.
+    Ok(line_at_or_after(file, lo, len)?.0.min(len))
+}
+
+/// The first line that starts at or after `pos`, and where it starts.
+fn line_at_or_after(file: &mut File, pos: u64, len: u64) -> io::Result<(u64, Option<Line>)> {
+    let mut start = pos;
+    if pos > 0 {
+        file.seek(SeekFrom::Start(pos - 1))?;
+        let mut reader = BufReader::new(&mut *file);
+        let mut skipped = Vec::new();
+        start = pos - 1 + reader.read_until(b'\n', &mut skipped)? as u64;
+    }
+    if start >= len {
+        return Ok((len, None));
+    }
+    file.seek(SeekFrom::Start(start))?;
+    let mut raw = Vec::new();
+    BufReader::new(&mut *file).read_until(b'\n', &mut raw)?;
+    Ok((start, Some(parse_line(&String::from_utf8_lossy(&raw)))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_log(lines: usize) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        for i in 0..lines {
+            writeln!(
+                f,
+                "2026-11-24T12:00:{:02}.{:06}Z line {i}",
+                i / 1000,
+                i % 1000 * 1000
+            )
+            .unwrap();
+        }
+        f
+    }
+
+    use std::io::Write;
+
+    fn read(path: &Path, filter: Filter) -> Vec<String> {
+        let mut out = vec![];
+        for_each_line(path, filter, |l| {
+            out.push(l.text);
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn tail_returns_the_last_lines() {
+        let f = write_log(5000);
+        let last = read(
+            f.path(),
+            Filter {
+                tail: Some(10),
+                since: None,
+            },
+        );
+        assert_eq!(
+            last,
+            (4990..5000)
+                .map(|i| format!("line {i}"))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            read(
+                f.path(),
+                Filter {
+                    tail: Some(0),
+                    since: None
+                }
+            ),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            read(
+                f.path(),
+                Filter {
+                    tail: Some(9999),
+                    since: None
+                }
+            )
+            .len(),
+            5000
+        );
+        assert_eq!(read(f.path(), Filter::default()).len(), 5000);
+    }
+
+    #[test]
+    fn since_is_strictly_after() {
+        let f = write_log(3000);
+        // line 1500 is at 12:00:01.500000
+        let t = OffsetDateTime::parse("2026-11-24T12:00:01.5Z", &Rfc3339).unwrap();
+        let since = (t.unix_timestamp_nanos() / 1000) as f64 / 1e6;
+        let after = read(
+            f.path(),
+            Filter {
+                since: Some(since),
+                tail: None,
+            },
+        );
+        assert_eq!(after.first().unwrap(), "line 1501");
+        assert_eq!(after.len(), 1499);
+        let tail = read(
+            f.path(),
+            Filter {
+                since: Some(since),
+                tail: Some(5000),
+            },
+        );
+        assert_eq!(tail.len(), 1499);
+        let tail = read(
+            f.path(),
+            Filter {
+                since: Some(since),
+                tail: Some(3),
+            },
+        );
+        assert_eq!(tail, vec!["line 2997", "line 2998", "line 2999"]);
+    }
+
+    #[test]
+    fn odd_lines_survive() {
+        let line = parse_line("no timestamp here\n");
+        assert_eq!(line.text, "no timestamp here");
+        assert_eq!(line.timestamp, 0.0);
+        let line = parse_line("2026-11-24T12:00:00.000000001Z  indented\r\n");
+        assert_eq!(line.text, " indented");
+        assert!(read(Path::new("/nonexistent/logs.txt"), Filter::default()).is_empty());
+    }
+}

@@ -1,0 +1,264 @@
+//! The nouns of the domain: uploads, runs, their states and how a run ended. No SQL, no HTTP.
+
+use std::fmt;
+use std::str::FromStr;
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// A run's lifecycle status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl RunStatus {
+    pub const ALL: [RunStatus; 5] = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::Completed,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Queued => "queued",
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for RunStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        RunStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown status {s:?}: use one of {}",
+                    RunStatus::ALL.map(RunStatus::as_str).join(", ")
+                )
+            })
+    }
+}
+
+/// Slot sizes the precheck knows.
+pub const SLOTS: [&str; 4] = ["1x1", "0p5x1", "1x0p5", "0p5x0p5"];
+
+/// The file formats a layout upload may have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutFormat {
+    Gds,
+    GdsGz,
+    Oasis,
+}
+
+impl LayoutFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayoutFormat::Gds => "gds",
+            LayoutFormat::GdsGz => "gds.gz",
+            LayoutFormat::Oasis => "oasis",
+        }
+    }
+
+    /// The file name the precheck container reads it as.
+    pub fn input_name(self) -> &'static str {
+        match self {
+            LayoutFormat::Gds => "design.gds",
+            LayoutFormat::GdsGz => "design.gds.gz",
+            LayoutFormat::Oasis => "design.oas",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LayoutFormat> {
+        [LayoutFormat::Gds, LayoutFormat::GdsGz, LayoutFormat::Oasis]
+            .into_iter()
+            .find(|f| f.as_str() == s)
+    }
+
+    /// Recognises a layout by its first bytes (GDSII HEADER record, gzip magic, OASIS magic).
+    pub fn sniff(head: &[u8]) -> Option<LayoutFormat> {
+        if head.starts_with(b"%SEMI-OASIS\r\n") {
+            Some(LayoutFormat::Oasis)
+        } else if head.starts_with(&[0x1f, 0x8b]) {
+            Some(LayoutFormat::GdsGz)
+        } else if head.starts_with(&[0x00, 0x06, 0x00, 0x02]) {
+            Some(LayoutFormat::Gds)
+        } else {
+            None
+        }
+    }
+}
+
+/// A stored upload.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub id: Uuid,
+    /// The client's file name: text only, never used as a path.
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub format: LayoutFormat,
+    pub created: OffsetDateTime,
+    /// `None` once a run uses the upload: it is then kept for that run.
+    pub expires_at: Option<OffsetDateTime>,
+    /// Set when the sweeper removed the file after it expired.
+    pub expired: bool,
+}
+
+impl Upload {
+    pub fn is_expired(&self, now: OffsetDateTime) -> bool {
+        self.expired || self.expires_at.is_some_and(|t| t <= now)
+    }
+}
+
+/// What a precheck run was asked to do.
+#[derive(Debug, Clone)]
+pub struct PrecheckParams {
+    pub upload_id: Uuid,
+    pub top_cell: String,
+    pub die_id: String,
+    pub slot: String,
+    pub cob: bool,
+}
+
+/// A run as stored.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub id: Uuid,
+    pub created: OffsetDateTime,
+    pub params: PrecheckParams,
+    /// The image reference from the config when the run was created.
+    pub image: String,
+    /// The `sha256:` id of the image that ran it, once started.
+    pub image_id: Option<String>,
+    pub status: RunStatus,
+    pub exit_code: Option<i64>,
+    pub error: Option<String>,
+    pub oom_killed: bool,
+    pub started_at: Option<OffsetDateTime>,
+    pub finished_at: Option<OffsetDateTime>,
+    /// Position in the queue (1 = next) and queue length, while queued.
+    pub queue: Option<(u64, u64)>,
+}
+
+/// Exit codes the server reports for runs that did not end by the container's own exit code.
+pub mod exit_code {
+    /// The run was cancelled (128 + SIGINT, as a shell reports Ctrl-C).
+    pub const CANCELLED: i64 = 130;
+    /// The run exceeded its time limit (as `timeout(1)` reports it).
+    pub const TIMED_OUT: i64 = 124;
+    /// The container could not be created or started, or was lost (as `docker run` reports it).
+    pub const NOT_RUN: i64 = 125;
+    /// The container exited 0 without writing its output.
+    pub const NO_OUTPUT: i64 = 1;
+}
+
+/// How a run ended: what the runner hands to the database.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    pub status: RunStatus,
+    pub exit_code: i64,
+    pub error: Option<String>,
+    pub oom_killed: bool,
+}
+
+impl Outcome {
+    pub fn completed() -> Outcome {
+        Outcome {
+            status: RunStatus::Completed,
+            exit_code: 0,
+            error: None,
+            oom_killed: false,
+        }
+    }
+
+    /// A failed run. A failure never reports exit code 0, whatever the container said.
+    pub fn failed(exit_code: i64, error: impl Into<String>) -> Outcome {
+        let exit_code = if exit_code == 0 {
+            exit_code::NOT_RUN
+        } else {
+            exit_code
+        };
+        Outcome {
+            status: RunStatus::Failed,
+            exit_code,
+            error: Some(error.into()),
+            oom_killed: false,
+        }
+    }
+
+    pub fn cancelled() -> Outcome {
+        Outcome {
+            status: RunStatus::Cancelled,
+            exit_code: exit_code::CANCELLED,
+            error: Some("cancelled by request".into()),
+            oom_killed: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_and_unknown_ones_say_what_is_allowed() {
+        for s in RunStatus::ALL {
+            assert_eq!(s.as_str().parse::<RunStatus>().unwrap(), s);
+        }
+        let e = "done".parse::<RunStatus>().unwrap_err();
+        assert!(
+            e.contains("queued, running, completed, failed, cancelled"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn layouts_are_recognised_by_content() {
+        assert_eq!(
+            LayoutFormat::sniff(b"%SEMI-OASIS\r\n\x01"),
+            Some(LayoutFormat::Oasis)
+        );
+        assert_eq!(
+            LayoutFormat::sniff(&[0x1f, 0x8b, 8, 0]),
+            Some(LayoutFormat::GdsGz)
+        );
+        assert_eq!(
+            LayoutFormat::sniff(&[0, 6, 0, 2, 2, 88]),
+            Some(LayoutFormat::Gds)
+        );
+        assert_eq!(LayoutFormat::sniff(b"hello world"), None);
+        assert_eq!(LayoutFormat::sniff(b""), None);
+    }
+
+    #[test]
+    fn a_failure_never_reports_zero() {
+        assert_ne!(Outcome::failed(0, "x").exit_code, 0);
+        assert_eq!(Outcome::failed(1, "x").exit_code, 1);
+        assert_ne!(Outcome::cancelled().exit_code, 0);
+    }
+}

@@ -1,0 +1,208 @@
+//! The queue: runs start in the order they were created, at most `max_concurrent` at once.
+//!
+//! The database holds the queue; this module only decides when to claim the next run. It sleeps
+//! on a [`Notify`] that is poked when a run is created or finishes, and on a [`Semaphore`] with
+//! one permit per container slot: no polling loop. State changes are broadcast as [`RunEvent`]s
+//! so `/wait` and log followers wake the moment a run ends.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use time::OffsetDateTime;
+use tokio::sync::{Notify, Semaphore, broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::db::{Cancel, Db};
+use crate::model::{Run, RunStatus};
+use crate::runner::{ActiveRun, Runner};
+
+/// A run changed state (the database already says so).
+#[derive(Debug, Clone, Copy)]
+pub struct RunEvent {
+    pub run_id: Uuid,
+    pub status: RunStatus,
+}
+
+/// A handle to the queue. Cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Db,
+    runner: Runner,
+    wake: Notify,
+    slots: Arc<Semaphore>,
+    events: broadcast::Sender<RunEvent>,
+    // A std Mutex: it is never held across an `.await`.
+    active: Mutex<HashMap<Uuid, Arc<ActiveRun>>>,
+}
+
+impl Queue {
+    /// Starts the scheduler. It stops claiming runs when `shutdown` is cancelled.
+    pub fn start(runner: Runner, max_concurrent: usize, shutdown: CancellationToken) -> Queue {
+        let (events, _) = broadcast::channel(1024);
+        let queue = Queue {
+            inner: Arc::new(Inner {
+                db: runner.db.clone(),
+                runner,
+                wake: Notify::new(),
+                slots: Arc::new(Semaphore::new(max_concurrent)),
+                events,
+                active: Mutex::new(HashMap::new()),
+            }),
+        };
+        let scheduler = queue.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = scheduler.schedule() => {}
+                _ = shutdown.cancelled() => {}
+            }
+        });
+        queue
+    }
+
+    /// Tells the scheduler a run was queued.
+    pub fn created(&self, run_id: Uuid) {
+        self.publish(run_id, RunStatus::Queued);
+        self.inner.wake.notify_one();
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// The length of a running run's log file, to wait on; `None` if the run is not executing.
+    pub fn log_len(&self, run_id: Uuid) -> Option<watch::Receiver<u64>> {
+        self.active(run_id).map(|a| a.log_len.subscribe())
+    }
+
+    /// Cancels a run: a queued one never starts; a running one's container is stopped.
+    /// Returns the run once it is terminal.
+    pub async fn cancel(&self, run_id: Uuid) -> Result<Cancel> {
+        let answer = self
+            .inner
+            .db
+            .cancel(run_id, OffsetDateTime::now_utc())
+            .await?;
+        match &answer {
+            Cancel::Cancelled(_) => self.publish(run_id, RunStatus::Cancelled),
+            Cancel::Running => {
+                // If the run is not registered yet, the scheduler sees the request in the
+                // database right after registering it.
+                if let Some(active) = self.active(run_id) {
+                    active.cancel.cancel();
+                }
+            }
+            Cancel::AlreadyFinished(_) | Cancel::NotFound => {}
+        }
+        Ok(answer)
+    }
+
+    /// Waits until the run is terminal or `timeout` passes; returns the run as it then is
+    /// (`None` if there is no such run).
+    pub async fn wait(&self, run_id: Uuid, timeout: Duration) -> Result<Option<Run>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut events = self.subscribe();
+        loop {
+            let run = self.inner.db.run(run_id).await?;
+            match &run {
+                Some(r) if !r.status.is_terminal() => {}
+                _ => return Ok(run),
+            }
+            // Wait for an event about this run (a lagged receiver re-reads the database).
+            let woken = tokio::time::timeout_at(deadline, async {
+                loop {
+                    match events.recv().await {
+                        Ok(e) if e.run_id == run_id => return,
+                        Ok(_) => {}
+                        Err(_) => return,
+                    }
+                }
+            })
+            .await;
+            if woken.is_err() {
+                return self.inner.db.run(run_id).await;
+            }
+        }
+    }
+
+    fn active(&self, run_id: Uuid) -> Option<Arc<ActiveRun>> {
+        self.inner
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&run_id)
+            .cloned()
+    }
+
+    fn publish(&self, run_id: Uuid, status: RunStatus) {
+        let _ = self.inner.events.send(RunEvent { run_id, status });
+    }
+
+    async fn schedule(&self) {
+        loop {
+            let Ok(slot) = self.inner.slots.clone().acquire_owned().await else {
+                return;
+            };
+            let run = loop {
+                match self
+                    .inner
+                    .db
+                    .claim_next_run(OffsetDateTime::now_utc())
+                    .await
+                {
+                    Ok(Some(run)) => break run,
+                    Ok(None) => self.inner.wake.notified().await,
+                    Err(e) => {
+                        tracing::error!("cannot claim the next run: {e:#}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            let active = Arc::new(ActiveRun::new());
+            self.inner
+                .active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(run.id, active.clone());
+            if self
+                .inner
+                .db
+                .cancel_requested(run.id)
+                .await
+                .unwrap_or(false)
+            {
+                active.cancel.cancel();
+            }
+            self.publish(run.id, RunStatus::Running);
+            tracing::info!(run_id = %run.id, top_cell = %run.params.top_cell, "run started");
+            let queue = self.clone();
+            tokio::spawn(async move {
+                let outcome = queue.inner.runner.execute(&run, &active).await;
+                let status = outcome.status;
+                tracing::info!(run_id = %run.id, %status, exit_code = outcome.exit_code, "run finished");
+                if let Err(e) = queue
+                    .inner
+                    .db
+                    .finish_run(run.id, outcome, OffsetDateTime::now_utc())
+                    .await
+                {
+                    tracing::error!(run_id = %run.id, "cannot record the end of the run: {e:#}");
+                }
+                queue
+                    .inner
+                    .active
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&run.id);
+                queue.publish(run.id, status);
+                drop(slot);
+            });
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! Runs one precheck in its container, from create to remove, and says how it ended.
+//!
+//! The lifecycle follows the wafer.space platform: create, copy the layout in through the archive
+//! API, start, follow the logs into the run's log file, wait (racing the timeout and a cancel),
+//! copy `/output/design.gds` and `/work` out, remove the container. Whatever happens in between,
+//! the container is removed and the run gets an [`Outcome`] that a person can act on.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures_util::StreamExt;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::{Config, human_bytes};
+use crate::db::Db;
+use crate::docker::{ContainerSpec, Engine, StagedFile};
+use crate::logs;
+use crate::model::{Outcome, Run, exit_code};
+use crate::storage::Storage;
+
+/// Every container the server creates carries its run's id under this label.
+pub const RUN_LABEL: &str = "precheck-server.run-id";
+/// ... and the storage folder of the server that owns it, so one server never touches another's.
+pub const STORAGE_LABEL: &str = "precheck-server.storage";
+
+/// How long a cancelled container gets to stop before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What the rest of the server can see of a run while it executes.
+pub struct ActiveRun {
+    pub cancel: CancellationToken,
+    /// Bytes written to the log file so far; log followers wait on changes.
+    pub log_len: watch::Sender<u64>,
+}
+
+impl ActiveRun {
+    pub fn new() -> ActiveRun {
+        ActiveRun {
+            cancel: CancellationToken::new(),
+            log_len: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Default for ActiveRun {
+    fn default() -> Self {
+        ActiveRun::new()
+    }
+}
+
+/// Executes runs. Cheap to clone.
+#[derive(Clone)]
+pub struct Runner {
+    pub engine: Engine,
+    pub db: Db,
+    pub storage: Storage,
+    pub config: Arc<Config>,
+}
+
+impl Runner {
+    /// Executes a run that the queue has claimed and returns how it ended.
+    pub async fn execute(&self, run: &Run, active: &ActiveRun) -> Outcome {
+        let mut container = None;
+        let outcome = match self.run_container(run, active, &mut container).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, "run failed: {e:#}");
+                Outcome::failed(exit_code::NOT_RUN, format!("{e:#}"))
+            }
+        };
+        if let Some(id) = container
+            && let Err(e) = self.engine.remove(&id).await
+        {
+            tracing::error!(run_id = %run.id, container = %id, "cannot remove container: {e:#}");
+        }
+        let _ = note(&self.storage.log_path(run.id), &finished_note(&outcome)).await;
+        outcome
+    }
+
+    async fn run_container(
+        &self,
+        run: &Run,
+        active: &ActiveRun,
+        container: &mut Option<String>,
+    ) -> Result<Outcome> {
+        let cancelled = &active.cancel;
+        let run_dir = self.storage.run_dir(run.id);
+        tokio::fs::create_dir_all(&run_dir)
+            .await
+            .with_context(|| format!("cannot create {}", run_dir.display()))?;
+        let log_path = self.storage.log_path(run.id);
+
+        let image = &run.image;
+        let Some(image_id) = self.engine.image_id(image).await? else {
+            return Ok(Outcome::failed(
+                exit_code::NOT_RUN,
+                format!(
+                    "the image {image} is not on the Docker engine: run `docker pull {image}` on the engine's host, then submit again"
+                ),
+            ));
+        };
+        self.db.set_image_id(run.id, image_id).await?;
+
+        let upload = self
+            .db
+            .upload(run.params.upload_id)
+            .await?
+            .with_context(|| format!("upload {} has been deleted", run.params.upload_id))?;
+        let input = format!("/input/{}", upload.format.input_name());
+        let spec = ContainerSpec {
+            name: format!("{}{}", self.config.container_prefix, run.id),
+            image: image.clone(),
+            cmd: precheck_command(run, &input),
+            working_dir: "/workspace".into(),
+            env: vec!["COLUMNS=200".into()],
+            labels: HashMap::from([
+                (RUN_LABEL.to_string(), run.id.to_string()),
+                (
+                    STORAGE_LABEL.to_string(),
+                    self.storage.root().display().to_string(),
+                ),
+            ]),
+            limits: self.config.limits.clone(),
+        };
+        if cancelled.is_cancelled() {
+            return Ok(Outcome::cancelled());
+        }
+        let id = self
+            .engine
+            .create(&spec)
+            .await
+            .context("cannot create the container")?;
+        *container = Some(id.clone());
+        let staged = [StagedFile {
+            source: self.storage.upload_path(upload.id),
+            target: input,
+        }];
+        tokio::select! {
+            staged = self.engine.stage(&id, &["/input", "/output", "/work"], &staged) => staged?,
+            _ = cancelled.cancelled() => return Ok(Outcome::cancelled()),
+        }
+        if cancelled.is_cancelled() {
+            return Ok(Outcome::cancelled());
+        }
+        self.engine
+            .start(&id)
+            .await
+            .context("cannot start the container")?;
+        let logs = tokio::spawn(follow_logs(
+            self.engine.logs(&id),
+            log_path.clone(),
+            active.log_len.clone(),
+        ));
+
+        let timeout = self.config.limits.timeout;
+        let ended = tokio::select! {
+            waited = self.engine.wait(&id) => { waited?; None }
+            _ = tokio::time::sleep(timeout) => {
+                self.engine.kill(&id).await?;
+                Some(Outcome::failed(exit_code::TIMED_OUT, format!(
+                    "timed out after {} s (limits.timeout): the container was killed",
+                    timeout.as_secs()
+                )))
+            }
+            _ = cancelled.cancelled() => {
+                self.engine.stop(&id, STOP_GRACE).await?;
+                Some(Outcome::cancelled())
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(30), logs).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(run_id = %run.id, "log stream ended with an error: {e:#}")
+            }
+            Ok(Err(e)) => tracing::warn!(run_id = %run.id, "log task failed: {e}"),
+            Err(_) => {
+                tracing::warn!(run_id = %run.id, "log stream did not end after the container stopped")
+            }
+        }
+
+        // Results are copied out whatever the ending: a failed run's flow directory is what
+        // its designer needs to read.
+        self.engine.copy_out(&id, "/work", &run_dir).await?;
+        let output_dir = run_dir.join("output");
+        self.engine
+            .copy_out(&id, "/output/design.gds", &output_dir)
+            .await?;
+        if let Some(outcome) = ended {
+            return Ok(outcome);
+        }
+
+        let exit = self.engine.exit(&id).await?;
+        if exit.oom_killed {
+            return Ok(Outcome {
+                oom_killed: true,
+                ..Outcome::failed(
+                    exit.code,
+                    format!(
+                        "out of memory (limit {}): the container was killed; raise limits.memory if the layout needs more",
+                        human_bytes(self.config.limits.memory)
+                    ),
+                )
+            });
+        }
+        Ok(match exit.code {
+            0 => {
+                let output = tokio::fs::metadata(self.storage.output_path(run.id)).await;
+                if output.is_ok_and(|m| m.len() > 0) {
+                    Outcome::completed()
+                } else {
+                    Outcome::failed(
+                        exit_code::NO_OUTPUT,
+                        "the precheck exited 0 but wrote no /output/design.gds: see the logs",
+                    )
+                }
+            }
+            1 => Outcome::failed(1, "the precheck found problems (exit code 1): see the logs"),
+            2 => Outcome::failed(
+                2,
+                "the precheck rejected its arguments (exit code 2): see the logs",
+            ),
+            code => Outcome::failed(
+                code,
+                format!("the precheck exited with code {code}: see the logs"),
+            ),
+        })
+    }
+}
+
+/// The container's command line: SPEC's contract, with every value a separate argument.
+fn precheck_command(run: &Run, input: &str) -> Vec<String> {
+    let p = &run.params;
+    let mut cmd: Vec<String> = [
+        "python3",
+        "precheck.py",
+        "--input",
+        input,
+        "--output",
+        "/output/design.gds",
+        "--top",
+        &p.top_cell,
+        "--id",
+        &p.die_id,
+        "--slot",
+        &p.slot,
+    ]
+    .map(String::from)
+    .into();
+    if p.cob {
+        cmd.push("--cob".into());
+    }
+    cmd.extend(["--dir".into(), "/work".into()]);
+    cmd
+}
+
+/// Appends the container's log lines to the run's log file as they arrive, publishing the file's
+/// length after each batch so followers wake.
+async fn follow_logs(
+    stream: impl futures_util::Stream<Item = Result<bytes::Bytes>> + Send + 'static,
+    path: std::path::PathBuf,
+    log_len: watch::Sender<u64>,
+) -> Result<()> {
+    let file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .await?;
+    let mut len = file.metadata().await?.len();
+    let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, file);
+    let mut batches = std::pin::pin!(stream.ready_chunks(1024));
+    while let Some(batch) = batches.next().await {
+        for message in batch {
+            let message = message?;
+            out.write_all(&message).await?;
+            len += message.len() as u64;
+            if !message.ends_with(b"\n") {
+                out.write_all(b"\n").await?;
+                len += 1;
+            }
+        }
+        out.flush().await?;
+        log_len.send_replace(len);
+    }
+    out.flush().await?;
+    Ok(())
+}
+
+/// Appends a line of the server's own to a run's log.
+pub async fn note(path: &Path, text: &str) -> std::io::Result<()> {
+    let line = format!(
+        "{} [precheck-server] {text}\n",
+        logs::stamp(time::OffsetDateTime::now_utc())
+    );
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await?;
+    file.write_all(line.as_bytes()).await?;
+    file.flush().await
+}
+
+fn finished_note(outcome: &Outcome) -> String {
+    match &outcome.error {
+        None => format!("run {} (exit code {})", outcome.status, outcome.exit_code),
+        Some(e) => format!(
+            "run {} (exit code {}): {e}",
+            outcome.status, outcome.exit_code
+        ),
+    }
+}
+
+/// Removes the containers of runs that were running when the server last stopped and marks those
+/// runs failed: no run ever stays `running` without a container behind it.
+pub async fn recover_interrupted(runner: &Runner, running: Vec<Uuid>) -> Result<()> {
+    for run_id in running {
+        for id in runner
+            .engine
+            .containers_with_label(RUN_LABEL, &run_id.to_string())
+            .await?
+        {
+            runner.engine.remove(&id).await?;
+        }
+        let outcome = Outcome::failed(
+            exit_code::NOT_RUN,
+            "container lost while the server was down",
+        );
+        let _ = note(&runner.storage.log_path(run_id), &finished_note(&outcome)).await;
+        runner
+            .db
+            .finish_run(run_id, outcome, time::OffsetDateTime::now_utc())
+            .await?;
+    }
+    Ok(())
+}

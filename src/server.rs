@@ -1,0 +1,169 @@
+//! The server as a function of (config, listener, shutdown): `main` passes a bound port and
+//! Ctrl-C; tests pass port 0 and their own signal. One code path for both.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::docker::Engine;
+use crate::model::RunStatus;
+use crate::queue::Queue;
+use crate::runner::{self, Runner};
+use crate::storage::Storage;
+
+/// Where the configured image stands on the engine.
+#[derive(Debug, Clone)]
+pub enum ImageStatus {
+    Ready { id: String },
+    Pulling,
+    Missing { error: String },
+}
+
+/// Everything a request handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub storage: Storage,
+    pub engine: Engine,
+    pub queue: Queue,
+    pub image: Arc<RwLock<ImageStatus>>,
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let config = Arc::new(config);
+    let storage = Storage::open(&config.storage_path)?;
+    let db = {
+        let path = storage.db_path();
+        tokio::task::spawn_blocking(move || Db::open(&path)).await??
+    };
+    let engine = Engine::connect().await?;
+    let version = engine.version().await?;
+    tracing::info!(engine = %version.version, api = %version.api_version, "connected to the Docker engine");
+
+    let stop = CancellationToken::new();
+    let runner = Runner {
+        engine: engine.clone(),
+        db: db.clone(),
+        storage: storage.clone(),
+        config: config.clone(),
+    };
+    let interrupted = db
+        .runs(vec![RunStatus::Running])
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    runner::recover_interrupted(&runner, interrupted)
+        .await
+        .context("cannot recover interrupted runs")?;
+
+    let image = Arc::new(RwLock::new(ImageStatus::Pulling));
+    tokio::spawn(ensure_image(
+        engine.clone(),
+        config.image.clone(),
+        image.clone(),
+    ));
+    let queue = Queue::start(runner, config.max_concurrent, stop.clone());
+    tokio::spawn(sweep_uploads(db.clone(), storage.clone(), stop.clone()));
+
+    let state = AppState {
+        config,
+        db,
+        storage,
+        engine,
+        queue,
+        image,
+    };
+    let app = crate::api::router(state);
+    let addr = listener.local_addr()?;
+    tracing::info!("listening on http://{addr}");
+    println!("listening on http://{addr}");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            stop.cancel();
+        })
+        .await
+        .context("the HTTP server failed")
+}
+
+/// Finds the configured image on the engine, pulling it if it is missing.
+async fn ensure_image(engine: Engine, image: String, status: Arc<RwLock<ImageStatus>>) {
+    let set = |s: ImageStatus| *status.write().unwrap_or_else(|e| e.into_inner()) = s;
+    match engine.image_id(&image).await {
+        Ok(Some(id)) => return set(ImageStatus::Ready { id }),
+        Ok(None) => tracing::info!(%image, "the image is not on the engine: pulling it"),
+        Err(e) => {
+            return set(ImageStatus::Missing {
+                error: format!("{e:#}"),
+            });
+        }
+    }
+    let pulled = engine
+        .pull(&image, |line| tracing::info!(%image, "pull: {line}"))
+        .await;
+    let after = match pulled {
+        Ok(()) => engine.image_id(&image).await,
+        Err(e) => Err(e),
+    };
+    match after {
+        Ok(Some(id)) => {
+            tracing::info!(%image, %id, "image pulled");
+            set(ImageStatus::Ready { id })
+        }
+        Ok(None) => set(ImageStatus::Missing {
+            error: "the pull finished but the image is not there".into(),
+        }),
+        Err(e) => {
+            tracing::error!(%image, "cannot pull the image: {e:#}");
+            set(ImageStatus::Missing {
+                error: format!(
+                    "cannot pull {image}: {e:#}; run `docker pull {image}` on the engine's host"
+                ),
+            })
+        }
+    }
+}
+
+/// Marks expired uploads and removes their files: at each upload's expiry time, and every
+/// minute as a backstop.
+async fn sweep_uploads(db: Db, storage: Storage, stop: CancellationToken) {
+    loop {
+        let now = OffsetDateTime::now_utc();
+        match db.expire_uploads(now).await {
+            Ok(ids) => {
+                for id in ids {
+                    tracing::info!(upload_id = %id, "upload expired");
+                    if let Err(e) = storage.remove_upload(id).await {
+                        tracing::warn!(upload_id = %id, "cannot remove expired upload: {e}");
+                    }
+                }
+            }
+            Err(e) => tracing::error!("cannot expire uploads: {e:#}"),
+        }
+        let next = db.next_upload_expiry().await.ok().flatten();
+        let wait = next
+            .map(|t| {
+                (t - OffsetDateTime::now_utc()).clamp(time::Duration::ZERO, time::Duration::MINUTE)
+            })
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or(Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
+        }
+    }
+}

@@ -1,0 +1,292 @@
+//! The storage folder: where uploads, runs and the database live, streaming saves, tarballs.
+//!
+//! ```text
+//! <storage_path>/
+//!   precheck.sqlite          the database (WAL)
+//!   tmp/<id>.part            uploads being received; removed at start and on any failure
+//!   uploads/<id>             finished uploads, named by id (the client's name is only text)
+//!   runs/<id>/logs.txt       the run's log, one timestamped line per line the container printed
+//!   runs/<id>/output/        what the container wrote to /output
+//!   runs/<id>/work/          the flow directory the container wrote to /work
+//! ```
+//! Every path here is built from a UUID; no string from a client becomes part of a path.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// The storage folder of one server.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    root: PathBuf,
+}
+
+/// A finished upload as written to disk.
+#[derive(Debug)]
+pub struct Saved {
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl Storage {
+    /// Creates the folder layout and removes uploads that were interrupted by a crash.
+    pub fn open(root: &Path) -> Result<Storage> {
+        for dir in ["tmp", "uploads", "runs"] {
+            let path = root.join(dir);
+            std::fs::create_dir_all(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+        }
+        let storage = Storage {
+            root: root.to_path_buf(),
+        };
+        for entry in std::fs::read_dir(root.join("tmp"))? {
+            let path = entry?.path();
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+        Ok(storage)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.root.join("precheck.sqlite")
+    }
+
+    pub fn upload_path(&self, id: Uuid) -> PathBuf {
+        self.root.join("uploads").join(id.to_string())
+    }
+
+    pub fn run_dir(&self, id: Uuid) -> PathBuf {
+        self.root.join("runs").join(id.to_string())
+    }
+
+    pub fn log_path(&self, id: Uuid) -> PathBuf {
+        self.run_dir(id).join("logs.txt")
+    }
+
+    /// The checked layout the precheck wrote to `/output/design.gds`.
+    pub fn output_path(&self, id: Uuid) -> PathBuf {
+        self.run_dir(id).join("output").join("design.gds")
+    }
+
+    /// Starts receiving an upload. Chunks go to a blocking thread that writes and hashes them.
+    pub fn upload_writer(&self, id: Uuid) -> UploadWriter {
+        let part = self.root.join("tmp").join(format!("{id}.part"));
+        let dest = self.upload_path(id);
+        let (tx, rx) = mpsc::channel(8);
+        let task = tokio::task::spawn_blocking(move || write_upload(rx, &part, &dest));
+        UploadWriter { tx, task }
+    }
+
+    /// Removes an upload's file; a file that is already gone is fine.
+    pub async fn remove_upload(&self, id: Uuid) -> io::Result<()> {
+        match tokio::fs::remove_file(self.upload_path(id)).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+enum Chunk {
+    Data(Bytes),
+    Finish,
+}
+
+/// An upload being written. Dropping it without [`UploadWriter::finish`] removes the partial file.
+pub struct UploadWriter {
+    tx: mpsc::Sender<Chunk>,
+    task: JoinHandle<io::Result<Saved>>,
+}
+
+impl UploadWriter {
+    pub async fn write(&mut self, data: Bytes) -> io::Result<()> {
+        if self.tx.send(Chunk::Data(data)).await.is_err() {
+            // The writer stopped early: its result says why.
+            return Err(self.failure().await);
+        }
+        Ok(())
+    }
+
+    /// Flushes, syncs and moves the file to its place; returns its size and sha256.
+    pub async fn finish(mut self) -> io::Result<Saved> {
+        if self.tx.send(Chunk::Finish).await.is_err() {
+            return Err(self.failure().await);
+        }
+        (&mut self.task).await.map_err(io::Error::other)?
+    }
+
+    async fn failure(&mut self) -> io::Error {
+        match (&mut self.task).await {
+            Ok(Err(e)) => e,
+            Ok(Ok(_)) => io::Error::other("the upload writer stopped"),
+            Err(e) => io::Error::other(e),
+        }
+    }
+}
+
+fn write_upload(mut rx: mpsc::Receiver<Chunk>, part: &Path, dest: &Path) -> io::Result<Saved> {
+    let result = (|| {
+        let mut file = BufWriter::with_capacity(256 * 1024, File::create(part)?);
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        loop {
+            match rx.blocking_recv() {
+                Some(Chunk::Data(data)) => {
+                    hasher.update(&data);
+                    file.write_all(&data)?;
+                    size += data.len() as u64;
+                }
+                Some(Chunk::Finish) => break,
+                None => return Err(io::Error::new(io::ErrorKind::Interrupted, "upload aborted")),
+            }
+        }
+        let file = file.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        std::fs::rename(part, dest)?;
+        Ok(Saved {
+            size,
+            sha256: format!("{:x}", hasher.finalize()),
+        })
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(part);
+    }
+    result
+}
+
+/// A [`Write`] that hands its bytes, in chunks, to an async consumer: how blocking producers
+/// (tar, gzip) feed a response body or an upload to the engine without holding the whole thing.
+pub struct ChunkSender {
+    tx: mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 64 * 1024;
+
+impl ChunkSender {
+    /// The writer and the receiving end; the channel is bounded, so memory stays constant.
+    pub fn new() -> (ChunkSender, mpsc::Receiver<io::Result<Bytes>>) {
+        let (tx, rx) = mpsc::channel(4);
+        (
+            ChunkSender {
+                tx,
+                buf: Vec::with_capacity(CHUNK),
+            },
+            rx,
+        )
+    }
+
+    /// Passes an error on to the consumer (ending its stream with it).
+    pub fn fail(self, error: io::Error) {
+        let _ = self.tx.blocking_send(Err(error));
+    }
+
+    fn send_buf(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the receiver has gone"))
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(CHUNK - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK {
+            self.send_buf()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_buf()
+    }
+}
+
+impl Drop for ChunkSender {
+    fn drop(&mut self) {
+        let _ = self.send_buf();
+    }
+}
+
+/// Writes `dir` as a gzip'd tar whose entries start with `prefix/`. Symlinks are stored as links,
+/// never followed, so nothing outside `dir` is read.
+pub fn write_tar_gz(dir: &Path, prefix: &str, out: impl Write) -> io::Result<()> {
+    let gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    tar.follow_symlinks(false);
+    tar.mode(tar::HeaderMode::Complete);
+    tar.append_dir_all(prefix, dir)?;
+    tar.into_inner()?.finish()?.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn upload_is_hashed_and_moved_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let id = Uuid::new_v4();
+        let mut w = storage.upload_writer(id);
+        w.write(Bytes::from_static(b"hello ")).await.unwrap();
+        w.write(Bytes::from_static(b"world")).await.unwrap();
+        let saved = w.finish().await.unwrap();
+        assert_eq!(saved.size, 11);
+        assert_eq!(
+            saved.sha256,
+            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
+        );
+        assert_eq!(
+            std::fs::read(storage.upload_path(id)).unwrap(),
+            b"hello world"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[tokio::test]
+    async fn dropped_upload_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let id = Uuid::new_v4();
+        let mut w = storage.upload_writer(id);
+        w.write(Bytes::from_static(b"partial")).await.unwrap();
+        drop(w);
+        let tmp = dir.path().join("tmp");
+        for _ in 0..100 {
+            if std::fs::read_dir(&tmp).unwrap().count() == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+        assert!(!storage.upload_path(id).exists());
+    }
+
+    #[test]
+    fn leftover_parts_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
+        std::fs::write(dir.path().join("tmp/x.part"), b"half").unwrap();
+        Storage::open(dir.path()).unwrap();
+        assert!(!dir.path().join("tmp/x.part").exists());
+    }
+}

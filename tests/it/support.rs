@@ -1,0 +1,944 @@
+//! Shared helpers for the integration tests: Docker checks, the stand-in precheck image, a real
+//! server process per test ([`TestServer`]), polling, and a small GDSII writer so tests make their
+//! own layouts.
+//!
+//! Tests that need Docker call [`docker_required`] and fail, never skip, when it is missing.
+
+// Each test module uses a different part of this file.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The tag of the stand-in precheck image that [`precheck_image`] builds.
+pub const PRECHECK_IMAGE: &str = "precheck-server-test/precheck:standin";
+
+/// The label key the server puts on every container it creates, valued with its storage path.
+pub const STORAGE_LABEL: &str = "precheck-server.storage";
+
+/// The label key the server puts on every container it creates, valued with the run id.
+pub const RUN_ID_LABEL: &str = "precheck-server.run-id";
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Panics unless a Docker engine answers `docker info`: tests that need Docker fail without it.
+pub fn docker_required() {
+    static DOCKER: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = DOCKER.get_or_init(|| {
+        match Command::new("docker")
+            .args(["info", "--format", "{{.ServerVersion}}"])
+            .output()
+        {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(format!(
+                "`docker info` failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => Err(format!("cannot run `docker`: {e}")),
+        }
+    });
+    if let Err(reason) = result {
+        panic!(
+            "this test needs a reachable Docker engine and does not skip without one: {reason}; \
+             start Docker (or set DOCKER_HOST) and run the tests again"
+        );
+    }
+}
+
+/// Runs `docker ARGS`, panicking only if the command cannot be started.
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `docker {}`: {e}", args.join(" ")))
+}
+
+/// Runs `docker ARGS`, panics unless it succeeds, and returns its trimmed stdout.
+pub fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "`docker {}` failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Builds the stand-in precheck image from `tests/standin/precheck` once per test process and
+/// returns its tag. The build context is a fresh temporary folder (the Dockerfile, the script and a
+/// copy of the host's static `/bin/busybox`), so parallel test binaries never share one.
+pub fn precheck_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        docker_required();
+        build_precheck_image();
+        PRECHECK_IMAGE.to_string()
+    })
+}
+
+fn build_precheck_image() {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/standin/precheck");
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.is_file(),
+        "the stand-in image needs a static busybox at /bin/busybox: install the Debian package busybox-static"
+    );
+    let context = tempfile::tempdir().expect("create a build context folder");
+    for (from, name) in [
+        (source.join("Dockerfile"), "Dockerfile"),
+        (source.join("python3"), "python3"),
+        (busybox.to_path_buf(), "busybox"),
+    ] {
+        let to = context.path().join(name);
+        fs::copy(&from, &to)
+            .unwrap_or_else(|e| panic!("copy {} into the build context: {e}", from.display()));
+        fs::set_permissions(&to, fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("make {} executable: {e}", to.display()));
+    }
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", PRECHECK_IMAGE])
+        .arg(context.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("run `docker build`");
+    assert!(
+        out.status.success(),
+        "building the stand-in image {PRECHECK_IMAGE} failed ({}); is /bin/busybox the static one \
+         (busybox-static)?\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Polls `f` every 50 ms until it returns true; panics after `timeout` naming `what`.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// [`wait_until`] for async tests: polls the future `f` returns every 50 ms.
+pub async fn wait_until_async<F, Fut>(timeout: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f().await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// The server binary under test.
+pub fn server_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_precheck-server")
+}
+
+/// A `precheck-server serve` process on a free port with its own config and storage in a fresh
+/// temporary folder. Dropping it stops the server (SIGTERM, then SIGKILL after 10 s), removes
+/// any container it left behind and fails the test if there was one.
+pub struct TestServer {
+    /// `http://127.0.0.1:PORT`, without a trailing slash.
+    pub url: String,
+    /// The server's storage folder (absolute, canonical): the value of its containers' storage label.
+    pub storage: PathBuf,
+    pub child: Child,
+    /// The config file the server was started with.
+    pub config_path: PathBuf,
+    container_prefix: String,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr_path: PathBuf,
+    stopped: bool,
+    tempdir: tempfile::TempDir,
+}
+
+/// The config of a [`TestServer`], rendered to TOML when it starts. Keys are dotted paths into
+/// the TOML (`"server.max_concurrent"`); later settings override earlier ones.
+pub struct TestServerBuilder {
+    config: toml::Table,
+    unset: Vec<String>,
+}
+
+impl TestServer {
+    pub fn builder() -> TestServerBuilder {
+        TestServerBuilder::new()
+    }
+
+    /// Starts a server with the default test config merged with `extra_toml` (may be empty).
+    pub fn start(extra_toml: &str) -> TestServer {
+        TestServer::builder().toml(extra_toml).start()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's resident set size in KiB, from `/proc/<pid>/status`.
+    pub fn rss_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {path}"))
+    }
+
+    /// The `docker ps --filter` argument matching every container this server created:
+    /// `label=precheck-server.storage=<storage>`.
+    pub fn storage_label_filter(&self) -> String {
+        format!("label={STORAGE_LABEL}={}", self.storage.display())
+    }
+
+    /// The container name prefix in this server's config; unique to this server.
+    pub fn container_prefix(&self) -> &str {
+        &self.container_prefix
+    }
+
+    /// `url` + `path`, e.g. `server.api("/api/v1/queue")`.
+    pub fn api(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// The full ids of the containers, running or not, that carry this server's storage label
+    /// or its container name prefix.
+    pub fn containers(&self) -> Vec<String> {
+        self.list_containers().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Panics, describing them, if any container of this server exists.
+    pub fn assert_no_containers(&self) {
+        let ids = self.containers();
+        if !ids.is_empty() {
+            panic!(
+                "the server left containers behind:\n{}",
+                describe_containers(&ids)
+            );
+        }
+    }
+
+    /// What the server has printed on stdout so far, one entry a line.
+    pub fn stdout_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// What the server has printed on stderr so far.
+    pub fn stderr_text(&self) -> String {
+        fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this server's config: `precheck-server ARGS --config FILE`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(server_bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run precheck-server")
+    }
+
+    /// Stops the server like an operator would (SIGTERM, SIGKILL after 10 s) and returns how it
+    /// exited. Containers are left alone, so a test can look at what a stop leaves.
+    pub fn stop(&mut self) -> ExitStatus {
+        if let Some(status) = self.child.try_wait().expect("poll the server process") {
+            self.stopped = true;
+            return status;
+        }
+        // Without unsafe code there is no kill(2); the kill command does the same.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("poll the server process") {
+                self.stopped = true;
+                return status;
+            }
+            thread::sleep(POLL_INTERVAL);
+        }
+        eprintln!("the server did not stop within {STOP_TIMEOUT:?} of SIGTERM; killing it");
+        self.kill()
+    }
+
+    /// Kills the server with SIGKILL, as a crash would, and returns its exit status.
+    pub fn kill(&mut self) -> ExitStatus {
+        let _ = self.child.kill();
+        self.stopped = true;
+        self.child.wait().expect("wait for the server process")
+    }
+
+    /// Stops the server if it runs and starts it again with the same config and storage. The
+    /// port is chosen afresh, so `url` changes.
+    pub fn restart(&mut self) {
+        if !self.stopped {
+            self.stop();
+        }
+        let (child, url) = spawn_server(&self.config_path, &self.stderr_path, &self.stdout)
+            .unwrap_or_else(|e| panic!("{e}"));
+        self.child = child;
+        self.url = url;
+        self.stopped = false;
+    }
+
+    fn list_containers(&self) -> Result<Vec<String>, String> {
+        let mut ids = BTreeSet::new();
+        let name_filter = format!("name={}", self.container_prefix);
+        for filter in [self.storage_label_filter(), name_filter] {
+            let out = Command::new("docker")
+                .args(["ps", "-aq", "--no-trunc", "--filter", &filter])
+                .output()
+                .map_err(|e| format!("cannot run `docker ps`: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "`docker ps --filter {filter}` failed: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            ids.extend(
+                String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_string),
+            );
+        }
+        Ok(ids.into_iter().collect())
+    }
+
+    fn print_output(&self) {
+        eprintln!(
+            "--- server stdout ({})\n{}",
+            self.config_path.display(),
+            self.stdout_lines().join("\n")
+        );
+        eprintln!("--- server stderr\n{}", self.stderr_text());
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if !self.stopped {
+            self.stop();
+        }
+        let leaked = match self.list_containers() {
+            Ok(ids) => ids,
+            Err(e) => {
+                eprintln!("cannot check for leftover containers: {e}");
+                Vec::new()
+            }
+        };
+        let description = describe_containers(&leaked);
+        for id in &leaked {
+            let _ = Command::new("docker").args(["rm", "-f", "-v", id]).output();
+        }
+        if thread::panicking() {
+            self.print_output();
+        } else if !leaked.is_empty() {
+            self.print_output();
+            panic!(
+                "the server leaked containers (now removed); every run's container must be gone \
+                 once the server has stopped:\n{description}"
+            );
+        }
+    }
+}
+
+impl TestServerBuilder {
+    fn new() -> TestServerBuilder {
+        let prefix = format!(
+            "precheck-test-{}-",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        TestServerBuilder {
+            config: toml::Table::new(),
+            unset: Vec::new(),
+        }
+        .set("server.host", "127.0.0.1")
+        .set("server.port", 0)
+        // Relative on purpose: the server resolves it against the config file's folder.
+        .set("server.storage_path", "data")
+        .set("server.max_concurrent", 2)
+        .set("server.upload_expiry_minutes", 15)
+        .set("docker.container_prefix", prefix)
+        .set("limits.memory", "1GiB")
+        .set("limits.timeout", "10m")
+    }
+
+    pub fn max_concurrent(self, n: i64) -> Self {
+        self.set("server.max_concurrent", n)
+    }
+
+    pub fn upload_expiry_minutes(self, minutes: i64) -> Self {
+        self.set("server.upload_expiry_minutes", minutes)
+    }
+
+    /// The precheck image; without this the stand-in from [`precheck_image`] is used.
+    pub fn image(self, image: &str) -> Self {
+        self.set("docker.image", image)
+    }
+
+    /// `limits.memory`, e.g. `"64MiB"`.
+    pub fn memory(self, memory: &str) -> Self {
+        self.set("limits.memory", memory)
+    }
+
+    /// `limits.timeout`, e.g. `"3s"`.
+    pub fn timeout(self, timeout: &str) -> Self {
+        self.set("limits.timeout", timeout)
+    }
+
+    /// `server.max_upload_size`, e.g. `"1MiB"`.
+    pub fn max_upload_size(self, size: &str) -> Self {
+        self.set("server.max_upload_size", size)
+    }
+
+    /// Sets any key by its dotted path, e.g. `.set("auth.required", true)`.
+    pub fn set(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        let (table, last) = table_for_key(&mut self.config, key);
+        table.insert(last.to_string(), value.into());
+        self.unset.retain(|k| k != key);
+        self
+    }
+
+    /// Removes a key, to test the server's default for it (`"docker.image"` included).
+    pub fn unset(mut self, key: &str) -> Self {
+        let (table, last) = table_for_key(&mut self.config, key);
+        table.remove(last);
+        self.unset.push(key.to_string());
+        self
+    }
+
+    /// Merges a TOML document into the config: its tables are merged key by key, other values
+    /// (arrays of tables included) replace what was there.
+    pub fn toml(mut self, extra: &str) -> Self {
+        if extra.trim().is_empty() {
+            return self;
+        }
+        let extra: toml::Table = extra
+            .parse()
+            .unwrap_or_else(|e| panic!("the extra TOML given to the test server is invalid: {e}"));
+        merge(&mut self.config, extra);
+        self
+    }
+
+    /// The config as it would be written (without the default image filled in).
+    pub fn config_text(&self) -> String {
+        toml::to_string(&self.config).expect("render the test config")
+    }
+
+    pub fn start(self) -> TestServer {
+        self.try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the server; the error says why it did not come up and holds what it printed.
+    pub fn try_start(mut self) -> Result<TestServer, String> {
+        let has_image = self
+            .config
+            .get("docker")
+            .and_then(|d| d.get("image"))
+            .is_some();
+        if !has_image && !self.unset.iter().any(|k| k == "docker.image") {
+            self = self.image(precheck_image());
+        }
+        let tempdir = tempfile::tempdir().expect("create a temp folder for the test server");
+        let root = fs::canonicalize(tempdir.path()).expect("canonicalize the temp folder");
+        let config_path = root.join("config.toml");
+        fs::write(&config_path, self.config_text()).expect("write the test config");
+        let storage = match self
+            .config
+            .get("server")
+            .and_then(|s| s.get("storage_path"))
+            .and_then(|p| p.as_str())
+        {
+            Some(p) => root.join(p),
+            None => root.join("data"),
+        };
+        let container_prefix = self
+            .config
+            .get("docker")
+            .and_then(|d| d.get("container_prefix"))
+            .and_then(|p| p.as_str())
+            .unwrap_or("precheck-")
+            .to_string();
+        let stderr_path = root.join("server-stderr.log");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let (child, url) = spawn_server(&config_path, &stderr_path, &stdout)?;
+        let storage = fs::canonicalize(&storage).unwrap_or(storage);
+        Ok(TestServer {
+            url,
+            storage,
+            child,
+            config_path,
+            container_prefix,
+            stdout,
+            stderr_path,
+            stopped: false,
+            tempdir,
+        })
+    }
+}
+
+/// Spawns `precheck-server serve --config FILE` and waits for its `listening on http://...` line.
+fn spawn_server(
+    config_path: &Path,
+    stderr_path: &Path,
+    stdout_lines: &Arc<Mutex<Vec<String>>>,
+) -> Result<(Child, String), String> {
+    let stderr = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(stderr_path)
+        .map_err(|e| format!("open {}: {e}", stderr_path.display()))?;
+    let mut child = Command::new(server_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(config_path)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", server_bin()))?;
+
+    let (tx, rx) = mpsc::channel();
+    let mut reader = BufReader::new(child.stdout.take().expect("piped stdout"));
+    let lines = Arc::clone(stdout_lines);
+    // Keeps draining stdout after start-up so the server never blocks on a full pipe.
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        let mut announced = false;
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+            if !announced {
+                if let Some(url) = parse_listening_url(&line) {
+                    announced = true;
+                    let _ = tx.send(url);
+                }
+            }
+            lines.lock().unwrap().push(line);
+        }
+    });
+
+    let deadline = Instant::now() + START_TIMEOUT;
+    let failure = loop {
+        match rx.recv_timeout(POLL_INTERVAL) {
+            Ok(url) => return Ok((child, url)),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                break "closed its stdout without printing `listening on http://...`".to_string();
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            break format!("exited ({status}) without printing `listening on http://...`");
+        }
+        if Instant::now() >= deadline {
+            break format!("did not print `listening on http://...` within {START_TIMEOUT:?}");
+        }
+    };
+    let _ = child.kill();
+    let status = match child.wait() {
+        Ok(status) => status.to_string(),
+        Err(e) => format!("unknown ({e})"),
+    };
+    // Give the drain thread a moment to record the last lines.
+    thread::sleep(POLL_INTERVAL);
+    Err(format!(
+        "the test server ({} serve --config {}) {failure}; {status}\n--- stdout\n{}\n--- stderr\n{}",
+        server_bin(),
+        config_path.display(),
+        stdout_lines.lock().unwrap().join("\n"),
+        fs::read_to_string(stderr_path).unwrap_or_default()
+    ))
+}
+
+/// The `http://HOST:PORT` from a line containing `listening on http://HOST:PORT`.
+fn parse_listening_url(line: &str) -> Option<String> {
+    const MARK: &str = "listening on ";
+    let start = line.find("listening on http://")? + MARK.len();
+    let url: String = line[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && !c.is_control() && !matches!(c, '"' | '\''))
+        .collect();
+    let url = url.trim_end_matches(['/', '.', ',', ')']);
+    let (_, port) = url.strip_prefix("http://")?.rsplit_once(':')?;
+    match port.parse::<u16>() {
+        Ok(port) if port != 0 => Some(url.to_string()),
+        _ => None,
+    }
+}
+
+fn table_for_key<'a>(root: &'a mut toml::Table, key: &'a str) -> (&'a mut toml::Table, &'a str) {
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts.pop().expect("a non-empty key");
+    let mut table = root;
+    for part in parts {
+        let entry = table
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = entry
+            .as_table_mut()
+            .unwrap_or_else(|| panic!("`{part}` in the test config key `{key}` is not a table"));
+    }
+    (table, last)
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(existing)), toml::Value::Table(table)) => {
+                merge(existing, table)
+            }
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+fn describe_containers(ids: &[String]) -> String {
+    if ids.is_empty() {
+        return String::new();
+    }
+    let mut args = vec![
+        "inspect",
+        "--format",
+        "{{.Name}} {{.State.Status}} labels={{json .Config.Labels}}",
+    ];
+    args.extend(ids.iter().map(String::as_str));
+    let out = docker(&args);
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if text.is_empty() {
+        ids.join("\n")
+    } else {
+        text
+    }
+}
+
+/// A GDSII library `top` with one structure holding one 1 µm square on layer 1/0, with a
+/// database unit of 1 nm (0.001 user units of 1 µm).
+pub fn gds_bytes(top: &str) -> Vec<u8> {
+    let mut gds = GdsWriter::new(Vec::new());
+    gds.begin(top).expect("write to memory");
+    gds.boundary(1, 0, 0, 0, 1000, 1000)
+        .expect("write to memory");
+    gds.end().expect("write to memory");
+    gds.out
+}
+
+/// Writes a valid GDSII file of about `approx_bytes` bytes to `path` in constant memory: one
+/// structure `top` holding many squares. Returns the file's exact size.
+pub fn write_big_gds(path: impl AsRef<Path>, top: &str, approx_bytes: u64) -> u64 {
+    let path = path.as_ref();
+    let file = fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    let mut gds = GdsWriter::new(BufWriter::with_capacity(1 << 20, file));
+    let written = (|| -> io::Result<u64> {
+        gds.begin(top)?;
+        let fixed = gds.written + END_BYTES;
+        let count = (approx_bytes.saturating_sub(fixed) / BOUNDARY_BYTES).max(1);
+        for i in 0..count {
+            let x = (i % 1000) as i32 * 2000;
+            let y = ((i / 1000) % 100_000) as i32 * 2000;
+            gds.boundary(1, 0, x, y, 1000, 1000)?;
+        }
+        gds.end()?;
+        gds.out.flush()?;
+        Ok(gds.written)
+    })();
+    written.unwrap_or_else(|e| panic!("write {}: {e}", path.display()))
+}
+
+// GDSII record types and data types (the Calma GDSII Stream Format, release 6).
+const HEADER: u8 = 0x00;
+const BGNLIB: u8 = 0x01;
+const LIBNAME: u8 = 0x02;
+const UNITS: u8 = 0x03;
+const ENDLIB: u8 = 0x04;
+const BGNSTR: u8 = 0x05;
+const STRNAME: u8 = 0x06;
+const ENDSTR: u8 = 0x07;
+const BOUNDARY: u8 = 0x08;
+const LAYER: u8 = 0x0D;
+const DATATYPE: u8 = 0x0E;
+const XY: u8 = 0x10;
+const ENDEL: u8 = 0x11;
+
+const NO_DATA: u8 = 0x00;
+const INT2: u8 = 0x02;
+const INT4: u8 = 0x03;
+const REAL8: u8 = 0x05;
+const ASCII: u8 = 0x06;
+
+/// BOUNDARY + LAYER + DATATYPE + XY (5 points) + ENDEL.
+const BOUNDARY_BYTES: u64 = 4 + 6 + 6 + (4 + 5 * 8) + 4;
+/// ENDSTR + ENDLIB.
+const END_BYTES: u64 = 4 + 4;
+
+/// 2025-01-01 00:00:00, as modification and access time.
+const TIMESTAMPS: [i16; 12] = [2025, 1, 1, 0, 0, 0, 2025, 1, 1, 0, 0, 0];
+
+struct GdsWriter<W: Write> {
+    out: W,
+    written: u64,
+}
+
+impl<W: Write> GdsWriter<W> {
+    fn new(out: W) -> Self {
+        GdsWriter { out, written: 0 }
+    }
+
+    fn begin(&mut self, top: &str) -> io::Result<()> {
+        self.int2(HEADER, &[600])?;
+        self.int2(BGNLIB, &TIMESTAMPS)?;
+        self.ascii(LIBNAME, "precheck_test")?;
+        self.real8(UNITS, &[1e-3, 1e-9])?;
+        self.int2(BGNSTR, &TIMESTAMPS)?;
+        self.ascii(STRNAME, top)
+    }
+
+    fn boundary(
+        &mut self,
+        layer: i16,
+        datatype: i16,
+        x: i32,
+        y: i32,
+        w: i32,
+        h: i32,
+    ) -> io::Result<()> {
+        self.record(BOUNDARY, NO_DATA, &[])?;
+        self.int2(LAYER, &[layer])?;
+        self.int2(DATATYPE, &[datatype])?;
+        self.int4(XY, &[x, y, x + w, y, x + w, y + h, x, y + h, x, y])?;
+        self.record(ENDEL, NO_DATA, &[])
+    }
+
+    fn end(&mut self) -> io::Result<()> {
+        self.record(ENDSTR, NO_DATA, &[])?;
+        self.record(ENDLIB, NO_DATA, &[])
+    }
+
+    fn record(&mut self, record_type: u8, data_type: u8, data: &[u8]) -> io::Result<()> {
+        let len = u16::try_from(4 + data.len()).expect("a GDSII record fits in 65535 bytes");
+        assert!(len % 2 == 0, "GDSII records have an even length");
+        self.out.write_all(&len.to_be_bytes())?;
+        self.out.write_all(&[record_type, data_type])?;
+        self.out.write_all(data)?;
+        self.written += u64::from(len);
+        Ok(())
+    }
+
+    fn int2(&mut self, record_type: u8, values: &[i16]) -> io::Result<()> {
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+        self.record(record_type, INT2, &data)
+    }
+
+    fn int4(&mut self, record_type: u8, values: &[i32]) -> io::Result<()> {
+        let data: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
+        self.record(record_type, INT4, &data)
+    }
+
+    fn real8(&mut self, record_type: u8, values: &[f64]) -> io::Result<()> {
+        let data: Vec<u8> = values.iter().flat_map(|v| gds_real8(*v)).collect();
+        self.record(record_type, REAL8, &data)
+    }
+
+    /// Strings are padded with a NUL to an even length.
+    fn ascii(&mut self, record_type: u8, text: &str) -> io::Result<()> {
+        let mut data = text.as_bytes().to_vec();
+        if data.len() % 2 == 1 {
+            data.push(0);
+        }
+        self.record(record_type, ASCII, &data)
+    }
+}
+
+/// A GDSII 8-byte real: sign bit, 7-bit base-16 exponent in excess 64, 56-bit mantissa m with
+/// 1/16 <= m < 1; the value is m * 16^(exponent - 64).
+fn gds_real8(value: f64) -> [u8; 8] {
+    if value == 0.0 {
+        return [0; 8];
+    }
+    let sign: u64 = if value < 0.0 { 0x80 } else { 0 };
+    let mut mantissa = value.abs();
+    let mut exponent: i32 = 64;
+    // Multiplying or dividing by 16 is exact in binary floating point.
+    while mantissa >= 1.0 {
+        mantissa /= 16.0;
+        exponent += 1;
+    }
+    while mantissa < 1.0 / 16.0 {
+        mantissa *= 16.0;
+        exponent -= 1;
+    }
+    let mut bits = (mantissa * (1u64 << 56) as f64).round() as u64;
+    if bits >= 1 << 56 {
+        bits >>= 4;
+        exponent += 1;
+    }
+    let exponent = u64::try_from(exponent)
+        .ok()
+        .filter(|e| *e < 128)
+        .unwrap_or_else(|| panic!("{value} does not fit a GDSII real"));
+    (((sign | exponent) << 56) | bits).to_be_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The records of a GDSII stream as (record type, data type, data), checking that the
+    /// lengths add up to the whole stream.
+    fn records(bytes: &[u8]) -> Vec<(u8, u8, &[u8])> {
+        let mut records = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            assert!(rest.len() >= 4, "a truncated record header");
+            let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+            assert!(len >= 4 && len % 2 == 0, "bad record length {len}");
+            assert!(len <= rest.len(), "record length {len} runs past the end");
+            records.push((rest[2], rest[3], &rest[4..len]));
+            rest = &rest[len..];
+        }
+        records
+    }
+
+    fn decode_real8(bytes: &[u8]) -> f64 {
+        let bits = u64::from_be_bytes(bytes.try_into().unwrap());
+        let sign = if bits >> 63 == 1 { -1.0 } else { 1.0 };
+        let exponent = ((bits >> 56) & 0x7f) as i32 - 64;
+        let mantissa = (bits & ((1 << 56) - 1)) as f64 / (1u64 << 56) as f64;
+        sign * mantissa * 16f64.powi(exponent)
+    }
+
+    #[test]
+    fn gds_bytes_is_a_well_formed_stream() {
+        let bytes = gds_bytes("chip_top");
+        let records = records(&bytes);
+        let types: Vec<u8> = records.iter().map(|r| r.0).collect();
+        assert_eq!(
+            types,
+            [
+                HEADER, BGNLIB, LIBNAME, UNITS, BGNSTR, STRNAME, BOUNDARY, LAYER, DATATYPE, XY,
+                ENDEL, ENDSTR, ENDLIB
+            ]
+        );
+        assert_eq!(records[0].2, 600i16.to_be_bytes());
+        assert_eq!(records[5], (STRNAME, ASCII, &b"chip_top"[..]));
+        let xy = records[9];
+        assert_eq!((xy.1, xy.2.len()), (INT4, 40));
+        assert_eq!(&xy.2[..8], &xy.2[32..], "a closed boundary");
+    }
+
+    #[test]
+    fn gds_bytes_units_are_known_good() {
+        let bytes = gds_bytes("chip_top");
+        let units = records(&bytes)[3];
+        assert_eq!((units.0, units.1), (UNITS, REAL8));
+        assert_eq!(
+            units.2,
+            [
+                0x3E, 0x41, 0x89, 0x37, 0x4B, 0xC6, 0xA7, 0xF0, // 1e-3 user units per db unit
+                0x39, 0x44, 0xB8, 0x2F, 0xA0, 0x9B, 0x5A, 0x54, // 1e-9 m per db unit
+            ]
+        );
+    }
+
+    #[test]
+    fn gds_real8_round_trips() {
+        for value in [
+            1.0,
+            -1.0,
+            0.5,
+            1e-3,
+            1e-9,
+            2.5e-10,
+            1234.5678,
+            1.0 / 16.0,
+            15.999999,
+        ] {
+            let decoded = decode_real8(&gds_real8(value));
+            assert!(
+                ((decoded - value) / value).abs() < 1e-15,
+                "{value} came back as {decoded}"
+            );
+        }
+        assert_eq!(gds_real8(0.0), [0; 8]);
+        assert_eq!(gds_real8(1.0), [0x41, 0x10, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn gds_names_of_odd_length_are_nul_padded() {
+        let bytes = gds_bytes("top");
+        assert_eq!(records(&bytes)[5], (STRNAME, ASCII, &b"top\0"[..]));
+    }
+
+    #[test]
+    fn write_big_gds_writes_about_the_size_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.gds");
+        let size = write_big_gds(&path, "big_top", 200_000);
+        let bytes = fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, size);
+        assert!(size.abs_diff(200_000) < BOUNDARY_BYTES, "{size} bytes");
+        let records = records(&bytes);
+        assert_eq!(records[5], (STRNAME, ASCII, &b"big_top\0"[..]));
+        assert_eq!(records.last().unwrap().0, ENDLIB);
+        assert_eq!(records[records.len() - 2].0, ENDSTR);
+        let boundaries = records.iter().filter(|r| r.0 == BOUNDARY).count() as u64;
+        let header = gds_bytes("big_top").len() as u64 - BOUNDARY_BYTES - END_BYTES;
+        assert_eq!(header + boundaries * BOUNDARY_BYTES + END_BYTES, size);
+    }
+
+    #[test]
+    fn listening_url_is_parsed_from_a_log_line() {
+        for (line, url) in [
+            (
+                "listening on http://127.0.0.1:4321",
+                Some("http://127.0.0.1:4321"),
+            ),
+            (
+                "2025-01-01T00:00:00Z  INFO precheck_server: listening on http://127.0.0.1:80",
+                Some("http://127.0.0.1:80"),
+            ),
+            (
+                "\x1b[32mINFO\x1b[0m listening on http://127.0.0.1:8000\x1b[0m",
+                Some("http://127.0.0.1:8000"),
+            ),
+            ("listening on http://127.0.0.1:0", None),
+            ("starting", None),
+        ] {
+            assert_eq!(parse_listening_url(line).as_deref(), url, "{line:?}");
+        }
+    }
+}
