@@ -211,10 +211,15 @@ impl Engine {
     }
 
     /// The container's output from its start, stdout and stderr interleaved, each line
-    /// prefixed with the engine's RFC 3339 timestamp; the stream ends when the container stops.
-    pub fn logs(&self, container: &str) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
+    /// prefixed with the engine's RFC 3339 timestamp. With `follow`, the stream goes on until
+    /// the container stops (but may end early: see the runner); without, it ends at once.
+    pub fn logs(
+        &self,
+        container: &str,
+        follow: bool,
+    ) -> impl Stream<Item = Result<Bytes>> + Send + 'static {
         let options = LogsOptionsBuilder::default()
-            .follow(true)
+            .follow(follow)
             .stdout(true)
             .stderr(true)
             .timestamps(true)

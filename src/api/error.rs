@@ -87,6 +87,9 @@ impl From<QueryRejection> for ApiError {
 
 impl From<MultipartError> for ApiError {
     fn from(e: MultipartError) -> Self {
-        ApiError::BadRequest(format!("bad multipart body: {}", e.body_text()))
+        ApiError::BadRequest(format!(
+            "bad multipart body ({}): send the layout as a `file` field, e.g. curl -F file=@chip_top.gds",
+            e.body_text()
+        ))
     }
 }

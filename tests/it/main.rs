@@ -1,4 +1,9 @@
 //! The integration tests: one binary, one module per area, each test running the real server.
 
+mod client;
+mod errors;
+mod runs;
 mod smoke;
 mod support;
+mod uploads;
+mod workflow;

@@ -1,0 +1,83 @@
+//! A few calls of the API for the tests that drive runs; they panic with the server's answer
+//! when a call does not succeed.
+
+use reqwest::multipart::{Form, Part};
+use serde_json::{Value, json};
+
+use crate::support::{TestServer, gds_bytes};
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn expect(resp: reqwest::Response, status: u16) -> Value {
+    let code = resp.status().as_u16();
+    let text = resp.text().await.expect("read the body");
+    assert_eq!(code, status, "unexpected status, body: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Uploads `bytes` as `name`; returns the upload's id.
+pub async fn upload(server: &TestServer, name: &str, bytes: Vec<u8>) -> String {
+    let form = Form::new().part("file", Part::bytes(bytes).file_name(name.to_string()));
+    let resp = http()
+        .post(server.api("/api/v1/uploads"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    expect(resp, 201).await["Id"].as_str().unwrap().to_string()
+}
+
+/// Creates a precheck with `top_cell`; returns the run body.
+pub async fn create(server: &TestServer, upload_id: &str, top_cell: &str) -> Value {
+    let body = json!({"upload_id": upload_id, "top_cell": top_cell, "die_id": "TEST0001"});
+    let resp = http()
+        .post(server.api("/api/v1/prechecks"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    expect(resp, 201).await
+}
+
+/// Uploads a generated layout whose top cell is `top_cell` and starts a precheck of it;
+/// returns the run's id.
+pub async fn precheck(server: &TestServer, top_cell: &str) -> String {
+    let upload_id = upload(server, &format!("{top_cell}.gds"), gds_bytes(top_cell)).await;
+    create(server, &upload_id, top_cell).await["Id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// `/wait` with a generous timeout; returns `{"StatusCode", "Error"}`.
+pub async fn wait(server: &TestServer, run_id: &str) -> Value {
+    let url = server.api(&format!("/api/v1/prechecks/{run_id}/wait?timeout=300"));
+    expect(http().post(url).send().await.unwrap(), 200).await
+}
+
+pub async fn inspect(server: &TestServer, run_id: &str) -> Value {
+    let url = server.api(&format!("/api/v1/prechecks/{run_id}"));
+    expect(http().get(url).send().await.unwrap(), 200).await
+}
+
+pub async fn cancel(server: &TestServer, run_id: &str) -> Value {
+    let url = server.api(&format!("/api/v1/prechecks/{run_id}"));
+    expect(http().delete(url).send().await.unwrap(), 200).await
+}
+
+pub async fn logs(server: &TestServer, run_id: &str, query: &str) -> Value {
+    let url = server.api(&format!("/api/v1/prechecks/{run_id}/logs{query}"));
+    expect(http().get(url).send().await.unwrap(), 200).await
+}
+
+/// The log lines of a JSON logs answer.
+pub fn lines(logs: &Value) -> Vec<String> {
+    logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect()
+}

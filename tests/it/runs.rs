@@ -1,0 +1,271 @@
+//! Runs in real containers: isolation, limits, timeouts, cancel, and logs that outlive them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::client::{self, cancel, inspect, lines, logs, precheck, wait};
+use crate::support::TestServer;
+
+#[tokio::test]
+async fn container_has_no_network() {
+    let server = TestServer::start("");
+    let run = precheck(&server, "chip_net").await;
+    let result = wait(&server, &run).await;
+    let log = lines(&logs(&server, &run, "").await).join("\n");
+    assert_eq!(
+        result["StatusCode"], 0,
+        "the stand-in found a network interface: {log}"
+    );
+    assert!(log.contains("loopback only"), "{log}");
+    server.assert_no_containers();
+}
+
+#[tokio::test]
+async fn out_of_memory_fails_with_oom_killed() {
+    let server = TestServer::builder().memory("64MiB").start();
+    let run = precheck(&server, "chip_oom").await;
+    let result = wait(&server, &run).await;
+    assert_ne!(result["StatusCode"], 0);
+    let message = result["Error"]["Message"].as_str().unwrap();
+    assert!(
+        message.contains("out of memory (limit 64 MiB)"),
+        "{message}"
+    );
+    let state = &inspect(&server, &run).await["State"];
+    assert_eq!(state["Status"], "failed");
+    assert_eq!(state["OOMKilled"], true);
+    server.assert_no_containers();
+}
+
+#[tokio::test]
+async fn a_run_over_the_timeout_fails_and_says_so() {
+    let server = TestServer::builder().timeout("3s").start();
+    let run = precheck(&server, "chip_sleep60").await;
+    let started = Instant::now();
+    let result = wait(&server, &run).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(result["StatusCode"], 124);
+    let message = result["Error"]["Message"].as_str().unwrap();
+    assert!(message.contains("timed out after 3 s"), "{message}");
+    assert_eq!(inspect(&server, &run).await["State"]["Status"], "failed");
+    let log = lines(&logs(&server, &run, "").await);
+    assert!(log.iter().any(|l| l.contains("timed out")), "{log:?}");
+    server.assert_no_containers();
+}
+
+#[tokio::test]
+async fn queue_is_fifo_and_a_cancelled_queued_run_never_starts() {
+    let server = TestServer::builder().max_concurrent(1).start();
+    let first = precheck(&server, "chip_sleep3").await;
+    let second = precheck(&server, "chip_top").await;
+    let third = precheck(&server, "chip_top").await;
+    let body = inspect(&server, &third).await;
+    assert_eq!(body["State"]["Status"], "queued");
+    assert_eq!(body["Queue"]["Position"], 2);
+    assert_eq!(body["Queue"]["Length"], 2);
+
+    let cancelled = cancel(&server, &second).await;
+    assert_eq!(cancelled["State"]["Status"], "cancelled");
+    let result = wait(&server, &second).await;
+    assert_eq!(result["StatusCode"], 130);
+    assert!(
+        result["Error"]["Message"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled")
+    );
+
+    assert_eq!(wait(&server, &first).await["StatusCode"], 0);
+    assert_eq!(wait(&server, &third).await["StatusCode"], 0);
+    let second = inspect(&server, &second).await;
+    assert_eq!(
+        second["State"]["StartedAt"],
+        serde_json::Value::Null,
+        "a cancelled queued run started"
+    );
+    server.assert_no_containers();
+}
+
+#[tokio::test]
+async fn cancel_stops_a_running_container_within_10_s() {
+    let server = TestServer::start("");
+    let run = precheck(&server, "chip_sleep120").await;
+    crate::support::wait_until_async(Duration::from_secs(30), "the run is running", || {
+        let server = &server;
+        let run = run.clone();
+        async move { inspect(server, &run).await["State"]["Status"] == "running" }
+    })
+    .await;
+    // Let the container get going.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    let body = cancel(&server, &run).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "cancel took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(body["State"]["Status"], "cancelled");
+    assert_eq!(body["State"]["ExitCode"], 130);
+    let result = wait(&server, &run).await;
+    assert_eq!(result["StatusCode"], 130);
+    server.assert_no_containers();
+}
+
+#[tokio::test]
+async fn wait_returns_as_soon_as_the_run_ends() {
+    let server = TestServer::start("");
+    let run = precheck(&server, "chip_sleep2").await;
+    let started = Instant::now();
+    let result = wait(&server, &run).await;
+    assert_eq!(result["StatusCode"], 0);
+    let finished = inspect(&server, &run).await["State"]["FinishedAt"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let finished =
+        time::OffsetDateTime::parse(&finished, &time::format_description::well_known::Rfc3339)
+            .unwrap();
+    let lag = time::OffsetDateTime::now_utc() - finished;
+    assert!(
+        lag < time::Duration::milliseconds(500),
+        "/wait answered {lag} after the run ended"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    server.assert_no_containers();
+}
+
+/// Samples a process's RSS in the background; `stop` returns the highest value seen (KiB).
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let (s, p) = (stop.clone(), peak.clone());
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(kib) = rss_kib(pid) {
+                    p.fetch_max(kib, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        RssSampler { stop, peak, handle }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap();
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Idle RSS of a server that has served a request or two (its allocator and pools warmed up).
+pub async fn idle_rss(server: &TestServer) -> u64 {
+    for _ in 0..3 {
+        client::http()
+            .get(server.api("/health"))
+            .send()
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.rss_kib()
+}
+
+pub const RSS_SLACK_KIB: u64 = 50 * 1024;
+
+pub fn sample_rss(pid: u32) -> impl FnOnce() -> u64 {
+    let sampler = RssSampler::start(pid);
+    move || sampler.stop()
+}
+
+#[tokio::test]
+async fn spam_logs_are_all_kept_after_the_container_is_gone_in_constant_memory() {
+    let server = TestServer::start("");
+    let idle = idle_rss(&server).await;
+    let peak = sample_rss(server.pid());
+    let run = precheck(&server, "chip_spam").await;
+    // Follow the log while the container prints it.
+    let follow = client::http()
+        .get(server.api(&format!("/api/v1/prechecks/{run}/logs?follow=true")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(follow.status(), 200);
+    let followed = follow.text().await.unwrap();
+    assert_eq!(wait(&server, &run).await["StatusCode"], 0);
+    server.assert_no_containers();
+
+    let all = client::http()
+        .get(server.api(&format!("/api/v1/prechecks/{run}/logs")))
+        .send()
+        .await
+        .unwrap();
+    let all: serde_json::Value = all.json().await.unwrap();
+    let peak = peak();
+    let all = lines(&all);
+    let spam: Vec<&String> = all.iter().filter(|l| l.starts_with("spam line ")).collect();
+    assert_eq!(spam.len(), 200_000);
+    for (i, line) in spam.iter().enumerate() {
+        assert_eq!(**line, format!("spam line {}", i + 1));
+    }
+    let followed_spam = followed
+        .lines()
+        .filter(|l| l.starts_with("spam line "))
+        .count();
+    assert_eq!(followed_spam, 200_000, "follow=true missed lines");
+
+    let tail = lines(&logs(&server, &run, "?tail=10").await);
+    assert_eq!(tail, all[all.len() - 10..].to_vec());
+    let stamped = lines(&logs(&server, &run, "?tail=1&timestamps=true").await);
+    assert!(
+        stamped[0].starts_with("20") && stamped[0].contains("Z "),
+        "{stamped:?}"
+    );
+
+    eprintln!("spam: idle RSS {idle} KiB, peak {peak} KiB");
+    assert!(
+        peak <= idle + RSS_SLACK_KIB,
+        "RSS grew from {idle} KiB to {peak} KiB while logs streamed"
+    );
+}
+
+#[tokio::test]
+async fn since_returns_only_newer_lines() {
+    let server = TestServer::start("");
+    let run = precheck(&server, "chip_top").await;
+    wait(&server, &run).await;
+    let all = logs(&server, &run, "").await;
+    let n = lines(&all).len();
+    assert!(n > 3);
+    assert_eq!(all["has_more"], false);
+    let last = all["last_timestamp"].as_f64().unwrap();
+    let none = logs(&server, &run, &format!("?since={last}")).await;
+    assert!(lines(&none).is_empty(), "{none}");
+    assert_eq!(none["last_timestamp"].as_f64().unwrap(), last);
+    let some = logs(&server, &run, "?since=1").await;
+    assert_eq!(lines(&some).len(), n);
+    server.assert_no_containers();
+}

@@ -1,0 +1,220 @@
+//! Uploads: streamed to disk with their sha256, nothing left behind by a client that goes away,
+//! expired ones swept.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncWriteExt;
+
+use crate::client::{self, upload};
+use crate::runs::{RSS_SLACK_KIB, idle_rss, sample_rss};
+use crate::support::{TestServer, gds_bytes, wait_until, write_big_gds};
+
+fn files_in(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_1_gib_upload_is_hashed_right_in_constant_memory() {
+    let server = TestServer::start("");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.gds");
+    let size = write_big_gds(&path, "chip_top", 1 << 30);
+    let expected = std::process::Command::new("sha256sum")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let expected = String::from_utf8_lossy(&expected.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+
+    let idle = idle_rss(&server).await;
+    let peak = sample_rss(server.pid());
+    let file = tokio::fs::File::open(&path).await.unwrap();
+    let stream = tokio_util::io::ReaderStream::new(file);
+    let part =
+        reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), size)
+            .file_name("big.gds");
+    let form = reqwest::multipart::Form::new().part("file", part);
+    let started = Instant::now();
+    let resp = client::http()
+        .post(server.api("/api/v1/uploads"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let elapsed = started.elapsed();
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let peak = peak();
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["Size"], size);
+    assert_eq!(body["Checksums"]["sha256"], expected.as_str());
+    let mbps = size as f64 / 1e6 / elapsed.as_secs_f64();
+    eprintln!("1 GiB upload: idle RSS {idle} KiB, peak {peak} KiB, {mbps:.0} MB/s");
+    assert!(
+        peak <= idle + RSS_SLACK_KIB,
+        "RSS grew from {idle} KiB to {peak} KiB during the upload"
+    );
+    let id = body["Id"].as_str().unwrap();
+    assert_eq!(
+        std::fs::metadata(server.storage.join("uploads").join(id))
+            .unwrap()
+            .len(),
+        size
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_upload_leaves_nothing() {
+    let server = TestServer::start("");
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let boundary = "XBOUNDARYX";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"chip.gds\"\r\n\r\n"
+    );
+    let declared = 50 << 20;
+    let request = format!(
+        "POST /api/v1/uploads HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {declared}\r\n\r\n{head}"
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut body = gds_bytes("chip_top");
+    body.resize(4 << 20, 0);
+    conn.write_all(&body).await.unwrap();
+    conn.flush().await.unwrap();
+    let tmp = server.storage.join("tmp");
+    wait_until(
+        Duration::from_secs(10),
+        "the partial upload is being written",
+        || !files_in(&tmp).is_empty(),
+    );
+    drop(conn);
+    wait_until(
+        Duration::from_secs(10),
+        "the partial upload is removed",
+        || files_in(&tmp).is_empty(),
+    );
+    assert!(files_in(&server.storage.join("uploads")).is_empty());
+    let list: serde_json::Value = client::http()
+        .get(server.api("/api/v1/uploads"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list, serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn uploads_list_inspect_delete_and_keep_the_client_name_as_text() {
+    let server = TestServer::start("");
+    let id = upload(&server, "../../etc/chip top.gds", gds_bytes("chip_top")).await;
+    let url = server.api(&format!("/api/v1/uploads/{id}"));
+    let body: serde_json::Value = client::http()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["Name"], "chip top.gds");
+    assert_eq!(body["Layout"]["Format"], "gds");
+    assert_eq!(body["State"]["Expired"], false);
+    assert!(body["State"]["ExpiresAt"].is_string());
+    assert_eq!(files_in(&server.storage.join("uploads")), vec![id.clone()]);
+
+    let gz = upload(
+        &server,
+        "x.gds.gz",
+        std::fs::read(fixture("chip_top_hier.gds.gz")).unwrap(),
+    )
+    .await;
+    let oas = upload(
+        &server,
+        "x.oas",
+        std::fs::read(fixture("chip_top_hier.oas")).unwrap(),
+    )
+    .await;
+    let list: Vec<serde_json::Value> = client::http()
+        .get(server.api("/api/v1/uploads"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let formats: Vec<&str> = list
+        .iter()
+        .map(|u| u["Layout"]["Format"].as_str().unwrap())
+        .collect();
+    assert_eq!(formats, vec!["oasis", "gds.gz", "gds"], "newest first");
+    assert_eq!(list[0]["Id"], oas.as_str());
+    assert_eq!(list[1]["Id"], gz.as_str());
+
+    let resp = client::http().delete(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(client::http().get(&url).send().await.unwrap().status(), 404);
+    assert!(!server.storage.join("uploads").join(&id).exists());
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/gds")
+        .join(name)
+}
+
+#[tokio::test]
+async fn expired_uploads_are_swept_unless_a_run_uses_them() {
+    let mut server = TestServer::start("");
+    let idle = upload(&server, "idle.gds", gds_bytes("chip_top")).await;
+    let used = upload(&server, "used.gds", gds_bytes("chip_top")).await;
+    let run = client::create(&server, &used, "chip_top").await;
+    assert_eq!(
+        client::wait(&server, run["Id"].as_str().unwrap()).await["StatusCode"],
+        0
+    );
+    // Move every upload's expiry into the past, then let the sweeper run (it runs at start).
+    let db = rusqlite::Connection::open(server.storage.join("precheck.sqlite")).unwrap();
+    db.execute(
+        "UPDATE uploads SET expires_at = 0 WHERE expires_at IS NOT NULL",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    server.restart();
+    let uploads = server.storage.join("uploads");
+    wait_until(
+        Duration::from_secs(10),
+        "the expired upload's file is removed",
+        || !uploads.join(&idle).exists(),
+    );
+    assert!(
+        uploads.join(&used).exists(),
+        "an upload a run used was swept"
+    );
+    let body: serde_json::Value = client::http()
+        .get(server.api(&format!("/api/v1/uploads/{idle}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["State"]["Expired"], true);
+    let resp = client::http()
+        .post(server.api("/api/v1/prechecks"))
+        .json(&serde_json::json!({"upload_id": idle, "top_cell": "chip_top"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 410);
+}

@@ -1,0 +1,73 @@
+//! The Python server's "Complete Workflow Example" (curl + jq), run unchanged against ours.
+
+use std::process::Command;
+
+use crate::support::{TestServer, gds_bytes};
+
+fn run_workflow(server: &TestServer, top: &str) -> (String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let gds = dir.path().join("chip_top.gds");
+    std::fs::write(&gds, gds_bytes(top)).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/workflow.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .env("SERVER", &server.url)
+        .env("GDS", &gds)
+        .env("TOP", top)
+        .env("WORKDIR", dir.path())
+        .output()
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "workflow failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (stdout, dir)
+}
+
+#[test]
+fn passing_layout_downloads_the_checked_output() {
+    let server = TestServer::start("");
+    let (stdout, dir) = run_workflow(&server, "chip_top");
+    assert!(stdout.contains("Precheck passed!"), "{stdout}");
+    let output = std::fs::read(dir.path().join("output.gds")).unwrap();
+    assert_eq!(
+        output,
+        gds_bytes("chip_top"),
+        "the stand-in copies its input to --output"
+    );
+    server.assert_no_containers();
+}
+
+#[test]
+fn failing_layout_gets_status_1_and_a_debug_tarball_with_flow_and_logs() {
+    let server = TestServer::start("");
+    let (stdout, dir) = run_workflow(&server, "chip_fail");
+    assert!(
+        stdout.contains("Precheck failed with exit code: 1"),
+        "{stdout}"
+    );
+    let listing = Command::new("tar")
+        .arg("tzf")
+        .arg(dir.path().join("debug.tar.gz"))
+        .output()
+        .unwrap();
+    assert!(
+        listing.status.success(),
+        "not a tar.gz: {}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+    let files = String::from_utf8_lossy(&listing.stdout).to_string();
+    assert!(
+        files.lines().any(|f| f.ends_with("/logs.txt")),
+        "no logs in {files}"
+    );
+    assert!(
+        files
+            .lines()
+            .any(|f| f.contains("/work/runs/RUN_") && f.ends_with(".txt")),
+        "no flow files in {files}"
+    );
+    server.assert_no_containers();
+}
