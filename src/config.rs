@@ -295,6 +295,12 @@ impl RawConfig {
             bail!("limits.timeout: must be more than 0");
         }
         let a = self.auth;
+        if a.required {
+            // Better to refuse than to serve openly while the file asks for keys.
+            bail!(
+                "auth.required: API keys are not enforced by this version yet; set it to false (see docs/decisions.md)"
+            );
+        }
         Ok(Config {
             host,
             port: s.port,
@@ -482,6 +488,7 @@ mod tests {
                 "[[auth.api_keys]]\nname = \"ci\"\nkey = \"${UNSET}\"",
                 "auth.api_keys[0].key",
             ),
+            ("[auth]\nrequired = true", "auth.required"),
         ] {
             let e = error(text);
             assert!(e.contains(key), "{text:?}: {e:?} does not name {key}");

@@ -90,15 +90,25 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!("listening on http://{addr}");
     println!("listening on http://{addr}");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down");
-            stop.cancel();
-        })
-        .await
-        .context("the HTTP server failed")
+    let stopping = stop.clone();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        stop.cancel();
+    });
+    // In-flight requests get a moment to finish; a `/wait` or a followed log could otherwise
+    // hold the shutdown for hours. Running containers are left alone.
+    tokio::select! {
+        served = server => served.context("the HTTP server failed"),
+        _ = async { stopping.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
+            tracing::info!("requests still open after {} s: closing them", SHUTDOWN_GRACE.as_secs());
+            Ok(())
+        }
+    }
 }
+
+/// How long open requests may go on after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Finds the configured image on the engine, pulling it if it is missing.
 async fn ensure_image(engine: Engine, image: String, status: Arc<RwLock<ImageStatus>>) {
@@ -130,9 +140,7 @@ async fn ensure_image(engine: Engine, image: String, status: Arc<RwLock<ImageSta
         Err(e) => {
             tracing::error!(%image, "cannot pull the image: {e:#}");
             set(ImageStatus::Missing {
-                error: format!(
-                    "cannot pull {image}: {e:#}; run `docker pull {image}` on the engine's host"
-                ),
+                error: format!("{e:#}; run `docker pull {image}` on the engine's host"),
             })
         }
     }

@@ -269,3 +269,46 @@ async fn since_returns_only_newer_lines() {
     assert_eq!(lines(&some).len(), n);
     server.assert_no_containers();
 }
+
+#[tokio::test]
+async fn a_missing_image_is_reported_by_health_and_fails_runs_with_the_pull_command() {
+    // A registry on a closed loopback port: the pull fails at once and no traffic leaves the host.
+    let image = "127.0.0.1:9/precheck-server-test/absent:none";
+    let server = TestServer::builder().image(image).start();
+    crate::support::wait_until_async(
+        Duration::from_secs(30),
+        "health reports the missing image",
+        || {
+            let url = server.api("/health");
+            async move { client::http().get(url).send().await.unwrap().status() == 503 }
+        },
+    )
+    .await;
+    let health: serde_json::Value = client::http()
+        .get(server.api("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "unhealthy");
+    assert_eq!(health["image"]["status"], "missing");
+    assert!(
+        health["image"]["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("docker pull {image}")),
+        "{health}"
+    );
+
+    let run = precheck(&server, "chip_top").await;
+    let result = wait(&server, &run).await;
+    assert_eq!(result["StatusCode"], 125);
+    let message = result["Error"]["Message"].as_str().unwrap();
+    assert!(
+        message.contains(image) && message.contains(&format!("docker pull {image}")),
+        "{message}"
+    );
+    server.assert_no_containers();
+}

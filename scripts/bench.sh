@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Measures what docs/benchmarks.md reports, on this machine, with the release build:
+#   1. the server's idle RSS, its peak RSS during a 1 GiB upload, and the upload's MB/s
+#      (the integration test that checks the upload prints them);
+#   2. the median time from POST /api/v1/prechecks to /wait returning, for a no-op stand-in
+#      run, next to a plain `docker run` of the same image doing the same work.
+# Usage: scripts/bench.sh [RUNS]   (default 20 runs each). Needs Docker, curl, jq, busybox-static.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS="${1:-20}"
+
+echo "== 1 GiB upload (release build) =="
+cargo test --release --quiet --test it a_1_gib_upload -- --nocapture 2>&1 | grep -E '^1 GiB upload:'
+
+echo "== create -> /wait, no-op stand-in run, median of $RUNS =="
+cargo build --release --quiet
+IMAGE=precheck-server-test/precheck:standin   # built by the test above
+work=$(mktemp -d)
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+cat >"$work/config.toml" <<TOML
+[server]
+port = 0
+storage_path = "data"
+[docker]
+image = "$IMAGE"
+container_prefix = "precheck-bench-"
+TOML
+./target/release/precheck-server serve --config "$work/config.toml" >"$work/out" 2>"$work/err" &
+pid=$!
+for _ in $(seq 100); do grep -q 'listening on' "$work/out" 2>/dev/null && break; sleep 0.1; done
+SERVER=$(grep -o 'http://[0-9.:]*' "$work/out")
+echo "idle RSS of a fresh release server: $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status)"
+cp ../shared/fixtures/gds/mask_1x1.gds "$work/chip_top.gds"
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
+
+: >"$work/server.ms"
+for _ in $(seq "$RUNS"); do
+  upload=$(curl -sf -F "file=@$work/chip_top.gds" "$SERVER/api/v1/uploads" | jq -r .Id)
+  t0=$(date +%s%N)
+  run=$(curl -sf -X POST "$SERVER/api/v1/prechecks" -H 'Content-Type: application/json' \
+    -d "{\"upload_id\":\"$upload\",\"top_cell\":\"chip_top\"}" | jq -r .Id)
+  code=$(curl -sf -X POST "$SERVER/api/v1/prechecks/$run/wait?timeout=60" | jq -r .StatusCode)
+  ms "$t0" >>"$work/server.ms"
+  [ "$code" = 0 ] || { echo "run $run ended with $code" >&2; exit 1; }
+done
+
+: >"$work/docker.ms"
+for _ in $(seq "$RUNS"); do
+  t0=$(date +%s%N)
+  docker run --rm --network none --cap-drop ALL --security-opt no-new-privileges "$IMAGE" \
+    python3 precheck.py --input /workspace/precheck.py --output /tmp/design.gds --top chip_top \
+    --id FFFFFFFF --slot 1x1 --dir /tmp/work >/dev/null
+  ms "$t0" >>"$work/docker.ms"
+done
+echo "precheck-server create -> /wait: median $(median <"$work/server.ms") ms"
+echo "plain docker run:                median $(median <"$work/docker.ms") ms"
