@@ -25,11 +25,6 @@ pub struct Db {
 
 /// Each entry moves the schema one version on; `PRAGMA user_version` says how many have run.
 const MIGRATIONS: &[&str] = &[r#"
-CREATE TABLE meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-) STRICT;
-
 CREATE TABLE uploads (
     id         TEXT PRIMARY KEY,
     name       TEXT NOT NULL,
@@ -146,18 +141,6 @@ impl Db {
 
     pub async fn ping(&self) -> Result<()> {
         self.call(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
-    }
-
-    /// A value kept in the `meta` table, made with `init` the first time it is asked for.
-    pub async fn meta_or_insert(&self, key: &'static str, init: String) -> Result<String> {
-        self.call(move |c| {
-            c.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES (?1, ?2)",
-                params![key, init],
-            )?;
-            c.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
-        })
-        .await
     }
 
     pub async fn insert_upload(&self, upload: Upload) -> Result<()> {

@@ -57,6 +57,13 @@ pub async fn wait(server: &TestServer, run_id: &str) -> Value {
     expect(http().post(url).send().await.unwrap(), 200).await
 }
 
+/// GET `path`; returns the status and the JSON body.
+pub async fn get_json(server: &TestServer, path: &str) -> (u16, Value) {
+    let resp = http().get(server.api(path)).send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("a JSON body"))
+}
+
 pub async fn inspect(server: &TestServer, run_id: &str) -> Value {
     let url = server.api(&format!("/api/v1/prechecks/{run_id}"));
     expect(http().get(url).send().await.unwrap(), 200).await

@@ -133,7 +133,7 @@ async fn wait_returns_as_soon_as_the_run_ends() {
             .unwrap();
     let lag = time::OffsetDateTime::now_utc() - finished;
     assert!(
-        lag < time::Duration::milliseconds(500),
+        lag < time::Duration::seconds(1),
         "/wait answered {lag} after the run ended"
     );
     assert!(started.elapsed() >= Duration::from_secs(2));
@@ -284,14 +284,7 @@ async fn a_missing_image_is_reported_by_health_and_fails_runs_with_the_pull_comm
         },
     )
     .await;
-    let health: serde_json::Value = client::http()
-        .get(server.api("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: serde_json::Value = client::get_json(&server, "/health").await.1;
     assert_eq!(health["status"], "unhealthy");
     assert_eq!(health["image"]["status"], "missing");
     assert!(

@@ -102,14 +102,7 @@ async fn a_client_that_disconnects_mid_upload_leaves_nothing() {
         || files_in(&tmp).is_empty(),
     );
     assert!(files_in(&server.storage.join("uploads")).is_empty());
-    let list: serde_json::Value = client::http()
-        .get(server.api("/api/v1/uploads"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: serde_json::Value = client::get_json(&server, "/api/v1/uploads").await.1;
     assert_eq!(list, serde_json::json!([]));
 }
 
@@ -144,14 +137,8 @@ async fn uploads_list_inspect_delete_and_keep_the_client_name_as_text() {
         std::fs::read(fixture("chip_top_hier.oas")).unwrap(),
     )
     .await;
-    let list: Vec<serde_json::Value> = client::http()
-        .get(server.api("/api/v1/uploads"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = client::get_json(&server, "/api/v1/uploads").await.1;
+    let list = list.as_array().unwrap();
     let formats: Vec<&str> = list
         .iter()
         .map(|u| u["Layout"]["Format"].as_str().unwrap())
@@ -201,14 +188,9 @@ async fn expired_uploads_are_swept_unless_a_run_uses_them() {
         uploads.join(&used).exists(),
         "an upload a run used was swept"
     );
-    let body: serde_json::Value = client::http()
-        .get(server.api(&format!("/api/v1/uploads/{idle}")))
-        .send()
+    let body: serde_json::Value = client::get_json(&server, &format!("/api/v1/uploads/{idle}"))
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .1;
     assert_eq!(body["State"]["Expired"], true);
     let resp = client::http()
         .post(server.api("/api/v1/prechecks"))
