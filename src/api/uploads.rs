@@ -65,6 +65,8 @@ impl UploadBody {
 
 /// Bytes the multipart framing may add around the file itself.
 const MULTIPART_SLACK: u64 = 64 * 1024;
+/// How much of a refused upload's remaining body is read before answering 413.
+const DRAIN_ON_REFUSAL: usize = 4 * 1024 * 1024;
 /// Enough of the file to recognise its format.
 const SNIFF_LEN: usize = 16;
 
@@ -135,6 +137,16 @@ pub async fn create(
             };
             size += chunk.len() as u64;
             if size > limit {
+                drop(writer); // removes the partial file
+                // Read (and discard) a little more, so a client still sending the body it
+                // declared gets to read the 413 instead of a reset connection.
+                let mut drained = 0;
+                while drained < DRAIN_ON_REFUSAL {
+                    match field.chunk().await {
+                        Ok(Some(chunk)) => drained += chunk.len(),
+                        _ => break,
+                    }
+                }
                 return Err(too_large());
             }
             writer.write(chunk).await.map_err(storage_error)?;
