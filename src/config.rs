@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
+use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
 /// The validated configuration of one server.
@@ -38,11 +39,14 @@ pub struct Limits {
     pub timeout: Duration,
 }
 
-/// The `[auth]` table. Enforcement belongs to the auth layer.
+/// The `[auth]` table.
 #[derive(Debug, Clone, Default)]
 pub struct Auth {
     pub required: bool,
-    pub allowed_ips: Vec<String>,
+    /// Empty: every address may connect.
+    pub allowed_ips: Vec<IpNetwork>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNetwork>,
     pub api_keys: Vec<ApiKey>,
 }
 
@@ -50,6 +54,8 @@ pub struct Auth {
 pub struct ApiKey {
     pub name: String,
     pub key: String,
+    /// Sees and touches every upload and run, not only its own.
+    pub admin: bool,
 }
 
 pub const DEFAULT_IMAGE: &str = "ghcr.io/wafer-space/gf180mcu-precheck:latest";
@@ -206,6 +212,7 @@ impl Default for RawLimits {
 struct RawAuth {
     required: bool,
     allowed_ips: Vec<String>,
+    trusted_proxies: Vec<String>,
     api_keys: Vec<RawApiKey>,
 }
 
@@ -214,6 +221,8 @@ struct RawAuth {
 struct RawApiKey {
     name: String,
     key: String,
+    #[serde(default)]
+    admin: bool,
 }
 
 /// A byte count: an integer, or text such as `"512MiB"`, `"24GiB"`, `"2GB"`.
@@ -295,10 +304,28 @@ impl RawConfig {
             bail!("limits.timeout: must be more than 0");
         }
         let a = self.auth;
-        if a.required {
-            // Better to refuse than to serve openly while the file asks for keys.
-            bail!(
-                "auth.required: API keys are not enforced by this version yet; set it to false (see docs/decisions.md)"
+        let allowed_ips = parse_networks(&a.allowed_ips, "auth.allowed_ips")?;
+        let trusted_proxies = parse_networks(&a.trusted_proxies, "auth.trusted_proxies")?;
+        let mut names = std::collections::HashSet::new();
+        for (i, k) in a.api_keys.iter().enumerate() {
+            if !valid_key_name(&k.name) {
+                bail!("auth.api_keys[{i}].name: {:?} {KEY_NAME_RULE}", k.name);
+            }
+            if !names.insert(k.name.as_str()) {
+                bail!(
+                    "auth.api_keys[{i}].name: {:?} is used by another key",
+                    k.name
+                );
+            }
+            if k.key.trim().len() < 16 {
+                bail!(
+                    "auth.api_keys[{i}].key: too short to be a secret (use `precheck-server apikey generate`)"
+                );
+            }
+        }
+        if a.required && a.api_keys.is_empty() {
+            tracing::warn!(
+                "auth.required is set and the config has no keys: only keys made with `apikey generate` work"
             );
         }
         Ok(Config {
@@ -318,18 +345,42 @@ impl RawConfig {
             },
             auth: Auth {
                 required: a.required,
-                allowed_ips: a.allowed_ips,
+                allowed_ips,
+                trusted_proxies,
                 api_keys: a
                     .api_keys
                     .into_iter()
                     .map(|k| ApiKey {
                         name: k.name,
                         key: k.key,
+                        admin: k.admin,
                     })
                     .collect(),
             },
         })
     }
+}
+
+/// What a key's name may be: it is shown in tables and recorded with uploads and runs.
+pub const KEY_NAME_RULE: &str = "must be 1 to 64 letters, digits, '-', '_' or '.'";
+
+pub fn valid_key_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn parse_networks(entries: &[String], key: &str) -> Result<Vec<IpNetwork>> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            e.trim().parse::<IpNetwork>().map_err(|_| {
+                anyhow!("{key}[{i}]: {e:?} is not an IP address or CIDR (e.g. \"10.0.0.5\", \"192.168.1.0/24\")")
+            })
+        })
+        .collect()
 }
 
 /// Removes `.` and `..` components without touching the file system (the folder may not exist yet).
@@ -488,7 +539,22 @@ mod tests {
                 "[[auth.api_keys]]\nname = \"ci\"\nkey = \"${UNSET}\"",
                 "auth.api_keys[0].key",
             ),
-            ("[auth]\nrequired = true", "auth.required"),
+            (
+                "[auth]\nallowed_ips = [\"10.0.0.0/8\", \"10.0.0.300\"]",
+                "auth.allowed_ips[1]",
+            ),
+            (
+                "[auth]\ntrusted_proxies = [\"proxy\"]",
+                "auth.trusted_proxies[0]",
+            ),
+            (
+                "[[auth.api_keys]]\nname = \"a b\"\nkey = \"ws_key_0123456789abcdef\"",
+                "auth.api_keys[0].name",
+            ),
+            (
+                "[[auth.api_keys]]\nname = \"ci\"\nkey = \"short\"",
+                "auth.api_keys[0].key",
+            ),
         ] {
             let e = error(text);
             assert!(e.contains(key), "{text:?}: {e:?} does not name {key}");
@@ -498,8 +564,9 @@ mod tests {
 
     #[test]
     fn env_vars_are_expanded() {
-        let c = parse("[[auth.api_keys]]\nname = \"ci\"\nkey = \"k_${SET}_x\"").unwrap();
-        assert_eq!(c.auth.api_keys[0].key, "k_value_x");
+        let c =
+            parse("[[auth.api_keys]]\nname = \"ci\"\nkey = \"ws_key_${SET}_0123456789\"").unwrap();
+        assert_eq!(c.auth.api_keys[0].key, "ws_key_value_0123456789");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
-use crate::model::{LayoutFormat, Outcome, PrecheckParams, Run, RunStatus, Upload};
+use crate::model::{LayoutFormat, Outcome, PrecheckParams, Run, RunStatus, Scope, Upload};
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -24,7 +24,8 @@ pub struct Db {
 }
 
 /// Each entry moves the schema one version on; `PRAGMA user_version` says how many have run.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE uploads (
     id         TEXT PRIMARY KEY,
     name       TEXT NOT NULL,
@@ -60,16 +61,30 @@ CREATE TABLE runs (
 
 CREATE INDEX runs_by_status ON runs (status, seq);
 CREATE INDEX runs_by_upload ON runs (upload_id);
-"#];
+"#,
+    r#"
+CREATE TABLE api_keys (
+    name      TEXT PRIMARY KEY,
+    sha256    TEXT NOT NULL UNIQUE,
+    admin     INTEGER NOT NULL DEFAULT 0,
+    created   INTEGER NOT NULL,
+    last_used INTEGER,
+    revoked   INTEGER
+) STRICT;
+
+ALTER TABLE uploads ADD COLUMN owner TEXT;
+ALTER TABLE runs ADD COLUMN owner TEXT;
+"#,
+];
 
 const RUN_COLUMNS: &str =
     "id, created, upload_id, top_cell, die_id, slot, cob, image, image_id, status,
-    exit_code, error, oom_killed, started_at, finished_at,
+    exit_code, error, oom_killed, started_at, finished_at, owner,
     CASE WHEN status = 'queued'
         THEN (SELECT COUNT(*) FROM runs q WHERE q.status = 'queued' AND q.seq <= runs.seq) END,
     CASE WHEN status = 'queued' THEN (SELECT COUNT(*) FROM runs q WHERE q.status = 'queued') END";
 
-const UPLOAD_COLUMNS: &str = "id, name, size, sha256, format, created, expires_at, expired";
+const UPLOAD_COLUMNS: &str = "id, name, size, sha256, format, created, expires_at, expired, owner";
 
 /// Why a precheck could not be created.
 #[derive(Debug, PartialEq)]
@@ -146,8 +161,8 @@ impl Db {
     pub async fn insert_upload(&self, upload: Upload) -> Result<()> {
         self.call(move |c| {
             c.execute(
-                "INSERT INTO uploads (id, name, size, sha256, format, created, expires_at, expired)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+                "INSERT INTO uploads (id, name, size, sha256, format, created, expires_at, expired, owner)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)",
                 params![
                     upload.id.to_string(),
                     upload.name,
@@ -156,6 +171,7 @@ impl Db {
                     upload.format.as_str(),
                     micros(upload.created),
                     upload.expires_at.map(micros),
+                    upload.owner,
                 ],
             )
             .map(drop)
@@ -175,13 +191,14 @@ impl Db {
         .await
     }
 
-    /// All uploads, newest first.
-    pub async fn uploads(&self) -> Result<Vec<Upload>> {
-        self.call(|c| {
+    /// The uploads `scope` sees, newest first.
+    pub async fn uploads(&self, scope: Scope) -> Result<Vec<Upload>> {
+        self.call(move |c| {
             let mut stmt = c.prepare(&format!(
-                "SELECT {UPLOAD_COLUMNS} FROM uploads ORDER BY created DESC, id"
+                "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE ?1 IS NULL OR owner = ?1
+                 ORDER BY created DESC, id"
             ))?;
-            stmt.query_map([], upload_from_row)?.collect()
+            stmt.query_map([scope.owner()], upload_from_row)?.collect()
         })
         .await
     }
@@ -242,11 +259,14 @@ impl Db {
     }
 
     /// Queues a precheck. The upload it uses is kept from now on (it no longer expires).
+    /// Queues a precheck of an upload `scope` sees, owned by `owner`.
     pub async fn create_run(
         &self,
         id: Uuid,
         params: PrecheckParams,
         image: String,
+        owner: Option<String>,
+        scope: Scope,
         now: OffsetDateTime,
     ) -> Result<Result<Run, CreateRunError>> {
         self.call(move |c| {
@@ -259,6 +279,7 @@ impl Db {
                 )
                 .optional()?;
             match upload {
+                Some(u) if !scope.sees(u.owner.as_deref()) => return Ok(Err(CreateRunError::UnknownUpload)),
                 None => return Ok(Err(CreateRunError::UnknownUpload)),
                 Some(u) if u.is_expired(now) => return Ok(Err(CreateRunError::UploadExpired)),
                 Some(_) => {}
@@ -268,8 +289,8 @@ impl Db {
                 [params.upload_id.to_string()],
             )?;
             tx.execute(
-                "INSERT INTO runs (id, created, upload_id, top_cell, die_id, slot, cob, image, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued')",
+                "INSERT INTO runs (id, created, upload_id, top_cell, die_id, slot, cob, image, owner, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued')",
                 params![
                     id.to_string(),
                     micros(now),
@@ -279,6 +300,7 @@ impl Db {
                     params.slot,
                     params.cob,
                     image,
+                    owner,
                 ],
             )?;
             let run = select_run(&tx, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
@@ -292,22 +314,21 @@ impl Db {
         self.call(move |c| select_run(c, id)).await
     }
 
-    /// Runs with any of `statuses` (all runs when empty), newest first.
-    pub async fn runs(&self, statuses: Vec<RunStatus>) -> Result<Vec<Run>> {
+    /// The runs `scope` sees with any of `statuses` (all when empty), newest first.
+    pub async fn runs(&self, statuses: Vec<RunStatus>, scope: Scope) -> Result<Vec<Run>> {
         self.call(move |c| {
-            let filter = if statuses.is_empty() {
-                String::new()
-            } else {
+            let mut filter = String::from("WHERE (?1 IS NULL OR owner = ?1)");
+            if !statuses.is_empty() {
                 let list: Vec<String> = statuses
                     .iter()
                     .map(|s| format!("'{}'", s.as_str()))
                     .collect();
-                format!("WHERE status IN ({})", list.join(", "))
-            };
+                filter.push_str(&format!(" AND status IN ({})", list.join(", ")));
+            }
             let mut stmt = c.prepare(&format!(
                 "SELECT {RUN_COLUMNS} FROM runs {filter} ORDER BY seq DESC"
             ))?;
-            stmt.query_map([], run_from_row)?.collect()
+            stmt.query_map([scope.owner()], run_from_row)?.collect()
         })
         .await
     }
@@ -429,6 +450,93 @@ impl Db {
     }
 }
 
+/// An API key as stored (its hash, never the key).
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    pub name: String,
+    pub admin: bool,
+    pub created: OffsetDateTime,
+    pub last_used: Option<OffsetDateTime>,
+    pub revoked: Option<OffsetDateTime>,
+}
+
+impl Db {
+    /// Stores a new key's hash; false if the name is taken.
+    pub async fn insert_api_key(
+        &self,
+        name: String,
+        sha256: String,
+        admin: bool,
+        now: OffsetDateTime,
+    ) -> Result<bool> {
+        self.call(move |c| {
+            let n = c.execute(
+                "INSERT INTO api_keys (name, sha256, admin, created) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (name) DO NOTHING",
+                params![name, sha256, admin, micros(now)],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    pub async fn api_keys(&self) -> Result<Vec<StoredKey>> {
+        self.call(|c| {
+            let mut stmt =
+                c.prepare("SELECT name, admin, created, last_used, revoked FROM api_keys ORDER BY created, name")?;
+            stmt.query_map([], key_from_row)?.collect()
+        })
+        .await
+    }
+
+    /// The key with this hash, if any (revoked ones too: the caller says why it fails).
+    pub async fn api_key_by_hash(&self, sha256: String) -> Result<Option<StoredKey>> {
+        self.call(move |c| {
+            c.query_row(
+                "SELECT name, admin, created, last_used, revoked FROM api_keys WHERE sha256 = ?1",
+                [sha256],
+                key_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Records that a key was used (at most once a second per key, to spare the disk).
+    pub async fn touch_api_key(&self, name: String, now: OffsetDateTime) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE api_keys SET last_used = ?2 WHERE name = ?1 AND (last_used IS NULL OR last_used < ?2 - 1000000)",
+                params![name, micros(now)],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// Revokes a key; false if there is no key of that name that is not revoked already.
+    pub async fn revoke_api_key(&self, name: String, now: OffsetDateTime) -> Result<bool> {
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE api_keys SET revoked = ?2 WHERE name = ?1 AND revoked IS NULL",
+                params![name, micros(now)],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+}
+
+fn key_from_row(r: &Row) -> rusqlite::Result<StoredKey> {
+    Ok(StoredKey {
+        name: r.get(0)?,
+        admin: r.get(1)?,
+        created: from_micros(r.get(2)?)?,
+        last_used: r.get::<_, Option<i64>>(3)?.map(from_micros).transpose()?,
+        revoked: r.get::<_, Option<i64>>(4)?.map(from_micros).transpose()?,
+    })
+}
+
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     let version: usize =
@@ -450,8 +558,8 @@ fn select_run(c: &Connection, id: Uuid) -> rusqlite::Result<Option<Run>> {
 }
 
 fn run_from_row(r: &Row) -> rusqlite::Result<Run> {
-    let position: Option<i64> = r.get(15)?;
-    let length: Option<i64> = r.get(16)?;
+    let position: Option<i64> = r.get(16)?;
+    let length: Option<i64> = r.get(17)?;
     Ok(Run {
         id: parse_uuid(&r.get::<_, String>(0)?)?,
         created: from_micros(r.get(1)?)?,
@@ -470,6 +578,7 @@ fn run_from_row(r: &Row) -> rusqlite::Result<Run> {
         oom_killed: r.get(12)?,
         started_at: r.get::<_, Option<i64>>(13)?.map(from_micros).transpose()?,
         finished_at: r.get::<_, Option<i64>>(14)?.map(from_micros).transpose()?,
+        owner: r.get(15)?,
         queue: position.zip(length).map(|(p, l)| (p as u64, l as u64)),
     })
 }
@@ -486,6 +595,7 @@ fn upload_from_row(r: &Row) -> rusqlite::Result<Upload> {
         created: from_micros(r.get(5)?)?,
         expires_at: r.get::<_, Option<i64>>(6)?.map(from_micros).transpose()?,
         expired: r.get(7)?,
+        owner: r.get(8)?,
     })
 }
 
@@ -528,6 +638,7 @@ mod tests {
             created: now(),
             expires_at: Some(now() + expires_in),
             expired: false,
+            owner: None,
         }
     }
 
@@ -551,7 +662,7 @@ mod tests {
         for _ in 0..3 {
             let id = Uuid::new_v4();
             let run = db
-                .create_run(id, params(u.id), "img".into(), now())
+                .create_run(id, params(u.id), "img".into(), None, Scope::All, now())
                 .await
                 .unwrap()
                 .unwrap();
@@ -586,12 +697,26 @@ mod tests {
         db.insert_upload(old.clone()).await.unwrap();
         assert_eq!(db.expire_uploads(now()).await.unwrap(), vec![old.id]);
         let e = db
-            .create_run(Uuid::new_v4(), params(old.id), "img".into(), now())
+            .create_run(
+                Uuid::new_v4(),
+                params(old.id),
+                "img".into(),
+                None,
+                Scope::All,
+                now(),
+            )
             .await
             .unwrap();
         assert_eq!(e.unwrap_err(), CreateRunError::UploadExpired);
         let e = db
-            .create_run(Uuid::new_v4(), params(Uuid::new_v4()), "i".into(), now())
+            .create_run(
+                Uuid::new_v4(),
+                params(Uuid::new_v4()),
+                "i".into(),
+                None,
+                Scope::All,
+                now(),
+            )
             .await
             .unwrap();
         assert_eq!(e.unwrap_err(), CreateRunError::UnknownUpload);

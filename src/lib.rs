@@ -11,11 +11,13 @@
 //! - [`runner`]: one run's container from create to remove, and how it ended.
 //! - [`queue`]: FIFO scheduling under `max_concurrent`, cancel, waiting for a run to end.
 //! - [`server`]: `serve(config, listener, shutdown)`, start-up and background tasks.
-//! - [`api`]: everything HTTP: routes, DTOs, errors.
+//! - [`auth`]: API keys (generate, hash, compare) and the client's address.
+//! - [`api`]: everything HTTP: routes, DTOs, errors, authentication.
 //! - [`cli`]: the command line.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod db;

@@ -113,6 +113,32 @@ impl LayoutFormat {
     }
 }
 
+/// Whose uploads and runs a caller may see and touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything: an admin key, or a server without authentication.
+    All,
+    /// Only what the key with this name made.
+    Owner(String),
+}
+
+impl Scope {
+    pub fn sees(&self, owner: Option<&str>) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Owner(name) => owner == Some(name.as_str()),
+        }
+    }
+
+    /// The owner to filter lists by, if any.
+    pub fn owner(&self) -> Option<&str> {
+        match self {
+            Scope::All => None,
+            Scope::Owner(name) => Some(name),
+        }
+    }
+}
+
 /// A stored upload.
 #[derive(Debug, Clone)]
 pub struct Upload {
@@ -127,6 +153,8 @@ pub struct Upload {
     pub expires_at: Option<OffsetDateTime>,
     /// Set when the sweeper removed the file after it expired.
     pub expired: bool,
+    /// The name of the API key that made it (none without authentication).
+    pub owner: Option<String>,
 }
 
 impl Upload {
@@ -163,6 +191,8 @@ pub struct Run {
     pub finished_at: Option<OffsetDateTime>,
     /// Position in the queue (1 = next) and queue length, while queued.
     pub queue: Option<(u64, u64)>,
+    /// The name of the API key that made it (none without authentication).
+    pub owner: Option<String>,
 }
 
 /// Exit codes the server reports for runs that did not end by the container's own exit code.

@@ -9,6 +9,7 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{ConfigKey, hash_key};
 use crate::config::Config;
 use crate::db::Db;
 use crate::docker::Engine;
@@ -34,6 +35,8 @@ pub struct AppState {
     pub engine: Engine,
     pub queue: Queue,
     pub image: Arc<RwLock<ImageStatus>>,
+    /// The config file's API keys, hashed once at start.
+    pub config_keys: Arc<Vec<ConfigKey>>,
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
@@ -60,7 +63,7 @@ pub async fn serve(
         config: config.clone(),
     };
     let interrupted = db
-        .runs(vec![RunStatus::Running])
+        .runs(vec![RunStatus::Running], crate::model::Scope::All)
         .await?
         .into_iter()
         .map(|r| r.id)
@@ -78,6 +81,16 @@ pub async fn serve(
     let queue = Queue::start(runner, config.max_concurrent, stop.clone());
     tokio::spawn(sweep_uploads(db.clone(), storage.clone(), stop.clone()));
 
+    let config_keys = config
+        .auth
+        .api_keys
+        .iter()
+        .map(|k| ConfigKey {
+            name: k.name.clone(),
+            sha256: hash_key(&k.key),
+            admin: k.admin,
+        })
+        .collect();
     let state = AppState {
         config,
         db,
@@ -85,12 +98,14 @@ pub async fn serve(
         engine,
         queue,
         image,
+        config_keys: Arc::new(config_keys),
     };
     let app = crate::api::router(state);
     let addr = listener.local_addr()?;
     tracing::info!("listening on http://{addr}");
     println!("listening on http://{addr}");
     let stopping = stop.clone();
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down");

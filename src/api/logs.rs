@@ -14,8 +14,8 @@ use axum::response::{IntoResponse, Response};
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
-use super::prechecks::{not_found, query_pairs};
-use super::{ApiError, parse_id};
+use super::prechecks::{find, query_pairs};
+use super::{ApiError, Caller};
 use crate::logs::{self, Filter, Line};
 use crate::server::AppState;
 use crate::storage::ChunkSender;
@@ -76,12 +76,13 @@ fn parse_bool(key: &str, value: &str) -> Result<bool, ApiError> {
 
 pub async fn logs(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let id = parse_id(&id, "precheck")?;
+    let run = find(&state, &caller, &id).await?;
+    let id = run.id;
     let q = parse_query(query.as_deref())?;
-    let run = state.db.run(id).await?.ok_or_else(|| not_found(id))?;
     let (writer, rx) = ChunkSender::new();
     let body = Body::from_stream(ReceiverStream::new(rx));
     if q.follow {

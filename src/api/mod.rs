@@ -1,6 +1,7 @@
 //! Everything HTTP: the router, the error type and one module per resource. Docker-style
 //! PascalCase DTOs live here and nowhere else.
 
+mod auth;
 mod error;
 mod logs;
 mod prechecks;
@@ -13,6 +14,7 @@ use axum::http::{Method, Uri};
 use axum::routing::{get, post};
 use uuid::Uuid;
 
+pub use auth::Caller;
 pub use error::ApiError;
 
 use crate::server::AppState;
@@ -47,6 +49,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/debug/prechecks/{id}", get(prechecks::debug))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

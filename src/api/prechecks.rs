@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
-use super::{ApiError, Json, parse_id, rfc3339};
+use super::{ApiError, Caller, Json, parse_id, rfc3339};
 use crate::db::{Cancel, CreateRunError};
 use crate::model::{PrecheckParams, Run, RunStatus, SLOTS};
 use crate::server::AppState;
@@ -108,6 +108,7 @@ impl From<&Run> for RunBody {
 
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     Json(body): Json<CreatePrecheck>,
 ) -> Result<(StatusCode, Json<RunBody>), ApiError> {
     let upload_id = Uuid::parse_str(&body.upload_id).map_err(|_| {
@@ -151,6 +152,8 @@ pub async fn create(
             id,
             params,
             state.config.image.clone(),
+            caller.name,
+            caller.scope,
             OffsetDateTime::now_utc(),
         )
         .await?;
@@ -192,6 +195,7 @@ fn check_top_cell(top: String) -> Result<String, ApiError> {
 
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Vec<RunBody>>, ApiError> {
     let mut statuses = Vec::new();
@@ -209,15 +213,16 @@ pub async fn list(
             }
         }
     }
-    let runs = state.db.runs(statuses).await?;
+    let runs = state.db.runs(statuses, caller.scope).await?;
     Ok(Json(runs.iter().map(RunBody::from).collect()))
 }
 
 pub async fn inspect(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RunBody>, ApiError> {
-    let run = find(&state, &id).await?;
+    let run = find(&state, &caller, &id).await?;
     Ok(Json(RunBody::from(&run)))
 }
 
@@ -239,10 +244,11 @@ const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
 pub async fn wait(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<WaitBody>, ApiError> {
-    let id = parse_id(&id, "precheck")?;
+    let id = find(&state, &caller, &id).await?.id;
     let mut timeout = Duration::from_secs(300);
     for (key, value) in query_pairs(query.as_deref())? {
         match key.as_str() {
@@ -291,9 +297,10 @@ const CANCEL_WAIT: Duration = Duration::from_secs(30);
 
 pub async fn cancel(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RunBody>, ApiError> {
-    let id = parse_id(&id, "precheck")?;
+    let id = find(&state, &caller, &id).await?.id;
     match state.queue.cancel(id).await? {
         Cancel::Cancelled(run) => Ok(Json(RunBody::from(&*run))),
         Cancel::Running => {
@@ -313,9 +320,10 @@ pub async fn cancel(
 
 pub async fn output(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let run = find(&state, &id).await?;
+    let run = find(&state, &caller, &id).await?;
     if run.status != RunStatus::Completed {
         return Err(ApiError::Conflict(format!(
             "precheck {} is {}: the checked layout exists only for completed prechecks (see /logs or the debug tarball)",
@@ -345,9 +353,10 @@ pub async fn output(
 
 pub async fn debug(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let run = find(&state, &id).await?;
+    let run = find(&state, &caller, &id).await?;
     if run.status == RunStatus::Queued {
         return Err(ApiError::Conflict(format!(
             "precheck {} is still queued: it has no files yet",
@@ -381,9 +390,13 @@ pub async fn debug(
         .into_response())
 }
 
-async fn find(state: &AppState, id: &str) -> Result<Run, ApiError> {
+/// A run the caller may see: others' are "no such precheck", like unknown ones.
+pub(super) async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<Run, ApiError> {
     let id = parse_id(id, "precheck")?;
-    state.db.run(id).await?.ok_or_else(|| not_found(id))
+    match state.db.run(id).await? {
+        Some(run) if caller.scope.sees(run.owner.as_deref()) => Ok(run),
+        _ => Err(not_found(id)),
+    }
 }
 
 pub(super) fn not_found(id: Uuid) -> ApiError {

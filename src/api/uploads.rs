@@ -3,10 +3,12 @@
 use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::Serialize;
+use std::time::Duration;
+
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{ApiError, Json, parse_id, rfc3339};
+use super::{ApiError, Caller, Json, parse_id, rfc3339};
 use crate::config::human_bytes;
 use crate::db::DeleteUpload;
 use crate::model::{LayoutFormat, Upload};
@@ -65,29 +67,24 @@ impl UploadBody {
 
 /// Bytes the multipart framing may add around the file itself.
 const MULTIPART_SLACK: u64 = 64 * 1024;
-/// How much of a refused upload's remaining body is read before answering 413.
-const DRAIN_ON_REFUSAL: usize = 4 * 1024 * 1024;
+/// How long a refused upload's remaining body is read (and discarded) before the answer.
+const DRAIN_ON_REFUSAL: Duration = Duration::from_secs(2);
 /// Enough of the file to recognise its format.
 const SNIFF_LEN: usize = 16;
 
 pub async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<(StatusCode, Json<UploadBody>), ApiError> {
     let limit = state.config.max_upload_size;
-    let too_large = || {
-        ApiError::TooLarge(format!(
-            "the upload is larger than the limit of {} (server.max_upload_size)",
-            human_bytes(limit)
-        ))
-    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit + MULTIPART_SLACK) {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
     let mut multipart = multipart.map_err(|e| {
         ApiError::BadRequest(format!(
@@ -95,7 +92,31 @@ pub async fn create(
             e.body_text()
         ))
     })?;
+    let received = receive(&state, caller, &mut multipart, limit).await;
+    if received.is_err() {
+        // A client still sending the rest of its body should read this answer, not a reset
+        // connection: read on (and discard) for a moment. A partial file is already removed.
+        let _ = tokio::time::timeout(DRAIN_ON_REFUSAL, async {
+            while let Ok(Some(_)) = multipart.next_field().await {}
+        })
+        .await;
+    }
+    received
+}
 
+fn too_large(limit: u64) -> ApiError {
+    ApiError::TooLarge(format!(
+        "the upload is larger than the limit of {} (server.max_upload_size)",
+        human_bytes(limit)
+    ))
+}
+
+async fn receive(
+    state: &AppState,
+    caller: Caller,
+    multipart: &mut Multipart,
+    limit: u64,
+) -> Result<(StatusCode, Json<UploadBody>), ApiError> {
     while let Some(mut field) = multipart.next_field().await? {
         if field.name() != Some("file") {
             continue;
@@ -137,17 +158,7 @@ pub async fn create(
             };
             size += chunk.len() as u64;
             if size > limit {
-                drop(writer); // removes the partial file
-                // Read (and discard) a little more, so a client still sending the body it
-                // declared gets to read the 413 instead of a reset connection.
-                let mut drained = 0;
-                while drained < DRAIN_ON_REFUSAL {
-                    match field.chunk().await {
-                        Ok(Some(chunk)) => drained += chunk.len(),
-                        _ => break,
-                    }
-                }
-                return Err(too_large());
+                return Err(too_large(limit));
             }
             writer.write(chunk).await.map_err(storage_error)?;
         }
@@ -162,6 +173,7 @@ pub async fn create(
             created: now,
             expires_at: Some(now + state.config.upload_expiry),
             expired: false,
+            owner: caller.name,
         };
         if let Err(e) = state.db.insert_upload(upload.clone()).await {
             let _ = state.storage.remove_upload(id).await;
@@ -175,9 +187,12 @@ pub async fn create(
     ))
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<UploadBody>>, ApiError> {
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<UploadBody>>, ApiError> {
     let now = OffsetDateTime::now_utc();
-    let uploads = state.db.uploads().await?;
+    let uploads = state.db.uploads(caller.scope).await?;
     Ok(Json(
         uploads.iter().map(|u| UploadBody::new(u, now)).collect(),
     ))
@@ -185,18 +200,19 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<UploadBody>>
 
 pub async fn inspect(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<UploadBody>, ApiError> {
-    let id = parse_id(&id, "upload")?;
-    let upload = state.db.upload(id).await?.ok_or_else(|| not_found(id))?;
+    let upload = find(&state, &caller, &id).await?;
     Ok(Json(UploadBody::new(&upload, OffsetDateTime::now_utc())))
 }
 
 pub async fn delete(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id = parse_id(&id, "upload")?;
+    let id = find(&state, &caller, &id).await?.id;
     match state.db.delete_upload(id).await? {
         DeleteUpload::Deleted => {
             state
@@ -210,6 +226,15 @@ pub async fn delete(
         DeleteUpload::InUse(run) => Err(ApiError::Conflict(format!(
             "upload {id} is used by precheck {run}, which has not finished: cancel it or wait for it first"
         ))),
+    }
+}
+
+/// An upload the caller may see: others' are "no such upload", like unknown ones.
+async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<Upload, ApiError> {
+    let id = parse_id(id, "upload")?;
+    match state.db.upload(id).await? {
+        Some(upload) if caller.scope.sees(upload.owner.as_deref()) => Ok(upload),
+        _ => Err(not_found(id)),
     }
 }
 
