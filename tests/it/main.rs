@@ -1,5 +1,6 @@
 //! The integration tests: one binary, one module per area, each test running the real server.
 
+mod auth;
 mod client;
 mod config;
 mod errors;
