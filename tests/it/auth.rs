@@ -21,6 +21,16 @@ fn keyed_server(extra: &str) -> TestServer {
         .start()
 }
 
+/// GET `path`, with `key` as a bearer token if given.
+async fn get_as(server: &TestServer, path: &str, key: Option<&str>) -> reqwest::Response {
+    let request = http().get(server.api(path));
+    let request = match key {
+        Some(key) => request.bearer_auth(key),
+        None => request,
+    };
+    request.send().await.unwrap()
+}
+
 async fn message(resp: reqwest::Response) -> String {
     let body: serde_json::Value = resp.json().await.unwrap();
     body["message"]
@@ -33,35 +43,16 @@ async fn message(resp: reqwest::Response) -> String {
 async fn keys_are_required_everywhere_but_health() {
     let server = keyed_server("");
     assert_eq!(
-        http()
-            .get(server.api("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_as(&server, "/health", None).await.status(),
         StatusCode::OK
     );
-    let resp = http()
-        .get(server.api("/api/v1/queue"))
-        .send()
-        .await
-        .unwrap();
+    let resp = get_as(&server, "/api/v1/queue", None).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(message(resp).await.contains("Authorization: Bearer"));
-    let resp = http()
-        .get(server.api("/api/v1/queue"))
-        .bearer_auth("ws_key_wrong")
-        .send()
-        .await
-        .unwrap();
+    let resp = get_as(&server, "/api/v1/queue", Some("ws_key_wrong")).await;
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     assert!(message(resp).await.contains("unknown API key"));
-    let resp = http()
-        .get(server.api("/api/v1/queue"))
-        .bearer_auth(ALICE)
-        .send()
-        .await
-        .unwrap();
+    let resp = get_as(&server, "/api/v1/queue", Some(ALICE)).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let resp = http()
         .get(server.api("/api/v1/queue"))
@@ -93,12 +84,7 @@ async fn a_key_sees_only_its_own_uploads_and_runs_and_an_admin_sees_all() {
         .to_string();
 
     // Bob can neither see Alice's upload nor precheck it.
-    let resp = http()
-        .get(server.api(&format!("/api/v1/uploads/{upload}")))
-        .bearer_auth(BOB)
-        .send()
-        .await
-        .unwrap();
+    let resp = get_as(&server, &format!("/api/v1/uploads/{upload}"), Some(BOB)).await;
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     let body = json!({"upload_id": upload, "top_cell": "chip_top"});
     let resp = http()
@@ -128,12 +114,7 @@ async fn a_key_sees_only_its_own_uploads_and_runs_and_an_admin_sees_all() {
         format!("/api/v1/prechecks/{run}/output"),
         format!("/api/v1/debug/prechecks/{run}"),
     ] {
-        let resp = http()
-            .get(server.api(&path))
-            .bearer_auth(BOB)
-            .send()
-            .await
-            .unwrap();
+        let resp = get_as(&server, &path, Some(BOB)).await;
         assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{path}");
     }
     let resp = http()
@@ -143,12 +124,8 @@ async fn a_key_sees_only_its_own_uploads_and_runs_and_an_admin_sees_all() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
-    let list: serde_json::Value = http()
-        .get(server.api("/api/v1/prechecks"))
-        .bearer_auth(BOB)
-        .send()
+    let list: serde_json::Value = get_as(&server, "/api/v1/prechecks", Some(BOB))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -164,22 +141,18 @@ async fn a_key_sees_only_its_own_uploads_and_runs_and_an_admin_sees_all() {
         resp.json::<serde_json::Value>().await.unwrap()["StatusCode"],
         0
     );
-    let list: serde_json::Value = http()
-        .get(server.api("/api/v1/prechecks"))
-        .bearer_auth(ADMIN)
-        .send()
+    let list: serde_json::Value = get_as(&server, "/api/v1/prechecks", Some(ADMIN))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1);
-    let resp = http()
-        .get(server.api(&format!("/api/v1/prechecks/{run}/output")))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap();
+    let resp = get_as(
+        &server,
+        &format!("/api/v1/prechecks/{run}/output"),
+        Some(ADMIN),
+    )
+    .await;
     assert_eq!(resp.status(), StatusCode::OK);
     server.assert_no_containers();
 }
@@ -191,11 +164,7 @@ async fn addresses_outside_allowed_ips_get_403_and_forwarded_for_is_believed_onl
     let server = TestServer::builder()
         .toml("[auth]\nallowed_ips = [\"192.0.2.0/24\"]")
         .start();
-    let resp = http()
-        .get(server.api("/api/v1/queue"))
-        .send()
-        .await
-        .unwrap();
+    let resp = get_as(&server, "/api/v1/queue", None).await;
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     assert!(message(resp).await.contains("127.0.0.1"));
     let resp = http()
@@ -235,12 +204,7 @@ async fn addresses_outside_allowed_ips_get_403_and_forwarded_for_is_believed_onl
         StatusCode::BAD_REQUEST
     );
     assert_eq!(
-        http()
-            .get(server.api("/api/v1/queue"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get_as(&server, "/api/v1/queue", None).await.status(),
         StatusCode::OK
     );
 }
