@@ -39,13 +39,16 @@ impl Cli {
 fn serve(config_path: &std::path::Path) -> Result<()> {
     let config = Config::load(config_path)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let served = runtime.block_on(async move {
         let addr = (config.host, config.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
         crate::server::serve(config, listener, shutdown_signal()).await
-    })
+    });
+    // Tasks still going (a run being watched) are dropped; their containers go on.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    served
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -4,11 +4,12 @@
 //! to it and awaits their answers, so no SQLite call ever runs on an async worker. The database is
 //! the truth of every run's state.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::mpsc;
 
 use anyhow::{Context, Result, anyhow};
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -102,6 +103,16 @@ pub enum DeleteUpload {
     InUse(Uuid),
 }
 
+/// What deleting a run did.
+#[derive(Debug)]
+pub enum DeleteRun {
+    /// The run as it was before it was deleted.
+    Deleted(Box<Run>),
+    /// It is running and `force` was not given.
+    Running,
+    NotFound,
+}
+
 /// What a cancel request found.
 #[derive(Debug)]
 pub enum Cancel {
@@ -116,8 +127,20 @@ pub enum Cancel {
 impl Db {
     /// Opens (or creates) the database file and brings its schema up to date. Nothing is deleted.
     pub fn open(path: &Path) -> Result<Db> {
-        let mut conn = Connection::open(path)
+        let conn = Connection::open(path)
             .with_context(|| format!("cannot open database {}", path.display()))?;
+        Db::start(conn, path)
+    }
+
+    /// Opens a database the server has created; a missing file is an error, not a new database.
+    pub fn open_existing(path: &Path) -> Result<Db> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)
+            .with_context(|| format!("cannot open database {}", path.display()))?;
+        Db::start(conn, path)
+    }
+
+    fn start(mut conn: Connection, path: &Path) -> Result<Db> {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -436,6 +459,105 @@ impl Db {
         .await
     }
 
+    /// Puts a running run whose container never started back in the queue, in its old place.
+    pub async fn requeue_run(&self, id: Uuid) -> Result<bool> {
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE runs SET status = 'queued', started_at = NULL, image_id = NULL
+                 WHERE id = ?1 AND status = 'running'",
+                [id.to_string()],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// The runs whose id starts with `prefix` (lower-case hex and dashes), at most two: enough
+    /// to tell a unique prefix from an ambiguous one.
+    pub async fn runs_by_prefix(&self, prefix: String) -> Result<Vec<Run>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE substr(id, 1, length(?1)) = ?1 ORDER BY seq LIMIT 2"
+            ))?;
+            stmt.query_map([prefix], run_from_row)?.collect()
+        })
+        .await
+    }
+
+    /// Deletes a run's row. A running run is deleted only with `force` (its container is then
+    /// the caller's to stop).
+    pub async fn delete_run(&self, id: Uuid, force: bool) -> Result<DeleteRun> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let Some(run) = select_run(&tx, id)? else {
+                return Ok(DeleteRun::NotFound);
+            };
+            if run.status == RunStatus::Running && !force {
+                return Ok(DeleteRun::Running);
+            }
+            tx.execute("DELETE FROM runs WHERE id = ?1", [id.to_string()])?;
+            tx.commit()?;
+            Ok(DeleteRun::Deleted(Box::new(run)))
+        })
+        .await
+    }
+
+    /// Deletes the finished runs with any of `statuses` (every finished one when empty) that
+    /// finished before `before`, oldest first; with `dry_run`, only lists them.
+    pub async fn prune_runs(
+        &self,
+        statuses: Vec<RunStatus>,
+        before: Option<OffsetDateTime>,
+        dry_run: bool,
+    ) -> Result<Vec<Run>> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let statuses = if statuses.is_empty() {
+                vec![RunStatus::Completed, RunStatus::Failed, RunStatus::Cancelled]
+            } else {
+                statuses
+            };
+            let list: Vec<String> = statuses
+                .iter()
+                .filter(|s| s.is_terminal())
+                .map(|s| format!("'{}'", s.as_str()))
+                .collect();
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ({}) AND (?1 IS NULL OR finished_at < ?1)
+                 ORDER BY seq",
+                list.join(", ")
+            ))?;
+            let runs = stmt
+                .query_map([before.map(micros)], run_from_row)?
+                .collect::<rusqlite::Result<Vec<Run>>>()?;
+            drop(stmt);
+            if !dry_run {
+                for run in &runs {
+                    tx.execute("DELETE FROM runs WHERE id = ?1", [run.id.to_string()])?;
+                }
+                tx.commit()?;
+            }
+            Ok(runs)
+        })
+        .await
+    }
+
+    /// The ids of every run and of every upload whose file should exist (not expired).
+    pub async fn known_ids(&self) -> Result<(HashSet<Uuid>, HashSet<Uuid>)> {
+        self.call(|c| {
+            let ids = |sql: &str| -> rusqlite::Result<HashSet<Uuid>> {
+                let mut stmt = c.prepare(sql)?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                rows.map(|id| parse_uuid(&id?)).collect()
+            };
+            Ok((
+                ids("SELECT id FROM runs")?,
+                ids("SELECT id FROM uploads WHERE expired = 0")?,
+            ))
+        })
+        .await
+    }
+
     /// (queued, running) counts.
     pub async fn queue_counts(&self) -> Result<(u64, u64)> {
         self.call(|c| {
@@ -537,15 +659,21 @@ fn key_from_row(r: &Row) -> rusqlite::Result<StoredKey> {
     })
 }
 
-fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+fn migrate(conn: &mut Connection) -> Result<()> {
     let tx = conn.transaction()?;
     let version: usize =
         tx.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(anyhow!(
+            "its schema is version {version}, newer than this precheck-server knows ({}): use a newer binary",
+            MIGRATIONS.len()
+        ));
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
     }
-    tx.commit()
+    Ok(tx.commit()?)
 }
 
 fn select_run(c: &Connection, id: Uuid) -> rusqlite::Result<Option<Run>> {

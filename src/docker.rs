@@ -344,16 +344,40 @@ impl Engine {
         }
     }
 
-    /// Ids of all containers (running or not) carrying `label=value`.
-    pub async fn containers_with_label(&self, label: &str, value: &str) -> Result<Vec<String>> {
-        let filters = HashMap::from([("label", vec![format!("{label}={value}")])]);
+    /// All containers (running or not) carrying every one of `labels` (`name=value`).
+    pub async fn containers_labelled(&self, labels: &[String]) -> Result<Vec<Labelled>> {
+        let filters = HashMap::from([("label", labels.to_vec())]);
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)
             .build();
         let list = quick(self.docker.list_containers(Some(options))).await?;
-        Ok(list.into_iter().filter_map(|c| c.id).collect())
+        Ok(list
+            .into_iter()
+            .filter_map(|c| {
+                Some(Labelled {
+                    id: c.id?,
+                    name: c
+                        .names
+                        .and_then(|n| n.into_iter().next())
+                        .map(|n| n.trim_start_matches('/').to_string())
+                        .unwrap_or_default(),
+                    state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+                    labels: c.labels.unwrap_or_default(),
+                })
+            })
+            .collect())
     }
+}
+
+/// A container found by its labels.
+#[derive(Debug, Clone)]
+pub struct Labelled {
+    pub id: String,
+    pub name: String,
+    /// `created`, `running`, `paused`, `restarting`, `removing`, `exited` or `dead`.
+    pub state: String,
+    pub labels: HashMap<String, String>,
 }
 
 async fn quick<T>(call: impl Future<Output = Result<T, DockerError>>) -> Result<T> {

@@ -9,6 +9,7 @@
 //! - [`logs`]: a run's timestamped log file and how it is read (tail, since).
 //! - [`docker`]: the only bollard import; containers, images, archives.
 //! - [`runner`]: one run's container from create to remove, and how it ended.
+//! - [`recovery`]: after a restart, runs matched with their containers; what nothing owns.
 //! - [`queue`]: FIFO scheduling under `max_concurrent`, cancel, waiting for a run to end.
 //! - [`server`]: `serve(config, listener, shutdown)`, start-up and background tasks.
 //! - [`auth`]: API keys (generate, hash, compare) and the client's address.
@@ -25,6 +26,7 @@ pub mod docker;
 pub mod logs;
 pub mod model;
 pub mod queue;
+pub mod recovery;
 pub mod runner;
 pub mod server;
 pub mod storage;

@@ -122,6 +122,43 @@ pub fn read_lines(
     }
 }
 
+/// Counts the complete lines of a log the server stopped writing abruptly, cutting off a last
+/// line that was only partly written (it is read again from the engine). Returns the number of
+/// lines and the file's length; a missing file has none.
+pub fn complete_lines(path: &Path) -> io::Result<(usize, u64)> {
+    let mut file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(e),
+    };
+    let mut lines = 0;
+    let mut pos = 0u64;
+    let mut end = 0u64;
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        for (i, byte) in buf[..n].iter().enumerate() {
+            if *byte == b'\n' {
+                lines += 1;
+                end = pos + i as u64 + 1;
+            }
+        }
+        pos += n as u64;
+    }
+    if pos > end {
+        file.set_len(end)?;
+        file.sync_all()?;
+    }
+    Ok((lines, end))
+}
+
 fn micros(seconds: f64) -> i64 {
     (seconds * 1e6).round() as i64
 }
@@ -305,5 +342,16 @@ mod tests {
         let line = parse_line("2026-11-24T12:00:00.000000001Z  indented\r\n");
         assert_eq!(line.text, " indented");
         assert!(read(Path::new("/nonexistent/logs.txt"), Filter::default()).is_empty());
+    }
+
+    #[test]
+    fn complete_lines_cuts_a_partial_last_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs.txt");
+        assert_eq!(complete_lines(&path).unwrap(), (0, 0));
+        std::fs::write(&path, "a\nbb\nccc").unwrap();
+        assert_eq!(complete_lines(&path).unwrap(), (2, 5));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\nbb\n");
+        assert_eq!(complete_lines(&path).unwrap(), (2, 5));
     }
 }

@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::db::{Cancel, Db};
 use crate::model::{Run, RunStatus};
-use crate::runner::{ActiveRun, Runner};
+use crate::runner::{ActiveRun, Attach, Runner};
 
 /// A run changed state (the database already says so).
 #[derive(Debug, Clone, Copy)]
@@ -36,26 +36,37 @@ struct Inner {
     db: Db,
     runner: Runner,
     wake: Notify,
-    slots: Arc<Semaphore>,
+    slots: Slots,
     events: broadcast::Sender<RunEvent>,
     // A std Mutex: it is never held across an `.await`.
     active: Mutex<HashMap<Uuid, Arc<ActiveRun>>>,
+    shutdown: CancellationToken,
 }
 
 impl Queue {
-    /// Starts the scheduler. It stops claiming runs when `shutdown` is cancelled.
-    pub fn start(runner: Runner, max_concurrent: usize, shutdown: CancellationToken) -> Queue {
+    /// Starts the scheduler, first resuming the runs that were running when the server
+    /// stopped. It stops claiming runs when `shutdown` is cancelled.
+    pub fn start(
+        runner: Runner,
+        max_concurrent: usize,
+        shutdown: CancellationToken,
+        resumed: Vec<(Run, Attach)>,
+    ) -> Queue {
         let (events, _) = broadcast::channel(1024);
         let queue = Queue {
             inner: Arc::new(Inner {
                 db: runner.db.clone(),
                 runner,
                 wake: Notify::new(),
-                slots: Arc::new(Semaphore::new(max_concurrent)),
+                slots: Slots::new(max_concurrent, resumed.len()),
                 events,
                 active: Mutex::new(HashMap::new()),
+                shutdown: shutdown.clone(),
             }),
         };
+        for (run, attach) in resumed {
+            queue.launch(run, Some(attach));
+        }
         let scheduler = queue.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -103,8 +114,17 @@ impl Queue {
         Ok(answer)
     }
 
-    /// Waits until the run is terminal or `timeout` passes; returns the run as it then is
-    /// (`None` if there is no such run).
+    /// Completes when the server begins to shut down.
+    pub async fn stopping(&self) {
+        self.inner.shutdown.cancelled().await
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    /// Waits until the run is terminal, `timeout` passes or the server shuts down; returns the
+    /// run as it then is (`None` if there is no such run).
     pub async fn wait(&self, run_id: Uuid, timeout: Duration) -> Result<Option<Run>> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut events = self.subscribe();
@@ -123,10 +143,12 @@ impl Queue {
                         Err(_) => return,
                     }
                 }
-            })
-            .await;
-            if woken.is_err() {
-                return self.inner.db.run(run_id).await;
+            });
+            tokio::select! {
+                woken = woken => if woken.is_err() {
+                    return self.inner.db.run(run_id).await;
+                },
+                _ = self.stopping() => return self.inner.db.run(run_id).await,
             }
         }
     }
@@ -146,9 +168,9 @@ impl Queue {
 
     async fn schedule(&self) {
         loop {
-            let Ok(slot) = self.inner.slots.clone().acquire_owned().await else {
+            if !self.inner.slots.take().await {
                 return;
-            };
+            }
             let run = loop {
                 match self
                     .inner
@@ -164,13 +186,25 @@ impl Queue {
                     }
                 }
             };
-            let active = Arc::new(ActiveRun::new());
-            self.inner
-                .active
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(run.id, active.clone());
-            if self
+            tracing::info!(run_id = %run.id, top_cell = %run.params.top_cell, "run started");
+            self.launch(run, None);
+        }
+    }
+
+    /// Executes a running run (or watches its container again) in a task of its own, which
+    /// gives its slot back when the run is over.
+    fn launch(&self, run: Run, attach: Option<Attach>) {
+        let active = Arc::new(ActiveRun::new());
+        self.inner
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(run.id, active.clone());
+        self.publish(run.id, RunStatus::Running);
+        let queue = self.clone();
+        tokio::spawn(async move {
+            // A cancel recorded before the run was registered (or before a restart) counts.
+            if queue
                 .inner
                 .db
                 .cancel_requested(run.id)
@@ -179,30 +213,57 @@ impl Queue {
             {
                 active.cancel.cancel();
             }
-            self.publish(run.id, RunStatus::Running);
-            tracing::info!(run_id = %run.id, top_cell = %run.params.top_cell, "run started");
-            let queue = self.clone();
-            tokio::spawn(async move {
-                let outcome = queue.inner.runner.execute(&run, &active).await;
-                let status = outcome.status;
-                tracing::info!(run_id = %run.id, %status, exit_code = outcome.exit_code, "run finished");
-                if let Err(e) = queue
-                    .inner
-                    .db
-                    .finish_run(run.id, outcome, OffsetDateTime::now_utc())
-                    .await
-                {
-                    tracing::error!(run_id = %run.id, "cannot record the end of the run: {e:#}");
-                }
-                queue
-                    .inner
-                    .active
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&run.id);
-                queue.publish(run.id, status);
-                drop(slot);
-            });
+            let runner = &queue.inner.runner;
+            let outcome = match attach {
+                None => runner.execute(&run, &active).await,
+                Some(attach) => runner.resume(&run, &active, attach).await,
+            };
+            tracing::info!(run_id = %run.id, status = %outcome.status, exit_code = outcome.exit_code, "run finished");
+            queue
+                .inner
+                .active
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&run.id);
+            queue.publish(run.id, outcome.status);
+            queue.inner.slots.give_back();
+        });
+    }
+}
+
+/// Container slots: `max_concurrent` of them. Runs resumed at start take theirs first; if more
+/// were running than `max_concurrent` now allows, all of them go on and no new run starts until
+/// enough of them have finished (the excess is a debt paid off by the first to finish).
+struct Slots {
+    free: Semaphore,
+    debt: Mutex<usize>,
+}
+
+impl Slots {
+    fn new(max_concurrent: usize, resumed: usize) -> Slots {
+        Slots {
+            free: Semaphore::new(max_concurrent.saturating_sub(resumed)),
+            debt: Mutex::new(resumed.saturating_sub(max_concurrent)),
+        }
+    }
+
+    /// Waits for a free slot and takes it; false once the semaphore is closed.
+    async fn take(&self) -> bool {
+        match self.free.acquire().await {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn give_back(&self) {
+        let mut debt = self.debt.lock().unwrap_or_else(|e| e.into_inner());
+        if *debt > 0 {
+            *debt -= 1;
+        } else {
+            self.free.add_permits(1);
         }
     }
 }

@@ -14,8 +14,8 @@ use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::config::{Config, human_bytes};
 use crate::db::Db;
@@ -66,23 +66,68 @@ pub struct Runner {
     pub config: Arc<Config>,
 }
 
+/// A container that was running (or had finished) when the server stopped, to watch to the end.
+#[derive(Debug, Clone)]
+pub struct Attach {
+    pub container: String,
+    /// How many of the container's log messages the log file already holds.
+    pub skip: usize,
+    /// When `limits.timeout` runs out; `None` if the container has already stopped.
+    pub deadline: Option<Instant>,
+}
+
 impl Runner {
-    /// Executes a run that the queue has claimed and returns how it ended.
+    /// Executes a run that the queue has claimed, records how it ended and removes its
+    /// container.
     pub async fn execute(&self, run: &Run, active: &ActiveRun) -> Outcome {
         let mut container = None;
-        let outcome = match self.run_container(run, active, &mut container).await {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                tracing::warn!(run_id = %run.id, "run failed: {e:#}");
-                Outcome::failed(exit_code::NOT_RUN, format!("{e:#}"))
+        let result = self.run_container(run, active, &mut container).await;
+        self.finish(run, result, container).await
+    }
+
+    /// Watches the container of a run that was running when the server stopped, from where
+    /// its log file ends, and finishes the run as [`Runner::execute`] would have.
+    pub async fn resume(&self, run: &Run, active: &ActiveRun, attach: Attach) -> Outcome {
+        let result = self
+            .watch(run, active, &attach.container, attach.skip, attach.deadline)
+            .await;
+        self.finish(run, result, Some(attach.container)).await
+    }
+
+    /// Notes the outcome in the log, records it, then removes the container: a server stopped
+    /// in between finds either a running run with its container or a finished one.
+    async fn finish(
+        &self,
+        run: &Run,
+        result: Result<Outcome>,
+        container: Option<String>,
+    ) -> Outcome {
+        let outcome = result.unwrap_or_else(|e| {
+            tracing::warn!(run_id = %run.id, "run failed: {e:#}");
+            Outcome::failed(exit_code::NOT_RUN, format!("{e:#}"))
+        });
+        let _ = note(&self.storage.log_path(run.id), &finished_note(&outcome)).await;
+        match self
+            .db
+            .finish_run(run.id, outcome.clone(), time::OffsetDateTime::now_utc())
+            .await
+        {
+            Ok(true) => {}
+            // Deleted while it ran (`runs delete --force`): its files go too.
+            Ok(false) => {
+                if let Ok(None) = self.db.run(run.id).await
+                    && let Err(e) = self.storage.remove_run(run.id).await
+                {
+                    tracing::warn!(run_id = %run.id, "cannot remove a deleted run's files: {e}");
+                }
             }
-        };
+            Err(e) => tracing::error!(run_id = %run.id, "cannot record the end of the run: {e:#}"),
+        }
         if let Some(id) = container
             && let Err(e) = self.engine.remove(&id).await
         {
             tracing::error!(run_id = %run.id, container = %id, "cannot remove container: {e:#}");
         }
-        let _ = note(&self.storage.log_path(run.id), &finished_note(&outcome)).await;
         outcome
     }
 
@@ -97,7 +142,6 @@ impl Runner {
         tokio::fs::create_dir_all(&run_dir)
             .await
             .with_context(|| format!("cannot create {}", run_dir.display()))?;
-        let log_path = self.storage.log_path(run.id);
 
         let image = &run.image;
         let Some(image_id) = self.engine.image_id(image).await? else {
@@ -155,25 +199,48 @@ impl Runner {
             .start(&id)
             .await
             .context("cannot start the container")?;
+        let deadline = Instant::now() + self.config.limits.timeout;
+        self.watch(run, active, &id, 0, Some(deadline)).await
+    }
+
+    /// Follows a started container's log into the run's log file (after the first `skip`
+    /// messages), waits for it to stop (racing the deadline and a cancel), copies its results
+    /// out and says how it ended.
+    async fn watch(
+        &self,
+        run: &Run,
+        active: &ActiveRun,
+        id: &str,
+        skip: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Outcome> {
+        let run_dir = self.storage.run_dir(run.id);
+        let log_path = self.storage.log_path(run.id);
         let logs = tokio::spawn(append_logs(
-            self.engine.logs(&id, true),
+            self.engine.logs(id, true),
             log_path.clone(),
             active.log_len.clone(),
-            0,
+            skip,
         ));
 
         let timeout = self.config.limits.timeout;
+        let expired = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
         let ended = tokio::select! {
-            waited = self.engine.wait(&id) => { waited?; None }
-            _ = tokio::time::sleep(timeout) => {
-                self.engine.kill(&id).await?;
+            waited = self.engine.wait(id) => { waited?; None }
+            _ = expired => {
+                self.engine.kill(id).await?;
                 Some(Outcome::failed(exit_code::TIMED_OUT, format!(
                     "timed out after {} s (limits.timeout): the container was killed",
                     timeout.as_secs()
                 )))
             }
-            _ = cancelled.cancelled() => {
-                self.engine.stop(&id, STOP_GRACE).await?;
+            _ = active.cancel.cancelled() => {
+                self.engine.stop(id, STOP_GRACE).await?;
                 Some(Outcome::cancelled())
             }
         };
@@ -191,7 +258,7 @@ impl Runner {
             }
         };
         append_logs(
-            self.engine.logs(&id, false),
+            self.engine.logs(id, false),
             log_path,
             active.log_len.clone(),
             followed,
@@ -201,16 +268,16 @@ impl Runner {
 
         // Results are copied out whatever the ending: a failed run's flow directory is what
         // its designer needs to read.
-        self.engine.copy_out(&id, "/work", &run_dir).await?;
+        self.engine.copy_out(id, "/work", &run_dir).await?;
         let output_dir = run_dir.join("output");
         self.engine
-            .copy_out(&id, "/output/design.gds", &output_dir)
+            .copy_out(id, "/output/design.gds", &output_dir)
             .await?;
         if let Some(outcome) = ended {
             return Ok(outcome);
         }
 
-        let exit = self.engine.exit(&id).await?;
+        let exit = self.engine.exit(id).await?;
         if exit.oom_killed {
             return Ok(Outcome {
                 oom_killed: true,
@@ -276,7 +343,7 @@ fn precheck_command(run: &Run, input: &str) -> Vec<String> {
 
 /// Appends the container's log messages to the run's log file as they arrive, after skipping
 /// the first `skip`, publishing the file's length after each batch so followers wake. Returns
-/// how many messages the stream had.
+/// how many messages the file now holds (`skip` if the stream had fewer).
 async fn append_logs(
     stream: impl futures_util::Stream<Item = Result<bytes::Bytes>> + Send + 'static,
     path: std::path::PathBuf,
@@ -335,7 +402,7 @@ async fn append_logs(
     }
     out.flush().await?;
     log_len.send_replace(len);
-    Ok(seen)
+    Ok(seen.max(skip))
 }
 
 /// Appends a line of the server's own to a run's log.
@@ -353,7 +420,7 @@ pub async fn note(path: &Path, text: &str) -> std::io::Result<()> {
     file.flush().await
 }
 
-fn finished_note(outcome: &Outcome) -> String {
+pub fn finished_note(outcome: &Outcome) -> String {
     match &outcome.error {
         None => format!("run {} (exit code {})", outcome.status, outcome.exit_code),
         Some(e) => format!(
@@ -361,28 +428,4 @@ fn finished_note(outcome: &Outcome) -> String {
             outcome.status, outcome.exit_code
         ),
     }
-}
-
-/// Removes the containers of runs that were running when the server last stopped and marks those
-/// runs failed: no run ever stays `running` without a container behind it.
-pub async fn recover_interrupted(runner: &Runner, running: Vec<Uuid>) -> Result<()> {
-    for run_id in running {
-        for id in runner
-            .engine
-            .containers_with_label(RUN_LABEL, &run_id.to_string())
-            .await?
-        {
-            runner.engine.remove(&id).await?;
-        }
-        let outcome = Outcome::failed(
-            exit_code::NOT_RUN,
-            "container lost while the server was down",
-        );
-        let _ = note(&runner.storage.log_path(run_id), &finished_note(&outcome)).await;
-        runner
-            .db
-            .finish_run(run_id, outcome, time::OffsetDateTime::now_utc())
-            .await?;
-    }
-    Ok(())
 }

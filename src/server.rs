@@ -13,9 +13,8 @@ use crate::auth::{ConfigKey, hash_key};
 use crate::config::Config;
 use crate::db::Db;
 use crate::docker::Engine;
-use crate::model::RunStatus;
 use crate::queue::Queue;
-use crate::runner::{self, Runner};
+use crate::runner::Runner;
 use crate::storage::Storage;
 
 /// Where the configured image stands on the engine.
@@ -62,15 +61,9 @@ pub async fn serve(
         storage: storage.clone(),
         config: config.clone(),
     };
-    let interrupted = db
-        .runs(vec![RunStatus::Running], crate::model::Scope::All)
-        .await?
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
-    runner::recover_interrupted(&runner, interrupted)
+    let resumed = crate::recovery::recover(&runner)
         .await
-        .context("cannot recover interrupted runs")?;
+        .context("cannot recover the runs that were running when the server stopped")?;
 
     let image = Arc::new(RwLock::new(ImageStatus::Pulling));
     tokio::spawn(ensure_image(
@@ -78,7 +71,7 @@ pub async fn serve(
         config.image.clone(),
         image.clone(),
     ));
-    let queue = Queue::start(runner, config.max_concurrent, stop.clone());
+    let queue = Queue::start(runner, config.max_concurrent, stop.clone(), resumed);
     tokio::spawn(sweep_uploads(db.clone(), storage.clone(), stop.clone()));
 
     let config_keys = config
@@ -111,8 +104,9 @@ pub async fn serve(
         tracing::info!("shutting down");
         stop.cancel();
     });
-    // In-flight requests get a moment to finish; a `/wait` or a followed log could otherwise
-    // hold the shutdown for hours. Running containers are left alone.
+    // In-flight requests get a moment to finish (a `/wait` answers at once with the run as it
+    // is, a followed log ends); an upload that is still coming in is cut off. Running containers
+    // are left alone: the next start reattaches them.
     tokio::select! {
         served = server => served.context("the HTTP server failed"),
         _ = async { stopping.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {

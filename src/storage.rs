@@ -43,15 +43,20 @@ impl Storage {
             std::fs::create_dir_all(&path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
         }
-        let storage = Storage {
-            root: root.to_path_buf(),
-        };
+        let storage = Storage::at(root);
         for entry in std::fs::read_dir(root.join("tmp"))? {
             let path = entry?.path();
             std::fs::remove_file(&path)
                 .with_context(|| format!("cannot remove {}", path.display()))?;
         }
         Ok(storage)
+    }
+
+    /// The storage folder as it is, changing nothing (for the admin CLI, while a server runs).
+    pub fn at(root: &Path) -> Storage {
+        Storage {
+            root: root.to_path_buf(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -95,6 +100,68 @@ impl Storage {
             _ => Ok(()),
         }
     }
+
+    /// Removes a run's folder: its log, output and flow directory.
+    pub async fn remove_run(&self, id: Uuid) -> io::Result<()> {
+        match tokio::fs::remove_dir_all(self.run_dir(id)).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Everything in `uploads/` and `runs/`, with sizes (blocking: it walks the folders).
+    pub fn entries(&self) -> io::Result<Vec<Entry>> {
+        let mut entries = vec![];
+        for (dir, kind) in [("uploads", EntryKind::Upload), ("runs", EntryKind::Run)] {
+            for entry in std::fs::read_dir(self.root.join(dir))? {
+                let entry = entry?;
+                let path = entry.path();
+                let meta = entry.metadata()?;
+                entries.push(Entry {
+                    kind,
+                    id: entry
+                        .file_name()
+                        .to_str()
+                        .and_then(|n| Uuid::parse_str(n).ok()),
+                    size: disk_usage(&path)?,
+                    modified: meta.modified()?,
+                    path,
+                });
+            }
+        }
+        Ok(entries)
+    }
+}
+
+/// An upload file or a run folder in the storage folder.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub kind: EntryKind,
+    /// `None` if the name is not an id (nothing the server wrote).
+    pub id: Option<Uuid>,
+    pub path: PathBuf,
+    /// Bytes, with everything below a folder.
+    pub size: u64,
+    pub modified: std::time::SystemTime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Upload,
+    Run,
+}
+
+/// Bytes in a file, or in everything below a folder (symlinks are not followed).
+pub fn disk_usage(path: &Path) -> io::Result<u64> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        return Ok(meta.len());
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(path)? {
+        total += disk_usage(&entry?.path())?;
+    }
+    Ok(total)
 }
 
 enum Chunk {

@@ -38,11 +38,24 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 pub async fn authenticate(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut request: Request,
+    request: Request,
     next: Next,
-) -> Result<Response, ApiError> {
+) -> Response {
+    match admit(&state, peer, request).await {
+        Ok(request) => next.run(request).await,
+        // The refused request's body is never read.
+        Err(e) => e.closing_connection(),
+    }
+}
+
+/// Checks the caller's address and key; the request goes on with its [`Caller`].
+async fn admit(
+    state: &AppState,
+    peer: SocketAddr,
+    mut request: Request,
+) -> Result<Request, ApiError> {
     if request.uri().path() == "/health" {
-        return Ok(next.run(request).await);
+        return Ok(request);
     }
     let auth = &state.config.auth;
     if !auth.allowed_ips.is_empty() {
@@ -59,7 +72,7 @@ pub async fn authenticate(
         }
     }
     let caller = if auth.required {
-        identify(&state, request.headers()).await?
+        identify(state, request.headers()).await?
     } else {
         Caller {
             name: None,
@@ -67,7 +80,7 @@ pub async fn authenticate(
         }
     };
     request.extensions_mut().insert(caller);
-    Ok(next.run(request).await)
+    Ok(request)
 }
 
 async fn identify(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {

@@ -29,6 +29,8 @@ pub enum ApiError {
     TooLarge(String),
     #[error("{0}")]
     InsufficientStorage(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("{0:#}")]
     Internal(#[from] anyhow::Error),
 }
@@ -52,8 +54,22 @@ impl ApiError {
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+impl ApiError {
+    /// The answer with `Connection: close`: for a request whose body was not read to its end,
+    /// so that the client does not send its next request on a connection the server is closing.
+    pub fn closing_connection(self) -> Response {
+        let mut response = self.into_response();
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+        response
     }
 }
 

@@ -196,6 +196,10 @@ async fn follow(state: AppState, id: Uuid, q: LogQuery, writer: ChunkSender) {
             }
         };
         // A backstop: a run that starts between the checks above is seen within a second.
-        let _ = tokio::time::timeout(Duration::from_secs(1), wake).await;
+        tokio::select! {
+            _ = tokio::time::timeout(Duration::from_secs(1), wake) => {}
+            // The server is shutting down: the client follows again once it is back.
+            _ = state.queue.stopping() => return,
+        }
     }
 }

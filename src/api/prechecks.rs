@@ -279,6 +279,12 @@ pub async fn wait(
         .wait(id, timeout)
         .await?
         .ok_or_else(|| not_found(id))?;
+    if !run.status.is_terminal() && state.queue.is_stopping() {
+        return Err(ApiError::Unavailable(format!(
+            "the server is shutting down; precheck {id} is still {} and goes on: call /wait again once the server is back",
+            run.status
+        )));
+    }
     if !run.status.is_terminal() {
         return Err(ApiError::Timeout(format!(
             "precheck {id} is still {} after {} s: call /wait again",

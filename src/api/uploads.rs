@@ -2,6 +2,7 @@
 
 use axum::extract::{Multipart, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -73,6 +74,20 @@ const DRAIN_ON_REFUSAL: Duration = Duration::from_secs(2);
 const SNIFF_LEN: usize = 16;
 
 pub async fn create(
+    state: State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Response {
+    match create_upload(state, caller, headers, multipart).await {
+        Ok(created) => created.into_response(),
+        // The rest of a refused body may still be on its way: the connection is not reused, so
+        // the client's next request cannot land on a connection the server is closing.
+        Err(e) => e.closing_connection(),
+    }
+}
+
+async fn create_upload(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,

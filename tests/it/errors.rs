@@ -3,14 +3,13 @@
 //! afterwards what the client sent before must be intact.
 
 use std::fs;
-use std::path::Path;
 use std::time::Duration;
 
 use reqwest::multipart::{Form, Part};
 use reqwest::{Client, RequestBuilder, Response, header};
 use serde_json::{Value, json};
 
-use crate::support::{TestServer, gds_bytes, wait_until_async, write_big_gds};
+use crate::support::{TestServer, files_in, gds_bytes, wait_until_async, write_big_gds};
 
 /// A request and what the server must answer: `status` and a message holding every needle.
 struct Case {
@@ -152,13 +151,6 @@ fn id_of(body: &Value) -> String {
 }
 
 /// The names of the files in `dir`.
-fn files_in(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .collect()
-}
-
 #[tokio::test]
 async fn unknown_routes_methods_ids_and_statuses_get_a_message() {
     let server = TestServer::builder().start();

@@ -4,6 +4,7 @@ mod auth;
 mod client;
 mod config;
 mod errors;
+mod restart;
 mod runs;
 mod smoke;
 mod support;

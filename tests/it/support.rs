@@ -813,6 +813,38 @@ fn gds_real8(value: f64) -> [u8; 8] {
     (((sign | exponent) << 56) | bits).to_be_bytes()
 }
 
+/// The names in a folder (none if it does not exist).
+pub fn files_in(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|d| {
+            d.map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Starts an upload that declares 50 MiB, sends 4 MiB of it and stops: the server is left
+/// receiving it. Returns the connection, to drop (or not) as the test needs.
+pub async fn partial_upload(server: &TestServer) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let boundary = "XBOUNDARYX";
+    let head = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"chip.gds\"\r\n\r\n"
+    );
+    let declared = 50 << 20;
+    let request = format!(
+        "POST /api/v1/uploads HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {declared}\r\n\r\n{head}"
+    );
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let mut body = gds_bytes("chip_top");
+    body.resize(4 << 20, 0);
+    conn.write_all(&body).await.unwrap();
+    conn.flush().await.unwrap();
+    conn
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

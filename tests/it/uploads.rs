@@ -3,20 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
-
 use crate::client::{self, upload};
 use crate::runs::{RSS_SLACK_KIB, idle_rss, sample_rss};
-use crate::support::{TestServer, gds_bytes, wait_until, write_big_gds};
-
-fn files_in(dir: &std::path::Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use crate::support::{TestServer, files_in, gds_bytes, partial_upload, wait_until, write_big_gds};
 
 #[tokio::test]
 async fn a_1_gib_upload_is_hashed_right_in_constant_memory() {
@@ -74,21 +63,7 @@ async fn a_1_gib_upload_is_hashed_right_in_constant_memory() {
 #[tokio::test]
 async fn a_client_that_disconnects_mid_upload_leaves_nothing() {
     let server = TestServer::start("");
-    let addr = server.url.trim_start_matches("http://").to_string();
-    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let boundary = "XBOUNDARYX";
-    let head = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"chip.gds\"\r\n\r\n"
-    );
-    let declared = 50 << 20;
-    let request = format!(
-        "POST /api/v1/uploads HTTP/1.1\r\nHost: {addr}\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {declared}\r\n\r\n{head}"
-    );
-    conn.write_all(request.as_bytes()).await.unwrap();
-    let mut body = gds_bytes("chip_top");
-    body.resize(4 << 20, 0);
-    conn.write_all(&body).await.unwrap();
-    conn.flush().await.unwrap();
+    let conn = partial_upload(&server).await;
     let tmp = server.storage.join("tmp");
     wait_until(
         Duration::from_secs(10),

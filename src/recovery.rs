@@ -1,0 +1,138 @@
+//! Restarts that lose nothing, and what nothing owns.
+//!
+//! At start, every run the database calls `running` is matched with its container by label
+//! (like Docker's live-restore): a container that is still running, or that finished while the
+//! server was down, is watched again from where the run's log file ends; one that never started
+//! is removed and its run goes back to its place in the queue; a run without a container fails.
+//! The same labels tell `precheck-server cleanup` which containers and files nothing owns.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::Result;
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::db::Db;
+use crate::docker::{Engine, Labelled};
+use crate::logs;
+use crate::model::{Outcome, Run, RunStatus, Scope, exit_code};
+use crate::runner::{Attach, RUN_LABEL, Runner, STORAGE_LABEL, finished_note, note};
+use crate::storage::{Entry, Storage};
+
+/// Why a run without a container failed.
+pub const LOST: &str = "container lost while the server was down";
+
+/// Matches the running runs with their containers (see the module's text) and removes the
+/// containers no running run owns. Returns the runs to watch again.
+pub async fn recover(runner: &Runner) -> Result<Vec<(Run, Attach)>> {
+    let containers = our_containers(&runner.engine, &runner.storage).await?;
+    let running = runner.db.runs(vec![RunStatus::Running], Scope::All).await?;
+    let mut resumed = vec![];
+    for run in running {
+        let Some(container) = containers.iter().find(|c| run_of(c) == Some(run.id)) else {
+            tracing::warn!(run_id = %run.id, "{LOST}");
+            let outcome = Outcome::failed(exit_code::NOT_RUN, LOST);
+            let _ = note(&runner.storage.log_path(run.id), &finished_note(&outcome)).await;
+            runner
+                .db
+                .finish_run(run.id, outcome, OffsetDateTime::now_utc())
+                .await?;
+            continue;
+        };
+        if container.state == "created" {
+            // Stopped while its container was being prepared: nothing has run yet, so the
+            // run starts over from its place in the queue, with a fresh log.
+            runner.engine.remove(&container.id).await?;
+            runner.storage.remove_run(run.id).await?;
+            runner.db.requeue_run(run.id).await?;
+            tracing::info!(run_id = %run.id, "its container never started: queued again");
+            continue;
+        }
+        let path = runner.storage.log_path(run.id);
+        let (skip, _) = tokio::task::spawn_blocking(move || logs::complete_lines(&path)).await??;
+        let stopped = matches!(container.state.as_str(), "exited" | "dead");
+        let deadline = (!stopped).then(|| {
+            let elapsed = run
+                .started_at
+                .map(|t| OffsetDateTime::now_utc() - t)
+                .and_then(|d| Duration::try_from(d).ok())
+                .unwrap_or_default();
+            Instant::now() + runner.config.limits.timeout.saturating_sub(elapsed)
+        });
+        tracing::info!(run_id = %run.id, container = %container.id, state = %container.state, "reattaching");
+        resumed.push((
+            run,
+            Attach {
+                container: container.id.clone(),
+                skip,
+                deadline,
+            },
+        ));
+    }
+    for container in orphan_containers(&runner.engine, &runner.db, &runner.storage).await? {
+        tracing::info!(container = %container.name, "removing a container no running run owns");
+        runner.engine.remove(&container.id).await?;
+    }
+    Ok(resumed)
+}
+
+/// The containers (running or not) that carry this storage folder's label.
+pub async fn our_containers(engine: &Engine, storage: &Storage) -> Result<Vec<Labelled>> {
+    let label = format!("{STORAGE_LABEL}={}", storage.root().display());
+    engine.containers_labelled(&[label]).await
+}
+
+/// This storage folder's containers that no running run owns: their run finished before its
+/// container was removed, was deleted, or never existed.
+pub async fn orphan_containers(
+    engine: &Engine,
+    db: &Db,
+    storage: &Storage,
+) -> Result<Vec<Labelled>> {
+    // Containers first: the server marks a run running before it creates its container, so a
+    // container listed here whose run is not running afterwards is not about to be used.
+    let containers = our_containers(engine, storage).await?;
+    let running: HashSet<Uuid> = db
+        .runs(vec![RunStatus::Running], Scope::All)
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    Ok(containers
+        .into_iter()
+        .filter(|c| !run_of(c).is_some_and(|id| running.contains(&id)))
+        .collect())
+}
+
+/// Upload files and run folders that no row references and that have not changed for
+/// `min_age` (a running server may be about to record a younger one). Names that are not ids
+/// were not written by the server and are left alone.
+pub async fn orphan_files(db: &Db, storage: &Storage, min_age: Duration) -> Result<Vec<Entry>> {
+    let listed = storage.clone();
+    let entries = tokio::task::spawn_blocking(move || listed.entries()).await??;
+    let (runs, uploads) = db.known_ids().await?;
+    let now = std::time::SystemTime::now();
+    Ok(entries
+        .into_iter()
+        .filter(|e| {
+            let Some(id) = e.id else { return false };
+            let known = match e.kind {
+                crate::storage::EntryKind::Upload => uploads.contains(&id),
+                crate::storage::EntryKind::Run => runs.contains(&id),
+            };
+            let old = now
+                .duration_since(e.modified)
+                .is_ok_and(|age| age >= min_age);
+            !known && old
+        })
+        .collect())
+}
+
+fn run_of(container: &Labelled) -> Option<Uuid> {
+    container
+        .labels
+        .get(RUN_LABEL)
+        .and_then(|v| Uuid::parse_str(v).ok())
+}
