@@ -3,7 +3,9 @@
 #   1. the server's idle RSS, its peak RSS during a 1 GiB upload, and the upload's MB/s
 #      (the integration test that checks the upload prints them);
 #   2. the median time from POST /api/v1/prechecks to /wait returning, for a no-op stand-in
-#      run, next to a plain `docker run` of the same image doing the same work.
+#      run, next to a plain `docker run` of the same image doing the same work;
+#   3. how long a restart takes to be serving again with 20 queued and 2 running runs, after
+#      SIGTERM and after kill -9 (the running containers are reattached, not restarted).
 # Usage: scripts/bench.sh [RUNS]   (default 20 runs each). Needs Docker, curl, jq, busybox-static.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,24 +18,37 @@ echo "== create -> /wait, no-op stand-in run, median of $RUNS =="
 cargo build --release --quiet
 IMAGE=precheck-server-test/precheck:standin   # built by the test above
 work=$(mktemp -d)
-trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
+# A stopped server leaves its containers running (they are reattached at its next start): remove them.
+trap 'kill "$pid" 2>/dev/null || true; docker ps -aq --filter name=precheck-bench- | xargs -r docker rm -f >/dev/null; rm -rf "$work"' EXIT
 cat >"$work/config.toml" <<TOML
 [server]
 port = 0
 storage_path = "data"
+max_concurrent = 2
 [docker]
 image = "$IMAGE"
 container_prefix = "precheck-bench-"
 TOML
-./target/release/precheck-server serve --config "$work/config.toml" >"$work/out" 2>"$work/err" &
-pid=$!
-for _ in $(seq 100); do grep -q 'listening on' "$work/out" 2>/dev/null && break; sleep 0.1; done
-SERVER=$(grep -o 'http://[0-9.:]*' "$work/out")
+# Starts the server; once it answers the API, sets pid, SERVER and started_ms (how long that took).
+start_server() {
+  local t0
+  t0=$(date +%s%N)
+  : >"$work/out"
+  ./target/release/precheck-server serve --config "$work/config.toml" >"$work/out" 2>>"$work/err" &
+  pid=$!
+  until grep -q 'listening on' "$work/out" 2>/dev/null; do
+    kill -0 "$pid" 2>/dev/null || { echo "the server did not start:" >&2; cat "$work/err" >&2; exit 1; }
+    sleep 0.005
+  done
+  SERVER=$(grep -o 'http://[0-9.:]*' "$work/out")
+  until curl -sf "$SERVER/api/v1/queue" >/dev/null; do sleep 0.005; done
+  started_ms=$(ms "$t0")
+}
+start_server
 echo "idle RSS of a fresh release server: $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status)"
 cp ../shared/fixtures/gds/mask_1x1.gds "$work/chip_top.gds"
-
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 
 : >"$work/server.ms"
 for _ in $(seq "$RUNS"); do
@@ -56,3 +71,24 @@ for _ in $(seq "$RUNS"); do
 done
 echo "precheck-server create -> /wait: median $(median <"$work/server.ms") ms"
 echo "plain docker run:                median $(median <"$work/docker.ms") ms"
+
+echo "== restart with 20 queued and 2 running runs =="
+create() {
+  curl -sf -X POST "$SERVER/api/v1/prechecks" -H 'Content-Type: application/json' \
+    -d "{\"upload_id\":\"$upload\",\"top_cell\":\"$1\"}" | jq -r .Id
+}
+upload=$(curl -sf -F "file=@$work/chip_top.gds" "$SERVER/api/v1/uploads" | jq -r .Id)
+runs=$(create chip_sleep600; create chip_sleep600)
+for _ in $(seq 20); do runs="$runs $(create chip_top)"; done
+until [ "$(curl -sf "$SERVER/api/v1/queue" | jq .running)" = 2 ]; do sleep 0.1; done
+for signal in TERM KILL; do
+  t0=$(date +%s%N)
+  kill -"$signal" "$pid"
+  wait "$pid" 2>/dev/null || true
+  stopped=$(ms "$t0")
+  start_server
+  queue=$(curl -sf "$SERVER/api/v1/queue")
+  echo "SIG$signal: stopped in $stopped ms; serving again $started_ms ms after start ($queue)"
+done
+# Cancel everything so no container is left behind.
+for run in $runs; do curl -s -o /dev/null -X DELETE "$SERVER/api/v1/prechecks/$run"; done

@@ -427,26 +427,32 @@ fn parse_size(size: &Size, key: &str) -> Result<u64> {
 }
 
 fn parse_duration(d: &DurationText, key: &str) -> Result<Duration> {
-    let text = match d {
-        DurationText::Seconds(n) => return Ok(Duration::from_secs(*n)),
-        DurationText::Text(t) => t.trim(),
-    };
-    let bad = || {
-        anyhow!("{key}: {text:?} is not a duration (use seconds, or e.g. \"90s\", \"30m\", \"6h\")")
-    };
+    match d {
+        DurationText::Seconds(n) => Ok(Duration::from_secs(*n)),
+        DurationText::Text(t) => duration_from_text(t).ok_or_else(|| {
+            anyhow!(
+                "{key}: {t:?} is not a duration (use seconds, or e.g. \"90s\", \"30m\", \"6h\")"
+            )
+        }),
+    }
+}
+
+/// Reads a duration written as seconds or with a unit: `90`, `90s`, `30m`, `6h`, `7d`.
+pub fn duration_from_text(text: &str) -> Option<Duration> {
+    let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(bad()),
+    let n: u64 = number.parse().ok()?;
+    let unit = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return None,
     };
-    Ok(Duration::from_secs(secs))
+    Some(Duration::from_secs(n.checked_mul(unit)?))
 }
 
 /// Formats a byte count for people: `16 GiB`, `64 MiB`, `1.5 GiB`.

@@ -472,21 +472,27 @@ impl Db {
         .await
     }
 
-    /// The runs whose id starts with `prefix` (lower-case hex and dashes), at most two: enough
-    /// to tell a unique prefix from an ambiguous one.
-    pub async fn runs_by_prefix(&self, prefix: String) -> Result<Vec<Run>> {
+    /// The runs whose id, without its dashes, starts with `digits` (lower-case hex), at most
+    /// two: enough to tell a unique prefix from an ambiguous one.
+    pub async fn runs_by_prefix(&self, digits: String) -> Result<Vec<Run>> {
         self.call(move |c| {
             let mut stmt = c.prepare(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE substr(id, 1, length(?1)) = ?1 ORDER BY seq LIMIT 2"
+                "SELECT {RUN_COLUMNS} FROM runs
+                 WHERE substr(replace(id, '-', ''), 1, length(?1)) = ?1 ORDER BY seq LIMIT 2"
             ))?;
-            stmt.query_map([prefix], run_from_row)?.collect()
+            stmt.query_map([digits], run_from_row)?.collect()
         })
         .await
     }
 
     /// Deletes a run's row. A running run is deleted only with `force` (its container is then
-    /// the caller's to stop).
-    pub async fn delete_run(&self, id: Uuid, force: bool) -> Result<DeleteRun> {
+    /// the caller's to stop). An upload no run uses any more expires at `uploads_expire`.
+    pub async fn delete_run(
+        &self,
+        id: Uuid,
+        force: bool,
+        uploads_expire: OffsetDateTime,
+    ) -> Result<DeleteRun> {
         self.call(move |c| {
             let tx = c.transaction()?;
             let Some(run) = select_run(&tx, id)? else {
@@ -496,6 +502,7 @@ impl Db {
                 return Ok(DeleteRun::Running);
             }
             tx.execute("DELETE FROM runs WHERE id = ?1", [id.to_string()])?;
+            release_uploads(&tx, uploads_expire)?;
             tx.commit()?;
             Ok(DeleteRun::Deleted(Box::new(run)))
         })
@@ -503,12 +510,14 @@ impl Db {
     }
 
     /// Deletes the finished runs with any of `statuses` (every finished one when empty) that
-    /// finished before `before`, oldest first; with `dry_run`, only lists them.
+    /// finished before `before`, oldest first; with `dry_run`, only lists them. Uploads no run
+    /// uses any more expire at `uploads_expire`.
     pub async fn prune_runs(
         &self,
         statuses: Vec<RunStatus>,
         before: Option<OffsetDateTime>,
         dry_run: bool,
+        uploads_expire: OffsetDateTime,
     ) -> Result<Vec<Run>> {
         self.call(move |c| {
             let tx = c.transaction()?;
@@ -535,6 +544,7 @@ impl Db {
                 for run in &runs {
                     tx.execute("DELETE FROM runs WHERE id = ?1", [run.id.to_string()])?;
                 }
+                release_uploads(&tx, uploads_expire)?;
                 tx.commit()?;
             }
             Ok(runs)
@@ -554,6 +564,21 @@ impl Db {
                 ids("SELECT id FROM runs")?,
                 ids("SELECT id FROM uploads WHERE expired = 0")?,
             ))
+        })
+        .await
+    }
+
+    /// How many runs have each status (statuses without runs are left out).
+    pub async fn run_counts(&self) -> Result<Vec<(RunStatus, u64)>> {
+        self.call(|c| {
+            let mut stmt = c.prepare("SELECT status, COUNT(*) FROM runs GROUP BY status")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    parse_status(&r.get::<_, String>(0)?)?,
+                    r.get::<_, i64>(1)? as u64,
+                ))
+            })?;
+            rows.collect()
         })
         .await
     }
@@ -674,6 +699,16 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
     }
     Ok(tx.commit()?)
+}
+
+/// Uploads are kept while runs use them; once none does, they expire like unused ones.
+fn release_uploads(c: &Connection, expires_at: OffsetDateTime) -> rusqlite::Result<()> {
+    c.execute(
+        "UPDATE uploads SET expires_at = ?1
+         WHERE expires_at IS NULL AND expired = 0 AND id NOT IN (SELECT upload_id FROM runs)",
+        [micros(expires_at)],
+    )?;
+    Ok(())
 }
 
 fn select_run(c: &Connection, id: Uuid) -> rusqlite::Result<Option<Run>> {

@@ -1,7 +1,10 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
+use clap::error::ErrorKind;
 use tracing_subscriber::EnvFilter;
+
+use precheck_server::cli::Cli;
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -10,7 +13,28 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    match precheck_server::cli::Cli::parse().run() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            // One line that says what is wrong; `--help` has the rest.
+            let rendered = e.to_string();
+            let first = rendered.lines().next().unwrap_or("bad arguments");
+            let reason = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("precheck-server: {reason} (see precheck-server --help)");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match cli.run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("precheck-server: {e:#}");

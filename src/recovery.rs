@@ -78,10 +78,14 @@ pub async fn recover(runner: &Runner) -> Result<Vec<(Run, Attach)>> {
     Ok(resumed)
 }
 
+/// The label (`name=value`) on every container of the server that uses this storage folder.
+pub fn storage_label(storage: &Storage) -> String {
+    format!("{STORAGE_LABEL}={}", storage.root().display())
+}
+
 /// The containers (running or not) that carry this storage folder's label.
 pub async fn our_containers(engine: &Engine, storage: &Storage) -> Result<Vec<Labelled>> {
-    let label = format!("{STORAGE_LABEL}={}", storage.root().display());
-    engine.containers_labelled(&[label]).await
+    engine.containers_labelled(&[storage_label(storage)]).await
 }
 
 /// This storage folder's containers that no running run owns: their run finished before its

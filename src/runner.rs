@@ -72,7 +72,7 @@ pub struct Attach {
     pub container: String,
     /// How many of the container's log messages the log file already holds.
     pub skip: usize,
-    /// When `limits.timeout` runs out; `None` if the container has already stopped.
+    /// When `limits.timeout` runs out; `None` if the container has stopped already.
     pub deadline: Option<Instant>,
 }
 
@@ -195,6 +195,10 @@ impl Runner {
         if cancelled.is_cancelled() {
             return Ok(Outcome::cancelled());
         }
+        // `runs delete --force` may have deleted it while its container was being prepared.
+        if self.db.run(run.id).await?.is_none() {
+            return Ok(Outcome::failed(exit_code::NOT_RUN, "the run was deleted"));
+        }
         self.engine
             .start(&id)
             .await
@@ -224,9 +228,17 @@ impl Runner {
         ));
 
         let timeout = self.config.limits.timeout;
+        // Without a deadline the container has stopped already: neither a timeout nor a
+        // cancel can change how it ended.
         let expired = async {
             match deadline {
                 Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        let cancelled = async {
+            match deadline {
+                Some(_) => active.cancel.cancelled().await,
                 None => std::future::pending().await,
             }
         };
@@ -239,7 +251,7 @@ impl Runner {
                     timeout.as_secs()
                 )))
             }
-            _ = active.cancel.cancelled() => {
+            _ = cancelled => {
                 self.engine.stop(id, STOP_GRACE).await?;
                 Some(Outcome::cancelled())
             }

@@ -93,10 +93,24 @@ pub async fn serve(
         image,
         config_keys: Arc::new(config_keys),
     };
+    let url_file = state.storage.server_url_path();
     let app = crate::api::router(state);
     let addr = listener.local_addr()?;
     tracing::info!("listening on http://{addr}");
     println!("listening on http://{addr}");
+    let local = if addr.ip().is_unspecified() {
+        let loopback: std::net::IpAddr = if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        std::net::SocketAddr::new(loopback, addr.port())
+    } else {
+        addr
+    };
+    tokio::fs::write(&url_file, format!("http://{local}\n"))
+        .await
+        .with_context(|| format!("cannot write {}", url_file.display()))?;
     let stopping = stop.clone();
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -107,13 +121,15 @@ pub async fn serve(
     // In-flight requests get a moment to finish (a `/wait` answers at once with the run as it
     // is, a followed log ends); an upload that is still coming in is cut off. Running containers
     // are left alone: the next start reattaches them.
-    tokio::select! {
+    let served = tokio::select! {
         served = server => served.context("the HTTP server failed"),
         _ = async { stopping.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
             tracing::info!("requests still open after {} s: closing them", SHUTDOWN_GRACE.as_secs());
             Ok(())
         }
-    }
+    };
+    let _ = tokio::fs::remove_file(&url_file).await;
+    served
 }
 
 /// How long open requests may go on after a shutdown signal.

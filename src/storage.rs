@@ -3,6 +3,7 @@
 //! ```text
 //! <storage_path>/
 //!   precheck.sqlite          the database (WAL)
+//!   server.url               where the running server listens, for the admin CLI
 //!   tmp/<id>.part            uploads being received; removed at start and on any failure
 //!   uploads/<id>             finished uploads, named by id (the client's name is only text)
 //!   runs/<id>/logs.txt       the run's log, one timestamped line per line the container printed
@@ -65,6 +66,11 @@ impl Storage {
 
     pub fn db_path(&self) -> PathBuf {
         self.root.join("precheck.sqlite")
+    }
+
+    /// Holds the running server's URL (`http://127.0.0.1:8080`) while it serves.
+    pub fn server_url_path(&self) -> PathBuf {
+        self.root.join("server.url")
     }
 
     pub fn upload_path(&self, id: Uuid) -> PathBuf {

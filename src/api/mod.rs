@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 pub use auth::Caller;
 pub use error::ApiError;
+pub use prechecks::RunBody;
 
 use crate::server::AppState;
 
@@ -89,7 +90,8 @@ fn parse_id(id: &str, what: &str) -> Result<Uuid, ApiError> {
 }
 
 /// Times in responses: RFC 3339, UTC.
-fn rfc3339(t: time::OffsetDateTime) -> String {
+/// A time as the API writes it: RFC 3339, UTC.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }

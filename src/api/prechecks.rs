@@ -38,6 +38,9 @@ pub struct RunBody {
     image: Option<String>,
     state: RunState,
     config: RunConfig,
+    /// The name of the API key that created it (none without authentication).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     queue: Option<QueueBody>,
 }
@@ -99,6 +102,7 @@ impl From<&Run> for RunBody {
                     ("cob", p.cob.to_string()),
                 ]),
             },
+            owner: run.owner.clone(),
             queue: run
                 .queue
                 .map(|(position, length)| QueueBody { position, length }),

@@ -1,0 +1,256 @@
+//! The command line: `serve`, and the admin commands that work on the same storage folder as
+//! the server (safe while it runs: SQLite in WAL mode with a busy timeout, and containers found
+//! by this server's labels).
+
+mod keys;
+mod runs;
+mod system;
+mod table;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::docker::Engine;
+use crate::model::RunStatus;
+use crate::storage::Storage;
+
+#[derive(Parser)]
+#[command(
+    name = "precheck-server",
+    version,
+    about = "Runs the gf180mcu precheck on chip layouts in isolated Docker containers"
+)]
+pub struct Cli {
+    /// The configuration file (TOML).
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "config.toml",
+        env = "PRECHECK_CONFIG"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Start the API server.
+    Serve,
+    #[command(flatten)]
+    Admin(AdminCommand),
+}
+
+/// The commands that work on a server's storage folder, whether it runs or not.
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Is the server up? The engine's version, queued and running runs, disk used.
+    Status(Output),
+    /// Remove containers of this server that no running run owns, and files no row references.
+    Cleanup {
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List, inspect, delete and prune runs.
+    #[command(subcommand)]
+    Runs(RunsCommand),
+    /// Generate, list and revoke the API keys kept in the database.
+    #[command(subcommand)]
+    Apikey(KeyCommand),
+}
+
+#[derive(Subcommand)]
+pub enum RunsCommand {
+    /// List runs, newest first.
+    List {
+        /// Only runs with this status (queued, running, completed, failed, cancelled); repeatable.
+        #[arg(long = "status", value_name = "STATUS")]
+        statuses: Vec<RunStatus>,
+        /// Show whole ids.
+        #[arg(long)]
+        no_trunc: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Show a run as `GET /api/v1/prechecks/{id}` does.
+    Inspect {
+        /// The run's id, or a unique start of it.
+        id: String,
+    },
+    /// Delete a run with its log, output and flow directory.
+    Delete {
+        /// The run's id, or a unique start of it.
+        id: String,
+        /// Delete a running run too: its container is stopped first.
+        #[arg(long, short)]
+        force: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Delete finished runs and their files.
+    Prune {
+        /// Only runs with this status (completed, failed, cancelled); repeatable.
+        #[arg(long = "status", value_name = "STATUS")]
+        statuses: Vec<RunStatus>,
+        /// Only runs that finished longer ago than this (e.g. 90m, 12h, 7d).
+        #[arg(long, value_name = "AGE", value_parser = parse_age)]
+        older_than: Option<Duration>,
+        /// Only say what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum KeyCommand {
+    /// Create a key and print it once; only its sha256 is stored.
+    Generate {
+        /// Its name: who or what uses it (letters, digits, '-', '_', '.'). Default: key-XXXXXXXX.
+        #[arg(long)]
+        name: Option<String>,
+        /// It sees every upload and run, not only its own.
+        #[arg(long)]
+        admin: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List the keys (names, creation, last use; never the keys).
+    List(Output),
+    /// Make a key fail from its next request on, without a restart.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+/// How a command prints its answer.
+#[derive(Args, Clone, Copy)]
+pub struct Output {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_age(text: &str) -> Result<Duration, String> {
+    crate::config::duration_from_text(text)
+        .ok_or_else(|| format!("{text:?} is not an age: use e.g. 90s, 30m, 12h or 7d"))
+}
+
+impl Cli {
+    pub fn run(self) -> Result<()> {
+        let command = match self.command {
+            Command::Serve => return serve(&self.config),
+            Command::Admin(command) => command,
+        };
+        let admin = Admin::open(&self.config)?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(async move {
+            match command {
+                AdminCommand::Status(output) => system::status(&admin, output).await,
+                AdminCommand::Cleanup { dry_run, output } => {
+                    system::cleanup(&admin, dry_run, output).await
+                }
+                AdminCommand::Runs(command) => runs::run(&admin, command).await,
+                AdminCommand::Apikey(command) => keys::run(&admin, command).await,
+            }
+        })
+    }
+}
+
+/// What the admin commands work on: the server's config, storage folder and database.
+pub(crate) struct Admin {
+    pub config: Config,
+    pub config_path: PathBuf,
+    pub storage: Storage,
+    pub db: Db,
+}
+
+impl Admin {
+    fn open(config_path: &Path) -> Result<Admin> {
+        let config = Config::load(config_path)?;
+        let storage = Storage::at(&config.storage_path);
+        let db_path = storage.db_path();
+        if !db_path.is_file() {
+            bail!(
+                "no database at {}: the server creates it when it first starts (is server.storage_path in {} right?)",
+                db_path.display(),
+                config_path.display()
+            );
+        }
+        let db = Db::open_existing(&db_path)?;
+        Ok(Admin {
+            config,
+            config_path: config_path.to_path_buf(),
+            storage,
+            db,
+        })
+    }
+
+    /// The Docker engine, or an error within a few seconds.
+    async fn engine(&self) -> Result<Engine> {
+        match tokio::time::timeout(ENGINE_WAIT, Engine::connect()).await {
+            Ok(engine) => engine,
+            Err(_) => bail!(
+                "the Docker engine did not answer within {} s",
+                ENGINE_WAIT.as_secs()
+            ),
+        }
+    }
+}
+
+/// How long an admin command waits for the Docker engine.
+const ENGINE_WAIT: Duration = Duration::from_secs(10);
+
+/// Prints `value` as indented JSON on stdout.
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).context("cannot write JSON")?;
+    println!("{text}");
+    Ok(())
+}
+
+fn serve(config_path: &Path) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let served = runtime.block_on(async move {
+        let addr = (config.host, config.port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+        crate::server::serve(config, listener, shutdown_signal()).await
+    });
+    // Tasks still going (a run being watched) are dropped; their containers go on.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    served
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let ctrl_c = tokio::signal::ctrl_c();
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! `precheck-server runs list | inspect | delete | prune`.
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{Admin, Output, RunsCommand, print_json, table};
+use crate::api::RunBody;
+use crate::config::human_bytes;
+use crate::db::DeleteRun;
+use crate::model::{Run, RunStatus, Scope};
+use crate::recovery::storage_label;
+use crate::runner::RUN_LABEL;
+
+/// How long a force-deleted run's container gets to stop before it is killed.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+pub async fn run(admin: &Admin, command: RunsCommand) -> Result<()> {
+    match command {
+        RunsCommand::List {
+            statuses,
+            no_trunc,
+            output,
+        } => list(admin, statuses, no_trunc, output).await,
+        RunsCommand::Inspect { id } => print_json(&RunBody::from(&resolve(admin, &id).await?)),
+        RunsCommand::Delete { id, force, output } => delete(admin, &id, force, output).await,
+        RunsCommand::Prune {
+            statuses,
+            older_than,
+            dry_run,
+            output,
+        } => prune(admin, statuses, older_than, dry_run, output).await,
+    }
+}
+
+async fn list(
+    admin: &Admin,
+    statuses: Vec<RunStatus>,
+    no_trunc: bool,
+    output: Output,
+) -> Result<()> {
+    let runs = admin.db.runs(statuses, Scope::All).await?;
+    if output.json {
+        return print_json(&runs.iter().map(RunBody::from).collect::<Vec<_>>());
+    }
+    let now = OffsetDateTime::now_utc();
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                if no_trunc {
+                    r.id.to_string()
+                } else {
+                    short(&r.id)
+                },
+                printable(&r.params.top_cell),
+                status_text(r, now),
+                table::ago(r.created, now),
+                r.owner.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table::print(&["RUN ID", "TOP CELL", "STATUS", "CREATED", "OWNER"], &rows);
+    Ok(())
+}
+
+/// The first 12 hex digits of an id, as `docker ps` shows them.
+fn short(id: &Uuid) -> String {
+    id.simple().to_string()[..12].to_string()
+}
+
+/// A client's string made safe for a terminal.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+/// "Queued (2 of 5)", "Running for 3 minutes", "Failed (1) 2 hours ago".
+fn status_text(run: &Run, now: OffsetDateTime) -> String {
+    match run.status {
+        RunStatus::Queued => match run.queue {
+            Some((position, length)) => format!("Queued ({position} of {length})"),
+            None => "Queued".into(),
+        },
+        RunStatus::Running => match run.started_at {
+            Some(t) => format!("Running for {}", table::span(now - t)),
+            None => "Running".into(),
+        },
+        status => {
+            let mut text = capitalized(status.as_str());
+            if let Some(code) = run.exit_code {
+                text.push_str(&format!(" ({code})"));
+            }
+            if let Some(t) = run.finished_at {
+                text.push(' ');
+                text.push_str(&table::ago(t, now));
+            }
+            text
+        }
+    }
+}
+
+fn capitalized(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// Finds a run by its id or a unique start of it, as Docker does.
+pub async fn resolve(admin: &Admin, id: &str) -> Result<Run> {
+    let text = id.trim().to_ascii_lowercase();
+    if let Ok(uuid) = Uuid::parse_str(&text) {
+        return match admin.db.run(uuid).await? {
+            Some(run) => Ok(run),
+            None => bail!("no run with id {uuid}"),
+        };
+    }
+    let digits: String = text.chars().filter(|c| *c != '-').collect();
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("{id:?} is not a run id: use the id `runs list` shows, or a start of it");
+    }
+    let mut found = admin.db.runs_by_prefix(digits).await?;
+    match found.len() {
+        0 => bail!("no run with an id starting with {id}"),
+        1 => Ok(found.remove(0)),
+        _ => bail!("more than one run has an id starting with {id}: give more of it"),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Deleted {
+    deleted: Uuid,
+    /// True if it was running and its container was stopped.
+    container_stopped: bool,
+    space_reclaimed: u64,
+}
+
+async fn delete(admin: &Admin, id: &str, force: bool, output: Output) -> Result<()> {
+    let run = resolve(admin, id).await?;
+    let running = run.status == RunStatus::Running;
+    if running && !force {
+        bail!(
+            "run {} is running: add --force to stop its container and delete it",
+            run.id
+        );
+    }
+    // The engine first: a running run is not deleted if its container cannot be stopped.
+    let engine = match running {
+        true => Some(admin.engine().await?),
+        false => None,
+    };
+    match admin
+        .db
+        .delete_run(run.id, force, upload_expiry(admin))
+        .await?
+    {
+        DeleteRun::Deleted(_) => {}
+        DeleteRun::NotFound => bail!("no run with id {} (it was deleted meanwhile)", run.id),
+        DeleteRun::Running => bail!(
+            "run {} started meanwhile: add --force to stop its container and delete it",
+            run.id
+        ),
+    }
+    // Its row is gone, so a server watching the container removes what it copies out.
+    let mut container_stopped = false;
+    if let Some(engine) = engine {
+        let labels = [
+            storage_label(&admin.storage),
+            format!("{RUN_LABEL}={}", run.id),
+        ];
+        for container in engine.containers_labelled(&labels).await? {
+            engine.stop(&container.id, STOP_GRACE).await?;
+            engine.remove(&container.id).await?;
+            container_stopped = true;
+        }
+    }
+    let space_reclaimed = remove_files(admin, run.id).await?;
+    if output.json {
+        return print_json(&Deleted {
+            deleted: run.id,
+            container_stopped,
+            space_reclaimed,
+        });
+    }
+    let stopped = if container_stopped {
+        ", its container stopped"
+    } else {
+        ""
+    };
+    println!(
+        "Deleted run {} ({}{stopped}, {} of files)",
+        run.id,
+        run.status,
+        human_bytes(space_reclaimed)
+    );
+    Ok(())
+}
+
+/// When an upload that no run uses any more expires (from now).
+fn upload_expiry(admin: &Admin) -> OffsetDateTime {
+    OffsetDateTime::now_utc() + admin.config.upload_expiry
+}
+
+/// How many bytes a run's folder holds.
+async fn files_size(admin: &Admin, id: Uuid) -> Result<u64> {
+    let dir = admin.storage.run_dir(id);
+    Ok(tokio::task::spawn_blocking(move || crate::storage::disk_usage(&dir).unwrap_or(0)).await?)
+}
+
+/// Removes a run's folder; returns how many bytes it held.
+async fn remove_files(admin: &Admin, id: Uuid) -> Result<u64> {
+    let size = files_size(admin, id).await?;
+    admin.storage.remove_run(id).await?;
+    Ok(size)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Pruned {
+    runs_deleted: Vec<Uuid>,
+    space_reclaimed: u64,
+    dry_run: bool,
+}
+
+async fn prune(
+    admin: &Admin,
+    statuses: Vec<RunStatus>,
+    older_than: Option<std::time::Duration>,
+    dry_run: bool,
+    output: Output,
+) -> Result<()> {
+    if let Some(s) = statuses.iter().find(|s| !s.is_terminal()) {
+        bail!(
+            "--status {s}: prune deletes finished runs only (completed, failed, cancelled); use `runs delete` for a {s} run"
+        );
+    }
+    let now = OffsetDateTime::now_utc();
+    let before = older_than.map(|age| now - age);
+    let runs = admin
+        .db
+        .prune_runs(statuses, before, dry_run, upload_expiry(admin))
+        .await?;
+    let mut space_reclaimed = 0;
+    for run in &runs {
+        let size = if dry_run {
+            files_size(admin, run.id).await?
+        } else {
+            remove_files(admin, run.id).await?
+        };
+        space_reclaimed += size;
+        if !output.json {
+            let finished = run
+                .finished_at
+                .map(|t| format!(", finished {}", table::ago(t, now)))
+                .unwrap_or_default();
+            let verb = if dry_run { "Would delete" } else { "Deleted" };
+            println!(
+                "{verb} run {} ({}{finished}, {})",
+                run.id,
+                run.status,
+                human_bytes(size)
+            );
+        }
+    }
+    if output.json {
+        return print_json(&Pruned {
+            runs_deleted: runs.iter().map(|r| r.id).collect(),
+            space_reclaimed,
+            dry_run,
+        });
+    }
+    let total = if dry_run {
+        "Total space that would be reclaimed"
+    } else {
+        "Total reclaimed space"
+    };
+    println!("{total}: {}", human_bytes(space_reclaimed));
+    Ok(())
+}

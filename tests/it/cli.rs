@@ -1,0 +1,541 @@
+//! The admin CLI against a live server's storage: each command in its human and `--json`
+//! forms, and one-line failures (exit code 1, or 2 for bad flags) that never hang.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::client::{self, inspect, precheck, wait};
+use crate::support::{
+    TestServer, docker, docker_ok, gds_bytes, precheck_image, server_bin, wait_until_async,
+};
+
+/// The CLI's exit code, stdout and stderr.
+struct Ran {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+fn cli(server: &TestServer, args: &[&str]) -> Ran {
+    let out = server.cli(args);
+    Ran {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(server: &TestServer, args: &[&str]) -> String {
+    let ran = cli(server, args);
+    assert_eq!(
+        ran.code, 0,
+        "precheck-server {args:?} failed:\n{}{}",
+        ran.stdout, ran.stderr
+    );
+    ran.stdout
+}
+
+/// Runs a command that must succeed and print JSON.
+fn ok_json(server: &TestServer, args: &[&str]) -> Value {
+    let stdout = ok(server, args);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {stdout}"))
+}
+
+/// Asserts that a command fails with `code` and one line on stderr holding each of `needles`.
+fn fails(ran: Ran, code: i32, needles: &[&str]) {
+    assert_eq!(
+        ran.code, code,
+        "stdout: {}\nstderr: {}",
+        ran.stdout, ran.stderr
+    );
+    let lines: Vec<&str> = ran.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "not one line: {:?}", ran.stderr);
+    assert!(lines[0].starts_with("precheck-server: "), "{}", lines[0]);
+    for needle in needles {
+        assert!(
+            lines[0].contains(needle),
+            "{needle:?} not in {:?}",
+            lines[0]
+        );
+    }
+}
+
+/// The table rows (after the header) whose first column is `short`.
+fn row<'a>(table: &'a str, short: &str) -> &'a str {
+    table
+        .lines()
+        .skip(1)
+        .find(|l| l.starts_with(short))
+        .unwrap_or_else(|| panic!("no row {short} in\n{table}"))
+}
+
+fn short(id: &str) -> String {
+    id.replace('-', "")[..12].to_string()
+}
+
+#[tokio::test]
+async fn bad_flags_unknown_ids_and_a_missing_database_fail_in_one_line() {
+    let server = TestServer::start("");
+    fails(cli(&server, &["runs", "list", "--bogus"]), 2, &["--bogus"]);
+    fails(
+        cli(&server, &["runs", "list", "--status", "sleeping"]),
+        2,
+        &["sleeping", "queued, running"],
+    );
+    fails(
+        cli(&server, &["runs", "prune", "--older-than", "soon"]),
+        2,
+        &["soon", "7d"],
+    );
+    fails(
+        cli(&server, &["runs", "prune", "--status", "running"]),
+        1,
+        &["finished runs only"],
+    );
+    let unknown = uuid::Uuid::new_v4().to_string();
+    for args in [
+        vec!["runs", "inspect", &unknown],
+        vec!["runs", "delete", &unknown],
+        vec!["runs", "delete", "--force", &unknown],
+    ] {
+        fails(cli(&server, &args), 1, &["no run with id", &unknown]);
+    }
+    fails(
+        cli(&server, &["runs", "inspect", "abc"]),
+        1,
+        &["no run with an id starting with abc"],
+    );
+    fails(
+        cli(&server, &["runs", "inspect", "12ab;rm"]),
+        1,
+        &["not a run id"],
+    );
+    fails(
+        cli(&server, &["apikey", "revoke", "nobody"]),
+        1,
+        &["no API key named \"nobody\""],
+    );
+
+    // A config whose storage folder holds no database: every command says so, none creates one.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[server]\nstorage_path = \"nowhere\"\n").unwrap();
+    for args in [
+        vec!["status"],
+        vec!["status", "--json"],
+        vec!["cleanup"],
+        vec!["runs", "list"],
+        vec!["runs", "inspect", &unknown],
+        vec!["runs", "delete", &unknown],
+        vec!["runs", "prune"],
+        vec!["apikey", "list"],
+        vec!["apikey", "generate"],
+        vec!["apikey", "revoke", "x"],
+    ] {
+        let out = Command::new(server_bin())
+            .args(&args)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap();
+        let ran = Ran {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        fails(ran, 1, &["no database at", "storage_path"]);
+    }
+    assert!(!dir.path().join("nowhere").exists());
+}
+
+#[tokio::test]
+async fn status_reports_the_server_the_engine_runs_and_disk_in_text_and_json() {
+    let mut server = TestServer::start("");
+    let run = precheck(&server, "chip_top").await;
+    wait(&server, &run).await;
+
+    let text = ok(&server, &["status"]);
+    assert!(
+        text.contains(&format!(
+            "Server:     running at {} (health: healthy)",
+            server.url
+        )),
+        "{text}"
+    );
+    assert!(text.contains("Engine:     Docker "), "{text}");
+    assert!(
+        text.contains("Runs:       0 queued, 0 running, 1 completed, 0 failed, 0 cancelled"),
+        "{text}"
+    );
+    assert!(text.contains("Disk used:  "), "{text}");
+    let json = ok_json(&server, &["status", "--json"]);
+    assert_eq!(json["Server"]["Url"], server.url.as_str());
+    assert_eq!(json["Server"]["Reachable"], true);
+    assert_eq!(json["Server"]["Health"]["status"], "healthy");
+    assert!(json["Engine"]["Version"].as_str().unwrap().len() > 1);
+    assert_eq!(json["Runs"]["Completed"], 1);
+    assert_eq!(json["Runs"]["Queued"], 0);
+    let disk = &json["Disk"];
+    assert!(disk["Total"].as_u64().unwrap() >= disk["Runs"].as_u64().unwrap());
+    assert!(disk["Uploads"].as_u64().unwrap() > 0);
+    assert!(disk["Database"].as_u64().unwrap() > 0);
+
+    // Stopped: status still reports, and exits 1 saying why.
+    server.stop();
+    let ran = cli(&server, &["status"]);
+    assert!(
+        ran.stdout.contains("Server:     not running"),
+        "{}",
+        ran.stdout
+    );
+    assert!(ran.stdout.contains("1 completed"), "{}", ran.stdout);
+    fails(ran, 1, &["the server is not running"]);
+    let ran = cli(&server, &["status", "--json"]);
+    let json: Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(json["Server"]["Reachable"], false);
+    fails(ran, 1, &["not running"]);
+
+    // Killed: its address is left behind, but nothing answers there.
+    server.restart();
+    server.kill();
+    let ran = cli(&server, &["status"]);
+    assert!(ran.stdout.contains("not reachable at"), "{}", ran.stdout);
+    fails(ran, 1, &["not reachable at", &server.url]);
+}
+
+#[tokio::test]
+async fn runs_list_inspect_delete_and_prune_while_the_server_runs() {
+    let server = TestServer::builder().max_concurrent(1).start();
+    let failed = precheck(&server, "chip_fail").await;
+    wait(&server, &failed).await;
+    let passed = precheck(&server, "chip_top").await;
+    wait(&server, &passed).await;
+    let running = precheck(&server, "chip_sleep60").await;
+    let queued = precheck(&server, "chip_queued").await;
+    wait_until_async(Duration::from_secs(30), "the sleeper runs", || async {
+        inspect(&server, &running).await["State"]["Status"] == "running"
+    })
+    .await;
+
+    let table = ok(&server, &["runs", "list"]);
+    let header = table.lines().next().unwrap();
+    for column in ["RUN ID", "TOP CELL", "STATUS", "CREATED", "OWNER"] {
+        assert!(header.contains(column), "{header}");
+    }
+    assert!(
+        row(&table, &short(&failed)).contains("Failed (1) "),
+        "{table}"
+    );
+    assert!(
+        row(&table, &short(&passed)).contains("Completed (0) "),
+        "{table}"
+    );
+    assert!(
+        row(&table, &short(&running)).contains("Running for "),
+        "{table}"
+    );
+    assert!(
+        row(&table, &short(&queued)).contains("Queued (1 of 1)"),
+        "{table}"
+    );
+    // Newest first, as `docker ps`.
+    assert!(table.lines().nth(1).unwrap().starts_with(&short(&queued)));
+    let full = ok(
+        &server,
+        &["runs", "list", "--no-trunc", "--status", "failed"],
+    );
+    assert_eq!(full.lines().count(), 2, "{full}");
+    assert!(row(&full, &failed).contains("chip_fail"), "{full}");
+
+    let json = ok_json(
+        &server,
+        &[
+            "runs",
+            "list",
+            "--status",
+            "completed",
+            "--status",
+            "failed",
+            "--json",
+        ],
+    );
+    let ids: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["Id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [passed.as_str(), failed.as_str()]);
+
+    // inspect takes a unique start of the id and shows what the API shows.
+    let shown = ok_json(&server, &["runs", "inspect", &short(&failed)[..8]]);
+    assert_eq!(shown, inspect(&server, &failed).await);
+
+    // A running run needs --force, which stops its container first.
+    fails(
+        cli(&server, &["runs", "delete", &running]),
+        1,
+        &["is running", "--force"],
+    );
+    let deleted = ok_json(&server, &["runs", "delete", "--force", &running, "--json"]);
+    assert_eq!(deleted["Deleted"], running.as_str());
+    assert_eq!(deleted["ContainerStopped"], true);
+    let label = format!("label=precheck-server.run-id={running}");
+    assert_eq!(docker_ok(&["ps", "-aq", "--filter", &label]), "");
+    let (status, _) = client::get_json(&server, &format!("/api/v1/prechecks/{running}")).await;
+    assert_eq!(status, 404);
+    assert!(!server.storage.join("runs").join(&running).exists());
+    // The queue moves on to the next run.
+    assert_eq!(wait(&server, &queued).await["StatusCode"], 0);
+
+    // prune: a dry run deletes nothing; then by status; then an age no run has reached.
+    let dry = ok(&server, &["runs", "prune", "--dry-run"]);
+    assert_eq!(dry.matches("Would delete run").count(), 3, "{dry}");
+    assert!(
+        dry.contains("Total space that would be reclaimed: "),
+        "{dry}"
+    );
+    assert_eq!(ok(&server, &["runs", "list"]).lines().count(), 4);
+    let pruned = ok_json(&server, &["runs", "prune", "--status", "failed", "--json"]);
+    assert_eq!(pruned["RunsDeleted"], serde_json::json!([failed]));
+    assert_eq!(pruned["DryRun"], false);
+    assert!(pruned["SpaceReclaimed"].as_u64().unwrap() > 0);
+    assert!(!server.storage.join("runs").join(&failed).exists());
+    let young = ok(&server, &["runs", "prune", "--older-than", "7d"]);
+    assert_eq!(young.trim(), "Total reclaimed space: 0 B");
+    let all = ok(&server, &["runs", "prune"]);
+    assert_eq!(all.matches("Deleted run").count(), 2, "{all}");
+    let table = ok(&server, &["runs", "list"]);
+    assert_eq!(table.lines().count(), 1, "{table}");
+    // A queued run can be deleted without --force.
+    let again = precheck(&server, "chip_sleep30").await;
+    let next = precheck(&server, "chip_top").await;
+    let text = ok(&server, &["runs", "delete", &next]);
+    assert!(
+        text.starts_with(&format!("Deleted run {next} (queued")),
+        "{text}"
+    );
+    wait_until_async(Duration::from_secs(30), "the next sleeper runs", || async {
+        inspect(&server, &again).await["State"]["Status"] == "running"
+    })
+    .await;
+    ok(&server, &["runs", "delete", "-f", &again]);
+    server.assert_no_containers();
+}
+
+#[tokio::test]
+async fn api_keys_generated_listed_and_revoked_without_a_restart() {
+    const BOSS: &str = "ws_key_boss_boss_boss_boss_boss_boss";
+    let server = TestServer::builder()
+        .toml(&format!(
+            "[auth]\nrequired = true\n[[auth.api_keys]]\nname = \"boss\"\nkey = \"{BOSS}\"\nadmin = true\n"
+        ))
+        .start();
+    let key = ok(&server, &["apikey", "generate", "--name", "ci"]);
+    let key = key.trim();
+    assert!(key.starts_with("ws_key_"), "{key}");
+    assert_eq!(key.len(), "ws_key_".len() + 32);
+    assert!(
+        key["ws_key_".len()..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "{key}"
+    );
+    let get = |key: String| {
+        let url = server.api("/api/v1/prechecks");
+        async move {
+            let resp = client::http()
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(get(key.to_string()).await.0, 200);
+
+    let table = ok(&server, &["apikey", "list"]);
+    assert!(!table.contains(key), "the key itself is never listed");
+    let boss = row(&table, "boss");
+    assert!(boss.contains("config") && boss.contains("yes"), "{boss}");
+    let ci = row(&table, "ci ");
+    assert!(ci.contains("database") && ci.contains(" ago"), "{ci}");
+    assert!(!ci.contains("never"), "its use is recorded: {ci}");
+    let listed = ok_json(&server, &["apikey", "list", "--json"]);
+    assert!(!listed.to_string().contains(key));
+    let ci = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["Name"] == "ci")
+        .unwrap();
+    assert_eq!(ci["Source"], "database");
+    assert_eq!(ci["Admin"], false);
+    assert!(ci["Created"].is_string() && ci["LastUsed"].is_string());
+    assert!(ci["Revoked"].is_null());
+
+    // Names are unique across the config and the database, revoked keys included.
+    fails(
+        cli(&server, &["apikey", "generate", "--name", "boss"]),
+        1,
+        &["boss", "config.toml"],
+    );
+    fails(
+        cli(&server, &["apikey", "generate", "--name", "ci"]),
+        1,
+        &["exists already"],
+    );
+    fails(
+        cli(&server, &["apikey", "generate", "--name", "no spaces"]),
+        1,
+        &["letters, digits"],
+    );
+    let generated = ok_json(&server, &["apikey", "generate", "--admin", "--json"]);
+    let name = generated["Name"].as_str().unwrap();
+    assert!(name.starts_with("key-") && name.len() == 12, "{name}");
+    assert_eq!(generated["Admin"], true);
+    let admin_key = generated["Key"].as_str().unwrap().to_string();
+    assert_eq!(get(admin_key).await.0, 200);
+
+    let revoked = ok(&server, &["apikey", "revoke", "ci"]);
+    assert!(revoked.starts_with("Revoked API key \"ci\""), "{revoked}");
+    let (status, body) = get(key.to_string()).await;
+    assert_eq!(status, 401);
+    assert!(
+        body["message"].as_str().unwrap().contains("revoked"),
+        "{body}"
+    );
+    let again = ok_json(&server, &["apikey", "revoke", "ci", "--json"]);
+    assert_eq!(again["Now"], false);
+    fails(
+        cli(&server, &["apikey", "revoke", "boss"]),
+        1,
+        &["boss", "remove it there"],
+    );
+    fails(
+        cli(&server, &["apikey", "generate", "--name", "ci"]),
+        1,
+        &["exists already"],
+    );
+    let listed = ok_json(&server, &["apikey", "list", "--json"]);
+    let ci = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["Name"] == "ci");
+    assert!(ci.unwrap()["Revoked"].is_string());
+}
+
+/// Removes a container the test made itself when the test ends, however it ends.
+struct OwnContainer(String);
+
+impl Drop for OwnContainer {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.0]);
+    }
+}
+
+/// Makes a path look untouched for `minutes`.
+fn age(path: &Path, minutes: u32) {
+    let status = Command::new("touch")
+        .args(["-d", &format!("{minutes} minutes ago")])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn cleanup_removes_only_what_nothing_owns() {
+    let server = TestServer::start("");
+    let running = precheck(&server, "chip_sleep8").await;
+    wait_until_async(Duration::from_secs(30), "the sleeper runs", || async {
+        inspect(&server, &running).await["State"]["Status"] == "running"
+    })
+    .await;
+    let kept_upload = client::upload(&server, "kept.gds", gds_bytes("chip_top")).await;
+
+    // A container of this server's whose run does not exist, and one that is not the server's.
+    let ghost_run = uuid::Uuid::new_v4().to_string();
+    let storage_label = format!("precheck-server.storage={}", server.storage.display());
+    let run_label = format!("precheck-server.run-id={ghost_run}");
+    let ghost = docker_ok(&[
+        "create",
+        "--label",
+        &storage_label,
+        "--label",
+        &run_label,
+        precheck_image(),
+        "sh",
+    ]);
+    let _ghost = OwnContainer(ghost.clone());
+    let foreign = OwnContainer(docker_ok(&["create", precheck_image(), "sh"]));
+
+    // Files no row references: old ones go, a young one stays (a server may be writing it).
+    let stray_upload = server
+        .storage
+        .join("uploads")
+        .join(uuid::Uuid::new_v4().to_string());
+    std::fs::write(&stray_upload, gds_bytes("chip_stray")).unwrap();
+    age(&stray_upload, 5);
+    let stray_run = server.storage.join("runs").join(&ghost_run);
+    std::fs::create_dir_all(stray_run.join("output")).unwrap();
+    std::fs::write(stray_run.join("logs.txt"), "old\n").unwrap();
+    age(&stray_run, 5);
+    let young = server
+        .storage
+        .join("uploads")
+        .join(uuid::Uuid::new_v4().to_string());
+    std::fs::write(&young, b"young").unwrap();
+    let not_ours = server.storage.join("uploads").join("README");
+    std::fs::write(&not_ours, b"left alone").unwrap();
+    age(&not_ours, 5);
+
+    let dry = ok(&server, &["cleanup", "--dry-run"]);
+    assert!(dry.contains("Would remove container "), "{dry}");
+    assert!(dry.contains(&format!("run {ghost_run}, created")), "{dry}");
+    assert!(dry.contains("Would remove runs/"), "{dry}");
+    assert!(dry.contains("Would remove uploads/"), "{dry}");
+    assert_eq!(dry.lines().count(), 4, "{dry}");
+    assert!(stray_upload.exists() && stray_run.exists());
+    assert_eq!(
+        docker_ok(&["inspect", "-f", "{{.State.Status}}", &ghost]),
+        "created"
+    );
+
+    let cleaned = ok_json(&server, &["cleanup", "--json"]);
+    assert_eq!(cleaned["ContainersDeleted"], serde_json::json!([ghost]));
+    let mut files: Vec<String> = cleaned["FilesDeleted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
+    files.sort();
+    let mut expected = vec![
+        format!("runs/{ghost_run}"),
+        format!(
+            "uploads/{}",
+            stray_upload.file_name().unwrap().to_string_lossy()
+        ),
+    ];
+    expected.sort();
+    assert_eq!(files, expected);
+    assert!(cleaned["SpaceReclaimed"].as_u64().unwrap() > 0);
+    assert!(!stray_upload.exists() && !stray_run.exists());
+    assert!(young.exists() && not_ours.exists());
+    assert!(!docker(&["inspect", &ghost]).status.success());
+    assert!(docker(&["inspect", &foreign.0]).status.success());
+    assert_eq!(ok(&server, &["cleanup"]).trim(), "Nothing to clean up.");
+
+    // What runs and what was uploaded were never touched.
+    assert_eq!(wait(&server, &running).await["StatusCode"], 0);
+    let (status, _) = client::get_json(&server, &format!("/api/v1/uploads/{kept_upload}")).await;
+    assert_eq!(status, 200);
+    server.assert_no_containers();
+}
