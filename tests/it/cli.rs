@@ -20,7 +20,18 @@ struct Ran {
 }
 
 fn cli(server: &TestServer, args: &[&str]) -> Ran {
-    let out = server.cli(args);
+    cli_at(&server.config_path, &[], args)
+}
+
+/// `precheck-server ARGS --config CONFIG` with extra environment variables.
+fn cli_at(config: &Path, env: &[(&str, &str)], args: &[&str]) -> Ran {
+    let out = Command::new(server_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run precheck-server");
     Ran {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -136,20 +147,34 @@ async fn bad_flags_unknown_ids_and_a_missing_database_fail_in_one_line() {
         vec!["apikey", "generate"],
         vec!["apikey", "revoke", "x"],
     ] {
-        let out = Command::new(server_bin())
-            .args(&args)
-            .arg("--config")
-            .arg(&config)
-            .output()
-            .unwrap();
-        let ran = Ran {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        fails(ran, 1, &["no database at", "storage_path"]);
+        fails(
+            cli_at(&config, &[], &args),
+            1,
+            &["no database at", "storage_path"],
+        );
     }
     assert!(!dir.path().join("nowhere").exists());
+
+    // Without a Docker engine, the commands that need one say so at once.
+    let no_engine = [("DOCKER_HOST", "unix:///nonexistent/docker.sock")];
+    let started = std::time::Instant::now();
+    let ran = cli_at(&server.config_path, &no_engine, &["status"]);
+    assert!(
+        ran.stdout.contains("Engine:     not reachable"),
+        "{}",
+        ran.stdout
+    );
+    fails(ran, 1, &["the Docker engine is not reachable"]);
+    fails(
+        cli_at(&server.config_path, &no_engine, &["cleanup"]),
+        1,
+        &["Docker engine"],
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]

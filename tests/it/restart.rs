@@ -43,6 +43,22 @@ fn container_state(id: &str) -> String {
         .to_string()
 }
 
+/// Starts a server and a `chip_sleepN` run (N from `top`) and waits until the run has printed
+/// its first second.
+async fn server_with_a_sleeper(server: TestServer, top: &str) -> (TestServer, String) {
+    let run = precheck(&server, top).await;
+    let n = top.trim_start_matches("chip_sleep");
+    wait_for_line(&server, &run, &format!("second 1 of {n}")).await;
+    (server, run)
+}
+
+/// Waits for a `chip_sleepN` run and asserts it passed with its whole log.
+async fn assert_passed(server: &TestServer, run: &str, n: usize) {
+    let result = wait(server, run).await;
+    assert_eq!(result["StatusCode"], 0, "{result}");
+    assert_full_log(server, run, n).await;
+}
+
 /// Asserts that the log of a passed `chip_sleepN` run holds every line the stand-in printed,
 /// once each and in order, and the server's closing line.
 async fn assert_full_log(server: &TestServer, run: &str, n: usize) {
@@ -89,9 +105,7 @@ async fn output_status(server: &TestServer, run: &str) -> u16 {
 
 #[tokio::test]
 async fn a_running_run_survives_a_killed_server() {
-    let mut server = TestServer::start("");
-    let run = precheck(&server, "chip_sleep8").await;
-    wait_for_line(&server, &run, "second 2 of 8").await;
+    let (mut server, run) = server_with_a_sleeper(TestServer::start(""), "chip_sleep8").await;
     server.kill();
     let container = container_of(&run);
     assert_eq!(container_state(&container), "running");
@@ -99,18 +113,14 @@ async fn a_running_run_survives_a_killed_server() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.restart();
     assert_eq!(inspect(&server, &run).await["State"]["Status"], "running");
-    let result = wait(&server, &run).await;
-    assert_eq!(result["StatusCode"], 0, "{result}");
-    assert_full_log(&server, &run, 8).await;
+    assert_passed(&server, &run, 8).await;
     assert_eq!(output_status(&server, &run).await, 200);
     server.assert_no_containers();
 }
 
 #[tokio::test]
 async fn a_run_that_finished_while_the_server_was_down_is_collected() {
-    let mut server = TestServer::start("");
-    let run = precheck(&server, "chip_sleep5").await;
-    wait_for_line(&server, &run, "second 1 of 5").await;
+    let (mut server, run) = server_with_a_sleeper(TestServer::start(""), "chip_sleep5").await;
     server.kill();
     let container = container_of(&run);
     wait_until_async(Duration::from_secs(60), "the container exits", || async {
@@ -118,9 +128,7 @@ async fn a_run_that_finished_while_the_server_was_down_is_collected() {
     })
     .await;
     server.restart();
-    let result = wait(&server, &run).await;
-    assert_eq!(result["StatusCode"], 0, "{result}");
-    assert_full_log(&server, &run, 5).await;
+    assert_passed(&server, &run, 5).await;
     assert_eq!(output_status(&server, &run).await, 200);
     let state = &inspect(&server, &run).await["State"];
     assert_eq!(state["Status"], "completed");
@@ -136,9 +144,7 @@ async fn a_run_that_finished_while_the_server_was_down_is_collected() {
 
 #[tokio::test]
 async fn a_run_whose_container_was_removed_fails_as_lost() {
-    let mut server = TestServer::start("");
-    let run = precheck(&server, "chip_sleep5").await;
-    wait_for_line(&server, &run, "second 1 of 5").await;
+    let (mut server, run) = server_with_a_sleeper(TestServer::start(""), "chip_sleep5").await;
     server.kill();
     docker_ok(&["rm", "-f", &container_of(&run)]);
     server.restart();
@@ -181,19 +187,14 @@ async fn queued_runs_and_a_container_that_never_started_run_once_after_a_restart
 
     server.restart();
     // The first run starts over (its log too), in a new container; the second follows.
-    for (run, n) in [(&first, 3), (&second, 2)] {
-        let result = wait(&server, run).await;
-        assert_eq!(result["StatusCode"], 0, "{result}");
-        assert_full_log(&server, run, n).await;
-    }
+    assert_passed(&server, &first, 3).await;
+    assert_passed(&server, &second, 2).await;
     server.assert_no_containers();
 }
 
 #[tokio::test]
 async fn sigterm_answers_waits_leaves_containers_running_and_exits_quickly() {
-    let mut server = TestServer::start("");
-    let run = precheck(&server, "chip_sleep6").await;
-    wait_for_line(&server, &run, "second 1 of 6").await;
+    let (mut server, run) = server_with_a_sleeper(TestServer::start(""), "chip_sleep6").await;
     let url = server.api(&format!("/api/v1/prechecks/{run}/wait?timeout=300"));
     let waiting = tokio::spawn(async move {
         let resp = client::http().post(url).send().await.unwrap();
@@ -213,9 +214,7 @@ async fn sigterm_answers_waits_leaves_containers_running_and_exits_quickly() {
     assert_eq!(container_state(&container_of(&run)), "running");
 
     server.restart();
-    let result = wait(&server, &run).await;
-    assert_eq!(result["StatusCode"], 0, "{result}");
-    assert_full_log(&server, &run, 6).await;
+    assert_passed(&server, &run, 6).await;
     server.assert_no_containers();
 }
 

@@ -255,17 +255,6 @@ impl TestServer {
         fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
-    /// Runs the CLI against this server's config: `precheck-server ARGS --config FILE`.
-    pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(server_bin())
-            .args(args)
-            .arg("--config")
-            .arg(&self.config_path)
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("run precheck-server")
-    }
-
     /// Stops the server like an operator would (SIGTERM, SIGKILL after 10 s) and returns how it
     /// exited. Containers are left alone, so a test can look at what a stop leaves.
     pub fn stop(&mut self) -> ExitStatus {
