@@ -81,10 +81,12 @@ pub enum RunsCommand {
         #[command(flatten)]
         output: Output,
     },
-    /// Show a run as `GET /api/v1/prechecks/{id}` does.
+    /// Show a run as `GET /api/v1/prechecks/{id}` does (always JSON, like `docker inspect`).
     Inspect {
         /// The run's id, or a unique start of it.
         id: String,
+        #[command(flatten)]
+        output: Output,
     },
     /// Delete a run with its log, output and flow directory.
     Delete {

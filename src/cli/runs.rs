@@ -23,7 +23,9 @@ pub async fn run(admin: &Admin, command: RunsCommand) -> Result<()> {
             no_trunc,
             output,
         } => list(admin, statuses, no_trunc, output).await,
-        RunsCommand::Inspect { id } => print_json(&RunBody::from(&resolve(admin, &id).await?)),
+        RunsCommand::Inspect { id, output: _ } => {
+            print_json(&RunBody::from(&resolve(admin, &id).await?))
+        }
         RunsCommand::Delete { id, force, output } => delete(admin, &id, force, output).await,
         RunsCommand::Prune {
             statuses,

@@ -299,6 +299,10 @@ async fn runs_list_inspect_delete_and_prune_while_the_server_runs() {
     // inspect takes a unique start of the id and shows what the API shows.
     let shown = ok_json(&server, &["runs", "inspect", &short(&failed)[..8]]);
     assert_eq!(shown, inspect(&server, &failed).await);
+    assert_eq!(
+        ok_json(&server, &["runs", "inspect", "--json", &failed]),
+        shown
+    );
 
     // A running run needs --force, which stops its container first.
     fails(
