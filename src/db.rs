@@ -14,6 +14,7 @@ use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use crate::layout::Layout;
 use crate::model::{LayoutFormat, Outcome, PrecheckParams, Run, RunStatus, Scope, Upload};
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -76,6 +77,17 @@ CREATE TABLE api_keys (
 ALTER TABLE uploads ADD COLUMN owner TEXT;
 ALTER TABLE runs ADD COLUMN owner TEXT;
 "#,
+    r#"
+ALTER TABLE uploads ADD COLUMN dbu_microns REAL;
+
+CREATE TABLE upload_cells (
+    upload_id TEXT NOT NULL REFERENCES uploads (id) ON DELETE CASCADE,
+    seq       INTEGER NOT NULL,
+    name      TEXT NOT NULL,
+    top       INTEGER NOT NULL,
+    PRIMARY KEY (upload_id, seq)
+) STRICT;
+"#,
 ];
 
 const RUN_COLUMNS: &str =
@@ -85,7 +97,8 @@ const RUN_COLUMNS: &str =
         THEN (SELECT COUNT(*) FROM runs q WHERE q.status = 'queued' AND q.seq <= runs.seq) END,
     CASE WHEN status = 'queued' THEN (SELECT COUNT(*) FROM runs q WHERE q.status = 'queued') END";
 
-const UPLOAD_COLUMNS: &str = "id, name, size, sha256, format, created, expires_at, expired, owner";
+const UPLOAD_COLUMNS: &str =
+    "id, name, size, sha256, format, created, expires_at, expired, owner, dbu_microns";
 
 /// Why a precheck could not be created.
 #[derive(Debug, PartialEq)]
@@ -183,11 +196,13 @@ impl Db {
 
     pub async fn insert_upload(&self, upload: Upload) -> Result<()> {
         self.call(move |c| {
-            c.execute(
-                "INSERT INTO uploads (id, name, size, sha256, format, created, expires_at, expired, owner)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)",
+            let tx = c.transaction()?;
+            let id = upload.id.to_string();
+            tx.execute(
+                "INSERT INTO uploads (id, name, size, sha256, format, created, expires_at, expired, owner, dbu_microns)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9)",
                 params![
-                    upload.id.to_string(),
+                    id,
                     upload.name,
                     upload.size as i64,
                     upload.sha256,
@@ -195,21 +210,33 @@ impl Db {
                     micros(upload.created),
                     upload.expires_at.map(micros),
                     upload.owner,
+                    upload.layout.as_ref().map(|l| l.dbu_microns),
                 ],
-            )
-            .map(drop)
+            )?;
+            if let Some(layout) = &upload.layout {
+                let mut insert = tx.prepare(
+                    "INSERT INTO upload_cells (upload_id, seq, name, top) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                let tops: HashSet<&String> = layout.top_cells.iter().collect();
+                for (seq, name) in layout.cells.iter().enumerate() {
+                    insert.execute(params![id, seq as i64, name, tops.contains(name)])?;
+                }
+            }
+            tx.commit()
         })
         .await
     }
 
     pub async fn upload(&self, id: Uuid) -> Result<Option<Upload>> {
         self.call(move |c| {
-            c.query_row(
-                &format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1"),
-                [id.to_string()],
-                upload_from_row,
-            )
-            .optional()
+            let upload = c
+                .query_row(
+                    &format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1"),
+                    [id.to_string()],
+                    upload_from_row,
+                )
+                .optional()?;
+            upload.map(|u| with_cells(c, u)).transpose()
         })
         .await
     }
@@ -221,7 +248,10 @@ impl Db {
                 "SELECT {UPLOAD_COLUMNS} FROM uploads WHERE ?1 IS NULL OR owner = ?1
                  ORDER BY created DESC, id"
             ))?;
-            stmt.query_map([scope.owner()], upload_from_row)?.collect()
+            let uploads = stmt
+                .query_map([scope.owner()], upload_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            uploads.into_iter().map(|u| with_cells(c, u)).collect()
         })
         .await
     }
@@ -746,19 +776,46 @@ fn run_from_row(r: &Row) -> rusqlite::Result<Run> {
     })
 }
 
+/// Fills in an inspected upload's cells (its unit came with its row).
+fn with_cells(c: &Connection, mut upload: Upload) -> rusqlite::Result<Upload> {
+    let Some(layout) = upload.layout.as_mut() else {
+        return Ok(upload);
+    };
+    let mut stmt =
+        c.prepare_cached("SELECT name, top FROM upload_cells WHERE upload_id = ?1 ORDER BY seq")?;
+    let rows = stmt.query_map([upload.id.to_string()], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+    })?;
+    for row in rows {
+        let (name, top) = row?;
+        if top {
+            layout.top_cells.push(name.clone());
+        }
+        layout.cells.push(name);
+    }
+    Ok(upload)
+}
+
 fn upload_from_row(r: &Row) -> rusqlite::Result<Upload> {
     let format: String = r.get(4)?;
+    let format = LayoutFormat::parse(&format)
+        .ok_or_else(|| bad_value(format!("unknown format {format}")))?;
     Ok(Upload {
         id: parse_uuid(&r.get::<_, String>(0)?)?,
         name: r.get(1)?,
         size: r.get::<_, i64>(2)? as u64,
         sha256: r.get(3)?,
-        format: LayoutFormat::parse(&format)
-            .ok_or_else(|| bad_value(format!("unknown format {format}")))?,
+        format,
         created: from_micros(r.get(5)?)?,
         expires_at: r.get::<_, Option<i64>>(6)?.map(from_micros).transpose()?,
         expired: r.get(7)?,
         owner: r.get(8)?,
+        layout: r.get::<_, Option<f64>>(9)?.map(|dbu_microns| Layout {
+            format,
+            dbu_microns,
+            cells: vec![],
+            top_cells: vec![],
+        }),
     })
 }
 
@@ -802,6 +859,7 @@ mod tests {
             expires_at: Some(now() + expires_in),
             expired: false,
             owner: None,
+            layout: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`model`]: uploads, runs, their statuses and outcomes; no SQL, no HTTP.
 //! - [`db`]: the only SQL; SQLite on its own thread behind a cloneable handle.
 //! - [`storage`]: the storage folder, streaming upload writes with sha256, tarballs.
+//! - [`layout`]: what a layout file holds (format, unit, cells, top cells), in one streaming pass.
 //! - [`logs`]: a run's timestamped log file and how it is read (tail, since).
 //! - [`docker`]: the only bollard import; containers, images, archives.
 //! - [`runner`]: one run's container from create to remove, and how it ended.
@@ -23,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod docker;
+pub mod layout;
 pub mod logs;
 pub mod model;
 pub mod queue;

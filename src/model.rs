@@ -4,6 +4,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use time::OffsetDateTime;
+
+use crate::layout::Layout;
 use uuid::Uuid;
 
 /// A run's lifecycle status.
@@ -98,19 +100,6 @@ impl LayoutFormat {
             .into_iter()
             .find(|f| f.as_str() == s)
     }
-
-    /// Recognises a layout by its first bytes (GDSII HEADER record, gzip magic, OASIS magic).
-    pub fn sniff(head: &[u8]) -> Option<LayoutFormat> {
-        if head.starts_with(b"%SEMI-OASIS\r\n") {
-            Some(LayoutFormat::Oasis)
-        } else if head.starts_with(&[0x1f, 0x8b]) {
-            Some(LayoutFormat::GdsGz)
-        } else if head.starts_with(&[0x00, 0x06, 0x00, 0x02]) {
-            Some(LayoutFormat::Gds)
-        } else {
-            None
-        }
-    }
 }
 
 /// Whose uploads and runs a caller may see and touch.
@@ -155,6 +144,8 @@ pub struct Upload {
     pub expired: bool,
     /// The name of the API key that made it (none without authentication).
     pub owner: Option<String>,
+    /// What the layout holds; `None` for uploads stored before layouts were inspected.
+    pub layout: Option<Layout>,
 }
 
 impl Upload {
@@ -265,24 +256,6 @@ mod tests {
             e.contains("queued, running, completed, failed, cancelled"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn layouts_are_recognised_by_content() {
-        assert_eq!(
-            LayoutFormat::sniff(b"%SEMI-OASIS\r\n\x01"),
-            Some(LayoutFormat::Oasis)
-        );
-        assert_eq!(
-            LayoutFormat::sniff(&[0x1f, 0x8b, 8, 0]),
-            Some(LayoutFormat::GdsGz)
-        );
-        assert_eq!(
-            LayoutFormat::sniff(&[0, 6, 0, 2, 2, 88]),
-            Some(LayoutFormat::Gds)
-        );
-        assert_eq!(LayoutFormat::sniff(b"hello world"), None);
-        assert_eq!(LayoutFormat::sniff(b""), None);
     }
 
     #[test]

@@ -96,8 +96,6 @@ pub async fn serve(
     let url_file = state.storage.server_url_path();
     let app = crate::api::router(state);
     let addr = listener.local_addr()?;
-    tracing::info!("listening on http://{addr}");
-    println!("listening on http://{addr}");
     let local = if addr.ip().is_unspecified() {
         let loopback: std::net::IpAddr = if addr.is_ipv4() {
             std::net::Ipv4Addr::LOCALHOST.into()
@@ -108,9 +106,17 @@ pub async fn serve(
     } else {
         addr
     };
-    tokio::fs::write(&url_file, format!("http://{local}\n"))
+    // Written whole before anyone is told the server listens: a reader never sees half of it.
+    let part = url_file.with_extension("url.part");
+    let written = async {
+        tokio::fs::write(&part, format!("http://{local}\n")).await?;
+        tokio::fs::rename(&part, &url_file).await
+    };
+    written
         .await
         .with_context(|| format!("cannot write {}", url_file.display()))?;
+    tracing::info!("listening on http://{addr}");
+    println!("listening on http://{addr}");
     let stopping = stop.clone();
     let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {

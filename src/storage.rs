@@ -13,7 +13,7 @@
 //! Every path here is built from a UUID; no string from a client becomes part of a path.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -22,6 +22,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
+
+use crate::layout::{self, Layout, LayoutError};
 
 /// The storage folder of one server.
 #[derive(Debug, Clone)]
@@ -34,6 +36,8 @@ pub struct Storage {
 pub struct Saved {
     pub size: u64,
     pub sha256: String,
+    /// What the layout holds, read while it was written.
+    pub layout: Layout,
 }
 
 impl Storage {
@@ -175,14 +179,24 @@ enum Chunk {
     Finish,
 }
 
+/// Why an upload was not saved.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The bytes are not a layout the server can use.
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
 /// An upload being written. Dropping it without [`UploadWriter::finish`] removes the partial file.
 pub struct UploadWriter {
     tx: mpsc::Sender<Chunk>,
-    task: JoinHandle<io::Result<Saved>>,
+    task: JoinHandle<Result<Saved, UploadError>>,
 }
 
 impl UploadWriter {
-    pub async fn write(&mut self, data: Bytes) -> io::Result<()> {
+    pub async fn write(&mut self, data: Bytes) -> Result<(), UploadError> {
         if self.tx.send(Chunk::Data(data)).await.is_err() {
             // The writer stopped early: its result says why.
             return Err(self.failure().await);
@@ -190,45 +204,88 @@ impl UploadWriter {
         Ok(())
     }
 
-    /// Flushes, syncs and moves the file to its place; returns its size and sha256.
-    pub async fn finish(mut self) -> io::Result<Saved> {
+    /// Flushes, syncs and moves the file to its place; returns its size, sha256 and layout.
+    pub async fn finish(mut self) -> Result<Saved, UploadError> {
         if self.tx.send(Chunk::Finish).await.is_err() {
             return Err(self.failure().await);
         }
-        (&mut self.task).await.map_err(io::Error::other)?
+        (&mut self.task)
+            .await
+            .map_err(|e| UploadError::Io(io::Error::other(e)))?
     }
 
-    async fn failure(&mut self) -> io::Error {
+    async fn failure(&mut self) -> UploadError {
         match (&mut self.task).await {
             Ok(Err(e)) => e,
-            Ok(Ok(_)) => io::Error::other("the upload writer stopped"),
-            Err(e) => io::Error::other(e),
+            Ok(Ok(_)) => io::Error::other("the upload writer stopped").into(),
+            Err(e) => io::Error::other(e).into(),
         }
     }
 }
 
-fn write_upload(mut rx: mpsc::Receiver<Chunk>, part: &Path, dest: &Path) -> io::Result<Saved> {
-    let result = (|| {
-        let mut file = BufWriter::with_capacity(256 * 1024, File::create(part)?);
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        loop {
-            match rx.blocking_recv() {
+/// The upload's bytes as the layout reader pulls them: each chunk is hashed and written to the
+/// file as it arrives, so one pass over the data does all three.
+struct Tee<'a> {
+    rx: &'a mut mpsc::Receiver<Chunk>,
+    file: BufWriter<File>,
+    hasher: Sha256,
+    size: u64,
+    chunk: Bytes,
+    finished: bool,
+}
+
+impl Read for Tee<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            if self.finished {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
                 Some(Chunk::Data(data)) => {
-                    hasher.update(&data);
-                    file.write_all(&data)?;
-                    size += data.len() as u64;
+                    self.hasher.update(&data);
+                    self.file.write_all(&data)?;
+                    self.size += data.len() as u64;
+                    self.chunk = data;
                 }
-                Some(Chunk::Finish) => break,
-                None => return Err(io::Error::new(io::ErrorKind::Interrupted, "upload aborted")),
+                Some(Chunk::Finish) => self.finished = true,
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "upload aborted",
+                    ));
+                }
             }
         }
-        let file = file.into_inner().map_err(|e| e.into_error())?;
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+fn write_upload(
+    mut rx: mpsc::Receiver<Chunk>,
+    part: &Path,
+    dest: &Path,
+) -> Result<Saved, UploadError> {
+    let result = (|| {
+        let mut tee = Tee {
+            rx: &mut rx,
+            file: BufWriter::with_capacity(256 * 1024, File::create(part)?),
+            hasher: Sha256::new(),
+            size: 0,
+            chunk: Bytes::new(),
+            finished: false,
+        };
+        let layout = layout::inspect(&mut tee)?;
+        // Whatever follows the layout's end record (padding) is kept as sent.
+        io::copy(&mut tee, &mut io::sink())?;
+        let file = tee.file.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         std::fs::rename(part, dest)?;
         Ok(Saved {
-            size,
-            sha256: format!("{:x}", hasher.finalize()),
+            size: tee.size,
+            sha256: format!("{:x}", tee.hasher.finalize()),
+            layout,
         })
     })();
     if result.is_err() {
@@ -316,23 +373,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(dir.path()).unwrap();
         let id = Uuid::new_v4();
+        let mut gds = crate::layout::GdsWriter::new(1e-9);
+        gds.cell("leaf", &[], &[]);
+        gds.cell("chip_top", &["leaf"], &[]);
+        let mut bytes = gds.finish();
+        // Padding after ENDLIB is kept as sent.
+        bytes.extend([0u8; 100]);
         let mut w = storage.upload_writer(id);
-        w.write(Bytes::from_static(b"hello ")).await.unwrap();
-        w.write(Bytes::from_static(b"world")).await.unwrap();
+        let (a, b) = bytes.split_at(37);
+        w.write(Bytes::copy_from_slice(a)).await.unwrap();
+        w.write(Bytes::copy_from_slice(b)).await.unwrap();
         let saved = w.finish().await.unwrap();
-        assert_eq!(saved.size, 11);
-        assert_eq!(
-            saved.sha256,
-            "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9"
-        );
-        assert_eq!(
-            std::fs::read(storage.upload_path(id)).unwrap(),
-            b"hello world"
-        );
+        assert_eq!(saved.size, bytes.len() as u64);
+        assert_eq!(saved.sha256, format!("{:x}", Sha256::digest(&bytes)));
+        assert_eq!(saved.layout.top_cells, ["chip_top"]);
+        assert_eq!(std::fs::read(storage.upload_path(id)).unwrap(), bytes);
         assert_eq!(
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0
         );
+
+        // A file that is not a layout is refused and leaves nothing.
+        let id = Uuid::new_v4();
+        let mut w = storage.upload_writer(id);
+        let _ = w.write(Bytes::from_static(b"hello world")).await;
+        let e = w.finish().await.unwrap_err();
+        assert!(matches!(e, UploadError::Layout(_)), "{e}");
+        assert!(!storage.upload_path(id).exists());
     }
 
     #[tokio::test]

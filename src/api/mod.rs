@@ -17,6 +17,7 @@ use uuid::Uuid;
 pub use auth::Caller;
 pub use error::ApiError;
 pub use prechecks::RunBody;
+pub use uploads::LayoutBody;
 
 use crate::server::AppState;
 

@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use super::{ApiError, Caller, Json, parse_id, rfc3339};
 use crate::db::{Cancel, CreateRunError};
+use crate::layout::{EXPECTED_DBU_MICRONS, Layout};
 use crate::model::{PrecheckParams, Run, RunStatus, SLOTS};
 use crate::server::AppState;
 use crate::storage::{ChunkSender, write_tar_gz};
@@ -27,6 +28,8 @@ pub struct CreatePrecheck {
     die_id: Option<String>,
     slot: Option<String>,
     cob: Option<bool>,
+    /// Skip the layout rules (top cell, database unit); never the format check.
+    force: Option<bool>,
 }
 
 #[derive(Serialize)]
@@ -121,14 +124,15 @@ pub async fn create(
             body.upload_id
         ))
     })?;
-    let top_cell = match body.top_cell {
-        Some(top) => check_top_cell(top)?,
-        None => {
-            return Err(ApiError::BadRequest(
-                "top_cell: missing: name the layout's top cell".into(),
-            ));
-        }
-    };
+    // The layout's facts decide the top cell; a key never learns of another key's upload.
+    let upload = state
+        .db
+        .upload(upload_id)
+        .await?
+        .filter(|u| caller.scope.sees(u.owner.as_deref()))
+        .ok_or_else(|| ApiError::NotFound(format!("no such upload: {upload_id}")))?;
+    let force = body.force.unwrap_or(false);
+    let top_cell = choose_top_cell(body.top_cell, upload.layout.as_ref(), force)?;
     let die_id = body.die_id.unwrap_or_else(|| "FFFFFFFF".into());
     if die_id.len() != 8 || !die_id.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(ApiError::BadRequest(format!(
@@ -171,6 +175,72 @@ pub async fn create(
     state.queue.created(run.id);
     tracing::info!(run_id = %run.id, %upload_id, "precheck queued");
     Ok((StatusCode::CREATED, Json(RunBody::from(&run))))
+}
+
+/// The top cell to check: the one given, or the layout's only one. Unless `force`, it must be a
+/// top cell of the layout, and the layout's database unit must be the precheck's.
+fn choose_top_cell(
+    given: Option<String>,
+    layout: Option<&Layout>,
+    force: bool,
+) -> Result<String, ApiError> {
+    let bad = |m: String| ApiError::BadRequest(m);
+    let top = match (given, layout) {
+        (Some(top), _) => check_top_cell(top)?,
+        (None, Some(layout)) => match layout.top_cells.as_slice() {
+            [only] => check_top_cell(only.clone())?,
+            [] => {
+                return Err(bad(
+                    "top_cell: missing, and the layout has no top cell (every cell is placed by another): name the cell to check".into(),
+                ));
+            }
+            tops => {
+                return Err(bad(format!(
+                    "top_cell: missing, and the layout has {} top cells ({}): say which one to check",
+                    tops.len(),
+                    name_list(tops)
+                )));
+            }
+        },
+        (None, None) => return Err(bad("top_cell: missing: name the layout's top cell".into())),
+    };
+    let Some(layout) = layout else {
+        return Ok(top);
+    };
+    if force {
+        return Ok(top);
+    }
+    let skip = "(or send \"force\": true to skip the layout checks)";
+    if !layout.top_cells.contains(&top) {
+        let why = if layout.cells.contains(&top) {
+            "is placed by another cell, so it is not a top cell"
+        } else {
+            "is not a cell of the layout"
+        };
+        return Err(bad(format!(
+            "top_cell: {top:?} {why}; the layout's top cells are: {} {skip}",
+            name_list(&layout.top_cells)
+        )));
+    }
+    if !layout.dbu_is(EXPECTED_DBU_MICRONS) {
+        return Err(bad(format!(
+            "the layout's database unit is {} µm, but the gf180mcu precheck needs {EXPECTED_DBU_MICRONS} µm (1 nm): export it again with a 1 nm database unit {skip}",
+            layout.dbu_microns
+        )));
+    }
+    Ok(top)
+}
+
+/// Cell names for a message: quoted, at most ten, then how many more.
+fn name_list(names: &[String]) -> String {
+    if names.is_empty() {
+        return "none".into();
+    }
+    let shown: Vec<String> = names.iter().take(10).map(|n| format!("{n:?}")).collect();
+    match names.len() {
+        n if n > 10 => format!("{} and {} more", shown.join(", "), n - 10),
+        _ => shown.join(", "),
+    }
 }
 
 /// A top cell is passed to the container as one argument: it must not look like a flag or a

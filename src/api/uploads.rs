@@ -12,8 +12,10 @@ use uuid::Uuid;
 use super::{ApiError, Caller, Json, parse_id, rfc3339};
 use crate::config::human_bytes;
 use crate::db::DeleteUpload;
+use crate::layout::{self, Layout};
 use crate::model::{LayoutFormat, Upload};
 use crate::server::AppState;
+use crate::storage::UploadError;
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -41,8 +43,27 @@ struct UploadState {
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
-struct LayoutBody {
+pub struct LayoutBody {
     format: &'static str,
+    /// The rest is there once the layout has been inspected (every upload since it is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_cells: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dbu_microns: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cells: Option<Vec<String>>,
+}
+
+impl LayoutBody {
+    /// A layout's facts as the API shows them (only the format for uploads never inspected).
+    pub fn new(format: LayoutFormat, layout: Option<&Layout>) -> LayoutBody {
+        LayoutBody {
+            format: format.as_str(),
+            top_cells: layout.map(|l| l.top_cells.clone()),
+            dbu_microns: layout.map(|l| l.dbu_microns),
+            cells: layout.map(|l| l.cells.clone()),
+        }
+    }
 }
 
 impl UploadBody {
@@ -59,9 +80,7 @@ impl UploadBody {
                 expired: u.is_expired(now),
                 expires_at: u.expires_at.map(rfc3339),
             },
-            layout: LayoutBody {
-                format: u.format.as_str(),
-            },
+            layout: LayoutBody::new(u.format, u.layout.as_ref()),
         }
     }
 }
@@ -152,12 +171,12 @@ async fn receive(
             .flat_map(|c| c.iter().copied())
             .take(SNIFF_LEN)
             .collect();
-        let Some(format) = LayoutFormat::sniff(&head) else {
+        if layout::sniff(&head).is_none() {
             return Err(ApiError::BadRequest(format!(
                 "{name:?} is not a layout: expected GDSII, gzip'd GDSII or OASIS, but it starts with {}",
-                describe_start(&head)
+                layout::describe_start(&head)
             )));
-        };
+        }
 
         let id = Uuid::new_v4();
         let mut writer = state.storage.upload_writer(id);
@@ -175,9 +194,13 @@ async fn receive(
             if size > limit {
                 return Err(too_large(limit));
             }
-            writer.write(chunk).await.map_err(storage_error)?;
+            writer
+                .write(chunk)
+                .await
+                .map_err(|e| upload_error(&name, e))?;
         }
-        let saved = writer.finish().await.map_err(storage_error)?;
+        let saved = writer.finish().await.map_err(|e| upload_error(&name, e))?;
+        let format = saved.layout.format;
         let now = OffsetDateTime::now_utc();
         let upload = Upload {
             id,
@@ -189,6 +212,7 @@ async fn receive(
             expires_at: Some(now + state.config.upload_expiry),
             expired: false,
             owner: caller.name,
+            layout: Some(saved.layout),
         };
         if let Err(e) = state.db.insert_upload(upload.clone()).await {
             let _ = state.storage.remove_upload(id).await;
@@ -257,13 +281,18 @@ fn not_found(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no such upload: {id}"))
 }
 
-fn storage_error(e: std::io::Error) -> ApiError {
-    if e.kind() == std::io::ErrorKind::StorageFull {
-        ApiError::InsufficientStorage(
-            "the server's disk is full: try again later or ask its operator".into(),
-        )
-    } else {
-        ApiError::Internal(anyhow::Error::from(e).context("cannot store the upload"))
+/// A layout that cannot be used is the client's to fix (400); a full disk is 507.
+fn upload_error(name: &str, e: UploadError) -> ApiError {
+    match e {
+        UploadError::Layout(e) => ApiError::BadRequest(format!("{name:?}: {e}")),
+        UploadError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+            ApiError::InsufficientStorage(
+                "the server's disk is full: try again later or ask its operator".into(),
+            )
+        }
+        UploadError::Io(e) => {
+            ApiError::Internal(anyhow::Error::from(e).context("cannot store the upload"))
+        }
     }
 }
 
@@ -276,14 +305,6 @@ fn clean_name(name: &str) -> String {
     } else {
         clean
     }
-}
-
-fn describe_start(head: &[u8]) -> String {
-    if head.is_empty() {
-        return "nothing (the file is empty)".into();
-    }
-    let hex: Vec<String> = head.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("bytes {}", hex.join(" "))
 }
 
 #[cfg(test)]

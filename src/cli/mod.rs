@@ -2,6 +2,7 @@
 //! the server (safe while it runs: SQLite in WAL mode with a busy timeout, and containers found
 //! by this server's labels).
 
+mod inspect;
 mod keys;
 mod runs;
 mod system;
@@ -43,6 +44,13 @@ pub struct Cli {
 pub enum Command {
     /// Start the API server.
     Serve,
+    /// Read a local layout file and say what the server would: format, unit, cells, top cells.
+    Inspect {
+        /// A GDSII, gzip'd GDSII or OASIS file.
+        file: PathBuf,
+        #[command(flatten)]
+        output: Output,
+    },
     #[command(flatten)]
     Admin(AdminCommand),
 }
@@ -154,6 +162,7 @@ impl Cli {
     pub fn run(self) -> Result<()> {
         let command = match self.command {
             Command::Serve => return serve(&self.config),
+            Command::Inspect { file, output } => return inspect::run(&file, output),
             Command::Admin(command) => command,
         };
         let admin = Admin::open(&self.config)?;

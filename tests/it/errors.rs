@@ -595,10 +595,16 @@ async fn bad_precheck_requests_are_refused_and_damage_nothing() {
         case("cob a string", with("cob", json!("yes")), 400, &["cob"]),
         case("cob a number", with("cob", json!(1)), 400, &["cob"]),
         case(
-            "no top_cell",
-            body(json!({"upload_id": g})),
+            "top_cell not a cell of the layout",
+            with("top_cell", json!("chip_other")),
             400,
-            &["top_cell"],
+            &[
+                "top_cell",
+                "chip_other",
+                "not a cell",
+                "\"chip_top\"",
+                "force",
+            ],
         ),
         case(
             "top_cell a number",

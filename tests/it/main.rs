@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod config;
 mod errors;
+mod layouts;
 mod restart;
 mod runs;
 mod smoke;

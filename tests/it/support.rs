@@ -646,6 +646,26 @@ pub fn gds_bytes(top: &str) -> Vec<u8> {
     gds.out
 }
 
+/// A GDSII library with a database unit of `dbu_meters` and the given cells, each with one
+/// square and a placement of each of its children.
+pub fn gds_library(dbu_meters: f64, cells: &[(&str, &[&str])]) -> Vec<u8> {
+    let mut gds = GdsWriter::new(Vec::new());
+    let written = (|| -> io::Result<()> {
+        gds.library(dbu_meters)?;
+        for (name, children) in cells {
+            gds.structure(name)?;
+            gds.boundary(1, 0, 0, 0, 1000, 1000)?;
+            for child in *children {
+                gds.sref(child)?;
+            }
+            gds.record(ENDSTR, NO_DATA, &[])?;
+        }
+        gds.record(ENDLIB, NO_DATA, &[])
+    })();
+    written.expect("write to memory");
+    gds.out
+}
+
 /// Writes a valid GDSII file of about `approx_bytes` bytes to `path` in constant memory: one
 /// structure `top` holding many squares. Returns the file's exact size.
 pub fn write_big_gds(path: impl AsRef<Path>, top: &str, approx_bytes: u64) -> u64 {
@@ -682,6 +702,8 @@ const LAYER: u8 = 0x0D;
 const DATATYPE: u8 = 0x0E;
 const XY: u8 = 0x10;
 const ENDEL: u8 = 0x11;
+const SREF: u8 = 0x0A;
+const SNAME: u8 = 0x12;
 
 const NO_DATA: u8 = 0x00;
 const INT2: u8 = 0x02;
@@ -708,12 +730,29 @@ impl<W: Write> GdsWriter<W> {
     }
 
     fn begin(&mut self, top: &str) -> io::Result<()> {
+        self.library(1e-9)?;
+        self.structure(top)
+    }
+
+    /// The library's header, with a database unit of `dbu_meters`.
+    fn library(&mut self, dbu_meters: f64) -> io::Result<()> {
         self.int2(HEADER, &[600])?;
         self.int2(BGNLIB, &TIMESTAMPS)?;
         self.ascii(LIBNAME, "precheck_test")?;
-        self.real8(UNITS, &[1e-3, 1e-9])?;
+        self.real8(UNITS, &[dbu_meters / 1e-6, dbu_meters])
+    }
+
+    fn structure(&mut self, name: &str) -> io::Result<()> {
         self.int2(BGNSTR, &TIMESTAMPS)?;
-        self.ascii(STRNAME, top)
+        self.ascii(STRNAME, name)
+    }
+
+    /// A placement of `child` at the origin.
+    fn sref(&mut self, child: &str) -> io::Result<()> {
+        self.record(SREF, NO_DATA, &[])?;
+        self.ascii(SNAME, child)?;
+        self.int4(XY, &[0, 0])?;
+        self.record(ENDEL, NO_DATA, &[])
     }
 
     fn boundary(

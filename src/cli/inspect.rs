@@ -1,0 +1,48 @@
+//! `precheck-server inspect FILE`: the server's layout checks on a local file, before uploading.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use super::{Output, print_json};
+use crate::api::LayoutBody;
+use crate::layout::{self, EXPECTED_DBU_MICRONS, Layout};
+
+pub fn run(file: &Path, output: Output) -> Result<()> {
+    let opened =
+        std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let layout = match layout::inspect(opened) {
+        Ok(layout) => layout,
+        Err(e) => bail!("{}: {e}", file.display()),
+    };
+    if output.json {
+        return print_json(&LayoutBody::new(layout.format, Some(&layout)));
+    }
+    let unit = if layout.dbu_is(EXPECTED_DBU_MICRONS) {
+        format!("{} µm (1 nm)", layout.dbu_microns)
+    } else {
+        format!(
+            "{} µm (the precheck needs {EXPECTED_DBU_MICRONS} µm)",
+            layout.dbu_microns
+        )
+    };
+    println!("File:       {}", file.display());
+    println!("Format:     {}", layout.format.as_str());
+    println!("Unit:       {unit}");
+    println!("Cells:      {}", layout.cells.len());
+    println!("Top cells:  {}", layout.top_cells.join(", "));
+    println!("Precheck:   {}", verdict(&layout));
+    Ok(())
+}
+
+/// What the server would say to a precheck of this layout without `top_cell`.
+fn verdict(layout: &Layout) -> String {
+    if !layout.dbu_is(EXPECTED_DBU_MICRONS) {
+        return "refused: export the layout again with a 1 nm database unit".into();
+    }
+    match layout.top_cells.as_slice() {
+        [only] => format!("ready (top cell {only})"),
+        [] => "refused: no top cell (every cell is placed by another)".into(),
+        tops => format!("name the top cell to check: there are {}", tops.len()),
+    }
+}

@@ -1,0 +1,487 @@
+//! GDSII stream format: a sequence of records, each a big-endian `u16` length (header
+//! included), a record type, a data type and the data. Only the records that name cells
+//! (STRNAME), place them (SNAME inside SREF and AREF) and give the unit (UNITS) are kept; every
+//! other record is skipped by its length. Reading ends at ENDLIB: a file that ends before it is
+//! truncated, whatever it held so far.
+
+use std::io::{self, BufRead};
+
+use super::{CellGraph, CellKey, Found, LayoutError, io_error};
+
+const HEADER: u8 = 0x00;
+const UNITS: u8 = 0x03;
+const ENDLIB: u8 = 0x04;
+const BGNSTR: u8 = 0x05;
+const STRNAME: u8 = 0x06;
+const ENDSTR: u8 = 0x07;
+const SREF: u8 = 0x0a;
+const AREF: u8 = 0x0b;
+const ENDEL: u8 = 0x11;
+const SNAME: u8 = 0x12;
+/// The last record type of the format (LIBSECUR is 0x3b).
+const LAST_TYPE: u8 = 0x3b;
+
+/// Record type names for messages.
+fn type_name(t: u8) -> &'static str {
+    const NAMES: [&str; 60] = [
+        "HEADER",
+        "BGNLIB",
+        "LIBNAME",
+        "UNITS",
+        "ENDLIB",
+        "BGNSTR",
+        "STRNAME",
+        "ENDSTR",
+        "BOUNDARY",
+        "PATH",
+        "SREF",
+        "AREF",
+        "TEXT",
+        "LAYER",
+        "DATATYPE",
+        "WIDTH",
+        "XY",
+        "ENDEL",
+        "SNAME",
+        "COLROW",
+        "TEXTNODE",
+        "NODE",
+        "TEXTTYPE",
+        "PRESENTATION",
+        "SPACING",
+        "STRING",
+        "STRANS",
+        "MAG",
+        "ANGLE",
+        "UINTEGER",
+        "USTRING",
+        "REFLIBS",
+        "FONTS",
+        "PATHTYPE",
+        "GENERATIONS",
+        "ATTRTABLE",
+        "STYPTABLE",
+        "STRTYPE",
+        "ELFLAGS",
+        "ELKEY",
+        "LINKTYPE",
+        "LINKKEYS",
+        "NODETYPE",
+        "PROPATTR",
+        "PROPVALUE",
+        "BOX",
+        "BOXTYPE",
+        "PLEX",
+        "BGNEXTN",
+        "ENDEXTN",
+        "TAPENUM",
+        "TAPECODE",
+        "STRCLASS",
+        "RESERVED",
+        "FORMAT",
+        "MASK",
+        "ENDMASKS",
+        "LIBDIRSIZE",
+        "SRFNAME",
+        "LIBSECUR",
+    ];
+    NAMES.get(t as usize).copied().unwrap_or("unknown")
+}
+
+/// Reads GDSII records up to ENDLIB. `format` names the format in messages ("GDSII", or
+/// "gzip'd GDSII" when the bytes come through gzip).
+pub(super) fn read(reader: impl BufRead, format: &'static str) -> Result<Found, LayoutError> {
+    let mut r = Counted {
+        inner: reader,
+        pos: 0,
+    };
+    let mut graph = CellGraph::default();
+    let mut dbu_microns = None;
+    // The cell whose records are being read, and whether a reference element awaits its SNAME.
+    let mut in_structure = false;
+    let mut current: Option<CellKey> = None;
+    let mut in_reference = false;
+    let mut data = Vec::with_capacity(64);
+    let corrupt = |detail: String| LayoutError::Corrupt { format, detail };
+    let mut record = 0u64;
+    loop {
+        record += 1;
+        let start = r.pos;
+        let mut header = [0u8; 4];
+        let got = r
+            .fill(&mut header)
+            .map_err(|e| io_error(e, format, &at(record, r.pos)))?;
+        if got < header.len() {
+            let detail = if got == 0 {
+                format!(
+                    "file ends after record {} at byte {start} without ENDLIB",
+                    record - 1
+                )
+            } else {
+                format!("file ends inside record {record} at byte {}", r.pos)
+            };
+            return Err(LayoutError::Truncated { format, detail });
+        }
+        let len = u16::from_be_bytes([header[0], header[1]]) as usize;
+        let kind = header[2];
+        if len < 4 || len % 2 != 0 {
+            return Err(corrupt(format!(
+                "record {record} at byte {start} has length {len} (a record is at least 4 bytes, and even)"
+            )));
+        }
+        if kind > LAST_TYPE {
+            return Err(corrupt(format!(
+                "record {record} at byte {start} has the unknown type 0x{kind:02x}"
+            )));
+        }
+        if record == 1 && kind != HEADER {
+            return Err(corrupt("the first record is not HEADER".into()));
+        }
+        let body = len - 4;
+        let keep = matches!(kind, UNITS | STRNAME | SNAME);
+        if keep {
+            data.resize(body, 0);
+            let got = r
+                .fill(&mut data)
+                .map_err(|e| io_error(e, format, &at(record, r.pos)))?;
+            if got < body {
+                return Err(LayoutError::Truncated {
+                    format,
+                    detail: format!(
+                        "file ends inside record {record} ({}) at byte {}",
+                        type_name(kind),
+                        r.pos
+                    ),
+                });
+            }
+        } else {
+            let skipped = r
+                .skip(body as u64)
+                .map_err(|e| io_error(e, format, &at(record, r.pos)))?;
+            if skipped < body as u64 {
+                return Err(LayoutError::Truncated {
+                    format,
+                    detail: format!(
+                        "file ends inside record {record} ({}) at byte {}",
+                        type_name(kind),
+                        r.pos
+                    ),
+                });
+            }
+        }
+        let misplaced = || {
+            corrupt(format!(
+                "record {record} ({}) at byte {start} is out of place",
+                type_name(kind)
+            ))
+        };
+        match kind {
+            UNITS => {
+                let meters = data.get(8..16).map(gds_real).ok_or_else(|| {
+                    corrupt(format!(
+                        "record {record} (UNITS) at byte {start} is too short"
+                    ))
+                })?;
+                let microns = meters * 1e6;
+                if !(microns.is_finite() && microns > 0.0) {
+                    return Err(corrupt(format!(
+                        "the database unit is {meters} m, which is not a size"
+                    )));
+                }
+                dbu_microns = Some(microns);
+            }
+            BGNSTR => {
+                if in_structure {
+                    return Err(misplaced());
+                }
+                in_structure = true;
+            }
+            STRNAME => {
+                if !in_structure || current.is_some() {
+                    return Err(misplaced());
+                }
+                let key = CellKey::Name(name(&data));
+                graph.define(key.clone(), format)?;
+                current = Some(key);
+            }
+            ENDSTR => {
+                if !in_structure {
+                    return Err(misplaced());
+                }
+                in_structure = false;
+                current = None;
+                in_reference = false;
+            }
+            SREF | AREF => {
+                if current.is_none() {
+                    return Err(misplaced());
+                }
+                in_reference = true;
+            }
+            SNAME => {
+                if !in_reference {
+                    return Err(misplaced());
+                }
+                graph.place(current.as_ref(), CellKey::Name(name(&data)), format)?;
+                in_reference = false;
+            }
+            ENDEL => in_reference = false,
+            ENDLIB => {
+                if in_structure {
+                    return Err(misplaced());
+                }
+                let dbu_microns =
+                    dbu_microns.ok_or_else(|| corrupt("the library has no UNITS record".into()))?;
+                return Ok(Found { dbu_microns, graph });
+            }
+            _ => {}
+        }
+    }
+}
+
+fn at(record: u64, pos: u64) -> String {
+    format!("inside record {record} at byte {pos}")
+}
+
+/// A cell name as stored: ASCII padded with NULs to an even length.
+fn name(data: &[u8]) -> String {
+    let end = data.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    String::from_utf8_lossy(&data[..end]).into_owned()
+}
+
+/// An 8-byte GDSII real: sign bit, excess-64 base-16 exponent, 56-bit fraction.
+fn gds_real(b: &[u8]) -> f64 {
+    let sign = if b[0] & 0x80 != 0 { -1.0 } else { 1.0 };
+    let exponent = i32::from(b[0] & 0x7f) - 64;
+    let fraction = b[1..8]
+        .iter()
+        .fold(0u64, |acc, byte| acc << 8 | u64::from(*byte));
+    sign * (fraction as f64 / 2f64.powi(56)) * 16f64.powi(exponent)
+}
+
+/// A reader that counts the bytes it has consumed, for messages.
+struct Counted<R> {
+    inner: R,
+    pos: u64,
+}
+
+impl<R: BufRead> Counted<R> {
+    /// Reads until `buf` is full or the data ends; returns how many bytes it got.
+    fn fill(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut got = 0;
+        while got < buf.len() {
+            let available = match self.inner.fill_buf() {
+                Ok(available) => available,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if available.is_empty() {
+                break;
+            }
+            let n = available.len().min(buf.len() - got);
+            buf[got..got + n].copy_from_slice(&available[..n]);
+            self.inner.consume(n);
+            got += n;
+        }
+        self.pos += got as u64;
+        Ok(got)
+    }
+
+    /// Skips up to `n` bytes; returns how many there were.
+    fn skip(&mut self, n: u64) -> io::Result<u64> {
+        let mut skipped = 0;
+        while skipped < n {
+            let available = match self.inner.fill_buf() {
+                Ok(available) => available.len(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            if available == 0 {
+                break;
+            }
+            let step = (available as u64).min(n - skipped);
+            self.inner.consume(step as usize);
+            skipped += step;
+        }
+        self.pos += skipped;
+        Ok(skipped)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::super::inspect;
+    use crate::model::LayoutFormat;
+
+    /// Writes GDSII for tests: a library of structures, each placing others by SREF or AREF.
+    pub struct Writer {
+        pub bytes: Vec<u8>,
+    }
+
+    impl Writer {
+        /// A library with the given database unit in metres (1e-9 for 1 nm).
+        pub fn new(dbu_meters: f64) -> Writer {
+            let mut w = Writer { bytes: vec![] };
+            w.record(0x00, 0x02, &600u16.to_be_bytes());
+            w.record(0x01, 0x02, &[0; 24]);
+            w.record(0x02, 0x06, b"LIB\0");
+            let mut units = real(dbu_meters / 1e-6).to_vec();
+            units.extend(real(dbu_meters));
+            w.record(0x03, 0x05, &units);
+            w
+        }
+
+        pub fn record(&mut self, kind: u8, data_type: u8, data: &[u8]) {
+            let mut data = data.to_vec();
+            if data.len() % 2 == 1 {
+                data.push(0);
+            }
+            self.bytes.extend(((data.len() + 4) as u16).to_be_bytes());
+            self.bytes.extend([kind, data_type]);
+            self.bytes.extend(data);
+        }
+
+        /// A structure `name` with one box and a reference to each of `sref` and `aref`.
+        pub fn cell(&mut self, name: &str, sref: &[&str], aref: &[&str]) {
+            self.record(0x05, 0x02, &[0; 24]);
+            self.record(0x06, 0x06, name.as_bytes());
+            self.record(0x08, 0x00, &[]);
+            self.record(0x0d, 0x02, &1u16.to_be_bytes());
+            self.record(0x0e, 0x02, &0u16.to_be_bytes());
+            let square: Vec<u8> = [0i32, 0, 1000, 0, 1000, 1000, 0, 1000, 0, 0]
+                .iter()
+                .flat_map(|v| v.to_be_bytes())
+                .collect();
+            self.record(0x10, 0x03, &square);
+            self.record(0x11, 0x00, &[]);
+            for child in sref {
+                self.record(0x0a, 0x00, &[]);
+                self.record(0x12, 0x06, child.as_bytes());
+                self.record(0x10, 0x03, &[0; 8]);
+                self.record(0x11, 0x00, &[]);
+            }
+            for child in aref {
+                self.record(0x0b, 0x00, &[]);
+                self.record(0x12, 0x06, child.as_bytes());
+                self.record(0x13, 0x02, &[0, 2, 0, 3]);
+                self.record(0x10, 0x03, &[0; 24]);
+                self.record(0x11, 0x00, &[]);
+            }
+            self.record(0x07, 0x00, &[]);
+        }
+
+        pub fn finish(mut self) -> Vec<u8> {
+            self.record(0x04, 0x00, &[]);
+            self.bytes
+        }
+    }
+
+    /// An 8-byte GDSII real.
+    pub fn real(v: f64) -> [u8; 8] {
+        if v == 0.0 {
+            return [0; 8];
+        }
+        let sign = if v < 0.0 { 0x80 } else { 0 };
+        let mut v = v.abs();
+        let mut exponent = 64i32;
+        while v >= 1.0 {
+            v /= 16.0;
+            exponent += 1;
+        }
+        while v < 1.0 / 16.0 {
+            v *= 16.0;
+            exponent -= 1;
+        }
+        let fraction = (v * 2f64.powi(56)).round() as u64;
+        let mut out = [0u8; 8];
+        out[0] = sign | exponent as u8;
+        out[1..].copy_from_slice(&fraction.to_be_bytes()[1..]);
+        out
+    }
+
+    fn tops(bytes: &[u8]) -> Vec<String> {
+        inspect(bytes).unwrap().top_cells
+    }
+
+    #[test]
+    fn srefs_arefs_and_the_unit() {
+        let mut w = Writer::new(1e-9);
+        w.cell("leaf", &[], &[]);
+        w.cell("array_only", &[], &["leaf"]);
+        w.cell("chip_top", &["array_only"], &[]);
+        w.cell("orphan", &[], &[]);
+        let layout = inspect(&w.finish()[..]).unwrap();
+        assert_eq!(layout.format, LayoutFormat::Gds);
+        assert!(layout.dbu_is(0.001), "{}", layout.dbu_microns);
+        assert_eq!(layout.cells, ["leaf", "array_only", "chip_top", "orphan"]);
+        assert_eq!(layout.top_cells, ["chip_top", "orphan"]);
+    }
+
+    #[test]
+    fn references_before_definitions_and_to_missing_cells() {
+        let mut w = Writer::new(1e-9);
+        w.cell("top", &["later", "never_defined"], &[]);
+        w.cell("later", &["top_again_not"], &[]);
+        assert_eq!(tops(&w.finish()), ["top"]);
+    }
+
+    #[test]
+    fn truncation_is_never_a_layout() {
+        let mut w = Writer::new(1e-9);
+        w.cell("leaf", &[], &[]);
+        w.cell("top", &["leaf"], &[]);
+        let bytes = w.finish();
+        for len in 0..bytes.len() {
+            match inspect(&bytes[..len]) {
+                Err(super::super::LayoutError::Truncated { .. }) => {}
+                Err(super::super::LayoutError::NotALayout(_)) if len < 4 => {}
+                other => panic!("{len} of {} bytes: {other:?}", bytes.len()),
+            }
+        }
+        let e = inspect(&bytes[..30]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "truncated GDSII: file ends inside record 2 (BGNLIB) at byte 30"
+        );
+        let end = bytes.len() - 4;
+        let e = inspect(&bytes[..end]).unwrap_err().to_string();
+        assert!(e.ends_with(&format!("at byte {end} without ENDLIB")), "{e}");
+    }
+
+    #[test]
+    fn corrupt_records_are_named() {
+        let mut w = Writer::new(1e-9);
+        w.record(0x77, 0x00, &[]);
+        let e = inspect(&w.finish()[..]).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "corrupt GDSII: record 5 at byte 62 has the unknown type 0x77"
+        );
+        let mut w = Writer::new(1e-9);
+        w.bytes.extend([0x00, 0x03, 0x07, 0x00]);
+        let e = inspect(&w.finish()[..]).unwrap_err().to_string();
+        assert!(e.contains("has length 3"), "{e}");
+        let mut w = Writer::new(1e-9);
+        w.record(0x12, 0x06, b"stray");
+        let e = inspect(&w.finish()[..]).unwrap_err().to_string();
+        assert!(e.contains("(SNAME) at byte 62 is out of place"), "{e}");
+    }
+
+    #[test]
+    fn nul_padded_odd_names() {
+        let mut w = Writer::new(1e-9);
+        w.cell("a b$c.d", &[], &[]);
+        w.cell("odd", &["a b$c.d"], &[]);
+        let layout = inspect(&w.finish()[..]).unwrap();
+        assert_eq!(layout.cells, ["a b$c.d", "odd"]);
+        assert_eq!(layout.top_cells, ["odd"]);
+    }
+
+    #[test]
+    fn real_roundtrip() {
+        for v in [1e-9, 1e-3, 0.001, 1.0, 1000.0, 2.5e-10] {
+            let got = super::gds_real(&real(v));
+            assert!(((got - v) / v).abs() < 1e-12, "{v} -> {got}");
+        }
+    }
+}

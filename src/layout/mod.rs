@@ -1,0 +1,461 @@
+//! What a layout file holds, read in one streaming pass: its format (by content), its database
+//! unit, every cell name and the top cells (cells no other cell places).
+//!
+//! Pure: it reads from any [`Read`], keeps only cell names and references, and never buffers
+//! the file. GDSII ([`gds`]), gzip'd GDSII (through `flate2`) and OASIS ([`oasis`]) are parsed
+//! here rather than with a crate: the Rust GDSII readers load a whole library into memory, and
+//! none reads OASIS (see ARCHITECTURE.md).
+
+#[cfg(test)]
+mod fuzz;
+mod gds;
+mod oasis;
+
+#[cfg(test)]
+pub(crate) use gds::tests::Writer as GdsWriter;
+
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read};
+
+use crate::model::LayoutFormat;
+
+/// The database unit the gf180mcu precheck expects: 1 nm.
+pub const EXPECTED_DBU_MICRONS: f64 = 0.001;
+
+/// At most this many cells (real chips have thousands): a bound on memory for hostile input.
+pub const MAX_CELLS: usize = 1_000_000;
+/// At most this many bytes of cell names in all.
+pub const MAX_NAME_BYTES: usize = 64 << 20;
+
+/// The facts the server checks before a precheck may use a layout.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    pub format: LayoutFormat,
+    /// The database unit in micrometres (0.001 for 1 nm).
+    pub dbu_microns: f64,
+    /// Every cell the file defines, in the order it defines them.
+    pub cells: Vec<String>,
+    /// The cells no other cell places, in the same order.
+    pub top_cells: Vec<String>,
+}
+
+impl Layout {
+    /// Whether the database unit is `microns`, within a relative tolerance (writers store
+    /// 1/0.001 as 999.9999999999999).
+    pub fn dbu_is(&self, microns: f64) -> bool {
+        ((self.dbu_microns - microns) / microns).abs() < 1e-9
+    }
+}
+
+/// Why a file is not a layout the server can use.
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    /// Not GDSII, gzip'd GDSII or OASIS at all.
+    #[error("not a layout: expected GDSII, gzip'd GDSII or OASIS, but it starts with {0}")]
+    NotALayout(String),
+    /// The file ends before the format's end record.
+    #[error("truncated {format}: {detail}")]
+    Truncated {
+        format: &'static str,
+        detail: String,
+    },
+    /// The bytes break the format's rules.
+    #[error("corrupt {format}: {detail}")]
+    Corrupt {
+        format: &'static str,
+        detail: String,
+    },
+    /// Reading failed for a reason of the source's own.
+    #[error("cannot read the layout: {0}")]
+    Io(io::Error),
+}
+
+/// Reads a whole layout from `reader` and says what it holds.
+pub fn inspect(reader: impl Read) -> Result<Layout, LayoutError> {
+    let mut reader = BufReader::with_capacity(64 * 1024, reader);
+    let head = fill_head(&mut reader)?;
+    match sniff(&head) {
+        Some(LayoutFormat::Gds) => gds::read(reader, GDS)?.into_layout(LayoutFormat::Gds, GDS),
+        Some(LayoutFormat::GdsGz) => {
+            let mut inflated = BufReader::with_capacity(
+                64 * 1024,
+                GzipErrors(flate2::bufread::MultiGzDecoder::new(reader)),
+            );
+            let head = fill_head(&mut inflated).map_err(|e| match e {
+                LayoutError::Io(e) => io_error(e, GDS_GZ, "at its start"),
+                other => other,
+            })?;
+            if sniff(&head) != Some(LayoutFormat::Gds) {
+                return Err(LayoutError::NotALayout(format!(
+                    "gzip data that is not GDSII ({})",
+                    describe_start(&head)
+                )));
+            }
+            gds::read(inflated, GDS_GZ)?.into_layout(LayoutFormat::GdsGz, GDS_GZ)
+        }
+        Some(LayoutFormat::Oasis) => oasis::read(reader)?.into_layout(LayoutFormat::Oasis, OASIS),
+        None => Err(LayoutError::NotALayout(describe_start(&head))),
+    }
+}
+
+/// The formats' names in messages.
+const GDS: &str = "GDSII";
+const GDS_GZ: &str = "gzip'd GDSII";
+const OASIS: &str = "OASIS";
+
+/// Turns a read error into a layout error: the end of the data is truncation (`context` says
+/// where, e.g. "inside record 12 at byte 300"), a gzip failure is gzip's, the rest is I/O.
+fn io_error(e: io::Error, format: &'static str, context: &str) -> LayoutError {
+    if e.get_ref().is_some_and(|inner| inner.is::<GzipError>()) {
+        return if e.kind() == io::ErrorKind::UnexpectedEof {
+            LayoutError::Truncated {
+                format: "gzip",
+                detail: format!("the compressed stream ends early ({format} {context})"),
+            }
+        } else {
+            LayoutError::Corrupt {
+                format: "gzip",
+                detail: format!("{e} ({format} {context})"),
+            }
+        };
+    }
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        LayoutError::Truncated {
+            format,
+            detail: format!("file ends {context}"),
+        }
+    } else {
+        LayoutError::Io(e)
+    }
+}
+
+/// Recognises a layout by its first bytes (GDSII HEADER record, gzip magic, OASIS magic).
+pub fn sniff(head: &[u8]) -> Option<LayoutFormat> {
+    if head.starts_with(oasis::MAGIC) {
+        Some(LayoutFormat::Oasis)
+    } else if head.starts_with(&[0x1f, 0x8b]) {
+        Some(LayoutFormat::GdsGz)
+    } else if head.starts_with(&[0x00, 0x06, 0x00, 0x02]) {
+        Some(LayoutFormat::Gds)
+    } else {
+        None
+    }
+}
+
+/// The first bytes of a file, for a message: printable text as text, else hex.
+pub fn describe_start(head: &[u8]) -> String {
+    let head = &head[..head.len().min(16)];
+    if head.is_empty() {
+        return "nothing (the file is empty)".into();
+    }
+    let text = head
+        .iter()
+        .all(|b| b.is_ascii_graphic() || *b == b' ' || b.is_ascii_whitespace());
+    if text {
+        format!("{:?}", String::from_utf8_lossy(head))
+    } else {
+        let hex: Vec<String> = head.iter().map(|b| format!("{b:02x}")).collect();
+        format!("the bytes {}", hex.join(" "))
+    }
+}
+
+/// Peeks at up to 16 bytes without consuming them.
+fn fill_head(reader: &mut impl BufRead) -> Result<Vec<u8>, LayoutError> {
+    loop {
+        match reader.fill_buf() {
+            Ok(buf) => return Ok(buf[..buf.len().min(16)].to_vec()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(LayoutError::Io(e)),
+        }
+    }
+}
+
+/// Marks errors of the gzip layer, so they are reported as gzip's, not as the GDSII's.
+struct GzipErrors<R>(R);
+
+#[derive(Debug)]
+struct GzipError(io::Error);
+
+impl std::fmt::Display for GzipError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for GzipError {}
+
+impl<R: Read> Read for GzipErrors<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::new(io::ErrorKind::UnexpectedEof, GzipError(e))
+            } else {
+                io::Error::other(GzipError(e))
+            }
+        })
+    }
+}
+
+/// Cells and who places whom, as a reader finds them; names may come before or after use.
+#[derive(Default)]
+struct CellGraph {
+    /// Defined cells, in file order, by key.
+    defined: Vec<CellKey>,
+    /// Keys of cells placed by another cell.
+    placed: std::collections::HashSet<CellKey>,
+    /// Reference number -> name (OASIS CELLNAME records).
+    names: HashMap<u64, String>,
+    name_bytes: usize,
+}
+
+/// A cell as a record names it: by name, or (OASIS) by reference number.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum CellKey {
+    Name(String),
+    Ref(u64),
+}
+
+/// What a format reader found, before reference numbers are resolved.
+struct Found {
+    dbu_microns: f64,
+    graph: CellGraph,
+}
+
+impl CellGraph {
+    /// Counts a name against the memory bounds.
+    fn charge(&mut self, name: &str, format: &'static str) -> Result<(), LayoutError> {
+        self.name_bytes += name.len();
+        if self.name_bytes > MAX_NAME_BYTES {
+            return Err(LayoutError::Corrupt {
+                format,
+                detail: format!("more than {} MiB of cell names", MAX_NAME_BYTES >> 20),
+            });
+        }
+        Ok(())
+    }
+
+    fn define(&mut self, cell: CellKey, format: &'static str) -> Result<(), LayoutError> {
+        if self.defined.len() >= MAX_CELLS {
+            return Err(LayoutError::Corrupt {
+                format,
+                detail: format!("more than {MAX_CELLS} cells"),
+            });
+        }
+        if let CellKey::Name(name) = &cell {
+            let name = name.clone();
+            self.charge(&name, format)?;
+        }
+        self.defined.push(cell);
+        Ok(())
+    }
+
+    /// Records that `child` is placed by the cell being defined (`parent`).
+    fn place(
+        &mut self,
+        parent: Option<&CellKey>,
+        child: CellKey,
+        format: &'static str,
+    ) -> Result<(), LayoutError> {
+        if parent == Some(&child) || self.placed.contains(&child) {
+            return Ok(());
+        }
+        if self.placed.len() >= MAX_CELLS {
+            return Err(LayoutError::Corrupt {
+                format,
+                detail: format!("references to more than {MAX_CELLS} cells"),
+            });
+        }
+        if let CellKey::Name(name) = &child {
+            let name = name.clone();
+            self.charge(&name, format)?;
+        }
+        self.placed.insert(child);
+        Ok(())
+    }
+
+    fn name(&mut self, number: u64, name: String, format: &'static str) -> Result<(), LayoutError> {
+        self.charge(&name, format)?;
+        if self.names.len() >= MAX_CELLS {
+            return Err(LayoutError::Corrupt {
+                format,
+                detail: format!("more than {MAX_CELLS} cell names"),
+            });
+        }
+        self.names.insert(number, name);
+        Ok(())
+    }
+
+    /// Resolves reference numbers to names and finds the top cells.
+    fn finish(self, format: &'static str) -> Result<(Vec<String>, Vec<String>), LayoutError> {
+        let resolve = |key: &CellKey| -> Result<String, LayoutError> {
+            match key {
+                CellKey::Name(name) => Ok(name.clone()),
+                CellKey::Ref(n) => self
+                    .names
+                    .get(n)
+                    .cloned()
+                    .ok_or_else(|| LayoutError::Corrupt {
+                        format,
+                        detail: format!("cell reference number {n} has no CELLNAME record"),
+                    }),
+            }
+        };
+        let placed: std::collections::HashSet<String> = self
+            .placed
+            .iter()
+            .filter_map(|key| resolve(key).ok())
+            .collect();
+        let mut cells = Vec::with_capacity(self.defined.len());
+        let mut tops = vec![];
+        let mut seen = std::collections::HashSet::new();
+        for key in &self.defined {
+            let name = resolve(key)?;
+            if !seen.insert(name.clone()) {
+                return Err(LayoutError::Corrupt {
+                    format,
+                    detail: format!("the cell {name:?} is defined twice"),
+                });
+            }
+            if !placed.contains(&name) {
+                tops.push(name.clone());
+            }
+            cells.push(name);
+        }
+        Ok((cells, tops))
+    }
+}
+
+impl Found {
+    fn into_layout(self, format: LayoutFormat, name: &'static str) -> Result<Layout, LayoutError> {
+        let (cells, top_cells) = self.graph.finish(name)?;
+        Ok(Layout {
+            format,
+            dbu_microns: self.dbu_microns,
+            cells,
+            top_cells,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// `../shared/fixtures/gds/` beside the repository, as in CI.
+    fn fixture(name: &str) -> PathBuf {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/gds")
+            .join(name);
+        assert!(
+            path.is_file(),
+            "{} is missing: the layout fixtures live in ../shared/fixtures/gds beside the repository",
+            path.display()
+        );
+        path
+    }
+
+    fn inspect_fixture(name: &str) -> Layout {
+        let file = std::fs::File::open(fixture(name)).unwrap();
+        inspect(file).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// The table in ../shared/fixtures/README.md.
+    #[test]
+    fn fixtures_give_the_top_cells_and_units_of_their_table() {
+        let table: &[(&str, &[&str])] = &[
+            ("gf180mcu_ws_ip__logo.gds", &["gf180mcu_ws_ip__logo"]),
+            ("gf180mcu_ws_ip__marker.gds", &["gf180mcu_ws_ip__marker"]),
+            (
+                "gf180mcu_ws_ip__project_id.gds",
+                &["gf180mcu_ws_ip__project_id"],
+            ),
+            (
+                "gf180mcu_ws_ip__qrcode_id.gds",
+                &["gf180mcu_ws_ip__qrcode_id"],
+            ),
+            ("mask_1x1.gds", &["chip_top"]),
+            ("mask_0p5x0p5.gds", &["chip_top"]),
+            ("mask_0p5x1.gds", &["chip_top"]),
+            ("mask_1x0p5.gds", &["chip_top"]),
+            ("chip_top_hier.gds", &["chip_top"]),
+            ("chip_top_hier.gds.gz", &["chip_top"]),
+            ("chip_top_hier.oas", &["chip_top"]),
+            ("two_tops.gds", &["top_a", "top_b"]),
+        ];
+        for (name, tops) in table {
+            let layout = inspect_fixture(name);
+            let mut found = layout.top_cells.clone();
+            found.sort();
+            assert_eq!(found, *tops, "{name}");
+            assert!(
+                layout.dbu_is(EXPECTED_DBU_MICRONS),
+                "{name}: {}",
+                layout.dbu_microns
+            );
+        }
+    }
+
+    #[test]
+    fn the_three_formats_of_one_layout_agree() {
+        let gds = inspect_fixture("chip_top_hier.gds");
+        let gz = inspect_fixture("chip_top_hier.gds.gz");
+        let oas = inspect_fixture("chip_top_hier.oas");
+        assert_eq!(gds.format, LayoutFormat::Gds);
+        assert_eq!(gz.format, LayoutFormat::GdsGz);
+        assert_eq!(oas.format, LayoutFormat::Oasis);
+        assert_eq!(gds.cells.len(), 5);
+        assert_eq!(gds.cells, gz.cells);
+        let (mut a, mut b) = (gds.cells.clone(), oas.cells.clone());
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+        assert_eq!(gds.top_cells, oas.top_cells);
+        assert_eq!(gds.dbu_microns, gz.dbu_microns);
+    }
+
+    #[test]
+    fn gzip_truncation_and_corruption_are_gzips() {
+        let bytes = std::fs::read(fixture("chip_top_hier.gds.gz")).unwrap();
+        let e = inspect(&bytes[..bytes.len() / 2]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("truncated gzip: the compressed stream ends early"),
+            "{e}"
+        );
+        let mut bad = bytes.clone();
+        for b in &mut bad[20..40] {
+            *b ^= 0x5a;
+        }
+        let e = inspect(&bad[..]).unwrap_err().to_string();
+        assert!(
+            e.starts_with("corrupt gzip") || e.starts_with("truncated gzip"),
+            "{e}"
+        );
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, b"just some text").unwrap();
+        let e = inspect(&gz.finish().unwrap()[..]).unwrap_err().to_string();
+        assert!(e.contains("gzip data that is not GDSII"), "{e}");
+    }
+
+    #[test]
+    fn layouts_are_recognised_by_content() {
+        assert_eq!(sniff(b"%SEMI-OASIS\r\n\x01"), Some(LayoutFormat::Oasis));
+        assert_eq!(sniff(&[0x1f, 0x8b, 8, 0]), Some(LayoutFormat::GdsGz));
+        assert_eq!(sniff(&[0, 6, 0, 2, 2, 88]), Some(LayoutFormat::Gds));
+        assert_eq!(sniff(b"hello world"), None);
+        assert_eq!(sniff(b""), None);
+    }
+
+    #[test]
+    fn not_a_layout_says_how_it_starts() {
+        let e = inspect(&b"hello world"[..]).unwrap_err().to_string();
+        assert!(e.contains("\"hello world\""), "{e}");
+        let e = inspect(&[0x89, b'P', b'N', b'G'][..])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("89 50 4e 47"), "{e}");
+        let e = inspect(&b""[..]).unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+    }
+}
