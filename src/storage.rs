@@ -223,37 +223,19 @@ impl UploadWriter {
     }
 }
 
-/// The upload's bytes as the layout reader pulls them: each chunk is hashed and written to the
-/// file as it arrives, so one pass over the data does all three.
-struct Tee<'a> {
-    rx: &'a mut mpsc::Receiver<Chunk>,
-    file: BufWriter<File>,
-    hasher: Sha256,
-    size: u64,
+/// Chunks handed from the writer thread to the layout reader's thread, read as one stream; it
+/// ends when the writer drops its sender.
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<Bytes>,
     chunk: Bytes,
-    finished: bool,
 }
 
-impl Read for Tee<'_> {
+impl Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.chunk.is_empty() {
-            if self.finished {
-                return Ok(0);
-            }
-            match self.rx.blocking_recv() {
-                Some(Chunk::Data(data)) => {
-                    self.hasher.update(&data);
-                    self.file.write_all(&data)?;
-                    self.size += data.len() as u64;
-                    self.chunk = data;
-                }
-                Some(Chunk::Finish) => self.finished = true,
-                None => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "upload aborted",
-                    ));
-                }
+            match self.rx.recv() {
+                Ok(chunk) => self.chunk = chunk,
+                Err(_) => return Ok(0),
             }
         }
         let n = buf.len().min(self.chunk.len());
@@ -267,31 +249,73 @@ fn write_upload(
     part: &Path,
     dest: &Path,
 ) -> Result<Saved, UploadError> {
-    let result = (|| {
-        let mut tee = Tee {
-            rx: &mut rx,
-            file: BufWriter::with_capacity(256 * 1024, File::create(part)?),
-            hasher: Sha256::new(),
-            size: 0,
-            chunk: Bytes::new(),
-            finished: false,
-        };
-        let layout = layout::inspect(&mut tee)?;
-        // Whatever follows the layout's end record (padding) is kept as sent.
-        io::copy(&mut tee, &mut io::sink())?;
-        let file = tee.file.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        std::fs::rename(part, dest)?;
-        Ok(Saved {
-            size: tee.size,
-            sha256: format!("{:x}", tee.hasher.finalize()),
-            layout,
-        })
-    })();
+    let result = store_upload(&mut rx, part, dest);
     if result.is_err() {
         let _ = std::fs::remove_file(part);
     }
     result
+}
+
+/// Hashes and writes the upload's chunks while a second thread reads the layout from the same
+/// chunks (a `Bytes` clone shares them), so the two run side by side.
+fn store_upload(
+    rx: &mut mpsc::Receiver<Chunk>,
+    part: &Path,
+    dest: &Path,
+) -> Result<Saved, UploadError> {
+    let (to_reader, chunks) = std::sync::mpsc::sync_channel::<Bytes>(16);
+    let reader = std::thread::Builder::new()
+        .name("layout".into())
+        .spawn(move || {
+            layout::inspect(ChunkReader {
+                rx: chunks,
+                chunk: Bytes::new(),
+            })
+        })?;
+    let mut file = BufWriter::with_capacity(256 * 1024, File::create(part)?);
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut store = |data: &Bytes| -> io::Result<()> {
+        hasher.update(data);
+        size += data.len() as u64;
+        file.write_all(data)
+    };
+    let next = |rx: &mut mpsc::Receiver<Chunk>| match rx.blocking_recv() {
+        Some(Chunk::Data(data)) => Ok(Some(data)),
+        Some(Chunk::Finish) => Ok(None),
+        None => Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "upload aborted",
+        )),
+    };
+    // Until the reader stops: at the end of the data, at the layout's end record, or at a fault.
+    let mut finished = true;
+    while let Some(data) = next(rx)? {
+        store(&data)?;
+        if to_reader.send(data).is_err() {
+            finished = false;
+            break;
+        }
+    }
+    drop(to_reader);
+    // A fault ends the upload here, whatever is still to come.
+    let layout = reader
+        .join()
+        .map_err(|_| io::Error::other("the layout reader failed"))??;
+    // Whatever follows the layout's end record (padding) is stored as sent.
+    if !finished {
+        while let Some(data) = next(rx)? {
+            store(&data)?;
+        }
+    }
+    let file = file.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    std::fs::rename(part, dest)?;
+    Ok(Saved {
+        size,
+        sha256: format!("{:x}", hasher.finalize()),
+        layout,
+    })
 }
 
 /// A [`Write`] that hands its bytes, in chunks, to an async consumer: how blocking producers
@@ -399,6 +423,28 @@ mod tests {
         let _ = w.write(Bytes::from_static(b"hello world")).await;
         let e = w.finish().await.unwrap_err();
         assert!(matches!(e, UploadError::Layout(_)), "{e}");
+        assert!(!storage.upload_path(id).exists());
+
+        // A fault stops the upload at once: the chunks after it are refused, not stored.
+        let id = Uuid::new_v4();
+        let mut w = storage.upload_writer(id);
+        let mut bad = bytes.clone();
+        bad[64] = 0x7f;
+        let mut refused = None;
+        for i in 0..1000 {
+            let chunk = if i == 0 {
+                Bytes::from(bad.clone())
+            } else {
+                Bytes::from(vec![0u8; 65536])
+            };
+            if let Err(e) = w.write(chunk).await {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (after, e) = refused.expect("the writer refuses the rest of a corrupt upload");
+        assert!(after < 100, "refused only after {after} chunks");
+        assert!(e.to_string().contains("unknown type 0x7f"), "{e}");
         assert!(!storage.upload_path(id).exists());
     }
 

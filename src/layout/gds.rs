@@ -468,6 +468,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn deep_hierarchies_and_many_cells() {
+        let names: Vec<String> = (0..10_000).map(|i| format!("cell_{i}")).collect();
+        let mut w = Writer::new(1e-9);
+        // A chain 10 000 deep: each cell places the one before it.
+        w.cell(&names[0], &[], &[]);
+        for i in 1..names.len() {
+            w.cell(&names[i], &[&names[i - 1]], &[]);
+        }
+        let layout = inspect(&w.finish()[..]).unwrap();
+        assert_eq!(layout.cells.len(), 10_000);
+        assert_eq!(layout.top_cells, ["cell_9999"]);
+
+        // 10 000 cells under one top, placed only through AREFs.
+        let mut w = Writer::new(1e-9);
+        for name in &names {
+            w.cell(name, &[], &[]);
+        }
+        let all: Vec<&str> = names.iter().map(String::as_str).collect();
+        w.cell("top", &[], &all);
+        let layout = inspect(&w.finish()[..]).unwrap();
+        assert_eq!(layout.cells.len(), 10_001);
+        assert_eq!(layout.top_cells, ["top"]);
+    }
+
+    #[test]
     fn nul_padded_odd_names() {
         let mut w = Writer::new(1e-9);
         w.cell("a b$c.d", &[], &[]);

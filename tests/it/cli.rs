@@ -568,3 +568,59 @@ async fn cleanup_removes_only_what_nothing_owns() {
     assert_eq!(status, 200);
     server.assert_no_containers();
 }
+
+#[test]
+fn inspect_reads_a_local_layout_in_text_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let two = dir.path().join("two.gds");
+    std::fs::write(
+        &two,
+        crate::support::gds_library(1e-9, &[("top_a", &[]), ("top_b", &[])]),
+    )
+    .unwrap();
+    let hier = dir.path().join("hier.gds");
+    let bytes = crate::support::gds_library(1e-9, &[("leaf", &[]), ("chip_top", &["leaf"])]);
+    std::fs::write(&hier, &bytes).unwrap();
+    let cut = dir.path().join("cut.gds");
+    std::fs::write(&cut, &bytes[..bytes.len() - 6]).unwrap();
+    // `inspect` needs no config: it reads only the file.
+    let nowhere = dir.path().join("no-config.toml");
+    let run = |args: &[&str]| cli_at(&nowhere, &[], args);
+
+    let ran = run(&["inspect", hier.to_str().unwrap()]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    for line in [
+        "Format:     gds",
+        "Unit:       0.001 µm (1 nm)",
+        "Cells:      2",
+        "Top cells:  chip_top",
+        "Precheck:   ready (top cell chip_top)",
+    ] {
+        assert!(ran.stdout.contains(line), "{line:?} not in\n{}", ran.stdout);
+    }
+    let ran = run(&["inspect", "--json", two.to_str().unwrap()]);
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let json: Value = serde_json::from_str(&ran.stdout).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({"Format": "gds", "TopCells": ["top_a", "top_b"],
+                           "DbuMicrons": 0.001, "Cells": ["top_a", "top_b"]})
+    );
+    let ran = run(&["inspect", two.to_str().unwrap()]);
+    assert!(
+        ran.stdout
+            .contains("name the top cell to check: there are 2"),
+        "{}",
+        ran.stdout
+    );
+    fails(
+        run(&["inspect", cut.to_str().unwrap()]),
+        1,
+        &["cut.gds", "truncated GDSII: file ends"],
+    );
+    fails(
+        run(&["inspect", dir.path().join("missing.gds").to_str().unwrap()]),
+        1,
+        &["cannot open", "missing.gds"],
+    );
+}
