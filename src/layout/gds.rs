@@ -137,37 +137,24 @@ pub(super) fn read(reader: impl BufRead, format: &'static str) -> Result<Found, 
         if record == 1 && kind != HEADER {
             return Err(corrupt("the first record is not HEADER".into()));
         }
+        // The records that matter are read; every other one is skipped by its length.
         let body = len - 4;
-        let keep = matches!(kind, UNITS | STRNAME | SNAME);
-        if keep {
+        let got = if matches!(kind, UNITS | STRNAME | SNAME) {
             data.resize(body, 0);
-            let got = r
-                .fill(&mut data)
-                .map_err(|e| io_error(e, format, &at(record, r.pos)))?;
-            if got < body {
-                return Err(LayoutError::Truncated {
-                    format,
-                    detail: format!(
-                        "file ends inside record {record} ({}) at byte {}",
-                        type_name(kind),
-                        r.pos
-                    ),
-                });
-            }
+            r.fill(&mut data).map(|n| n as u64)
         } else {
-            let skipped = r
-                .skip(body as u64)
-                .map_err(|e| io_error(e, format, &at(record, r.pos)))?;
-            if skipped < body as u64 {
-                return Err(LayoutError::Truncated {
-                    format,
-                    detail: format!(
-                        "file ends inside record {record} ({}) at byte {}",
-                        type_name(kind),
-                        r.pos
-                    ),
-                });
-            }
+            r.skip(body as u64)
+        };
+        let got = got.map_err(|e| io_error(e, format, &at(record, r.pos)))?;
+        if got < body as u64 {
+            return Err(LayoutError::Truncated {
+                format,
+                detail: format!(
+                    "file ends inside record {record} ({}) at byte {}",
+                    type_name(kind),
+                    r.pos
+                ),
+            });
         }
         let misplaced = || {
             corrupt(format!(

@@ -17,8 +17,8 @@ async fn expect(resp: reqwest::Response, status: u16) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
-/// Uploads `bytes` as `name`; returns the upload's id.
-pub async fn upload(server: &TestServer, name: &str, bytes: Vec<u8>) -> String {
+/// POSTs `bytes` as the upload `name`; returns the status and the JSON body.
+pub async fn post_upload(server: &TestServer, name: &str, bytes: Vec<u8>) -> (u16, Value) {
     let form = Form::new().part("file", Part::bytes(bytes).file_name(name.to_string()));
     let resp = http()
         .post(server.api("/api/v1/uploads"))
@@ -26,7 +26,17 @@ pub async fn upload(server: &TestServer, name: &str, bytes: Vec<u8>) -> String {
         .send()
         .await
         .unwrap();
-    expect(resp, 201).await["Id"].as_str().unwrap().to_string()
+    (
+        resp.status().as_u16(),
+        resp.json().await.expect("a JSON body"),
+    )
+}
+
+/// Uploads `bytes` as `name`; returns the upload's id.
+pub async fn upload(server: &TestServer, name: &str, bytes: Vec<u8>) -> String {
+    let (status, body) = post_upload(server, name, bytes).await;
+    assert_eq!(status, 201, "unexpected status, body: {body}");
+    body["Id"].as_str().unwrap().to_string()
 }
 
 /// Creates a precheck with `top_cell`; returns the run body.

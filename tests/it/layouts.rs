@@ -3,23 +3,10 @@
 
 use std::path::PathBuf;
 
-use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
 
-use crate::client::{self, upload};
+use crate::client::{self, post_upload, upload};
 use crate::support::{TestServer, files_in, gds_library};
-
-/// POSTs a file; returns the status and the JSON body.
-async fn post_file(server: &TestServer, name: &str, bytes: Vec<u8>) -> (u16, Value) {
-    let form = Form::new().part("file", Part::bytes(bytes).file_name(name.to_string()));
-    let resp = client::http()
-        .post(server.api("/api/v1/uploads"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap())
-}
 
 /// POSTs a precheck request; returns the status and the JSON body.
 async fn post_precheck(server: &TestServer, body: Value) -> (u16, Value) {
@@ -52,7 +39,7 @@ async fn uploads_show_their_layout_in_every_format() {
         ("chip_top_hier.gds.gz", "gds.gz"),
         ("chip_top_hier.oas", "oasis"),
     ] {
-        let (status, body) = post_file(&server, file, fixture(file)).await;
+        let (status, body) = post_upload(&server, file, fixture(file)).await;
         assert_eq!(status, 201, "{file}: {body}");
         let layout = &body["Layout"];
         assert_eq!(layout["Format"], format, "{file}");
@@ -82,7 +69,7 @@ async fn broken_layouts_are_refused_at_upload_and_leave_nothing() {
     let server = TestServer::start("");
     let whole = gds_library(1e-9, &[("leaf", &[]), ("chip_top", &["leaf"])]);
     let truncated = whole[..whole.len() - 10].to_vec();
-    let (status, body) = post_file(&server, "cut.gds", truncated).await;
+    let (status, body) = post_upload(&server, "cut.gds", truncated).await;
     assert_eq!(status, 400, "{body}");
     let message = body["message"].as_str().unwrap();
     assert!(
@@ -93,7 +80,7 @@ async fn broken_layouts_are_refused_at_upload_and_leave_nothing() {
 
     let mut corrupt = whole.clone();
     corrupt[72 + 2] = 0x70;
-    let (status, body) = post_file(&server, "bad.gds", corrupt).await;
+    let (status, body) = post_upload(&server, "bad.gds", corrupt).await;
     assert_eq!(status, 400, "{body}");
     let message = body["message"].as_str().unwrap();
     assert!(
@@ -102,7 +89,7 @@ async fn broken_layouts_are_refused_at_upload_and_leave_nothing() {
     );
 
     let gz = fixture("chip_top_hier.gds.gz");
-    let (status, body) = post_file(&server, "cut.gds.gz", gz[..gz.len() / 2].to_vec()).await;
+    let (status, body) = post_upload(&server, "cut.gds.gz", gz[..gz.len() / 2].to_vec()).await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["message"].as_str().unwrap().contains("truncated gzip"),
@@ -110,7 +97,7 @@ async fn broken_layouts_are_refused_at_upload_and_leave_nothing() {
     );
 
     let oas = fixture("chip_top_hier.oas");
-    let (status, body) = post_file(&server, "cut.oas", oas[..oas.len() - 300].to_vec()).await;
+    let (status, body) = post_upload(&server, "cut.oas", oas[..oas.len() - 300].to_vec()).await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["message"]
