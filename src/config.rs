@@ -26,6 +26,16 @@ pub struct Config {
     pub container_prefix: String,
     pub limits: Limits,
     pub auth: Auth,
+    pub projects: ProjectLimits,
+}
+
+/// The `[projects]` table: how much source a project may hold.
+#[derive(Debug, Clone)]
+pub struct ProjectLimits {
+    /// Bytes in one file.
+    pub max_file_size: u64,
+    /// Bytes in all of a project's files.
+    pub max_project_size: u64,
 }
 
 /// Resource limits applied to every run's container.
@@ -145,6 +155,23 @@ struct RawConfig {
     docker: RawDocker,
     limits: RawLimits,
     auth: RawAuth,
+    projects: RawProjects,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawProjects {
+    max_file_size: Size,
+    max_project_size: Size,
+}
+
+impl Default for RawProjects {
+    fn default() -> Self {
+        RawProjects {
+            max_file_size: Size::Text("64MiB".into()),
+            max_project_size: Size::Text("1GiB".into()),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -303,6 +330,12 @@ impl RawConfig {
         if timeout.is_zero() {
             bail!("limits.timeout: must be more than 0");
         }
+        let p = self.projects;
+        let max_file_size = parse_size(&p.max_file_size, "projects.max_file_size")?;
+        let max_project_size = parse_size(&p.max_project_size, "projects.max_project_size")?;
+        if max_file_size == 0 || max_project_size < max_file_size {
+            bail!("projects: max_file_size must be more than 0 and at most max_project_size");
+        }
         let a = self.auth;
         let allowed_ips = parse_networks(&a.allowed_ips, "auth.allowed_ips")?;
         let trusted_proxies = parse_networks(&a.trusted_proxies, "auth.trusted_proxies")?;
@@ -356,6 +389,10 @@ impl RawConfig {
                         admin: k.admin,
                     })
                     .collect(),
+            },
+            projects: ProjectLimits {
+                max_file_size,
+                max_project_size,
             },
         })
     }

@@ -15,7 +15,9 @@ use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use crate::layout::Layout;
-use crate::model::{LayoutFormat, Outcome, PrecheckParams, Run, RunStatus, Scope, Upload};
+use crate::model::{
+    LayoutFormat, Outcome, PrecheckParams, Project, ProjectFile, Run, RunStatus, Scope, Upload,
+};
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -88,6 +90,27 @@ CREATE TABLE upload_cells (
     PRIMARY KEY (upload_id, seq)
 ) STRICT;
 "#,
+    r#"
+CREATE TABLE projects (
+    id          TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    description TEXT NOT NULL,
+    owner       TEXT,
+    created     INTEGER NOT NULL,
+    updated     INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE project_files (
+    project_id TEXT NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+    path       TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    sha256     TEXT NOT NULL,
+    modified   INTEGER NOT NULL,
+    PRIMARY KEY (project_id, path)
+) STRICT;
+
+CREATE INDEX project_files_by_blob ON project_files (sha256);
+"#,
 ];
 
 const RUN_COLUMNS: &str =
@@ -114,6 +137,29 @@ pub enum DeleteUpload {
     NotFound,
     /// A queued or running run uses it.
     InUse(Uuid),
+}
+
+const PROJECT_COLUMNS: &str = "id, name, description, owner, created, updated,
+    (SELECT COUNT(*) FROM project_files f WHERE f.project_id = projects.id),
+    (SELECT COALESCE(SUM(size), 0) FROM project_files f WHERE f.project_id = projects.id)";
+
+/// The names the storage folder's entries should have (see [`Db::known_names`]).
+pub struct KnownNames {
+    pub runs: HashSet<String>,
+    pub uploads: HashSet<String>,
+    pub blobs: HashSet<String>,
+}
+
+/// What storing a project file did.
+#[derive(Debug, PartialEq)]
+pub enum PutFile {
+    /// Stored; the blobs the paths named before (they may now be unused).
+    Stored {
+        replaced: Vec<String>,
+    },
+    /// The project would hold more than its limit: the bytes it would hold.
+    ProjectTooLarge(u64),
+    NoProject,
 }
 
 /// What deleting a run did.
@@ -582,18 +628,20 @@ impl Db {
         .await
     }
 
-    /// The ids of every run and of every upload whose file should exist (not expired).
-    pub async fn known_ids(&self) -> Result<(HashSet<Uuid>, HashSet<Uuid>)> {
+    /// What the storage folder should hold: the ids of every run and of every upload that has
+    /// not expired, and the sha256 of every project file's blob.
+    pub async fn known_names(&self) -> Result<KnownNames> {
         self.call(|c| {
-            let ids = |sql: &str| -> rusqlite::Result<HashSet<Uuid>> {
+            let names = |sql: &str| -> rusqlite::Result<HashSet<String>> {
                 let mut stmt = c.prepare(sql)?;
                 let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-                rows.map(|id| parse_uuid(&id?)).collect()
+                rows.collect()
             };
-            Ok((
-                ids("SELECT id FROM runs")?,
-                ids("SELECT id FROM uploads WHERE expired = 0")?,
-            ))
+            Ok(KnownNames {
+                runs: names("SELECT id FROM runs")?,
+                uploads: names("SELECT id FROM uploads WHERE expired = 0")?,
+                blobs: names("SELECT DISTINCT sha256 FROM project_files")?,
+            })
         })
         .await
     }
@@ -625,6 +673,230 @@ impl Db {
         })
         .await
     }
+}
+
+impl Db {
+    pub async fn create_project(&self, project: Project) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO projects (id, name, description, owner, created, updated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?5)",
+                params![
+                    project.id.to_string(),
+                    project.name,
+                    project.description,
+                    project.owner,
+                    micros(project.created),
+                ],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    pub async fn project(&self, id: Uuid) -> Result<Option<Project>> {
+        self.call(move |c| {
+            c.query_row(
+                &format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?1"),
+                [id.to_string()],
+                project_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// The projects `scope` sees, newest first.
+    pub async fn projects(&self, scope: Scope) -> Result<Vec<Project>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {PROJECT_COLUMNS} FROM projects WHERE ?1 IS NULL OR owner = ?1
+                 ORDER BY created DESC, id"
+            ))?;
+            stmt.query_map([scope.owner()], project_from_row)?.collect()
+        })
+        .await
+    }
+
+    /// Renames or redescribes a project; returns it as it now is.
+    pub async fn update_project(
+        &self,
+        id: Uuid,
+        name: Option<String>,
+        description: Option<String>,
+        now: OffsetDateTime,
+    ) -> Result<Option<Project>> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE projects SET name = COALESCE(?2, name),
+                 description = COALESCE(?3, description), updated = ?4 WHERE id = ?1",
+                params![id.to_string(), name, description, micros(now)],
+            )?;
+            c.query_row(
+                &format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?1"),
+                [id.to_string()],
+                project_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Deletes a project and its files; returns the blobs its files named (false if none).
+    pub async fn delete_project(&self, id: Uuid) -> Result<Option<Vec<String>>> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let blobs: Vec<String> = {
+                let mut stmt =
+                    tx.prepare("SELECT DISTINCT sha256 FROM project_files WHERE project_id = ?1")?;
+                stmt.query_map([id.to_string()], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            let n = tx.execute("DELETE FROM projects WHERE id = ?1", [id.to_string()])?;
+            tx.commit()?;
+            Ok((n == 1).then_some(blobs))
+        })
+        .await
+    }
+
+    /// A project's files, by path.
+    pub async fn project_files(&self, id: Uuid) -> Result<Vec<ProjectFile>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT path, size, sha256, modified FROM project_files WHERE project_id = ?1
+                 ORDER BY path",
+            )?;
+            stmt.query_map([id.to_string()], file_from_row)?.collect()
+        })
+        .await
+    }
+
+    pub async fn project_file(&self, id: Uuid, path: String) -> Result<Option<ProjectFile>> {
+        self.call(move |c| {
+            c.query_row(
+                "SELECT path, size, sha256, modified FROM project_files
+                 WHERE project_id = ?1 AND path = ?2",
+                params![id.to_string(), path],
+                file_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Stores (or replaces) files of a project, all or none, unless the project would then
+    /// hold more than `max_size` bytes.
+    pub async fn put_files(
+        &self,
+        id: Uuid,
+        files: Vec<ProjectFile>,
+        max_size: u64,
+    ) -> Result<PutFile> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let exists: bool = tx
+                .query_row(
+                    "SELECT 1 FROM projects WHERE id = ?1",
+                    [id.to_string()],
+                    |_| Ok(true),
+                )
+                .optional()?
+                .unwrap_or(false);
+            if !exists {
+                return Ok(PutFile::NoProject);
+            }
+            let mut replaced = vec![];
+            for f in &files {
+                let old: Option<String> = tx
+                    .query_row(
+                        "SELECT sha256 FROM project_files WHERE project_id = ?1 AND path = ?2",
+                        params![id.to_string(), f.path],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                tx.execute(
+                    "INSERT INTO project_files (project_id, path, size, sha256, modified)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (project_id, path) DO UPDATE
+                     SET size = ?3, sha256 = ?4, modified = ?5",
+                    params![
+                        id.to_string(),
+                        f.path,
+                        f.size as i64,
+                        f.sha256,
+                        micros(f.modified)
+                    ],
+                )?;
+                replaced.extend(old.filter(|old| *old != f.sha256));
+            }
+            let total: i64 = tx.query_row(
+                "SELECT COALESCE(SUM(size), 0) FROM project_files WHERE project_id = ?1",
+                [id.to_string()],
+                |r| r.get(0),
+            )?;
+            if total as u64 > max_size {
+                return Ok(PutFile::ProjectTooLarge(total as u64));
+            }
+            if let Some(f) = files.first() {
+                tx.execute(
+                    "UPDATE projects SET updated = ?2 WHERE id = ?1",
+                    params![id.to_string(), micros(f.modified)],
+                )?;
+            }
+            tx.commit()?;
+            Ok(PutFile::Stored { replaced })
+        })
+        .await
+    }
+
+    /// Deletes a project file; returns the blob it named, if it existed.
+    pub async fn delete_file(&self, id: Uuid, path: String) -> Result<Option<String>> {
+        self.call(move |c| {
+            c.query_row(
+                "DELETE FROM project_files WHERE project_id = ?1 AND path = ?2 RETURNING sha256",
+                params![id.to_string(), path],
+                |r| r.get(0),
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Whether any project file names this blob.
+    pub async fn blob_in_use(&self, sha256: String) -> Result<bool> {
+        self.call(move |c| {
+            c.query_row(
+                "SELECT 1 FROM project_files WHERE sha256 = ?1 LIMIT 1",
+                [sha256],
+                |_| Ok(true),
+            )
+            .optional()
+            .map(|v| v.unwrap_or(false))
+        })
+        .await
+    }
+}
+
+fn project_from_row(r: &Row) -> rusqlite::Result<Project> {
+    Ok(Project {
+        id: parse_uuid(&r.get::<_, String>(0)?)?,
+        name: r.get(1)?,
+        description: r.get(2)?,
+        owner: r.get(3)?,
+        created: from_micros(r.get(4)?)?,
+        updated: from_micros(r.get(5)?)?,
+        files: r.get::<_, i64>(6)? as u64,
+        size: r.get::<_, i64>(7)? as u64,
+    })
+}
+
+fn file_from_row(r: &Row) -> rusqlite::Result<ProjectFile> {
+    Ok(ProjectFile {
+        path: r.get(0)?,
+        size: r.get::<_, i64>(1)? as u64,
+        sha256: r.get(2)?,
+        modified: from_micros(r.get(3)?)?,
+    })
 }
 
 /// An API key as stored (its hash, never the key).

@@ -259,9 +259,100 @@ mod tests {
     }
 
     #[test]
+    fn project_paths() {
+        for good in [
+            "top.v",
+            "src/top.v",
+            "a/b/c/d.sv",
+            "tb_top.v",
+            "with space.v",
+            "ünï.v",
+        ] {
+            assert_eq!(check_project_path(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            ("/etc/passwd", "absolute"),
+            ("../x.v", "'..'"),
+            ("src/../../x.v", "'..'"),
+            ("src//x.v", "empty"),
+            ("./x.v", "'.'"),
+            ("src/", "empty"),
+            ("a\\b.v", "'\\\\'"),
+            ("a\0b", "control"),
+            ("a\nb", "control"),
+        ] {
+            let e = check_project_path(bad).unwrap_err();
+            assert!(e.contains(why), "{bad:?}: {e}");
+        }
+        assert!(
+            check_project_path(&"a".repeat(256))
+                .unwrap_err()
+                .contains("255")
+        );
+        assert!(
+            check_project_path(&"a/".repeat(600))
+                .unwrap_err()
+                .contains("1024")
+        );
+    }
+
+    #[test]
     fn a_failure_never_reports_zero() {
         assert_ne!(Outcome::failed(0, "x").exit_code, 0);
         assert_eq!(Outcome::failed(1, "x").exit_code, 1);
         assert_ne!(Outcome::cancelled().exit_code, 0);
     }
+}
+
+/// A designer's project: HDL sources kept on the server for simulations and builds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Project {
+    pub id: Uuid,
+    pub name: String,
+    pub description: String,
+    pub owner: Option<String>,
+    pub created: OffsetDateTime,
+    pub updated: OffsetDateTime,
+    /// How many files it holds and their bytes in all.
+    pub files: u64,
+    pub size: u64,
+}
+
+/// One file of a project; its content is the blob named by its sha256.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectFile {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
+    pub modified: OffsetDateTime,
+}
+
+/// The longest project file path, and the longest part of one.
+pub const MAX_PATH: usize = 1024;
+pub const MAX_PATH_PART: usize = 255;
+
+/// Checks a project file path: relative, `/`-separated, no empty, `.` or `..` part, no
+/// backslash, NUL or control character. Says what is wrong otherwise.
+pub fn check_project_path(path: &str) -> Result<(), String> {
+    let problem = if path.is_empty() {
+        "is empty"
+    } else if path.len() > MAX_PATH {
+        "is longer than 1024 bytes"
+    } else if path.starts_with('/') {
+        "is absolute: give it relative to the project, e.g. src/top.v"
+    } else if path.chars().any(|c| c.is_control()) {
+        "contains a control character"
+    } else if path.contains('\\') {
+        "contains '\\\\': separate folders with '/'"
+    } else if path.split('/').any(|part| part == "..") {
+        "contains '..'"
+    } else if path.split('/').any(|part| part.is_empty() || part == ".") {
+        "has an empty or '.' part"
+    } else if path.split('/').any(|part| part.len() > MAX_PATH_PART) {
+        "has a part longer than 255 bytes"
+    } else {
+        return Ok(());
+    };
+    Err(format!("the path {path:?} {problem}"))
 }

@@ -19,7 +19,7 @@ use crate::docker::{Engine, Labelled};
 use crate::logs;
 use crate::model::{Outcome, Run, RunStatus, Scope, exit_code};
 use crate::runner::{Attach, RUN_LABEL, Runner, STORAGE_LABEL, finished_note, note};
-use crate::storage::{Entry, Storage};
+use crate::storage::{Entry, EntryKind, Storage};
 
 /// Why a run without a container failed.
 pub const LOST: &str = "container lost while the server was down";
@@ -110,28 +110,39 @@ pub async fn orphan_containers(
         .collect())
 }
 
-/// Upload files and run folders that no row references and that have not changed for
+/// Upload files, run folders and blobs that no row references and that have not changed for
 /// `min_age` (a running server may be about to record a younger one). Names that are not ids
-/// were not written by the server and are left alone.
+/// (or, for blobs, sha256s) were not written by the server and are left alone.
 pub async fn orphan_files(db: &Db, storage: &Storage, min_age: Duration) -> Result<Vec<Entry>> {
     let listed = storage.clone();
     let entries = tokio::task::spawn_blocking(move || listed.entries()).await??;
-    let (runs, uploads) = db.known_ids().await?;
+    let known = db.known_names().await?;
     let now = std::time::SystemTime::now();
     Ok(entries
         .into_iter()
         .filter(|e| {
-            let Some(id) = e.id else { return false };
-            let known = match e.kind {
-                crate::storage::EntryKind::Upload => uploads.contains(&id),
-                crate::storage::EntryKind::Run => runs.contains(&id),
+            let (ours, known) = match e.kind {
+                EntryKind::Upload => (is_id(&e.name), known.uploads.contains(&e.name)),
+                EntryKind::Run => (is_id(&e.name), known.runs.contains(&e.name)),
+                EntryKind::Blob => (is_sha256(&e.name), known.blobs.contains(&e.name)),
             };
             let old = now
                 .duration_since(e.modified)
                 .is_ok_and(|age| age >= min_age);
-            !known && old
+            ours && !known && old
         })
         .collect())
+}
+
+fn is_id(name: &str) -> bool {
+    Uuid::parse_str(name).is_ok_and(|id| id.to_string() == name)
+}
+
+fn is_sha256(name: &str) -> bool {
+    name.len() == 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn run_of(container: &Labelled) -> Option<Uuid> {

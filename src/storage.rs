@@ -9,6 +9,7 @@
 //!   runs/<id>/logs.txt       the run's log, one timestamped line per line the container printed
 //!   runs/<id>/output/        what the container wrote to /output
 //!   runs/<id>/work/          the flow directory the container wrote to /work
+//!   blobs/<sha256>           project files' contents, each stored once, never changed
 //! ```
 //! Every path here is built from a UUID; no string from a client becomes part of a path.
 
@@ -29,6 +30,7 @@ use crate::layout::{self, Layout, LayoutError};
 #[derive(Debug, Clone)]
 pub struct Storage {
     root: PathBuf,
+    blobs: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A finished upload as written to disk.
@@ -43,7 +45,7 @@ pub struct Saved {
 impl Storage {
     /// Creates the folder layout and removes uploads that were interrupted by a crash.
     pub fn open(root: &Path) -> Result<Storage> {
-        for dir in ["tmp", "uploads", "runs"] {
+        for dir in ["tmp", "uploads", "runs", "blobs"] {
             let path = root.join(dir);
             std::fs::create_dir_all(&path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
@@ -61,6 +63,7 @@ impl Storage {
     pub fn at(root: &Path) -> Storage {
         Storage {
             root: root.to_path_buf(),
+            blobs: Default::default(),
         }
     }
 
@@ -103,6 +106,77 @@ impl Storage {
         UploadWriter { tx, task }
     }
 
+    /// A project file's content, named by its sha256.
+    pub fn blob_path(&self, sha256: &str) -> PathBuf {
+        self.root.join("blobs").join(sha256)
+    }
+
+    /// Where a new blob is written before it is committed.
+    pub fn blob_part(&self) -> PathBuf {
+        self.root
+            .join("tmp")
+            .join(format!("{}.blob.part", Uuid::new_v4()))
+    }
+
+    pub fn blob_writer(&self) -> BlobWriter {
+        let part = self.blob_part();
+        let (tx, mut rx) = mpsc::channel(8);
+        let task = tokio::task::spawn_blocking(move || {
+            let reader = ChannelReader {
+                rx: &mut rx,
+                chunk: Bytes::new(),
+                finished: false,
+            };
+            Ok(stage_blob(reader, part)?)
+        });
+        ChunkWriter { tx, task }
+    }
+
+    /// Unpacks a `.tar.gz` of source files streamed in: each regular file becomes a staged
+    /// blob under its (checked) path; folders are skipped; anything else is refused.
+    pub fn tar_gz_importer(
+        &self,
+        max_file: u64,
+        max_total: u64,
+    ) -> ChunkWriter<Vec<(String, StagedBlob)>> {
+        let storage = self.clone();
+        let (tx, mut rx) = mpsc::channel(8);
+        let task = tokio::task::spawn_blocking(move || {
+            let reader = ChannelReader {
+                rx: &mut rx,
+                chunk: Bytes::new(),
+                finished: false,
+            };
+            import_tar_gz(reader, &storage, max_file, max_total)
+        });
+        ChunkWriter { tx, task }
+    }
+
+    /// Moves staged content to its blob (content already there is kept: it is the same).
+    /// Call it while holding [`Storage::blob_lock`], with the rows that name the blob.
+    pub async fn commit_blob(&self, staged: StagedBlob) -> io::Result<()> {
+        let dest = self.blob_path(&staged.sha256);
+        if tokio::fs::try_exists(&dest).await? {
+            return Ok(());
+        }
+        tokio::fs::rename(&staged.part, &dest).await
+    }
+
+    /// Removes a blob; one already gone is fine. Call it while holding the blob lock, after
+    /// checking that no row names it.
+    pub async fn remove_blob(&self, sha256: &str) -> io::Result<()> {
+        match tokio::fs::remove_file(self.blob_path(sha256)).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Held while blobs are committed with their rows, and while unused ones are removed, so
+    /// a blob is never removed between its file landing and its row being written.
+    pub async fn blob_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.blobs.lock().await
+    }
+
     /// Removes an upload's file; a file that is already gone is fine.
     pub async fn remove_upload(&self, id: Uuid) -> io::Result<()> {
         match tokio::fs::remove_file(self.upload_path(id)).await {
@@ -119,20 +193,26 @@ impl Storage {
         }
     }
 
-    /// Everything in `uploads/` and `runs/`, with sizes (blocking: it walks the folders).
+    /// Everything in `uploads/`, `runs/` and `blobs/`, with sizes (blocking: it walks the
+    /// folders).
     pub fn entries(&self) -> io::Result<Vec<Entry>> {
         let mut entries = vec![];
-        for (dir, kind) in [("uploads", EntryKind::Upload), ("runs", EntryKind::Run)] {
-            for entry in std::fs::read_dir(self.root.join(dir))? {
+        for (dir, kind) in [
+            ("uploads", EntryKind::Upload),
+            ("runs", EntryKind::Run),
+            ("blobs", EntryKind::Blob),
+        ] {
+            let dir = self.root.join(dir);
+            if !dir.is_dir() {
+                continue;
+            }
+            for entry in std::fs::read_dir(dir)? {
                 let entry = entry?;
                 let path = entry.path();
                 let meta = entry.metadata()?;
                 entries.push(Entry {
                     kind,
-                    id: entry
-                        .file_name()
-                        .to_str()
-                        .and_then(|n| Uuid::parse_str(n).ok()),
+                    name: entry.file_name().to_string_lossy().into_owned(),
                     size: disk_usage(&path)?,
                     modified: meta.modified()?,
                     path,
@@ -147,8 +227,8 @@ impl Storage {
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub kind: EntryKind,
-    /// `None` if the name is not an id (nothing the server wrote).
-    pub id: Option<Uuid>,
+    /// An upload's or run's id, or a blob's sha256 (if it is not, the server did not write it).
+    pub name: String,
     pub path: PathBuf,
     /// Bytes, with everything below a folder.
     pub size: u64,
@@ -159,6 +239,7 @@ pub struct Entry {
 pub enum EntryKind {
     Upload,
     Run,
+    Blob,
 }
 
 /// Bytes in a file, or in everything below a folder (symlinks are not followed).
@@ -185,17 +266,29 @@ pub enum UploadError {
     /// The bytes are not a layout the server can use.
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    /// The data breaks a rule of what may be stored (a bad path, a link in a tarball).
+    #[error("{0}")]
+    Rejected(String),
+    /// The data is larger than a limit.
+    #[error("{0}")]
+    Oversize(String),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
 
-/// An upload being written. Dropping it without [`UploadWriter::finish`] removes the partial file.
-pub struct UploadWriter {
+/// A file being written from async code by a blocking thread, chunk by chunk. Dropping it
+/// without [`ChunkWriter::finish`] aborts the write (and removes the partial file).
+pub struct ChunkWriter<T> {
     tx: mpsc::Sender<Chunk>,
-    task: JoinHandle<Result<Saved, UploadError>>,
+    task: JoinHandle<Result<T, UploadError>>,
 }
 
-impl UploadWriter {
+/// An upload being written: stored, hashed and read as a layout.
+pub type UploadWriter = ChunkWriter<Saved>;
+/// A project file being written: stored and hashed, then committed as a blob.
+pub type BlobWriter = ChunkWriter<StagedBlob>;
+
+impl<T> ChunkWriter<T> {
     pub async fn write(&mut self, data: Bytes) -> Result<(), UploadError> {
         if self.tx.send(Chunk::Data(data)).await.is_err() {
             // The writer stopped early: its result says why.
@@ -204,8 +297,8 @@ impl UploadWriter {
         Ok(())
     }
 
-    /// Flushes, syncs and moves the file to its place; returns its size, sha256 and layout.
-    pub async fn finish(mut self) -> Result<Saved, UploadError> {
+    /// Ends the data and returns what the writer made of it.
+    pub async fn finish(mut self) -> Result<T, UploadError> {
         if self.tx.send(Chunk::Finish).await.is_err() {
             return Err(self.failure().await);
         }
@@ -217,10 +310,81 @@ impl UploadWriter {
     async fn failure(&mut self) -> UploadError {
         match (&mut self.task).await {
             Ok(Err(e)) => e,
-            Ok(Ok(_)) => io::Error::other("the upload writer stopped").into(),
+            Ok(Ok(_)) => io::Error::other("the writer stopped").into(),
             Err(e) => io::Error::other(e).into(),
         }
     }
+}
+
+/// A file's content written to `tmp/` and hashed, waiting to become the blob named by its
+/// sha256. Dropped without [`Storage::commit_blob`], it is removed.
+#[derive(Debug)]
+pub struct StagedBlob {
+    part: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+}
+
+impl Drop for StagedBlob {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.part);
+    }
+}
+
+/// The chunks of a [`ChunkWriter`] read as one stream, on its blocking thread.
+struct ChannelReader<'a> {
+    rx: &'a mut mpsc::Receiver<Chunk>,
+    chunk: Bytes,
+    finished: bool,
+}
+
+impl Read for ChannelReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.chunk.is_empty() {
+            if self.finished {
+                return Ok(0);
+            }
+            match self.rx.blocking_recv() {
+                Some(Chunk::Data(data)) => self.chunk = data,
+                Some(Chunk::Finish) => self.finished = true,
+                None => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "upload aborted",
+                    ));
+                }
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
+}
+
+/// Writes `reader` to `part`, hashing it: a blob to be.
+pub fn stage_blob(mut reader: impl Read, part: PathBuf) -> io::Result<StagedBlob> {
+    let mut staged = StagedBlob {
+        part,
+        sha256: String::new(),
+        size: 0,
+    };
+    let mut file = BufWriter::with_capacity(256 * 1024, File::create(&staged.part)?);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        file.write_all(&buf[..n])?;
+        staged.size += n as u64;
+    }
+    file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    staged.sha256 = format!("{:x}", hasher.finalize());
+    Ok(staged)
 }
 
 /// Chunks handed from the writer thread to the layout reader's thread, read as one stream; it
@@ -316,6 +480,88 @@ fn store_upload(
         sha256: format!("{:x}", hasher.finalize()),
         layout,
     })
+}
+
+/// At most this many files come from one tarball.
+const MAX_IMPORT_FILES: usize = 100_000;
+
+fn import_tar_gz(
+    reader: impl Read,
+    storage: &Storage,
+    max_file: u64,
+    max_total: u64,
+) -> Result<Vec<(String, StagedBlob)>, UploadError> {
+    let mut gz = io::BufReader::new(reader);
+    if !io::BufRead::fill_buf(&mut gz)?.starts_with(&[0x1f, 0x8b]) {
+        return Err(UploadError::Rejected(
+            "expected a .tar.gz of source files (the body is not gzip)".into(),
+        ));
+    }
+    let mut archive = tar::Archive::new(flate2::bufread::MultiGzDecoder::new(gz));
+    let mut files: Vec<(String, StagedBlob)> = vec![];
+    let mut total = 0u64;
+    let entries = archive.entries().map_err(tar_error)?;
+    for entry in entries {
+        let entry = entry.map_err(tar_error)?;
+        let raw = entry.path_bytes();
+        let name = std::str::from_utf8(&raw)
+            .map_err(|_| UploadError::Rejected("a tarball entry's name is not UTF-8".into()))?
+            .to_string();
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            continue;
+        }
+        if !kind.is_file() {
+            let what = if kind.is_symlink() {
+                "a symbolic link"
+            } else if kind.is_hard_link() {
+                "a hard link"
+            } else {
+                "not a regular file"
+            };
+            return Err(UploadError::Rejected(format!(
+                "the tarball entry {name:?} is {what}: only files and folders are imported"
+            )));
+        }
+        let mut path = name.as_str();
+        while let Some(rest) = path.strip_prefix("./") {
+            path = rest;
+        }
+        crate::model::check_project_path(path)
+            .map_err(|e| UploadError::Rejected(format!("tarball entry: {e}")))?;
+        let size = entry.header().size().map_err(tar_error)?;
+        if size > max_file {
+            return Err(UploadError::Oversize(format!(
+                "the tarball entry {path:?} is larger than the limit of {} a file (projects.max_file_size)",
+                crate::config::human_bytes(max_file)
+            )));
+        }
+        total += size;
+        if total > max_total {
+            return Err(UploadError::Oversize(format!(
+                "the tarball holds more than the limit of {} a project (projects.max_project_size)",
+                crate::config::human_bytes(max_total)
+            )));
+        }
+        let path = path.to_string();
+        let staged = stage_blob(entry, storage.blob_part())?;
+        files.retain(|(p, _)| *p != path);
+        files.push((path, staged));
+        if files.len() > MAX_IMPORT_FILES {
+            return Err(UploadError::Oversize(format!(
+                "the tarball holds more than {MAX_IMPORT_FILES} files"
+            )));
+        }
+    }
+    Ok(files)
+}
+
+/// A broken tarball or gzip stream is the client's to fix; the end of the data is truncation.
+fn tar_error(e: io::Error) -> UploadError {
+    if e.kind() == io::ErrorKind::ConnectionAborted {
+        return e.into();
+    }
+    UploadError::Rejected(format!("the tarball cannot be read: {e}"))
 }
 
 /// A [`Write`] that hands its bytes, in chunks, to an async consumer: how blocking producers

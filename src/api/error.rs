@@ -7,6 +7,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::storage::UploadError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -56,6 +58,24 @@ impl ApiError {
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<UploadError> for ApiError {
+    fn from(e: UploadError) -> ApiError {
+        match e {
+            UploadError::Layout(e) => ApiError::BadRequest(e.to_string()),
+            UploadError::Rejected(m) => ApiError::BadRequest(m),
+            UploadError::Oversize(m) => ApiError::TooLarge(m),
+            UploadError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                ApiError::InsufficientStorage(
+                    "the server's disk is full: try again later or ask its operator".into(),
+                )
+            }
+            UploadError::Io(e) => {
+                ApiError::Internal(anyhow::Error::from(e).context("cannot store the data"))
+            }
         }
     }
 }

@@ -5,13 +5,14 @@ mod auth;
 mod error;
 mod logs;
 mod prechecks;
+mod projects;
 mod system;
 mod uploads;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest};
 use axum::http::{Method, Uri};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use uuid::Uuid;
 
 pub use auth::Caller;
@@ -49,6 +50,31 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/prechecks/{id}/logs", get(logs::logs))
         .route("/api/v1/prechecks/{id}/output", get(prechecks::output))
         .route("/api/v1/debug/prechecks/{id}", get(prechecks::debug))
+        .route(
+            "/api/v1/projects",
+            post(projects::create).get(projects::list),
+        )
+        .route(
+            "/api/v1/projects/{id}",
+            get(projects::inspect)
+                .patch(projects::update)
+                .delete(projects::delete),
+        )
+        .route(
+            "/api/v1/projects/{id}/files",
+            // The handler enforces `projects.max_project_size` itself, while streaming.
+            get(projects::files)
+                .post(projects::import)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/api/v1/projects/{id}/files/{*path}",
+            // The handler enforces `projects.max_file_size` itself, while streaming.
+            put(projects::put_file)
+                .layer(DefaultBodyLimit::disable())
+                .get(projects::get_file)
+                .delete(projects::delete_file),
+        )
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(
@@ -90,7 +116,6 @@ fn parse_id(id: &str, what: &str) -> Result<Uuid, ApiError> {
         .map_err(|_| ApiError::NotFound(format!("no such {what}: {id:?} (ids are UUIDs)")))
 }
 
-/// Times in responses: RFC 3339, UTC.
 /// A time as the API writes it: RFC 3339, UTC.
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)

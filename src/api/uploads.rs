@@ -281,18 +281,11 @@ fn not_found(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no such upload: {id}"))
 }
 
-/// A layout that cannot be used is the client's to fix (400); a full disk is 507.
+/// A layout that cannot be used is the client's to fix (400), named by its file name.
 fn upload_error(name: &str, e: UploadError) -> ApiError {
     match e {
         UploadError::Layout(e) => ApiError::BadRequest(format!("{name:?}: {e}")),
-        UploadError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
-            ApiError::InsufficientStorage(
-                "the server's disk is full: try again later or ask its operator".into(),
-            )
-        }
-        UploadError::Io(e) => {
-            ApiError::Internal(anyhow::Error::from(e).context("cannot store the upload"))
-        }
+        other => other.into(),
     }
 }
 

@@ -274,6 +274,7 @@ pub async fn cleanup(admin: &Admin, dry_run: bool, output: Output) -> Result<()>
             let what = match entry.kind {
                 EntryKind::Upload => "no upload has this id",
                 EntryKind::Run => "no run has this id",
+                EntryKind::Blob => "no project file has this content",
             };
             println!("{verb} {relative} ({}): {what}", human_bytes(entry.size));
         }

@@ -521,6 +521,9 @@ async fn cleanup_removes_only_what_nothing_owns() {
         .join("uploads")
         .join(uuid::Uuid::new_v4().to_string());
     std::fs::write(&young, b"young").unwrap();
+    let stray_blob = server.storage.join("blobs").join("ab".repeat(32));
+    std::fs::write(&stray_blob, b"content no project file has").unwrap();
+    age(&stray_blob, 5);
     let not_ours = server.storage.join("uploads").join("README");
     std::fs::write(&not_ours, b"left alone").unwrap();
     age(&not_ours, 5);
@@ -530,7 +533,8 @@ async fn cleanup_removes_only_what_nothing_owns() {
     assert!(dry.contains(&format!("run {ghost_run}, created")), "{dry}");
     assert!(dry.contains("Would remove runs/"), "{dry}");
     assert!(dry.contains("Would remove uploads/"), "{dry}");
-    assert_eq!(dry.lines().count(), 4, "{dry}");
+    assert!(dry.contains("no project file has this content"), "{dry}");
+    assert_eq!(dry.lines().count(), 5, "{dry}");
     assert!(stray_upload.exists() && stray_run.exists());
     assert_eq!(
         docker_ok(&["inspect", "-f", "{{.State.Status}}", &ghost]),
@@ -547,6 +551,7 @@ async fn cleanup_removes_only_what_nothing_owns() {
         .collect();
     files.sort();
     let mut expected = vec![
+        format!("blobs/{}", "ab".repeat(32)),
         format!("runs/{ghost_run}"),
         format!(
             "uploads/{}",
@@ -556,7 +561,7 @@ async fn cleanup_removes_only_what_nothing_owns() {
     expected.sort();
     assert_eq!(files, expected);
     assert!(cleaned["SpaceReclaimed"].as_u64().unwrap() > 0);
-    assert!(!stray_upload.exists() && !stray_run.exists());
+    assert!(!stray_upload.exists() && !stray_run.exists() && !stray_blob.exists());
     assert!(young.exists() && not_ours.exists());
     assert!(!docker(&["inspect", &ghost]).status.success());
     assert!(docker(&["inspect", &foreign.0]).status.success());

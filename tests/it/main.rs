@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod errors;
 mod layouts;
+mod projects;
 mod restart;
 mod runs;
 mod smoke;

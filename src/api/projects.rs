@@ -1,0 +1,433 @@
+//! `/api/v1/projects`: designers' HDL projects and their files. A file's content is a blob
+//! named by its sha256 and never changed, so replacing a file never changes what a job that
+//! already took it reads.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{ApiError, Caller, Json, parse_id, rfc3339};
+use crate::config::human_bytes;
+use crate::db::PutFile;
+use crate::model::{Project, ProjectFile, check_project_path};
+use crate::server::AppState;
+use crate::storage::{StagedBlob, UploadError};
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ProjectBody {
+    id: Uuid,
+    name: String,
+    description: String,
+    created: String,
+    updated: String,
+    /// How many files the project holds, and their bytes in all.
+    files: u64,
+    size: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+}
+
+impl From<&Project> for ProjectBody {
+    fn from(p: &Project) -> ProjectBody {
+        ProjectBody {
+            id: p.id,
+            name: p.name.clone(),
+            description: p.description.clone(),
+            created: rfc3339(p.created),
+            updated: rfc3339(p.updated),
+            files: p.files,
+            size: p.size,
+            owner: p.owner.clone(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FileBody {
+    path: String,
+    size: u64,
+    sha256: String,
+    modified: String,
+}
+
+impl From<&ProjectFile> for FileBody {
+    fn from(f: &ProjectFile) -> FileBody {
+        FileBody {
+            path: f.path.clone(),
+            size: f.size,
+            sha256: f.sha256.clone(),
+            modified: rfc3339(f.modified),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProject {
+    name: String,
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectChange {
+    name: Option<String>,
+    description: Option<String>,
+}
+
+fn check_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(format!(
+            "name: {name:?} must be 1 to 100 characters without control characters"
+        )));
+    }
+    Ok(name.to_string())
+}
+
+fn check_description(description: String) -> Result<String, ApiError> {
+    if description.chars().count() > 10_000 {
+        return Err(ApiError::BadRequest(
+            "description: at most 10 000 characters".into(),
+        ));
+    }
+    Ok(description)
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    Json(body): Json<NewProject>,
+) -> Result<(StatusCode, Json<ProjectBody>), ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let project = Project {
+        id: Uuid::new_v4(),
+        name: check_name(&body.name)?,
+        description: check_description(body.description.unwrap_or_default())?,
+        owner: caller.name,
+        created: now,
+        updated: now,
+        files: 0,
+        size: 0,
+    };
+    state.db.create_project(project.clone()).await?;
+    tracing::info!(project_id = %project.id, "project created");
+    Ok((StatusCode::CREATED, Json(ProjectBody::from(&project))))
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<Vec<ProjectBody>>, ApiError> {
+    let projects = state.db.projects(caller.scope).await?;
+    Ok(Json(projects.iter().map(ProjectBody::from).collect()))
+}
+
+pub async fn inspect(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ProjectBody>, ApiError> {
+    Ok(Json(ProjectBody::from(&find(&state, &caller, &id).await?)))
+}
+
+pub async fn update(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Json(body): Json<ProjectChange>,
+) -> Result<Json<ProjectBody>, ApiError> {
+    let id = find(&state, &caller, &id).await?.id;
+    if body.name.is_none() && body.description.is_none() {
+        return Err(ApiError::BadRequest(
+            "nothing to change: send name and/or description".into(),
+        ));
+    }
+    let name = body.name.as_deref().map(check_name).transpose()?;
+    let description = body.description.map(check_description).transpose()?;
+    let project = state
+        .db
+        .update_project(id, name, description, OffsetDateTime::now_utc())
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    Ok(Json(ProjectBody::from(&project)))
+}
+
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = find(&state, &caller, &id).await?.id;
+    let _lock = state.storage.blob_lock().await;
+    let blobs = state
+        .db
+        .delete_project(id)
+        .await?
+        .ok_or_else(|| not_found(id))?;
+    release_blobs(&state, blobs).await?;
+    tracing::info!(project_id = %id, "project deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn files(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<FileBody>>, ApiError> {
+    let id = find(&state, &caller, &id).await?.id;
+    let files = state.db.project_files(id).await?;
+    Ok(Json(files.iter().map(FileBody::from).collect()))
+}
+
+/// `PUT /api/v1/projects/{id}/files/{path}`: the raw body is the file's content.
+pub async fn put_file(
+    state: State<AppState>,
+    caller: Caller,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match store_file(state, caller, path, headers, body).await {
+        Ok(stored) => stored.into_response(),
+        // A refused body may still be on its way: the connection is not reused.
+        Err(e) => e.closing_connection(),
+    }
+}
+
+async fn store_file(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, path)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<FileBody>), ApiError> {
+    let id = find(&state, &caller, &id).await?.id;
+    check_project_path(&path).map_err(ApiError::BadRequest)?;
+    let limits = &state.config.projects;
+    let too_large = || {
+        ApiError::TooLarge(format!(
+            "{path:?} is larger than the limit of {} a file (projects.max_file_size)",
+            human_bytes(limits.max_file_size)
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_file_size) {
+        return Err(too_large());
+    }
+    let mut writer = state.storage.blob_writer();
+    let mut size = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+        size += chunk.len() as u64;
+        if size > limits.max_file_size {
+            return Err(too_large());
+        }
+        writer.write(chunk).await.map_err(ApiError::from)?;
+    }
+    let staged = writer.finish().await.map_err(ApiError::from)?;
+    let existed = state.db.project_file(id, path.clone()).await?.is_some();
+    let stored = commit(&state, id, vec![(path, staged)]).await?;
+    let status = if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(FileBody::from(&stored[0]))))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Imported {
+    imported: usize,
+    files: Vec<FileBody>,
+}
+
+/// `POST /api/v1/projects/{id}/files`: a `.tar.gz` of a source tree, imported all or nothing.
+pub async fn import(
+    state: State<AppState>,
+    caller: Caller,
+    id: Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match import_tarball(state, caller, id, headers, body).await {
+        Ok(imported) => imported.into_response(),
+        Err(e) => e.closing_connection(),
+    }
+}
+
+async fn import_tarball(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Imported>, ApiError> {
+    let id = find(&state, &caller, &id).await?.id;
+    let limits = &state.config.projects;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // Compressed source is smaller than the files it holds: the project's limit bounds both.
+    let too_large = || {
+        ApiError::TooLarge(format!(
+            "the tarball is larger than the limit of {} a project (projects.max_project_size)",
+            human_bytes(limits.max_project_size)
+        ))
+    };
+    if declared.is_some_and(|n| n > limits.max_project_size) {
+        return Err(too_large());
+    }
+    let mut importer = state
+        .storage
+        .tar_gz_importer(limits.max_file_size, limits.max_project_size);
+    let mut size = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+        size += chunk.len() as u64;
+        if size > limits.max_project_size {
+            return Err(too_large());
+        }
+        importer.write(chunk).await.map_err(ApiError::from)?;
+    }
+    let staged = importer.finish().await.map_err(ApiError::from)?;
+    let files = commit(&state, id, staged).await?;
+    tracing::info!(project_id = %id, files = files.len(), "tarball imported");
+    Ok(Json(Imported {
+        imported: files.len(),
+        files: files.iter().map(FileBody::from).collect(),
+    }))
+}
+
+/// Makes staged contents the project's files at their paths, all or none.
+async fn commit(
+    state: &AppState,
+    id: Uuid,
+    staged: Vec<(String, StagedBlob)>,
+) -> Result<Vec<ProjectFile>, ApiError> {
+    let now = OffsetDateTime::now_utc();
+    let files: Vec<ProjectFile> = staged
+        .iter()
+        .map(|(path, blob)| ProjectFile {
+            path: path.clone(),
+            size: blob.size,
+            sha256: blob.sha256.clone(),
+            modified: now,
+        })
+        .collect();
+    let _lock = state.storage.blob_lock().await;
+    for (_, blob) in staged {
+        state
+            .storage
+            .commit_blob(blob)
+            .await
+            .map_err(|e| ApiError::from(UploadError::from(e)))?;
+    }
+    let stored = state
+        .db
+        .put_files(id, files.clone(), state.config.projects.max_project_size)
+        .await?;
+    let new_blobs = || files.iter().map(|f| f.sha256.clone()).collect();
+    match stored {
+        PutFile::Stored { replaced } => {
+            release_blobs(state, replaced).await?;
+            Ok(files)
+        }
+        PutFile::ProjectTooLarge(total) => {
+            release_blobs(state, new_blobs()).await?;
+            Err(ApiError::TooLarge(format!(
+                "the project would hold {}, more than its limit of {} (projects.max_project_size): delete files first",
+                human_bytes(total),
+                human_bytes(state.config.projects.max_project_size)
+            )))
+        }
+        PutFile::NoProject => {
+            release_blobs(state, new_blobs()).await?;
+            Err(not_found(id))
+        }
+    }
+}
+
+pub async fn get_file(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, path)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = find(&state, &caller, &id).await?.id;
+    let file = state
+        .db
+        .project_file(id, path.clone())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("project {id} has no file {path:?}")))?;
+    let blob = tokio::fs::File::open(state.storage.blob_path(&file.sha256))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::Error::from(e).context("cannot read the file")))?;
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(blob));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, file.size.to_string()),
+            (header::ETAG, format!("\"{}\"", file.sha256)),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+pub async fn delete_file(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, path)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let id = find(&state, &caller, &id).await?.id;
+    let _lock = state.storage.blob_lock().await;
+    let sha = state
+        .db
+        .delete_file(id, path.clone())
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("project {id} has no file {path:?}")))?;
+    release_blobs(&state, vec![sha]).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes the blobs no file names any more. The caller holds the blob lock.
+async fn release_blobs(state: &AppState, blobs: Vec<String>) -> Result<(), ApiError> {
+    for sha in blobs {
+        if !state.db.blob_in_use(sha.clone()).await? {
+            state
+                .storage
+                .remove_blob(&sha)
+                .await
+                .map_err(|e| ApiError::Internal(e.into()))?;
+        }
+    }
+    Ok(())
+}
+
+async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<Project, ApiError> {
+    let id = parse_id(id, "project")?;
+    match state.db.project(id).await? {
+        Some(p) if caller.scope.sees(p.owner.as_deref()) => Ok(p),
+        _ => Err(not_found(id)),
+    }
+}
+
+fn not_found(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no such project: {id}"))
+}
