@@ -120,16 +120,7 @@ impl Storage {
 
     pub fn blob_writer(&self) -> BlobWriter {
         let part = self.blob_part();
-        let (tx, mut rx) = mpsc::channel(8);
-        let task = tokio::task::spawn_blocking(move || {
-            let reader = ChannelReader {
-                rx: &mut rx,
-                chunk: Bytes::new(),
-                finished: false,
-            };
-            Ok(stage_blob(reader, part)?)
-        });
-        ChunkWriter { tx, task }
+        ChunkWriter::reading(move |reader| Ok(stage_blob(reader, part)?))
     }
 
     /// Unpacks a `.tar.gz` of source files streamed in: each regular file becomes a staged
@@ -140,16 +131,7 @@ impl Storage {
         max_total: u64,
     ) -> ChunkWriter<Vec<(String, StagedBlob)>> {
         let storage = self.clone();
-        let (tx, mut rx) = mpsc::channel(8);
-        let task = tokio::task::spawn_blocking(move || {
-            let reader = ChannelReader {
-                rx: &mut rx,
-                chunk: Bytes::new(),
-                finished: false,
-            };
-            import_tar_gz(reader, &storage, max_file, max_total)
-        });
-        ChunkWriter { tx, task }
+        ChunkWriter::reading(move |reader| import_tar_gz(reader, &storage, max_file, max_total))
     }
 
     /// Moves staged content to its blob (content already there is kept: it is the same).
@@ -287,6 +269,23 @@ pub struct ChunkWriter<T> {
 pub type UploadWriter = ChunkWriter<Saved>;
 /// A project file being written: stored and hashed, then committed as a blob.
 pub type BlobWriter = ChunkWriter<StagedBlob>;
+
+impl<T: Send + 'static> ChunkWriter<T> {
+    /// Runs `consume` on a blocking thread over the chunks written, read as one stream.
+    fn reading(
+        consume: impl FnOnce(ChannelReader<'_>) -> Result<T, UploadError> + Send + 'static,
+    ) -> ChunkWriter<T> {
+        let (tx, mut rx) = mpsc::channel(8);
+        let task = tokio::task::spawn_blocking(move || {
+            consume(ChannelReader {
+                rx: &mut rx,
+                chunk: Bytes::new(),
+                finished: false,
+            })
+        });
+        ChunkWriter { tx, task }
+    }
+}
 
 impl<T> ChunkWriter<T> {
     pub async fn write(&mut self, data: Bytes) -> Result<(), UploadError> {

@@ -11,12 +11,12 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{ApiError, Caller, Json, parse_id, rfc3339};
+use super::{ApiError, Caller, Json, content_length, parse_id, rfc3339};
 use crate::config::human_bytes;
 use crate::db::PutFile;
 use crate::model::{Project, ProjectFile, check_project_path};
 use crate::server::AppState;
-use crate::storage::{StagedBlob, UploadError};
+use crate::storage::{ChunkWriter, StagedBlob, UploadError};
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -218,26 +218,8 @@ async fn store_file(
             human_bytes(limits.max_file_size)
         ))
     };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limits.max_file_size) {
-        return Err(too_large());
-    }
-    let mut writer = state.storage.blob_writer();
-    let mut size = 0u64;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
-        size += chunk.len() as u64;
-        if size > limits.max_file_size {
-            return Err(too_large());
-        }
-        writer.write(chunk).await.map_err(ApiError::from)?;
-    }
-    let staged = writer.finish().await.map_err(ApiError::from)?;
+    let writer = state.storage.blob_writer();
+    let staged = feed(body, &headers, writer, limits.max_file_size, too_large).await?;
     let existed = state.db.project_file(id, path.clone()).await?.is_some();
     let stored = commit(&state, id, vec![(path, staged)]).await?;
     let status = if existed {
@@ -278,10 +260,6 @@ async fn import_tarball(
 ) -> Result<Json<Imported>, ApiError> {
     let id = find(&state, &caller, &id).await?.id;
     let limits = &state.config.projects;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     // Compressed source is smaller than the files it holds: the project's limit bounds both.
     let too_large = || {
         ApiError::TooLarge(format!(
@@ -289,30 +267,42 @@ async fn import_tarball(
             human_bytes(limits.max_project_size)
         ))
     };
-    if declared.is_some_and(|n| n > limits.max_project_size) {
-        return Err(too_large());
-    }
-    let mut importer = state
+    let importer = state
         .storage
         .tar_gz_importer(limits.max_file_size, limits.max_project_size);
-    let mut size = 0u64;
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
-        size += chunk.len() as u64;
-        if size > limits.max_project_size {
-            return Err(too_large());
-        }
-        importer.write(chunk).await.map_err(ApiError::from)?;
-    }
-    let staged = importer.finish().await.map_err(ApiError::from)?;
+    let staged = feed(body, &headers, importer, limits.max_project_size, too_large).await?;
     let files = commit(&state, id, staged).await?;
     tracing::info!(project_id = %id, files = files.len(), "tarball imported");
     Ok(Json(Imported {
         imported: files.len(),
         files: files.iter().map(FileBody::from).collect(),
     }))
+}
+
+/// Streams a request body into `writer`, refusing it with `too_large` once it declares or
+/// sends more than `limit` bytes; returns what the writer made of it.
+async fn feed<T>(
+    body: Body,
+    headers: &HeaderMap,
+    mut writer: ChunkWriter<T>,
+    limit: u64,
+    too_large: impl Fn() -> ApiError,
+) -> Result<T, ApiError> {
+    if content_length(headers).is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let mut size = 0u64;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(too_large());
+        }
+        writer.write(chunk).await?;
+    }
+    Ok(writer.finish().await?)
 }
 
 /// Makes staged contents the project's files at their paths, all or none.

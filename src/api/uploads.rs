@@ -1,7 +1,7 @@
 //! `/api/v1/uploads`: layouts streamed to disk while their sha256 is computed.
 
 use axum::extract::{Multipart, Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{ApiError, Caller, Json, parse_id, rfc3339};
+use super::{ApiError, Caller, Json, content_length, parse_id, rfc3339};
 use crate::config::human_bytes;
 use crate::db::DeleteUpload;
 use crate::layout::{self, Layout};
@@ -113,11 +113,7 @@ async fn create_upload(
     multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<(StatusCode, Json<UploadBody>), ApiError> {
     let limit = state.config.max_upload_size;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit + MULTIPART_SLACK) {
+    if content_length(&headers).is_some_and(|n| n > limit + MULTIPART_SLACK) {
         return Err(too_large(limit));
     }
     let mut multipart = multipart.map_err(|e| {
