@@ -51,6 +51,13 @@ async fn raw_put(server: &TestServer, target: &str) -> (u16, Value) {
     )
 }
 
+/// Asserts a refusal: its status, and a message holding `needle`.
+fn refused((status, body): (StatusCode, Value), expected: u16, needle: &str) {
+    assert_eq!(status.as_u16(), expected, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{needle:?} not in {message:?}");
+}
+
 fn file_url(server: &TestServer, project: &str, path: &str) -> String {
     server.api(&format!("/api/v1/projects/{project}/files/{path}"))
 }
@@ -172,46 +179,22 @@ async fn bad_paths_sizes_and_requests_are_refused() {
     }
 
     // A file over max_file_size, declared or streamed; a project over max_project_size.
-    let big = "x".repeat(2000);
-    let (status, body) = send(
-        http()
-            .put(file_url(&server, &id, "big.v"))
-            .body(big.clone()),
-    )
-    .await;
-    assert_eq!(status, 413, "{body}");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("projects.max_file_size"),
-        "{body}"
+    let put =
+        |path: &str, body: reqwest::Body| send(http().put(file_url(&server, &id, path)).body(body));
+    refused(
+        put("big.v", "x".repeat(2000).into()).await,
+        413,
+        "projects.max_file_size",
     );
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..4).map(|_| Ok(vec![b'x'; 500])).collect();
     let streamed = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let (status, body) = send(http().put(file_url(&server, &id, "big.v")).body(streamed)).await;
-    assert_eq!(status, 413, "{body}");
-    let (status, _) = send(
-        http()
-            .put(file_url(&server, &id, "a.v"))
-            .body("y".repeat(1000)),
-    )
-    .await;
-    assert_eq!(status, 201);
-    let (status, body) = send(
-        http()
-            .put(file_url(&server, &id, "b.v"))
-            .body("z".repeat(1000)),
-    )
-    .await;
-    assert_eq!(status, 413, "{body}");
-    assert!(
-        body["message"]
-            .as_str()
-            .unwrap()
-            .contains("projects.max_project_size"),
-        "{body}"
+    refused(put("big.v", streamed).await, 413, "projects.max_file_size");
+    assert_eq!(put("a.v", "y".repeat(1000).into()).await.0, 201);
+    refused(
+        put("b.v", "z".repeat(1000).into()).await,
+        413,
+        "projects.max_project_size",
     );
 
     // Nothing refused was kept: two files, and only their blobs.
@@ -269,10 +252,7 @@ async fn bad_paths_sizes_and_requests_are_refused() {
             "has no file",
         ),
     ] {
-        let (got, body) = send(request).await;
-        assert_eq!(got.as_u16(), status, "{body}");
-        let message = body["message"].as_str().unwrap_or_default();
-        assert!(message.contains(needle), "{needle:?} not in {message:?}");
+        refused(send(request).await, status, needle);
     }
 }
 
@@ -422,10 +402,7 @@ async fn a_source_tree_is_imported_from_a_tarball_all_or_nothing() {
         (b"just text".to_vec(), 400, "not gzip"),
         (good_prefix_cut(), 400, "cannot be read"),
     ] {
-        let (got, body) = send(http().post(&url).body(tarball)).await;
-        assert_eq!(got.as_u16(), status, "{body}");
-        let message = body["message"].as_str().unwrap();
-        assert!(message.contains(needle), "{needle:?} not in {message:?}");
+        refused(send(http().post(&url).body(tarball)).await, status, needle);
         let (_, list) = send(http().get(&url)).await;
         assert_eq!(list.as_array().unwrap().len(), 3, "{list}");
     }
