@@ -9,6 +9,7 @@ mod layouts;
 mod projects;
 mod restart;
 mod runs;
+mod simulation;
 mod smoke;
 mod support;
 mod uploads;

@@ -124,6 +124,73 @@ fn build_precheck_image() {
     );
 }
 
+/// The tag of the test image with a real Icarus Verilog.
+pub const SIMULATION_IMAGE: &str = "precheck-server-test/icarus:standin";
+
+/// Builds an image with the host's Icarus Verilog (Debian's `iverilog`: its files and the shared
+/// libraries they load, copied in at their paths) once per test process; returns its tag.
+pub fn simulation_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        docker_required();
+        build_simulation_image();
+        SIMULATION_IMAGE.to_string()
+    })
+}
+
+fn build_simulation_image() {
+    let listed = Command::new("dpkg").args(["-L", "iverilog"]).output();
+    let listed = match listed {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        _ => {
+            panic!("the simulation image needs Icarus Verilog: install the Debian package iverilog")
+        }
+    };
+    let mut files: BTreeSet<PathBuf> = listed
+        .lines()
+        .map(PathBuf::from)
+        .filter(|p| !p.starts_with("/usr/share") && p.is_file())
+        .collect();
+    // Every shared library the binaries and plug-ins load, as `ldd` finds them.
+    let elves: Vec<PathBuf> = files
+        .iter()
+        .filter(|p| fs::read(p).is_ok_and(|b| b.starts_with(b"\x7fELF")))
+        .cloned()
+        .collect();
+    for elf in elves {
+        let out = Command::new("ldd").arg(&elf).output().expect("run ldd");
+        for word in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            if word.starts_with('/') {
+                files.insert(PathBuf::from(word));
+            }
+        }
+    }
+    let context = tempfile::tempdir().expect("create a build context folder");
+    let rootfs = context.path().join("rootfs");
+    for file in &files {
+        let to = rootfs.join(file.strip_prefix("/").expect("an absolute path"));
+        fs::create_dir_all(to.parent().expect("a parent folder")).expect("create a folder");
+        fs::copy(file, &to).unwrap_or_else(|e| panic!("copy {}: {e}", file.display()));
+    }
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/standin/icarus/Dockerfile");
+    fs::copy(&source, context.path().join("Dockerfile")).expect("copy the Dockerfile");
+    fs::copy("/bin/busybox", context.path().join("busybox"))
+        .expect("copy /bin/busybox (install the Debian package busybox-static)");
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", SIMULATION_IMAGE])
+        .arg(context.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("run `docker build`");
+    assert!(
+        out.status.success(),
+        "building {SIMULATION_IMAGE} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Polls `f` every 50 ms until it returns true; panics after `timeout` naming `what`.
 pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
