@@ -64,6 +64,8 @@ struct DiskUsage {
     total: u64,
     uploads: u64,
     runs: u64,
+    /// Project files' contents (`blobs/`).
+    projects: u64,
     database: u64,
 }
 
@@ -96,6 +98,7 @@ pub async fn status(admin: &Admin, output: Output) -> Result<()> {
             total: size(storage.root().to_path_buf()),
             uploads: size(storage.root().join("uploads")),
             runs: size(storage.root().join("runs")),
+            projects: size(storage.root().join("blobs")),
             database,
         }
     })
@@ -154,11 +157,12 @@ fn print_status(s: &Status) {
         r.queued, r.running, r.completed, r.failed, r.cancelled
     );
     println!(
-        "Disk used:  {} in {} (uploads {}, runs {}, database {})",
+        "Disk used:  {} in {} (uploads {}, runs {}, projects {}, database {})",
         human_bytes(d.total),
         d.path,
         human_bytes(d.uploads),
         human_bytes(d.runs),
+        human_bytes(d.projects),
         human_bytes(d.database)
     );
 }

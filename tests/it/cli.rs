@@ -208,6 +208,7 @@ async fn status_reports_the_server_the_engine_runs_and_disk_in_text_and_json() {
     assert!(disk["Total"].as_u64().unwrap() >= disk["Runs"].as_u64().unwrap());
     assert!(disk["Uploads"].as_u64().unwrap() > 0);
     assert!(disk["Database"].as_u64().unwrap() > 0);
+    assert_eq!(disk["Projects"], 0);
 
     // Stopped: status still reports, and exits 1 saying why.
     server.stop();
