@@ -58,6 +58,15 @@ fn refused((status, body): (StatusCode, Value), expected: u16, needle: &str) {
     assert!(message.contains(needle), "{needle:?} not in {message:?}");
 }
 
+/// The paths of a file list.
+fn paths(list: &Value) -> Vec<&str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["Path"].as_str().unwrap())
+        .collect()
+}
+
 fn file_url(server: &TestServer, project: &str, path: &str) -> String {
     server.api(&format!("/api/v1/projects/{project}/files/{path}"))
 }
@@ -93,13 +102,7 @@ async fn projects_and_files_from_create_to_delete() {
         assert_eq!(got, Value::String(content.into()));
     }
     let (_, list) = send(http().get(server.api(&format!("/api/v1/projects/{id}/files")))).await;
-    let paths: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["Path"].as_str().unwrap())
-        .collect();
-    assert_eq!(paths, ["src/counter.v", "tb/tb.v"]);
+    assert_eq!(paths(&list), ["src/counter.v", "tb/tb.v"]);
     let sha = list[0]["Sha256"].as_str().unwrap().to_string();
     assert_eq!(sha.len(), 64);
     assert!(list[0]["Modified"].is_string());
@@ -358,13 +361,7 @@ async fn a_source_tree_is_imported_from_a_tarball_all_or_nothing() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["Imported"], 3);
     let (_, list) = send(http().get(&url)).await;
-    let paths: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["Path"].as_str().unwrap())
-        .collect();
-    assert_eq!(paths, ["README", "src/counter.v", "tb/tb.v"]);
+    assert_eq!(paths(&list), ["README", "src/counter.v", "tb/tb.v"]);
     let (_, got) = send(http().get(file_url(&server, &id, "tb/tb.v"))).await;
     assert_eq!(got, Value::String(TB.into()));
 

@@ -108,15 +108,20 @@ fn build_precheck_image() {
         fs::set_permissions(&to, fs::Permissions::from_mode(0o755))
             .unwrap_or_else(|e| panic!("make {} executable: {e}", to.display()));
     }
+    docker_build(PRECHECK_IMAGE, context.path());
+}
+
+/// `docker build -t TAG CONTEXT`, panicking with what it printed if it fails.
+fn docker_build(tag: &str, context: &Path) {
     let out = Command::new("docker")
-        .args(["build", "-q", "-t", PRECHECK_IMAGE])
-        .arg(context.path())
+        .args(["build", "-q", "-t", tag])
+        .arg(context)
         .env("DOCKER_BUILDKIT", "0")
         .output()
         .expect("run `docker build`");
     assert!(
         out.status.success(),
-        "building the stand-in image {PRECHECK_IMAGE} failed ({}); is /bin/busybox the static one \
+        "building the test image {tag} failed ({}); is /bin/busybox the static one \
          (busybox-static)?\n--- stdout\n{}\n--- stderr\n{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
@@ -176,19 +181,7 @@ fn build_simulation_image() {
     fs::copy(&source, context.path().join("Dockerfile")).expect("copy the Dockerfile");
     fs::copy("/bin/busybox", context.path().join("busybox"))
         .expect("copy /bin/busybox (install the Debian package busybox-static)");
-    let out = Command::new("docker")
-        .args(["build", "-q", "-t", SIMULATION_IMAGE])
-        .arg(context.path())
-        .env("DOCKER_BUILDKIT", "0")
-        .output()
-        .expect("run `docker build`");
-    assert!(
-        out.status.success(),
-        "building {SIMULATION_IMAGE} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    docker_build(SIMULATION_IMAGE, context.path());
 }
 
 /// Polls `f` every 50 ms until it returns true; panics after `timeout` naming `what`.
