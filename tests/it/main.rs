@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod errors;
 mod layouts;
+mod librelane;
 mod projects;
 mod restart;
 mod runs;

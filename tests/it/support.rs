@@ -933,6 +933,48 @@ pub async fn partial_upload(server: &TestServer) -> tokio::net::TcpStream {
     conn
 }
 
+/// The tag of the stand-in LibreLane image that [`librelane_image`] builds.
+pub const LIBRELANE_IMAGE: &str = "precheck-server-test/librelane:standin";
+
+/// Builds the stand-in LibreLane image from `tests/standin/librelane` once per test process and
+/// returns its tag. Its `python3 -m librelane --run-tag TAG --manual-pdk --pdk-root DIR --pdk NAME
+/// CONFIG` is a busybox sh script: it checks the command line as click would, wants the PDK
+/// mounted read-only, reads DESIGN_NAME and the `dir::` globs from the config, prints
+/// LibreLane-like lines for five steps and writes `runs/TAG/` beside the config, with a real GDS
+/// (the one cell DESIGN_NAME) in `final/gds/`. Design names with `fail` fail in synthesis; with
+/// `sleepN` each step takes N seconds. As for [`precheck_image`], the build context is a fresh
+/// temporary folder holding the Dockerfile, the script and a copy of the host's `/bin/busybox`.
+pub fn librelane_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        docker_required();
+        build_librelane_image();
+        LIBRELANE_IMAGE.to_string()
+    })
+}
+
+fn build_librelane_image() {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/standin/librelane");
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.is_file(),
+        "the stand-in image needs a static busybox at /bin/busybox: install the Debian package busybox-static"
+    );
+    let context = tempfile::tempdir().expect("create a build context folder");
+    for (from, name) in [
+        (source.join("Dockerfile"), "Dockerfile"),
+        (source.join("python3"), "python3"),
+        (busybox.to_path_buf(), "busybox"),
+    ] {
+        let to = context.path().join(name);
+        fs::copy(&from, &to)
+            .unwrap_or_else(|e| panic!("copy {} into the build context: {e}", from.display()));
+        fs::set_permissions(&to, fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("make {} executable: {e}", to.display()));
+    }
+    docker_build(LIBRELANE_IMAGE, context.path());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
