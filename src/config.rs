@@ -12,6 +12,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
+use crate::model::RunKind;
+
 /// The validated configuration of one server.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -24,10 +26,63 @@ pub struct Config {
     pub max_upload_size: u64,
     pub image: String,
     pub container_prefix: String,
+    /// Limits of prechecks.
     pub limits: Limits,
+    pub simulation_limits: Limits,
+    pub build_limits: Limits,
     pub auth: Auth,
     pub projects: ProjectLimits,
+    pub images: Images,
+    pub builds: Builds,
 }
+
+impl Config {
+    /// The limits of a kind of run, and the config table that sets them.
+    pub fn limits_for(&self, kind: RunKind) -> (&Limits, &'static str) {
+        match kind {
+            RunKind::Precheck => (&self.limits, "limits"),
+            RunKind::Simulation => (&self.simulation_limits, "limits.simulation"),
+            RunKind::Build => (&self.build_limits, "limits.build"),
+        }
+    }
+
+    /// The image a new run of a kind uses.
+    pub fn image_for(&self, kind: RunKind) -> &str {
+        match kind {
+            RunKind::Precheck => &self.image,
+            RunKind::Simulation => &self.images.simulation,
+            RunKind::Build => &self.images.librelane,
+        }
+    }
+}
+
+/// The `[images]` table: the images of project jobs.
+#[derive(Debug, Clone)]
+pub struct Images {
+    pub simulation: String,
+    pub librelane: String,
+}
+
+/// The `[builds]` table.
+#[derive(Debug, Clone)]
+pub struct Builds {
+    /// Where the PDK is; builds are refused without one.
+    pub pdk: Option<PdkSource>,
+    /// Passed to LibreLane as `--pdk`.
+    pub pdk_variant: String,
+}
+
+/// A PDK for builds, mounted read-only at [`PDK_MOUNT`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum PdkSource {
+    /// A folder on the engine's host.
+    HostPath(PathBuf),
+    /// A Docker volume.
+    Volume(String),
+}
+
+/// Where a build's container sees the PDK (its `PDK_ROOT`).
+pub const PDK_MOUNT: &str = "/pdk";
 
 /// The `[projects]` table: how much source a project may hold.
 #[derive(Debug, Clone)]
@@ -69,6 +124,8 @@ pub struct ApiKey {
 }
 
 pub const DEFAULT_IMAGE: &str = "ghcr.io/wafer-space/gf180mcu-precheck:latest";
+/// LibreLane's image; it also holds Icarus Verilog and Verilator, so simulations use it too.
+pub const DEFAULT_LIBRELANE_IMAGE: &str = "ghcr.io/librelane/librelane:latest";
 
 impl Config {
     /// Reads and validates a config file. Relative paths in it are relative to its folder.
@@ -156,6 +213,40 @@ struct RawConfig {
     limits: RawLimits,
     auth: RawAuth,
     projects: RawProjects,
+    images: RawImages,
+    builds: RawBuilds,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawImages {
+    simulation: String,
+    librelane: String,
+}
+
+impl Default for RawImages {
+    fn default() -> Self {
+        RawImages {
+            simulation: DEFAULT_LIBRELANE_IMAGE.into(),
+            librelane: DEFAULT_LIBRELANE_IMAGE.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBuilds {
+    pdk: Option<String>,
+    pdk_variant: String,
+}
+
+impl Default for RawBuilds {
+    fn default() -> Self {
+        RawBuilds {
+            pdk: None,
+            pdk_variant: "gf180mcuD".into(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -221,6 +312,18 @@ struct RawLimits {
     cpus: Option<f64>,
     pids: i64,
     timeout: DurationText,
+    simulation: RawJobLimits,
+    build: RawJobLimits,
+}
+
+/// `[limits.simulation]`, `[limits.build]`: what is not given takes the kind's default.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawJobLimits {
+    memory: Option<Size>,
+    cpus: Option<f64>,
+    pids: Option<i64>,
+    timeout: Option<DurationText>,
 }
 
 impl Default for RawLimits {
@@ -230,6 +333,8 @@ impl Default for RawLimits {
             cpus: None,
             pids: 4096,
             timeout: DurationText::Text("6h".into()),
+            simulation: RawJobLimits::default(),
+            build: RawJobLimits::default(),
         }
     }
 }
@@ -297,12 +402,7 @@ impl RawConfig {
             bail!("server.max_upload_size: must be more than 0");
         }
         let d = self.docker;
-        if d.image.trim().is_empty()
-            || d.image.starts_with('-')
-            || d.image.contains(char::is_whitespace)
-        {
-            bail!("docker.image: {:?} is not an image reference", d.image);
-        }
+        let image = check_image(d.image, "docker.image")?;
         let prefix_ok = d
             .container_prefix
             .chars()
@@ -314,21 +414,39 @@ impl RawConfig {
             );
         }
         let l = self.limits;
-        let memory = parse_size(&l.memory, "limits.memory")?;
-        if memory < 6 * 1024 * 1024 {
-            bail!("limits.memory: Docker needs at least 6MiB");
-        }
-        if let Some(cpus) = l.cpus
-            && !(cpus > 0.0 && cpus.is_finite())
-        {
-            bail!("limits.cpus: must be more than 0 (leave it out to allow all CPUs)");
-        }
-        if l.pids < 1 {
-            bail!("limits.pids: must be at least 1");
-        }
-        let timeout = parse_duration(&l.timeout, "limits.timeout")?;
-        if timeout.is_zero() {
-            bail!("limits.timeout: must be more than 0");
+        let limits = limit_set(l.memory, l.cpus, l.pids, l.timeout, "limits")?;
+        let simulation_limits = limit_set(
+            l.simulation.memory.unwrap_or(Size::Text("4GiB".into())),
+            l.simulation.cpus,
+            l.simulation.pids.unwrap_or(4096),
+            l.simulation
+                .timeout
+                .unwrap_or(DurationText::Text("1h".into())),
+            "limits.simulation",
+        )?;
+        let build_limits = limit_set(
+            l.build.memory.unwrap_or(Size::Text("24GiB".into())),
+            l.build.cpus,
+            l.build.pids.unwrap_or(8192),
+            l.build.timeout.unwrap_or(DurationText::Text("12h".into())),
+            "limits.build",
+        )?;
+        let images = Images {
+            simulation: check_image(self.images.simulation, "images.simulation")?,
+            librelane: check_image(self.images.librelane, "images.librelane")?,
+        };
+        let b = self.builds;
+        let pdk = b.pdk.map(|p| parse_pdk(&p)).transpose()?;
+        let variant_ok = !b.pdk_variant.is_empty()
+            && b.pdk_variant
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            && !b.pdk_variant.starts_with(['-', '.']);
+        if !variant_ok {
+            bail!(
+                "builds.pdk_variant: {:?} must be a PDK name such as \"gf180mcuD\"",
+                b.pdk_variant
+            );
         }
         let p = self.projects;
         let max_file_size = parse_size(&p.max_file_size, "projects.max_file_size")?;
@@ -368,13 +486,15 @@ impl RawConfig {
             max_concurrent: s.max_concurrent,
             upload_expiry: Duration::from_secs(s.upload_expiry_minutes * 60),
             max_upload_size,
-            image: d.image,
+            image,
             container_prefix: d.container_prefix,
-            limits: Limits {
-                memory,
-                cpus: l.cpus,
-                pids: l.pids,
-                timeout,
+            limits,
+            simulation_limits,
+            build_limits,
+            images,
+            builds: Builds {
+                pdk,
+                pdk_variant: b.pdk_variant,
             },
             auth: Auth {
                 required: a.required,
@@ -396,6 +516,66 @@ impl RawConfig {
             },
         })
     }
+}
+
+fn limit_set(
+    memory: Size,
+    cpus: Option<f64>,
+    pids: i64,
+    timeout: DurationText,
+    table: &str,
+) -> Result<Limits> {
+    let memory = parse_size(&memory, &format!("{table}.memory"))?;
+    if memory < 6 * 1024 * 1024 {
+        bail!("{table}.memory: Docker needs at least 6MiB");
+    }
+    if let Some(cpus) = cpus
+        && !(cpus > 0.0 && cpus.is_finite())
+    {
+        bail!("{table}.cpus: must be more than 0 (leave it out to allow all CPUs)");
+    }
+    if pids < 1 {
+        bail!("{table}.pids: must be at least 1");
+    }
+    let timeout = parse_duration(&timeout, &format!("{table}.timeout"))?;
+    if timeout.is_zero() {
+        bail!("{table}.timeout: must be more than 0");
+    }
+    Ok(Limits {
+        memory,
+        cpus,
+        pids,
+        timeout,
+    })
+}
+
+fn check_image(image: String, key: &str) -> Result<String> {
+    if image.trim().is_empty() || image.starts_with('-') || image.contains(char::is_whitespace) {
+        bail!("{key}: {image:?} is not an image reference");
+    }
+    Ok(image)
+}
+
+/// `builds.pdk`: an absolute path is a folder on the engine's host, anything else a volume name.
+fn parse_pdk(pdk: &str) -> Result<PdkSource> {
+    if pdk.starts_with('/') {
+        let path = normalize(Path::new(pdk));
+        if path == Path::new("/") {
+            bail!("builds.pdk: mounting the host's whole file system is not a PDK");
+        }
+        return Ok(PdkSource::HostPath(path));
+    }
+    let volume_ok = pdk.len() >= 2
+        && pdk.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && pdk
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !volume_ok {
+        bail!(
+            "builds.pdk: {pdk:?} is neither an absolute host path (e.g. \"/opt/pdk\") nor a Docker volume name (e.g. \"gf180mcu-pdk\")"
+        );
+    }
+    Ok(PdkSource::Volume(pdk.to_string()))
 }
 
 /// What a key's name may be: it is shown in tables and recorded with uploads and runs.
@@ -539,6 +719,43 @@ mod tests {
         assert_eq!(c.max_upload_size, 2 << 30);
         assert_eq!(c.upload_expiry, Duration::from_secs(15 * 60));
         assert_eq!(c.image, DEFAULT_IMAGE);
+        assert_eq!(c.images.librelane, DEFAULT_LIBRELANE_IMAGE);
+        assert_eq!(c.builds.pdk, None);
+        assert_eq!(c.builds.pdk_variant, "gf180mcuD");
+        // A build needs more memory and time than a simulation.
+        let (sim, build) = (&c.simulation_limits, &c.build_limits);
+        assert!(sim.memory < build.memory && sim.timeout < build.timeout);
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_shows_the_defaults() {
+        let example = parse(include_str!("../config.example.toml")).unwrap();
+        let defaults = parse("").unwrap();
+        assert_eq!(example.build_limits.memory, defaults.build_limits.memory);
+        assert_eq!(
+            example.simulation_limits.timeout,
+            defaults.simulation_limits.timeout
+        );
+        assert_eq!(example.images.simulation, defaults.images.simulation);
+    }
+
+    #[test]
+    fn job_limits_images_and_the_pdk() {
+        let c = parse(
+            "[limits.build]\nmemory = \"32GiB\"\n[limits.simulation]\ntimeout = \"5m\"\ncpus = 2\n\
+             [images]\nsimulation = \"sim:1\"\n[builds]\npdk = \"/opt/pdk/../pdk\"",
+        )
+        .unwrap();
+        assert_eq!(c.build_limits.memory, 32 << 30);
+        assert_eq!(c.build_limits.timeout, Duration::from_secs(12 * 3600));
+        assert_eq!(c.simulation_limits.timeout, Duration::from_secs(300));
+        assert_eq!(c.simulation_limits.memory, 4 << 30);
+        assert_eq!(c.simulation_limits.cpus, Some(2.0));
+        assert_eq!(c.limits_for(RunKind::Build).1, "limits.build");
+        assert_eq!(c.image_for(RunKind::Simulation), "sim:1");
+        assert_eq!(c.builds.pdk, Some(PdkSource::HostPath("/opt/pdk".into())));
+        let c = parse("[builds]\npdk = \"gf180mcu-pdk\"").unwrap();
+        assert_eq!(c.builds.pdk, Some(PdkSource::Volume("gf180mcu-pdk".into())));
     }
 
     #[test]
@@ -574,6 +791,16 @@ mod tests {
             ("[limits]\nmemory = \"lots\"", "limits.memory"),
             ("[limits]\ntimeout = \"6 hours\"", "limits.timeout"),
             ("[limits]\ncpus = 0", "limits.cpus"),
+            ("[limits.build]\nmemory = \"1KiB\"", "limits.build.memory"),
+            (
+                "[limits.simulation]\ntimeout = 0",
+                "limits.simulation.timeout",
+            ),
+            ("[limits.build]\nmem = 1", "mem"),
+            ("[images]\nlibrelane = \"-x\"", "images.librelane"),
+            ("[builds]\npdk = \"../pdk\"", "builds.pdk"),
+            ("[builds]\npdk = \"/\"", "builds.pdk"),
+            ("[builds]\npdk_variant = \"--rm\"", "builds.pdk_variant"),
             (
                 "[docker]\ncontainer_prefix = \"a b\"",
                 "docker.container_prefix",

@@ -16,7 +16,8 @@ use uuid::Uuid;
 
 use crate::layout::Layout;
 use crate::model::{
-    LayoutFormat, Outcome, PrecheckParams, Project, ProjectFile, Run, RunStatus, Scope, Upload,
+    BuildParams, JobFile, LayoutFormat, Outcome, PrecheckParams, Progress, Project, ProjectFile,
+    Run, RunKind, RunParams, RunStatus, Scope, SimulationParams, SimulationTool, Upload,
 };
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
@@ -111,6 +112,62 @@ CREATE TABLE project_files (
 
 CREATE INDEX project_files_by_blob ON project_files (sha256);
 "#,
+    // Runs of every kind: the precheck columns become optional, jobs get theirs, and each job
+    // keeps the project files it was given (their blobs), whatever happens to the project after.
+    r#"
+CREATE TABLE runs_v5 (
+    seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+    id               TEXT NOT NULL UNIQUE,
+    kind             TEXT NOT NULL CHECK (kind IN ('precheck', 'simulation', 'build')),
+    created          INTEGER NOT NULL,
+    upload_id        TEXT,
+    top_cell         TEXT,
+    die_id           TEXT,
+    slot             TEXT,
+    cob              INTEGER,
+    project_id       TEXT,
+    tool             TEXT,
+    top              TEXT,
+    sources          TEXT,
+    config           TEXT,
+    image            TEXT NOT NULL,
+    image_id         TEXT,
+    status           TEXT NOT NULL
+        CHECK (status IN ('queued', 'running', 'completed', 'failed', 'cancelled')),
+    exit_code        INTEGER,
+    error            TEXT,
+    oom_killed       INTEGER NOT NULL DEFAULT 0,
+    started_at       INTEGER,
+    finished_at      INTEGER,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    owner            TEXT,
+    progress_step    INTEGER,
+    progress_name    TEXT,
+    progress_count   INTEGER
+) STRICT;
+
+INSERT INTO runs_v5 (seq, id, kind, created, upload_id, top_cell, die_id, slot, cob, image,
+    image_id, status, exit_code, error, oom_killed, started_at, finished_at, cancel_requested, owner)
+SELECT seq, id, kind, created, upload_id, top_cell, die_id, slot, cob, image,
+    image_id, status, exit_code, error, oom_killed, started_at, finished_at, cancel_requested, owner
+FROM runs;
+
+DROP TABLE runs;
+ALTER TABLE runs_v5 RENAME TO runs;
+CREATE INDEX runs_by_status ON runs (status, seq);
+CREATE INDEX runs_by_upload ON runs (upload_id);
+CREATE INDEX runs_by_project ON runs (project_id, seq);
+
+CREATE TABLE job_files (
+    run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    path   TEXT NOT NULL,
+    size   INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (run_id, path)
+) STRICT;
+
+CREATE INDEX job_files_by_blob ON job_files (sha256);
+"#,
 ];
 
 const RUN_COLUMNS: &str =
@@ -118,10 +175,34 @@ const RUN_COLUMNS: &str =
     exit_code, error, oom_killed, started_at, finished_at, owner,
     CASE WHEN status = 'queued'
         THEN (SELECT COUNT(*) FROM runs q WHERE q.status = 'queued' AND q.seq <= runs.seq) END,
-    CASE WHEN status = 'queued' THEN (SELECT COUNT(*) FROM runs q WHERE q.status = 'queued') END";
+    CASE WHEN status = 'queued' THEN (SELECT COUNT(*) FROM runs q WHERE q.status = 'queued') END,
+    kind, project_id, tool, top, sources, config, progress_step, progress_name, progress_count";
 
 const UPLOAD_COLUMNS: &str =
     "id, name, size, sha256, format, created, expires_at, expired, owner, dbu_microns";
+
+/// Which runs to list.
+#[derive(Debug, Clone)]
+pub struct RunFilter {
+    /// Any of these (all when empty).
+    pub statuses: Vec<RunStatus>,
+    pub scope: Scope,
+    /// Any of these kinds (all when empty).
+    pub kinds: Vec<RunKind>,
+    /// Only this project's jobs.
+    pub project_id: Option<Uuid>,
+}
+
+impl Default for RunFilter {
+    fn default() -> Self {
+        RunFilter {
+            statuses: vec![],
+            scope: Scope::All,
+            kinds: vec![],
+            project_id: None,
+        }
+    }
+}
 
 /// Why a precheck could not be created.
 #[derive(Debug, PartialEq)]
@@ -388,8 +469,8 @@ impl Db {
                 [params.upload_id.to_string()],
             )?;
             tx.execute(
-                "INSERT INTO runs (id, created, upload_id, top_cell, die_id, slot, cob, image, owner, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued')",
+                "INSERT INTO runs (id, kind, created, upload_id, top_cell, die_id, slot, cob, image, owner, status)
+                 VALUES (?1, 'precheck', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued')",
                 params![
                     id.to_string(),
                     micros(now),
@@ -415,8 +496,30 @@ impl Db {
 
     /// The runs `scope` sees with any of `statuses` (all when empty), newest first.
     pub async fn runs(&self, statuses: Vec<RunStatus>, scope: Scope) -> Result<Vec<Run>> {
+        self.runs_where(RunFilter {
+            statuses,
+            scope,
+            ..RunFilter::default()
+        })
+        .await
+    }
+
+    /// The runs that pass `filter`, newest first.
+    pub async fn runs_where(&self, filter: RunFilter) -> Result<Vec<Run>> {
         self.call(move |c| {
-            let mut filter = String::from("WHERE (?1 IS NULL OR owner = ?1)");
+            let RunFilter {
+                statuses,
+                scope,
+                kinds,
+                project_id,
+            } = filter;
+            let mut filter = String::from(
+                "WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR project_id = ?2)",
+            );
+            if !kinds.is_empty() {
+                let list: Vec<String> = kinds.iter().map(|k| format!("'{}'", k.as_str())).collect();
+                filter.push_str(&format!(" AND kind IN ({})", list.join(", ")));
+            }
             if !statuses.is_empty() {
                 let list: Vec<String> = statuses
                     .iter()
@@ -427,7 +530,9 @@ impl Db {
             let mut stmt = c.prepare(&format!(
                 "SELECT {RUN_COLUMNS} FROM runs {filter} ORDER BY seq DESC"
             ))?;
-            stmt.query_map([scope.owner()], run_from_row)?.collect()
+            let project_id = project_id.map(|p| p.to_string());
+            stmt.query_map(params![scope.owner(), project_id], run_from_row)?
+                .collect()
         })
         .await
     }
@@ -629,7 +734,7 @@ impl Db {
     }
 
     /// What the storage folder should hold: the ids of every run and of every upload that has
-    /// not expired, and the sha256 of every project file's blob.
+    /// not expired, and the sha256 of every blob a project file or a job names.
     pub async fn known_names(&self) -> Result<KnownNames> {
         self.call(|c| {
             let names = |sql: &str| -> rusqlite::Result<HashSet<String>> {
@@ -640,7 +745,9 @@ impl Db {
             Ok(KnownNames {
                 runs: names("SELECT id FROM runs")?,
                 uploads: names("SELECT id FROM uploads WHERE expired = 0")?,
-                blobs: names("SELECT DISTINCT sha256 FROM project_files")?,
+                blobs: names(
+                    "SELECT sha256 FROM project_files UNION SELECT sha256 FROM job_files",
+                )?,
             })
         })
         .await
@@ -675,7 +782,147 @@ impl Db {
     }
 }
 
+/// Why a job could not be created.
+#[derive(Debug, PartialEq)]
+pub enum CreateJobError {
+    NoProject,
+    /// The project has no file at this path.
+    MissingFile(String),
+}
+
+/// What deleting a project did.
+#[derive(Debug, PartialEq)]
+pub enum DeleteProject {
+    /// Deleted; the blobs its files named (they may now be unused).
+    Deleted(Vec<String>),
+    /// A queued or running job of the project.
+    Busy(Uuid),
+    NotFound,
+}
+
 impl Db {
+    /// Queues a job of a project, with a snapshot of the project's files as they are now; each
+    /// of `needs` must be one of them.
+    pub async fn create_job(
+        &self,
+        id: Uuid,
+        params: RunParams,
+        image: String,
+        owner: Option<String>,
+        needs: Vec<String>,
+        now: OffsetDateTime,
+    ) -> Result<Result<Run, CreateJobError>> {
+        self.call(move |c| {
+            let tx = c.transaction()?;
+            let Some(project_id) = params.project_id().map(|p| p.to_string()) else {
+                return Err(bad_value("a precheck is not a job".into()));
+            };
+            let exists = tx
+                .query_row("SELECT 1 FROM projects WHERE id = ?1", [&project_id], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if !exists {
+                return Ok(Err(CreateJobError::NoProject));
+            }
+            for path in needs {
+                let found = tx
+                    .query_row(
+                        "SELECT 1 FROM project_files WHERE project_id = ?1 AND path = ?2",
+                        params![project_id, path],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some();
+                if !found {
+                    return Ok(Err(CreateJobError::MissingFile(path)));
+                }
+            }
+            let (tool, top, sources, config) = match &params {
+                RunParams::Simulation(p) => (
+                    Some(p.tool.as_str()),
+                    Some(p.top.clone()),
+                    Some(p.sources.join("\n")),
+                    None,
+                ),
+                RunParams::Build(p) => (None, None, None, Some(p.config.clone())),
+                RunParams::Precheck(_) => (None, None, None, None),
+            };
+            tx.execute(
+                "INSERT INTO runs (id, kind, created, project_id, tool, top, sources, config, image, owner, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'queued')",
+                params![
+                    id.to_string(),
+                    params.kind().as_str(),
+                    micros(now),
+                    project_id,
+                    tool,
+                    top,
+                    sources,
+                    config,
+                    image,
+                    owner,
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO job_files (run_id, path, size, sha256)
+                 SELECT ?1, path, size, sha256 FROM project_files WHERE project_id = ?2",
+                params![id.to_string(), project_id],
+            )?;
+            let run = select_run(&tx, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+            tx.commit()?;
+            Ok(Ok(run))
+        })
+        .await
+    }
+
+    /// The project files a job was given, by path.
+    pub async fn job_files(&self, run_id: Uuid) -> Result<Vec<JobFile>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT path, size, sha256 FROM job_files WHERE run_id = ?1 ORDER BY path",
+            )?;
+            stmt.query_map([run_id.to_string()], |r| {
+                Ok(JobFile {
+                    path: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                    sha256: r.get(2)?,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    /// Records where a build is.
+    pub async fn set_progress(&self, id: Uuid, progress: Progress) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "UPDATE runs SET progress_step = ?2, progress_name = ?3, progress_count = ?4
+                 WHERE id = ?1",
+                params![id.to_string(), progress.step, progress.name, progress.count],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// How many steps the last completed build of this project and config had, if any did.
+    pub async fn last_build_steps(&self, project_id: Uuid, config: String) -> Result<Option<u32>> {
+        self.call(move |c| {
+            let steps: Option<Option<i64>> = c
+                .query_row(
+                    "SELECT progress_count FROM runs WHERE kind = 'build' AND status = 'completed'
+                     AND project_id = ?1 AND config = ?2 AND progress_count IS NOT NULL
+                     ORDER BY seq DESC LIMIT 1",
+                    params![project_id.to_string(), config],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(steps.flatten().map(|n| n as u32))
+        })
+        .await
+    }
+
     pub async fn create_project(&self, project: Project) -> Result<()> {
         self.call(move |c| {
             c.execute(
@@ -742,10 +989,22 @@ impl Db {
         .await
     }
 
-    /// Deletes a project and its files; returns the blobs its files named (false if none).
-    pub async fn delete_project(&self, id: Uuid) -> Result<Option<Vec<String>>> {
+    /// Deletes a project and its files, unless a job of it is queued or running. Its finished
+    /// jobs stay: they are runs, kept (with the files they were given) until deleted or pruned.
+    pub async fn delete_project(&self, id: Uuid) -> Result<DeleteProject> {
         self.call(move |c| {
             let tx = c.transaction()?;
+            let busy: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM runs WHERE project_id = ?1 AND status IN ('queued', 'running')
+                     ORDER BY seq LIMIT 1",
+                    [id.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(job) = busy {
+                return Ok(DeleteProject::Busy(parse_uuid(&job)?));
+            }
             let blobs: Vec<String> = {
                 let mut stmt =
                     tx.prepare("SELECT DISTINCT sha256 FROM project_files WHERE project_id = ?1")?;
@@ -754,7 +1013,11 @@ impl Db {
             };
             let n = tx.execute("DELETE FROM projects WHERE id = ?1", [id.to_string()])?;
             tx.commit()?;
-            Ok((n == 1).then_some(blobs))
+            Ok(if n == 1 {
+                DeleteProject::Deleted(blobs)
+            } else {
+                DeleteProject::NotFound
+            })
         })
         .await
     }
@@ -862,11 +1125,12 @@ impl Db {
         .await
     }
 
-    /// Whether any project file names this blob.
+    /// Whether any project file, or any job's copy of one, names this blob.
     pub async fn blob_in_use(&self, sha256: String) -> Result<bool> {
         self.call(move |c| {
             c.query_row(
-                "SELECT 1 FROM project_files WHERE sha256 = ?1 LIMIT 1",
+                "SELECT 1 WHERE EXISTS (SELECT 1 FROM project_files WHERE sha256 = ?1)
+                 OR EXISTS (SELECT 1 FROM job_files WHERE sha256 = ?1)",
                 [sha256],
                 |_| Ok(true),
             )
@@ -1025,16 +1289,49 @@ fn select_run(c: &Connection, id: Uuid) -> rusqlite::Result<Option<Run>> {
 fn run_from_row(r: &Row) -> rusqlite::Result<Run> {
     let position: Option<i64> = r.get(16)?;
     let length: Option<i64> = r.get(17)?;
-    Ok(Run {
-        id: parse_uuid(&r.get::<_, String>(0)?)?,
-        created: from_micros(r.get(1)?)?,
-        params: PrecheckParams {
+    let kind: RunKind = r.get::<_, String>(18)?.parse().map_err(bad_value)?;
+    let project_id = || parse_uuid(&r.get::<_, String>(19)?);
+    let params = match kind {
+        RunKind::Precheck => RunParams::Precheck(PrecheckParams {
             upload_id: parse_uuid(&r.get::<_, String>(2)?)?,
             top_cell: r.get(3)?,
             die_id: r.get(4)?,
             slot: r.get(5)?,
             cob: r.get(6)?,
-        },
+        }),
+        RunKind::Simulation => {
+            let tool: String = r.get(20)?;
+            RunParams::Simulation(SimulationParams {
+                project_id: project_id()?,
+                tool: SimulationTool::parse(&tool)
+                    .ok_or_else(|| bad_value(format!("unknown simulation tool {tool:?}")))?,
+                top: r.get(21)?,
+                sources: r
+                    .get::<_, String>(22)?
+                    .split('\n')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+            })
+        }
+        RunKind::Build => RunParams::Build(BuildParams {
+            project_id: project_id()?,
+            config: r.get(23)?,
+        }),
+    };
+    let progress = match r.get::<_, Option<i64>>(24)? {
+        Some(step) => Some(Progress {
+            step: step as u32,
+            name: r.get::<_, Option<String>>(25)?.unwrap_or_default(),
+            count: r.get::<_, Option<i64>>(26)?.map(|c| c as u32),
+        }),
+        None => None,
+    };
+    Ok(Run {
+        id: parse_uuid(&r.get::<_, String>(0)?)?,
+        created: from_micros(r.get(1)?)?,
+        params,
+        progress,
         image: r.get(7)?,
         image_id: r.get(8)?,
         status: parse_status(&r.get::<_, String>(9)?)?,
@@ -1179,6 +1476,147 @@ mod tests {
             db.delete_upload(u.id).await.unwrap(),
             DeleteUpload::InUse(ids[0])
         );
+    }
+
+    #[tokio::test]
+    async fn runs_of_schema_4_become_prechecks_of_schema_5() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..4] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 4).unwrap();
+            conn.execute(
+                "INSERT INTO runs (id, created, upload_id, top_cell, die_id, slot, cob, image, status, owner)
+                 VALUES ('00000000-0000-4000-8000-000000000001', 1, '00000000-0000-4000-8000-000000000002',
+                         'chip_top', 'FFFFFFFF', '1x1', 1, 'img', 'completed', 'alice')",
+                [],
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path).unwrap();
+        let runs = db.runs(vec![], Scope::All).await.unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].kind(), RunKind::Precheck);
+        let p = runs[0].precheck().unwrap();
+        assert_eq!((p.top_cell.as_str(), p.cob), ("chip_top", true));
+        assert_eq!(runs[0].owner.as_deref(), Some("alice"));
+        // New runs follow the old ones.
+        let u = upload(time::Duration::minutes(5));
+        db.insert_upload(u.clone()).await.unwrap();
+        let id = Uuid::new_v4();
+        db.create_run(id, params(u.id), "img".into(), None, Scope::All, now())
+            .await
+            .unwrap()
+            .unwrap();
+        let runs = db.runs(vec![], Scope::All).await.unwrap();
+        assert_eq!(runs[0].id, id);
+    }
+
+    #[tokio::test]
+    async fn a_job_keeps_the_files_it_was_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        let project = Project {
+            id: Uuid::new_v4(),
+            name: "p".into(),
+            description: String::new(),
+            owner: None,
+            created: now(),
+            updated: now(),
+            files: 0,
+            size: 0,
+        };
+        db.create_project(project.clone()).await.unwrap();
+        let file = |path: &str, sha: &str| ProjectFile {
+            path: path.into(),
+            size: 3,
+            sha256: sha.into(),
+            modified: now(),
+        };
+        db.put_files(project.id, vec![file("config.json", "aa")], 100)
+            .await
+            .unwrap();
+        let build = |config: &str| {
+            RunParams::Build(BuildParams {
+                project_id: project.id,
+                config: config.into(),
+            })
+        };
+        let e = db
+            .create_job(
+                Uuid::new_v4(),
+                build("x.json"),
+                "i".into(),
+                None,
+                vec!["x.json".into()],
+                now(),
+            )
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e, CreateJobError::MissingFile("x.json".into()));
+        let id = Uuid::new_v4();
+        let run = db
+            .create_job(
+                id,
+                build("config.json"),
+                "i".into(),
+                None,
+                vec!["config.json".into()],
+                now(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(run.kind(), RunKind::Build);
+        // Replaced, then the project deleted (the job is queued: it refuses, until the job ends).
+        db.put_files(project.id, vec![file("config.json", "bb")], 100)
+            .await
+            .unwrap();
+        assert_eq!(
+            db.delete_project(project.id).await.unwrap(),
+            DeleteProject::Busy(id)
+        );
+        db.claim_next_run(now()).await.unwrap().unwrap();
+        db.finish_run(id, Outcome::completed(), now())
+            .await
+            .unwrap();
+        assert!(matches!(
+            db.delete_project(project.id).await.unwrap(),
+            DeleteProject::Deleted(_)
+        ));
+        let kept = db.job_files(id).await.unwrap();
+        assert_eq!(
+            (kept[0].path.as_str(), kept[0].sha256.as_str()),
+            ("config.json", "aa")
+        );
+        assert!(db.blob_in_use("aa".into()).await.unwrap());
+        assert!(!db.blob_in_use("bb".into()).await.unwrap());
+        assert!(db.known_names().await.unwrap().blobs.contains("aa"));
+        db.set_progress(
+            id,
+            Progress {
+                step: 3,
+                name: "Floorplan".into(),
+                count: Some(3),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            db.last_build_steps(project.id, "config.json".into())
+                .await
+                .unwrap(),
+            Some(3)
+        );
+        assert!(matches!(
+            db.delete_run(id, false, now()).await.unwrap(),
+            DeleteRun::Deleted(_)
+        ));
+        assert!(!db.blob_in_use("aa".into()).await.unwrap());
     }
 
     #[tokio::test]

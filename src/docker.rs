@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
     KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
@@ -52,6 +52,16 @@ pub struct ContainerSpec {
     pub env: Vec<String>,
     pub labels: HashMap<String, String>,
     pub limits: Limits,
+    pub mounts: Vec<ReadOnlyMount>,
+}
+
+/// A host folder or a volume the container sees read-only (a build's PDK).
+#[derive(Debug, Clone)]
+pub struct ReadOnlyMount {
+    /// An absolute host path, or a volume's name.
+    pub source: String,
+    pub volume: bool,
+    pub target: String,
 }
 
 /// How a container ended, as the engine saw it.
@@ -109,6 +119,15 @@ impl Engine {
         }
     }
 
+    /// Whether the engine has a volume of this name.
+    pub async fn volume_exists(&self, name: &str) -> Result<bool> {
+        match quick(self.docker.inspect_volume(name)).await {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(e.context(format!("cannot inspect volume {name}"))),
+        }
+    }
+
     /// Pulls an image, reporting progress through `progress`.
     pub async fn pull(&self, image: &str, mut progress: impl FnMut(&str)) -> Result<()> {
         let options = CreateImageOptionsBuilder::default()
@@ -140,6 +159,22 @@ impl Engine {
             memory_swap: Some(limits.memory as i64),
             nano_cpus: limits.cpus.map(|c| (c * 1e9) as i64),
             pids_limit: Some(limits.pids),
+            mounts: (!spec.mounts.is_empty()).then(|| {
+                spec.mounts
+                    .iter()
+                    .map(|m| Mount {
+                        target: Some(m.target.clone()),
+                        source: Some(m.source.clone()),
+                        typ: Some(if m.volume {
+                            MountType::VOLUME
+                        } else {
+                            MountType::BIND
+                        }),
+                        read_only: Some(true),
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
             ..Default::default()
         };
         let body = ContainerCreateBody {

@@ -27,6 +27,7 @@ pub mod docker;
 pub mod layout;
 pub mod logs;
 pub mod model;
+pub mod progress;
 pub mod queue;
 pub mod recovery;
 pub mod runner;

@@ -164,12 +164,131 @@ pub struct PrecheckParams {
     pub cob: bool,
 }
 
+/// The simulators a simulation job may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimulationTool {
+    Icarus,
+    Verilator,
+}
+
+impl SimulationTool {
+    pub const ALL: [SimulationTool; 2] = [SimulationTool::Icarus, SimulationTool::Verilator];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SimulationTool::Icarus => "icarus",
+            SimulationTool::Verilator => "verilator",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SimulationTool> {
+        SimulationTool::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+}
+
+/// What a simulation job was asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimulationParams {
+    pub project_id: Uuid,
+    pub tool: SimulationTool,
+    /// The testbench's top module.
+    pub top: String,
+    /// The project files compiled, in order (every file of the project is in the container).
+    pub sources: Vec<String>,
+}
+
+/// What a build job was asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildParams {
+    pub project_id: Uuid,
+    /// The LibreLane config file's path in the project.
+    pub config: String,
+}
+
+/// A run's kind and what it was asked to do.
+#[derive(Debug, Clone)]
+pub enum RunParams {
+    Precheck(PrecheckParams),
+    Simulation(SimulationParams),
+    Build(BuildParams),
+}
+
+impl RunParams {
+    pub fn kind(&self) -> RunKind {
+        match self {
+            RunParams::Precheck(_) => RunKind::Precheck,
+            RunParams::Simulation(_) => RunKind::Simulation,
+            RunParams::Build(_) => RunKind::Build,
+        }
+    }
+
+    /// The project a job belongs to; `None` for a precheck.
+    pub fn project_id(&self) -> Option<Uuid> {
+        match self {
+            RunParams::Precheck(_) => None,
+            RunParams::Simulation(p) => Some(p.project_id),
+            RunParams::Build(p) => Some(p.project_id),
+        }
+    }
+}
+
+/// The kinds of run: a precheck of an upload, or a project's simulation or build job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunKind {
+    Precheck,
+    Simulation,
+    Build,
+}
+
+impl RunKind {
+    pub const ALL: [RunKind; 3] = [RunKind::Precheck, RunKind::Simulation, RunKind::Build];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunKind::Precheck => "precheck",
+            RunKind::Simulation => "simulation",
+            RunKind::Build => "build",
+        }
+    }
+}
+
+impl fmt::Display for RunKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RunKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        RunKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown kind {s:?}: use one of {}",
+                    RunKind::ALL.map(RunKind::as_str).join(", ")
+                )
+            })
+    }
+}
+
+/// Where a build is, as read from its log: step `step` (counting from 1) of `count`, if known.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Progress {
+    pub step: u32,
+    pub name: String,
+    pub count: Option<u32>,
+}
+
 /// A run as stored.
 #[derive(Debug, Clone)]
 pub struct Run {
     pub id: Uuid,
     pub created: OffsetDateTime,
-    pub params: PrecheckParams,
+    pub params: RunParams,
+    /// A build's step, while it runs and after.
+    pub progress: Option<Progress>,
     /// The image reference from the config when the run was created.
     pub image: String,
     /// The `sha256:` id of the image that ran it, once started.
@@ -184,6 +303,19 @@ pub struct Run {
     pub queue: Option<(u64, u64)>,
     /// The name of the API key that made it (none without authentication).
     pub owner: Option<String>,
+}
+
+impl Run {
+    pub fn kind(&self) -> RunKind {
+        self.params.kind()
+    }
+
+    pub fn precheck(&self) -> Option<&PrecheckParams> {
+        match &self.params {
+            RunParams::Precheck(p) => Some(p),
+            _ => None,
+        }
+    }
 }
 
 /// Exit codes the server reports for runs that did not end by the container's own exit code.
@@ -326,6 +458,14 @@ pub struct ProjectFile {
     pub size: u64,
     pub sha256: String,
     pub modified: OffsetDateTime,
+}
+
+/// A project file as a job was given it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFile {
+    pub path: String,
+    pub size: u64,
+    pub sha256: String,
 }
 
 /// The longest project file path, and the longest part of one.

@@ -186,7 +186,7 @@ impl Queue {
                     }
                 }
             };
-            tracing::info!(run_id = %run.id, top_cell = %run.params.top_cell, "run started");
+            tracing::info!(run_id = %run.id, kind = %run.kind(), "run started");
             self.launch(run, None);
         }
     }

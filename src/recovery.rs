@@ -59,7 +59,13 @@ pub async fn recover(runner: &Runner) -> Result<Vec<(Run, Attach)>> {
                 .map(|t| OffsetDateTime::now_utc() - t)
                 .and_then(|d| Duration::try_from(d).ok())
                 .unwrap_or_default();
-            Instant::now() + runner.config.limits.timeout.saturating_sub(elapsed)
+            Instant::now()
+                + runner
+                    .config
+                    .limits_for(run.kind())
+                    .0
+                    .timeout
+                    .saturating_sub(elapsed)
         });
         tracing::info!(run_id = %run.id, container = %container.id, state = %container.state, "reattaching");
         resumed.push((

@@ -5,7 +5,7 @@
 //! copy `/output/design.gds` and `/work` out, remove the container. Whatever happens in between,
 //! the container is removed and the run gets an [`Outcome`] that a person can act on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,12 +16,17 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
-use crate::config::{Config, human_bytes};
+use crate::config::{Config, PDK_MOUNT, PdkSource, human_bytes};
 use crate::db::Db;
-use crate::docker::{ContainerSpec, Engine, StagedFile};
+use crate::docker::{ContainerSpec, Engine, ReadOnlyMount, StagedFile};
 use crate::logs;
-use crate::model::{Outcome, Run, exit_code};
+use crate::model::{
+    BuildParams, Outcome, PrecheckParams, Progress, Run, RunParams, SimulationParams,
+    SimulationTool, exit_code,
+};
+use crate::progress;
 use crate::storage::Storage;
 
 /// Every container the server creates carries its run's id under this label.
@@ -154,18 +159,17 @@ impl Runner {
         };
         self.db.set_image_id(run.id, image_id).await?;
 
-        let upload = self
-            .db
-            .upload(run.params.upload_id)
-            .await?
-            .with_context(|| format!("upload {} has been deleted", run.params.upload_id))?;
-        let input = format!("/input/{}", upload.format.input_name());
+        let plan = match self.plan(run).await? {
+            Ok(plan) => plan,
+            Err(refused) => return Ok(refused),
+        };
+        let (limits, _) = self.config.limits_for(run.kind());
         let spec = ContainerSpec {
             name: format!("{}{}", self.config.container_prefix, run.id),
             image: image.clone(),
-            cmd: precheck_command(run, &input),
-            working_dir: "/workspace".into(),
-            env: vec!["COLUMNS=200".into()],
+            cmd: plan.cmd,
+            working_dir: plan.working_dir.into(),
+            env: plan.env,
             labels: HashMap::from([
                 (RUN_LABEL.to_string(), run.id.to_string()),
                 (
@@ -173,7 +177,8 @@ impl Runner {
                     self.storage.root().display().to_string(),
                 ),
             ]),
-            limits: self.config.limits.clone(),
+            limits: limits.clone(),
+            mounts: plan.mounts,
         };
         if cancelled.is_cancelled() {
             return Ok(Outcome::cancelled());
@@ -184,12 +189,9 @@ impl Runner {
             .await
             .context("cannot create the container")?;
         *container = Some(id.clone());
-        let staged = [StagedFile {
-            source: self.storage.upload_path(upload.id),
-            target: input,
-        }];
+        let dirs: Vec<&str> = plan.dirs.iter().map(String::as_str).collect();
         tokio::select! {
-            staged = self.engine.stage(&id, &["/input", "/output", "/work"], &staged) => staged?,
+            staged = self.engine.stage(&id, &dirs, &plan.files) => staged?,
             _ = cancelled.cancelled() => return Ok(Outcome::cancelled()),
         }
         if cancelled.is_cancelled() {
@@ -203,8 +205,104 @@ impl Runner {
             .start(&id)
             .await
             .context("cannot start the container")?;
-        let deadline = Instant::now() + self.config.limits.timeout;
+        let deadline = Instant::now() + limits.timeout;
         self.watch(run, active, &id, 0, Some(deadline)).await
+    }
+
+    /// The container a run needs: its command, its files and folders, and (for a build) the PDK;
+    /// or, if it cannot run, how it ended.
+    async fn plan(&self, run: &Run) -> Result<Result<Plan, Outcome>> {
+        let not_run = |m: String| Ok(Err(Outcome::failed(exit_code::NOT_RUN, m)));
+        let env = vec!["COLUMNS=200".to_string()];
+        let project_files = || async {
+            let files = self.db.job_files(run.id).await?;
+            let mut dirs: BTreeSet<String> = BTreeSet::from([PROJECT_DIR.to_string()]);
+            for f in &files {
+                let mut parent = f.path.as_str();
+                while let Some((up, _)) = parent.rsplit_once('/') {
+                    dirs.insert(format!("{PROJECT_DIR}/{up}"));
+                    parent = up;
+                }
+            }
+            let staged = files
+                .iter()
+                .map(|f| StagedFile {
+                    source: self.storage.blob_path(&f.sha256),
+                    target: format!("{PROJECT_DIR}/{}", f.path),
+                })
+                .collect::<Vec<_>>();
+            anyhow::Ok((dirs.into_iter().collect::<Vec<_>>(), staged))
+        };
+        match &run.params {
+            RunParams::Precheck(p) => {
+                let Some(upload) = self.db.upload(p.upload_id).await? else {
+                    return not_run(format!("upload {} has been deleted", p.upload_id));
+                };
+                let input = format!("/input/{}", upload.format.input_name());
+                Ok(Ok(Plan {
+                    cmd: precheck_command(p, &input),
+                    working_dir: "/workspace",
+                    env,
+                    dirs: ["/input", "/output", "/work"].map(String::from).into(),
+                    files: vec![StagedFile {
+                        source: self.storage.upload_path(upload.id),
+                        target: input,
+                    }],
+                    mounts: vec![],
+                }))
+            }
+            RunParams::Simulation(p) => {
+                let (mut dirs, files) = project_files().await?;
+                dirs.push("/tmp".into());
+                Ok(Ok(Plan {
+                    cmd: simulation_command(p),
+                    working_dir: PROJECT_DIR,
+                    env,
+                    dirs,
+                    files,
+                    mounts: vec![],
+                }))
+            }
+            RunParams::Build(p) => {
+                let builds = &self.config.builds;
+                let mount = match &builds.pdk {
+                    None => {
+                        return not_run(
+                            "this server has no PDK for builds: set [builds] pdk in its config"
+                                .into(),
+                        );
+                    }
+                    Some(PdkSource::HostPath(path)) => ReadOnlyMount {
+                        source: path.display().to_string(),
+                        volume: false,
+                        target: PDK_MOUNT.into(),
+                    },
+                    Some(PdkSource::Volume(name)) => {
+                        if !self.engine.volume_exists(name).await? {
+                            return not_run(format!(
+                                "the PDK volume {name} (builds.pdk) does not exist on the Docker engine"
+                            ));
+                        }
+                        ReadOnlyMount {
+                            source: name.clone(),
+                            volume: true,
+                            target: PDK_MOUNT.into(),
+                        }
+                    }
+                };
+                let (dirs, files) = project_files().await?;
+                let mut env = env;
+                env.push(format!("PDK_ROOT={PDK_MOUNT}"));
+                Ok(Ok(Plan {
+                    cmd: build_command(run.id, p, &builds.pdk_variant),
+                    working_dir: PROJECT_DIR,
+                    env,
+                    dirs,
+                    files,
+                    mounts: vec![mount],
+                }))
+            }
+        }
     }
 
     /// Follows a started container's log into the run's log file (after the first `skip`
@@ -220,14 +318,17 @@ impl Runner {
     ) -> Result<Outcome> {
         let run_dir = self.storage.run_dir(run.id);
         let log_path = self.storage.log_path(run.id);
+        let tracker = self.tracker(run).await?;
         let logs = tokio::spawn(append_logs(
             self.engine.logs(id, true),
             log_path.clone(),
             active.log_len.clone(),
             skip,
+            tracker.clone(),
         ));
 
-        let timeout = self.config.limits.timeout;
+        let (limits, table) = self.config.limits_for(run.kind());
+        let timeout = limits.timeout;
         // Without a deadline the container has stopped already: neither a timeout nor a
         // cancel can change how it ended.
         let expired = async {
@@ -247,7 +348,7 @@ impl Runner {
             _ = expired => {
                 self.engine.kill(id).await?;
                 Some(Outcome::failed(exit_code::TIMED_OUT, format!(
-                    "timed out after {} s (limits.timeout): the container was killed",
+                    "timed out after {} s ({table}.timeout): the container was killed",
                     timeout.as_secs()
                 )))
             }
@@ -274,17 +375,14 @@ impl Runner {
             log_path,
             active.log_len.clone(),
             followed,
+            tracker.clone(),
         )
         .await
         .context("cannot read the rest of the container's log")?;
 
-        // Results are copied out whatever the ending: a failed run's flow directory is what
-        // its designer needs to read.
-        self.engine.copy_out(id, "/work", &run_dir).await?;
-        let output_dir = run_dir.join("output");
-        self.engine
-            .copy_out(id, "/output/design.gds", &output_dir)
-            .await?;
+        // Results are copied out whatever the ending: a failed run's files are what its
+        // designer needs to read.
+        self.collect(run, id, &run_dir).await?;
         if let Some(outcome) = ended {
             return Ok(outcome);
         }
@@ -296,40 +394,267 @@ impl Runner {
                 ..Outcome::failed(
                     exit.code,
                     format!(
-                        "out of memory (limit {}): the container was killed; raise limits.memory if the layout needs more",
-                        human_bytes(self.config.limits.memory)
+                        "out of memory (limit {}): the container was killed; raise {table}.memory if the run needs more",
+                        human_bytes(limits.memory)
                     ),
                 )
             });
         }
-        Ok(match exit.code {
-            0 => {
-                let output = tokio::fs::metadata(self.storage.output_path(run.id)).await;
-                if output.is_ok_and(|m| m.len() > 0) {
-                    Outcome::completed()
-                } else {
-                    Outcome::failed(
-                        exit_code::NO_OUTPUT,
-                        "the precheck exited 0 but wrote no /output/design.gds: see the logs",
-                    )
-                }
+        let progress = match tracker {
+            Some(tracker) => tracker.lock().map(|t| t.progress.clone()).ok(),
+            None => None,
+        };
+        Ok(judge(run, exit.code, &run_dir, progress).await)
+    }
+
+    /// Copies a stopped container's results into the run's folder: a precheck's `/work` and
+    /// output, a simulation's waveforms, a build's LibreLane run folder.
+    async fn collect(&self, run: &Run, id: &str, run_dir: &Path) -> Result<()> {
+        match &run.params {
+            RunParams::Precheck(_) => {
+                self.engine.copy_out(id, "/work", run_dir).await?;
+                self.engine
+                    .copy_out(id, "/output/design.gds", &run_dir.join("output"))
+                    .await?;
             }
-            1 => Outcome::failed(1, "the precheck found problems (exit code 1): see the logs"),
-            2 => Outcome::failed(
-                2,
-                "the precheck rejected its arguments (exit code 2): see the logs",
+            RunParams::Simulation(_) => {
+                let scratch = run_dir.join("scratch");
+                remove_dir_if_any(&scratch).await?;
+                self.engine.copy_out(id, PROJECT_DIR, &scratch).await?;
+                let (from, to) = (scratch.join("project"), run_dir.join(ARTIFACTS));
+                tokio::task::spawn_blocking(move || keep_waveforms(&from, &to))
+                    .await
+                    .context("the copy thread failed")?
+                    .context("cannot keep the simulation's waveforms")?;
+                remove_dir_if_any(&scratch).await?;
+            }
+            RunParams::Build(p) => {
+                let scratch = run_dir.join("scratch");
+                remove_dir_if_any(&scratch).await?;
+                let flow_dir = build_run_dir(run.id, p);
+                if self.engine.copy_out(id, &flow_dir, &scratch).await? {
+                    let artifacts = run_dir.join(ARTIFACTS);
+                    remove_dir_if_any(&artifacts).await?;
+                    tokio::fs::rename(scratch.join(run.id.to_string()), &artifacts).await?;
+                }
+                remove_dir_if_any(&scratch).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A build's log watcher, starting from where the build was (after a restart) and with
+    /// the step count of the last completed build like it.
+    async fn tracker(&self, run: &Run) -> Result<Option<Tracker>> {
+        let RunParams::Build(p) = &run.params else {
+            return Ok(None);
+        };
+        let progress = match &run.progress {
+            Some(p) => p.clone(),
+            None => Progress {
+                count: self
+                    .db
+                    .last_build_steps(p.project_id, p.config.clone())
+                    .await?,
+                ..Progress::default()
+            },
+        };
+        Ok(Some(Arc::new(std::sync::Mutex::new(ProgressState {
+            db: self.db.clone(),
+            run_id: run.id,
+            progress,
+        }))))
+    }
+}
+
+/// The folder in a run's folder that holds a job's artefacts.
+pub const ARTIFACTS: &str = "artifacts";
+
+/// Where a job's project files are in its container (its working directory).
+const PROJECT_DIR: &str = "/project";
+
+/// What a run's container is made of.
+struct Plan {
+    cmd: Vec<String>,
+    working_dir: &'static str,
+    env: Vec<String>,
+    /// Empty folders to create (mode 0777), then files to copy in.
+    dirs: Vec<String>,
+    files: Vec<StagedFile>,
+    mounts: Vec<ReadOnlyMount>,
+}
+
+/// How a stopped container's exit code ends its run.
+async fn judge(run: &Run, code: i64, run_dir: &Path, progress: Option<Progress>) -> Outcome {
+    let see = "see the logs";
+    match (&run.params, code) {
+        (RunParams::Precheck(_), 0) => {
+            let output = tokio::fs::metadata(run_dir.join("output/design.gds")).await;
+            if output.is_ok_and(|m| m.len() > 0) {
+                Outcome::completed()
+            } else {
+                Outcome::failed(
+                    exit_code::NO_OUTPUT,
+                    format!("the precheck exited 0 but wrote no /output/design.gds: {see}"),
+                )
+            }
+        }
+        (RunParams::Precheck(_), 1) => Outcome::failed(
+            1,
+            format!("the precheck found problems (exit code 1): {see}"),
+        ),
+        (RunParams::Precheck(_), 2) => Outcome::failed(
+            2,
+            format!("the precheck rejected its arguments (exit code 2): {see}"),
+        ),
+        (RunParams::Precheck(_), code) => {
+            Outcome::failed(code, format!("the precheck exited with code {code}: {see}"))
+        }
+        (RunParams::Simulation(_), 0) => Outcome::completed(),
+        (RunParams::Simulation(p), code) => Outcome::failed(
+            code,
+            format!(
+                "the simulation of {} failed (exit code {code}): the compiler's or the testbench's messages are in the logs",
+                p.top
             ),
-            code => Outcome::failed(
+        ),
+        (RunParams::Build(_), 0) => match final_gds(run_dir).await {
+            Some(_) => Outcome::completed(),
+            None => Outcome::failed(
+                exit_code::NO_OUTPUT,
+                format!("LibreLane exited 0 but wrote no final/gds/*.gds: {see}"),
+            ),
+        },
+        (RunParams::Build(_), code) => {
+            let at = progress
+                .filter(|p| p.step > 0)
+                .map(|p| format!(" in step {} ({})", p.step, p.name))
+                .unwrap_or_default();
+            Outcome::failed(
                 code,
-                format!("the precheck exited with code {code}: see the logs"),
-            ),
-        })
+                format!("the build failed{at} with exit code {code}: {see}"),
+            )
+        }
+    }
+}
+
+/// The layout a completed build made: the one file in its `final/gds/`.
+pub async fn final_gds(run_dir: &Path) -> Option<std::path::PathBuf> {
+    let dir = run_dir.join(ARTIFACTS).join("final").join("gds");
+    let mut entries = tokio::fs::read_dir(&dir).await.ok()?;
+    let mut found = None;
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let name = entry.file_name();
+        let is_layout = name
+            .to_str()
+            .is_some_and(|n| n.ends_with(".gds") || n.ends_with(".gds.gz") || n.ends_with(".oas"));
+        if is_layout && entry.file_type().await.is_ok_and(|t| t.is_file()) {
+            if found.is_some() {
+                return None;
+            }
+            found = Some(entry.path());
+        }
+    }
+    found
+}
+
+/// Moves the `.vcd` and `.fst` files under `from` to the same paths under `to`.
+fn keep_waveforms(from: &Path, to: &Path) -> std::io::Result<()> {
+    if !from.is_dir() {
+        return Ok(());
+    }
+    let mut pending = vec![from.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            let path = entry.path();
+            if kind.is_dir() {
+                pending.push(path);
+            } else if kind.is_file() && path.extension().is_some_and(|e| e == "vcd" || e == "fst") {
+                let target = to.join(path.strip_prefix(from).unwrap_or(&path));
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::rename(&path, &target)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn remove_dir_if_any(dir: &Path) -> std::io::Result<()> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// A build's progress as its log goes by, recorded when it changes.
+struct ProgressState {
+    db: Db,
+    run_id: Uuid,
+    progress: Progress,
+}
+
+type Tracker = Arc<std::sync::Mutex<ProgressState>>;
+
+/// Feeds one log message to a build's tracker; returns what to record, if it changed.
+fn track(tracker: &Tracker, message: &[u8]) -> Option<(Db, Uuid, Progress)> {
+    let text = String::from_utf8_lossy(message);
+    let mut state = tracker.lock().ok()?;
+    let next = progress::advance(&state.progress, &text)?;
+    state.progress = next.clone();
+    Some((state.db.clone(), state.run_id, next))
+}
+
+/// A simulation's command line. The script is fixed text; the top module and the files are
+/// its arguments (`$1`, `$@`), never spliced into it, so no name is ever read by a shell.
+fn simulation_command(p: &SimulationParams) -> Vec<String> {
+    let script = match p.tool {
+        SimulationTool::Icarus => {
+            "top=$1; shift; iverilog -g2012 -I /project -o /tmp/simulation.vvp -s \"$top\" \"$@\" && exec vvp -n /tmp/simulation.vvp"
+        }
+        SimulationTool::Verilator => {
+            "top=$1; shift; verilator --binary --timing --trace -j 0 -I/project -Mdir /tmp/verilator --top-module \"$top\" -o simulation \"$@\" && exec /tmp/verilator/simulation"
+        }
+    };
+    let mut cmd: Vec<String> = vec!["sh".into(), "-c".into(), script.into(), "sh".into()];
+    cmd.push(p.top.clone());
+    cmd.extend(p.sources.iter().map(|f| format!("{PROJECT_DIR}/{f}")));
+    cmd
+}
+
+/// A build's command line (docs/decisions.md, "Builds"): LibreLane with the job's id as its run
+/// tag and the PDK mounted read-only, never downloaded.
+fn build_command(id: Uuid, p: &BuildParams, pdk_variant: &str) -> Vec<String> {
+    [
+        "python3",
+        "-m",
+        "librelane",
+        "--run-tag",
+        &id.to_string(),
+        "--manual-pdk",
+        "--pdk-root",
+        PDK_MOUNT,
+        "--pdk",
+        pdk_variant,
+        &format!("{PROJECT_DIR}/{}", p.config),
+    ]
+    .map(String::from)
+    .into()
+}
+
+/// Where LibreLane writes a build's run: `runs/<tag>` beside its config.
+fn build_run_dir(id: Uuid, p: &BuildParams) -> String {
+    match p.config.rsplit_once('/') {
+        Some((dir, _)) => format!("{PROJECT_DIR}/{dir}/runs/{id}"),
+        None => format!("{PROJECT_DIR}/runs/{id}"),
     }
 }
 
 /// The container's command line: SPEC's contract, with every value a separate argument.
-fn precheck_command(run: &Run, input: &str) -> Vec<String> {
-    let p = &run.params;
+fn precheck_command(p: &PrecheckParams, input: &str) -> Vec<String> {
     let mut cmd: Vec<String> = [
         "python3",
         "precheck.py",
@@ -361,6 +686,7 @@ async fn append_logs(
     path: std::path::PathBuf,
     log_len: watch::Sender<u64>,
     skip: usize,
+    tracker: Option<Tracker>,
 ) -> Result<usize> {
     let file = tokio::fs::OpenOptions::new()
         .create(true)
@@ -396,6 +722,12 @@ async fn append_logs(
             seen += 1;
             if seen <= skip {
                 continue;
+            }
+            if let Some(tracker) = &tracker
+                && let Some((db, run_id, progress)) = track(tracker, &message)
+                && let Err(e) = db.set_progress(run_id, progress).await
+            {
+                tracing::warn!(%run_id, "cannot record the build's progress: {e:#}");
             }
             out.write_all(&message).await?;
             len += message.len() as u64;

@@ -622,6 +622,25 @@ impl Drop for ChunkSender {
     }
 }
 
+/// Opens the regular file at `rel` (a checked relative path) under `root`, with its length;
+/// `None` if there is none. No part of the path may be a symlink: files a container wrote are
+/// served, never what a link of theirs points to.
+pub fn open_inside(root: &Path, rel: &str) -> io::Result<Option<(std::fs::File, u64)>> {
+    let mut path = root.to_path_buf();
+    for part in rel.split('/') {
+        path.push(part);
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => return Ok(None),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    let file = std::fs::File::open(&path)?;
+    let meta = file.metadata()?;
+    Ok(meta.is_file().then_some((file, meta.len())))
+}
+
 /// Writes `dir` as a gzip'd tar whose entries start with `prefix/`. Symlinks are stored as links,
 /// never followed, so nothing outside `dir` is read.
 pub fn write_tar_gz(dir: &Path, prefix: &str, out: impl Write) -> io::Result<()> {

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::prechecks::{find, query_pairs};
 use super::{ApiError, Caller};
 use crate::logs::{self, Filter, Line};
+use crate::model::Run;
 use crate::server::AppState;
 use crate::storage::ChunkSender;
 
@@ -81,6 +82,15 @@ pub async fn logs(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let run = find(&state, &caller, &id).await?;
+    logs_of(state, run, query).await
+}
+
+/// A run's log, as `GET .../logs` answers for prechecks and jobs alike.
+pub(super) async fn logs_of(
+    state: AppState,
+    run: Run,
+    query: Option<String>,
+) -> Result<Response, ApiError> {
     let id = run.id;
     let q = parse_query(query.as_deref())?;
     let (writer, rx) = ChunkSender::new();

@@ -3,6 +3,7 @@
 
 mod auth;
 mod error;
+mod jobs;
 mod logs;
 mod prechecks;
 mod projects;
@@ -74,6 +75,24 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::disable())
                 .get(projects::get_file)
                 .delete(projects::delete_file),
+        )
+        .route(
+            "/api/v1/projects/{id}/jobs",
+            post(jobs::create).get(jobs::list),
+        )
+        .route(
+            "/api/v1/projects/{id}/jobs/{job}",
+            get(jobs::inspect).delete(jobs::cancel),
+        )
+        .route("/api/v1/projects/{id}/jobs/{job}/wait", post(jobs::wait))
+        .route("/api/v1/projects/{id}/jobs/{job}/logs", get(jobs::logs))
+        .route(
+            "/api/v1/projects/{id}/jobs/{job}/artifacts",
+            get(jobs::artifacts),
+        )
+        .route(
+            "/api/v1/projects/{id}/jobs/{job}/artifacts/{*path}",
+            get(jobs::artifact),
         )
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)

@@ -8,22 +8,27 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
+use super::uploads::{record, upload_error};
 use super::{ApiError, Caller, Json, parse_id, rfc3339};
-use crate::db::{Cancel, CreateRunError};
+use crate::db::{Cancel, CreateRunError, RunFilter};
 use crate::layout::{EXPECTED_DBU_MICRONS, Layout};
-use crate::model::{PrecheckParams, Run, RunStatus, SLOTS};
+use crate::model::{PrecheckParams, Run, RunKind, RunParams, RunStatus, SLOTS};
+use crate::runner::final_gds;
 use crate::server::AppState;
 use crate::storage::{ChunkSender, write_tar_gz};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePrecheck {
-    upload_id: String,
+    /// The layout to check: an upload, or the final layout of a completed build job.
+    upload_id: Option<String>,
+    job_id: Option<String>,
     top_cell: Option<String>,
     die_id: Option<String>,
     slot: Option<String>,
@@ -36,6 +41,8 @@ pub struct CreatePrecheck {
 #[serde(rename_all = "PascalCase")]
 pub struct RunBody {
     id: Uuid,
+    /// `precheck`, `simulation` or `build`.
+    kind: RunKind,
     created: String,
     /// The `sha256:` id of the image that ran (or runs) it.
     image: Option<String>,
@@ -58,6 +65,18 @@ struct RunState {
     finished_at: Option<String>,
     #[serde(rename = "OOMKilled")]
     oom_killed: bool,
+    /// A build's LibreLane step, read from its log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    progress: Option<ProgressBody>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ProgressBody {
+    step: u32,
+    name: String,
+    /// How many steps the flow has, once known (see docs/decisions.md).
+    count: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -74,6 +93,12 @@ struct QueueBody {
     length: u64,
 }
 
+impl Serialize for RunKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl Serialize for RunStatus {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
@@ -82,9 +107,28 @@ impl Serialize for RunStatus {
 
 impl From<&Run> for RunBody {
     fn from(run: &Run) -> RunBody {
-        let p = &run.params;
+        let labels = match &run.params {
+            RunParams::Precheck(p) => BTreeMap::from([
+                ("upload_id", p.upload_id.to_string()),
+                ("top_cell", p.top_cell.clone()),
+                ("die_id", p.die_id.clone()),
+                ("slot", p.slot.clone()),
+                ("cob", p.cob.to_string()),
+            ]),
+            RunParams::Simulation(p) => BTreeMap::from([
+                ("project_id", p.project_id.to_string()),
+                ("tool", p.tool.as_str().to_string()),
+                ("top", p.top.clone()),
+                ("files", p.sources.join(" ")),
+            ]),
+            RunParams::Build(p) => BTreeMap::from([
+                ("project_id", p.project_id.to_string()),
+                ("config", p.config.clone()),
+            ]),
+        };
         RunBody {
             id: run.id,
+            kind: run.kind(),
             created: rfc3339(run.created),
             image: run.image_id.clone(),
             state: RunState {
@@ -94,16 +138,15 @@ impl From<&Run> for RunBody {
                 started_at: run.started_at.map(rfc3339),
                 finished_at: run.finished_at.map(rfc3339),
                 oom_killed: run.oom_killed,
+                progress: run.progress.as_ref().map(|p| ProgressBody {
+                    step: p.step,
+                    name: p.name.clone(),
+                    count: p.count,
+                }),
             },
             config: RunConfig {
                 image: run.image.clone(),
-                labels: BTreeMap::from([
-                    ("upload_id", p.upload_id.to_string()),
-                    ("top_cell", p.top_cell.clone()),
-                    ("die_id", p.die_id.clone()),
-                    ("slot", p.slot.clone()),
-                    ("cob", p.cob.to_string()),
-                ]),
+                labels,
             },
             owner: run.owner.clone(),
             queue: run
@@ -118,12 +161,24 @@ pub async fn create(
     caller: Caller,
     Json(body): Json<CreatePrecheck>,
 ) -> Result<(StatusCode, Json<RunBody>), ApiError> {
-    let upload_id = Uuid::parse_str(&body.upload_id).map_err(|_| {
-        ApiError::BadRequest(format!(
-            "upload_id: {:?} is not an upload id (use the Id that POST /api/v1/uploads returned)",
-            body.upload_id
-        ))
-    })?;
+    let upload_id = match (body.upload_id, body.job_id) {
+        (Some(given), None) => Uuid::parse_str(&given).map_err(|_| {
+            ApiError::BadRequest(format!(
+                "upload_id: {given:?} is not an upload id (use the Id that POST /api/v1/uploads returned)"
+            ))
+        })?,
+        (None, Some(job)) => upload_build(&state, &caller, &job).await?,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::BadRequest(
+                "upload_id and job_id: give one of them, not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::BadRequest(
+                "upload_id: missing: give the Id that POST /api/v1/uploads returned (or job_id, the Id of a completed build job)".into(),
+            ));
+        }
+    };
     // The layout's facts decide the top cell; a key never learns of another key's upload.
     let upload = state
         .db
@@ -175,6 +230,52 @@ pub async fn create(
     state.queue.created(run.id);
     tracing::info!(run_id = %run.id, %upload_id, "precheck queued");
     Ok((StatusCode::CREATED, Json(RunBody::from(&run))))
+}
+
+/// Makes the final layout of a completed build job an upload (inspected like any), for a
+/// precheck of it.
+async fn upload_build(state: &AppState, caller: &Caller, job: &str) -> Result<Uuid, ApiError> {
+    let id = Uuid::parse_str(job).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "job_id: {job:?} is not a job id (use the Id that POST /api/v1/projects/{{id}}/jobs returned)"
+        ))
+    })?;
+    let run = match state.db.run(id).await? {
+        Some(run) if run.kind() == RunKind::Build && caller.scope.sees(run.owner.as_deref()) => run,
+        _ => return Err(ApiError::NotFound(format!("no such build job: {id}"))),
+    };
+    if run.status != RunStatus::Completed {
+        return Err(ApiError::Conflict(format!(
+            "build job {id} is {}: only a completed build has a final layout to check",
+            run.status
+        )));
+    }
+    let Some(path) = final_gds(&state.storage.run_dir(id)).await else {
+        return Err(ApiError::Conflict(format!(
+            "build job {id} has no single layout in final/gds/: see its artefacts"
+        )));
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "design.gds".into());
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|e| anyhow::Error::from(e).context("cannot read the build's layout"))?;
+    let upload_id = Uuid::new_v4();
+    let mut writer = state.storage.upload_writer(upload_id);
+    let mut chunks = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(anyhow::Error::from)?;
+        writer
+            .write(chunk)
+            .await
+            .map_err(|e| upload_error(&name, e))?;
+    }
+    let saved = writer.finish().await.map_err(|e| upload_error(&name, e))?;
+    let upload = record(state, upload_id, name, saved, caller.name.clone()).await?;
+    tracing::info!(run_id = %id, upload_id = %upload.id, "a build's layout became an upload");
+    Ok(upload.id)
 }
 
 /// The top cell to check: the one given, or the layout's only one. Unless `force`, it must be a
@@ -287,7 +388,15 @@ pub async fn list(
             }
         }
     }
-    let runs = state.db.runs(statuses, caller.scope).await?;
+    let runs = state
+        .db
+        .runs_where(RunFilter {
+            statuses,
+            scope: caller.scope,
+            kinds: vec![RunKind::Precheck],
+            project_id: None,
+        })
+        .await?;
     Ok(Json(runs.iter().map(RunBody::from).collect()))
 }
 
@@ -322,7 +431,26 @@ pub async fn wait(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<WaitBody>, ApiError> {
-    let id = find(&state, &caller, &id).await?.id;
+    let run = find(&state, &caller, &id).await?;
+    wait_for(&state, &run, query).await
+}
+
+/// What a run is called in messages: `precheck`, `simulation job`, `build job`.
+pub(super) fn noun(kind: RunKind) -> &'static str {
+    match kind {
+        RunKind::Precheck => "precheck",
+        RunKind::Simulation => "simulation job",
+        RunKind::Build => "build job",
+    }
+}
+
+/// Blocks until a run is terminal, as `POST .../wait` answers for prechecks and jobs alike.
+pub(super) async fn wait_for(
+    state: &AppState,
+    run: &Run,
+    query: Option<String>,
+) -> Result<Json<WaitBody>, ApiError> {
+    let (id, what) = (run.id, noun(run.kind()));
     let mut timeout = Duration::from_secs(300);
     for (key, value) in query_pairs(query.as_deref())? {
         match key.as_str() {
@@ -352,16 +480,16 @@ pub async fn wait(
         .queue
         .wait(id, timeout)
         .await?
-        .ok_or_else(|| not_found(id))?;
+        .ok_or_else(|| ApiError::NotFound(format!("no such {what}: {id}")))?;
     if !run.status.is_terminal() && state.queue.is_stopping() {
         return Err(ApiError::Unavailable(format!(
-            "the server is shutting down; precheck {id} is still {} and goes on: call /wait again once the server is back",
+            "the server is shutting down; {what} {id} is still {} and goes on: call /wait again once the server is back",
             run.status
         )));
     }
     if !run.status.is_terminal() {
         return Err(ApiError::Timeout(format!(
-            "precheck {id} is still {} after {} s: call /wait again",
+            "{what} {id} is still {} after {} s: call /wait again",
             run.status,
             timeout.as_secs_f64()
         )));
@@ -380,7 +508,14 @@ pub async fn cancel(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RunBody>, ApiError> {
-    let id = find(&state, &caller, &id).await?.id;
+    let run = find(&state, &caller, &id).await?;
+    cancel_run(&state, &run).await
+}
+
+/// Cancels a run, as `DELETE` answers for prechecks and jobs alike.
+pub(super) async fn cancel_run(state: &AppState, run: &Run) -> Result<Json<RunBody>, ApiError> {
+    let (id, what) = (run.id, noun(run.kind()));
+    let not_found = |id| ApiError::NotFound(format!("no such {what}: {id}"));
     match state.queue.cancel(id).await? {
         Cancel::Cancelled(run) => Ok(Json(RunBody::from(&*run))),
         Cancel::Running => {
@@ -392,7 +527,7 @@ pub async fn cancel(
             Ok(Json(RunBody::from(&run)))
         }
         Cancel::AlreadyFinished(status) => Err(ApiError::Conflict(format!(
-            "precheck {id} has already finished ({status}): there is nothing to cancel"
+            "{what} {id} has already finished ({status}): there is nothing to cancel"
         ))),
         Cancel::NotFound => Err(not_found(id)),
     }
@@ -415,7 +550,10 @@ pub async fn output(
         anyhow::Error::from(e).context(format!("cannot open the output of {}", run.id))
     })?;
     let len = file.metadata().await.map_err(anyhow::Error::from)?.len();
-    let upload = state.db.upload(run.params.upload_id).await?;
+    let upload = match run.precheck() {
+        Some(p) => state.db.upload(p.upload_id).await?,
+        None => None,
+    };
     let filename = output_name(upload.as_ref().map(|u| u.name.as_str()));
     Ok((
         [
@@ -474,7 +612,9 @@ pub async fn debug(
 pub(super) async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<Run, ApiError> {
     let id = parse_id(id, "precheck")?;
     match state.db.run(id).await? {
-        Some(run) if caller.scope.sees(run.owner.as_deref()) => Ok(run),
+        Some(run) if caller.scope.sees(run.owner.as_deref()) && run.kind() == RunKind::Precheck => {
+            Ok(run)
+        }
         _ => Err(not_found(id)),
     }
 }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{ApiError, Caller, Json, content_length, parse_id, rfc3339};
 use crate::config::human_bytes;
-use crate::db::PutFile;
+use crate::db::{DeleteProject, PutFile};
 use crate::model::{Project, ProjectFile, check_project_path};
 use crate::server::AppState;
 use crate::storage::{ChunkWriter, StagedBlob, UploadError};
@@ -167,12 +167,15 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     let id = find(&state, &caller, &id).await?.id;
     let _lock = state.storage.blob_lock().await;
-    let blobs = state
-        .db
-        .delete_project(id)
-        .await?
-        .ok_or_else(|| not_found(id))?;
-    release_blobs(&state, blobs).await?;
+    match state.db.delete_project(id).await? {
+        DeleteProject::Deleted(blobs) => release_blobs(&state, blobs).await?,
+        DeleteProject::Busy(job) => {
+            return Err(ApiError::Conflict(format!(
+                "project {id} has a job that is queued or running ({job}): cancel it or wait for it, then delete the project"
+            )));
+        }
+        DeleteProject::NotFound => return Err(not_found(id)),
+    }
     tracing::info!(project_id = %id, "project deleted");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -410,7 +413,7 @@ async fn release_blobs(state: &AppState, blobs: Vec<String>) -> Result<(), ApiEr
     Ok(())
 }
 
-async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<Project, ApiError> {
+pub(super) async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<Project, ApiError> {
     let id = parse_id(id, "project")?;
     match state.db.project(id).await? {
         Some(p) if caller.scope.sees(p.owner.as_deref()) => Ok(p),

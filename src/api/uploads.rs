@@ -15,7 +15,7 @@ use crate::db::DeleteUpload;
 use crate::layout::{self, Layout};
 use crate::model::{LayoutFormat, Upload};
 use crate::server::AppState;
-use crate::storage::UploadError;
+use crate::storage::{Saved, UploadError};
 
 #[derive(Serialize)]
 #[serde(rename_all = "PascalCase")]
@@ -196,30 +196,43 @@ async fn receive(
                 .map_err(|e| upload_error(&name, e))?;
         }
         let saved = writer.finish().await.map_err(|e| upload_error(&name, e))?;
-        let format = saved.layout.format;
-        let now = OffsetDateTime::now_utc();
-        let upload = Upload {
-            id,
-            name,
-            size: saved.size,
-            sha256: saved.sha256,
-            format,
-            created: now,
-            expires_at: Some(now + state.config.upload_expiry),
-            expired: false,
-            owner: caller.name,
-            layout: Some(saved.layout),
-        };
-        if let Err(e) = state.db.insert_upload(upload.clone()).await {
-            let _ = state.storage.remove_upload(id).await;
-            return Err(e.into());
-        }
-        tracing::info!(upload_id = %id, size = upload.size, format = format.as_str(), "upload stored");
-        return Ok((StatusCode::CREATED, Json(UploadBody::new(&upload, now))));
+        let upload = record(state, id, name, saved, caller.name).await?;
+        let body = UploadBody::new(&upload, upload.created);
+        return Ok((StatusCode::CREATED, Json(body)));
     }
     Err(ApiError::BadRequest(
         "the multipart body has no `file` field: send the layout as e.g. curl -F file=@chip_top.gds".into(),
     ))
+}
+
+/// Records a layout the storage has saved as an upload (removing the file if that fails).
+pub(super) async fn record(
+    state: &AppState,
+    id: Uuid,
+    name: String,
+    saved: Saved,
+    owner: Option<String>,
+) -> Result<Upload, ApiError> {
+    let format = saved.layout.format;
+    let now = OffsetDateTime::now_utc();
+    let upload = Upload {
+        id,
+        name,
+        size: saved.size,
+        sha256: saved.sha256,
+        format,
+        created: now,
+        expires_at: Some(now + state.config.upload_expiry),
+        expired: false,
+        owner,
+        layout: Some(saved.layout),
+    };
+    if let Err(e) = state.db.insert_upload(upload.clone()).await {
+        let _ = state.storage.remove_upload(id).await;
+        return Err(e.into());
+    }
+    tracing::info!(upload_id = %id, size = upload.size, format = format.as_str(), "upload stored");
+    Ok(upload)
 }
 
 pub async fn list(
@@ -278,7 +291,7 @@ fn not_found(id: Uuid) -> ApiError {
 }
 
 /// A layout that cannot be used is the client's to fix (400), named by its file name.
-fn upload_error(name: &str, e: UploadError) -> ApiError {
+pub(super) fn upload_error(name: &str, e: UploadError) -> ApiError {
     match e {
         UploadError::Layout(e) => ApiError::BadRequest(format!("{name:?}: {e}")),
         other => other.into(),

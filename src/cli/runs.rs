@@ -9,7 +9,7 @@ use super::{Admin, Output, RunsCommand, print_json, table};
 use crate::api::RunBody;
 use crate::config::human_bytes;
 use crate::db::DeleteRun;
-use crate::model::{Run, RunStatus, Scope};
+use crate::model::{Run, RunParams, RunStatus, Scope};
 use crate::recovery::storage_label;
 use crate::runner::RUN_LABEL;
 
@@ -56,15 +56,28 @@ async fn list(
                 } else {
                     short(&r.id)
                 },
-                printable(&r.params.top_cell),
+                r.kind().to_string(),
+                printable(&subject(r)),
                 status_text(r, now),
                 table::ago(r.created, now),
                 r.owner.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
-    table::print(&["RUN ID", "TOP CELL", "STATUS", "CREATED", "OWNER"], &rows);
+    table::print(
+        &["RUN ID", "KIND", "SUBJECT", "STATUS", "CREATED", "OWNER"],
+        &rows,
+    );
     Ok(())
+}
+
+/// What a run works on: a precheck's top cell, a simulation's testbench, a build's config.
+fn subject(run: &Run) -> String {
+    match &run.params {
+        RunParams::Precheck(p) => p.top_cell.clone(),
+        RunParams::Simulation(p) => format!("{} ({})", p.top, p.tool.as_str()),
+        RunParams::Build(p) => p.config.clone(),
+    }
 }
 
 /// The first 12 hex digits of an id, as `docker ps` shows them.

@@ -249,7 +249,7 @@ async fn runs_list_inspect_delete_and_prune_while_the_server_runs() {
 
     let table = ok(&server, &["runs", "list"]);
     let header = table.lines().next().unwrap();
-    for column in ["RUN ID", "TOP CELL", "STATUS", "CREATED", "OWNER"] {
+    for column in ["RUN ID", "KIND", "SUBJECT", "STATUS", "CREATED", "OWNER"] {
         assert!(header.contains(column), "{header}");
     }
     assert!(

@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod config;
 mod errors;
+mod jobs;
 mod layouts;
 mod librelane;
 mod projects;

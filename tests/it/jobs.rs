@@ -1,0 +1,632 @@
+//! A project's jobs: simulations with a real Icarus Verilog, builds with the LibreLane stand-in,
+//! a build's layout prechecked, and the requests a job refuses.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::client::http;
+use crate::support::{
+    LIBRELANE_IMAGE, SIMULATION_IMAGE, TestServer, TestServerBuilder, librelane_image,
+    simulation_image,
+};
+
+/// Sends a request; returns the status and the body (JSON if it is JSON, else text).
+async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+    let resp = request.send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+/// Asserts a refusal: its status, and a message holding `needle`.
+fn refused((status, body): (StatusCode, Value), expected: u16, needle: &str) {
+    assert_eq!(status.as_u16(), expected, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{needle:?} not in {message:?}");
+}
+
+/// A server whose simulations run the Icarus test image and builds the LibreLane stand-in,
+/// with `pdk` as the builds' PDK.
+fn server(pdk: Option<&std::path::Path>, max_concurrent: i64) -> TestServer {
+    simulation_image();
+    librelane_image();
+    let mut builder: TestServerBuilder = TestServer::builder()
+        .max_concurrent(max_concurrent)
+        .set("images.simulation", SIMULATION_IMAGE)
+        .set("images.librelane", LIBRELANE_IMAGE);
+    if let Some(pdk) = pdk {
+        builder = builder.set("builds.pdk", pdk.display().to_string());
+    }
+    builder.start()
+}
+
+/// A PDK root as the stand-in wants it: `gf180mcuD/` inside.
+fn pdk() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("gf180mcuD/libs.tech")).unwrap();
+    root
+}
+
+async fn new_project(server: &TestServer) -> String {
+    let (status, body) = send(
+        http()
+            .post(server.api("/api/v1/projects"))
+            .json(&json!({"name": "counter"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    body["Id"].as_str().unwrap().to_string()
+}
+
+async fn put(server: &TestServer, project: &str, path: &str, content: &str) {
+    let url = server.api(&format!("/api/v1/projects/{project}/files/{path}"));
+    let (status, body) = send(http().put(url).body(content.to_string())).await;
+    assert!(status == 201 || status == 200, "{status} {body}");
+}
+
+fn jobs_url(server: &TestServer, project: &str) -> String {
+    server.api(&format!("/api/v1/projects/{project}/jobs"))
+}
+
+fn job_url(server: &TestServer, project: &str, job: &str, rest: &str) -> String {
+    server.api(&format!("/api/v1/projects/{project}/jobs/{job}{rest}"))
+}
+
+async fn start_job(server: &TestServer, project: &str, body: Value) -> Value {
+    let (status, job) = send(http().post(jobs_url(server, project)).json(&body)).await;
+    assert_eq!(status, 201, "{job}");
+    job
+}
+
+async fn wait_job(server: &TestServer, project: &str, job: &str) -> Value {
+    let url = job_url(server, project, job, "/wait?timeout=300");
+    let (status, body) = send(http().post(url)).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn job_log(server: &TestServer, project: &str, job: &str) -> String {
+    let (status, logs) = send(http().get(job_url(server, project, job, "/logs"))).await;
+    assert_eq!(status, 200, "{logs}");
+    logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn get_bytes(url: String) -> (StatusCode, Vec<u8>) {
+    let resp = http().get(url).send().await.unwrap();
+    (resp.status(), resp.bytes().await.unwrap().to_vec())
+}
+
+/// The names in a `.tar.gz`.
+fn tar_names(bytes: &[u8]) -> Vec<String> {
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    tar.entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect()
+}
+
+const COUNTER: &str = "module counter(input clk, output reg [3:0] q = 0);
+  always @(posedge clk) q <= q + 1;
+endmodule
+";
+
+fn testbench(expected: u32) -> String {
+    format!(
+        "module tb;
+  reg clk = 0;
+  wire [3:0] q;
+  counter c(.clk(clk), .q(q));
+  always #1 clk = ~clk;
+  initial begin
+    $dumpfile(\"waves/tb.vcd\");
+    $dumpvars(0, tb);
+    #10;
+    if (q != {expected}) begin $display(\"FAIL q=%0d\", q); $fatal(1); end
+    $display(\"PASS q=%0d\", q);
+    $finish;
+  end
+endmodule
+"
+    )
+}
+
+#[tokio::test]
+async fn simulations_pass_fail_report_syntax_errors_and_keep_their_inputs() {
+    // One slot: a precheck holds it while the first simulation waits in the queue.
+    let server = server(None, 1);
+    let project = new_project(&server).await;
+    put(&server, &project, "rtl/counter.v", COUNTER).await;
+    put(&server, &project, "tb/tb.v", &testbench(5)).await;
+    put(&server, &project, "waves/README", "waveforms land here\n").await;
+    let sleeper = crate::client::precheck(&server, "chip_sleep3").await;
+
+    let passing = start_job(
+        &server,
+        &project,
+        json!({"kind": "simulation", "top": "tb"}),
+    )
+    .await;
+    assert_eq!(passing["Kind"], "simulation");
+    assert_eq!(passing["Config"]["Labels"]["tool"], "icarus");
+    assert_eq!(
+        passing["Config"]["Labels"]["files"],
+        "rtl/counter.v tb/tb.v"
+    );
+    let passing = passing["Id"].as_str().unwrap().to_string();
+    // Replaced once the job exists: the job keeps what it was given.
+    put(&server, &project, "tb/tb.v", &testbench(7)).await;
+    let failing = start_job(
+        &server,
+        &project,
+        json!({"kind": "simulation", "tool": "icarus", "top": "tb", "files": ["rtl/counter.v", "tb/tb.v"]}),
+    )
+    .await["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let waited = wait_job(&server, &project, &passing).await;
+    assert_eq!(waited, json!({"StatusCode": 0, "Error": null}));
+    assert!(
+        job_log(&server, &project, &passing)
+            .await
+            .contains("PASS q=5")
+    );
+    let (status, vcd) = get_bytes(job_url(
+        &server,
+        &project,
+        &passing,
+        "/artifacts/waves/tb.vcd",
+    ))
+    .await;
+    assert_eq!(status, 200);
+    let vcd = String::from_utf8(vcd).unwrap();
+    assert!(vcd.starts_with("$date"), "{vcd}");
+    assert!(vcd.contains("$var") && vcd.contains(" q "), "{vcd}");
+    let (status, tarball) = get_bytes(job_url(&server, &project, &passing, "/artifacts")).await;
+    assert_eq!(status, 200);
+    let names = tar_names(&tarball);
+    assert!(
+        names.contains(&format!("simulation-{passing}/waves/tb.vcd")),
+        "{names:?}"
+    );
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.ends_with(".v") || n.ends_with("README")),
+        "{names:?}"
+    );
+
+    let waited = wait_job(&server, &project, &failing).await;
+    assert_eq!(waited["StatusCode"], 1, "{waited}");
+    let error = waited["Error"]["Message"].as_str().unwrap();
+    assert!(error.contains("simulation of tb failed"), "{error}");
+    assert!(
+        job_log(&server, &project, &failing)
+            .await
+            .contains("FAIL q=5")
+    );
+    crate::client::wait(&server, &sleeper).await;
+
+    // A syntax error: the job fails and the compiler's message, naming the file, is in the log.
+    put(
+        &server,
+        &project,
+        "rtl/counter.v",
+        &COUNTER.replace("endmodule", "endmodul"),
+    )
+    .await;
+    let broken = start_job(
+        &server,
+        &project,
+        json!({"kind": "simulation", "top": "tb"}),
+    )
+    .await["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let waited = wait_job(&server, &project, &broken).await;
+    assert_ne!(waited["StatusCode"], 0, "{waited}");
+    let log = job_log(&server, &project, &broken).await;
+    assert!(log.contains("/project/rtl/counter.v"), "{log}");
+    assert!(log.to_lowercase().contains("syntax error"), "{log}");
+
+    // Jobs are runs: listed under the project (and by kind), not among the prechecks.
+    let (_, jobs) = send(http().get(jobs_url(&server, &project))).await;
+    assert_eq!(jobs.as_array().unwrap().len(), 3, "{jobs}");
+    let (_, builds) = send(http().get(format!("{}?kind=build", jobs_url(&server, &project)))).await;
+    assert_eq!(builds, json!([]));
+    let (_, prechecks) = send(http().get(server.api("/api/v1/prechecks"))).await;
+    assert_eq!(prechecks.as_array().unwrap().len(), 1, "{prechecks}");
+    let (status, _) = send(http().get(server.api(&format!("/api/v1/prechecks/{passing}")))).await;
+    assert_eq!(status, 404);
+    server.assert_no_containers();
+}
+
+/// A LibreLane config of the counter under the name `design`, its sources at `sources` (a
+/// `dir::` path is relative to the config's folder).
+fn build_config(design: &str, sources: &str) -> String {
+    format!(
+        "{{\n  \"DESIGN_NAME\": \"{design}\",\n  \"VERILOG_FILES\": [\"dir::{sources}\"],\n  \"CLOCK_PORT\": \"clk\"\n}}\n"
+    )
+}
+
+/// A running build's `State.Progress` once it has reached `step`.
+async fn progress_while_running(server: &TestServer, project: &str, job: &str, step: u64) -> Value {
+    let url = job_url(server, project, job, "");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, job) = send(http().get(&url)).await;
+        let state = &job["State"];
+        if state["Progress"]["Step"].as_u64() >= Some(step) {
+            assert_eq!(state["Status"], "running", "{job}");
+            return state["Progress"].clone();
+        }
+        if state["Status"] != "queued" && state["Status"] != "running" {
+            let log = job_log(server, project, job["Id"].as_str().unwrap()).await;
+            panic!("the build ended before step {step}: {job}\n{log}");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no step {step} after 60 s: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_build_reports_progress_and_its_layout_passes_the_precheck() {
+    let pdk = pdk();
+    let server = server(Some(pdk.path()), 2);
+    let project = new_project(&server).await;
+    put(&server, &project, "src/counter.v", COUNTER).await;
+    put(
+        &server,
+        &project,
+        "flow/config.json",
+        &build_config("counter_sleep1", "../src/*.v"),
+    )
+    .await;
+    // The stand-in works a second in each of its five steps.
+    let build = start_job(
+        &server,
+        &project,
+        json!({"kind": "build", "config": "flow/config.json"}),
+    )
+    .await;
+    assert_eq!(build["Kind"], "build");
+    assert_eq!(build["Config"]["Labels"]["config"], "flow/config.json");
+    let build = build["Id"].as_str().unwrap().to_string();
+    let inspect = |job: String| {
+        let url = job_url(&server, &project, &job, "");
+        async move { send(http().get(url)).await.1 }
+    };
+    let seen = progress_while_running(&server, &project, &build, 2).await;
+    assert!(seen["Name"].is_string(), "{seen}");
+    assert_eq!(
+        seen["Count"],
+        Value::Null,
+        "no build of it has completed yet: {seen}"
+    );
+
+    let waited = wait_job(&server, &project, &build).await;
+    assert_eq!(waited, json!({"StatusCode": 0, "Error": null}));
+    let done = inspect(build.clone()).await;
+    assert_eq!(
+        done["State"]["Progress"],
+        json!({"Step": 5, "Name": "GDSII Stream Out (KLayout)", "Count": 5})
+    );
+    let log = job_log(&server, &project, &build).await;
+    assert!(log.contains(&format!("with the tag '{build}'")), "{log}");
+    assert!(log.contains("Flow complete."), "{log}");
+
+    // Artefacts: the run folder LibreLane wrote beside the config, named by the job's id.
+    let (status, tarball) = get_bytes(job_url(&server, &project, &build, "/artifacts")).await;
+    assert_eq!(status, 200);
+    let names = tar_names(&tarball);
+    for name in [
+        "final/gds/counter_sleep1.gds",
+        "final/metrics.json",
+        "01-verilator-lint/verilator-lint.log",
+        "flow.log",
+    ] {
+        let full = format!("build-{build}/{name}");
+        assert!(names.contains(&full), "{full} not in {names:?}");
+    }
+    let (status, gds) = get_bytes(job_url(
+        &server,
+        &project,
+        &build,
+        "/artifacts/final/gds/counter_sleep1.gds",
+    ))
+    .await;
+    assert_eq!(status, 200);
+    let layout = precheck_server::layout::inspect(gds.as_slice()).unwrap();
+    assert_eq!(layout.top_cells, ["counter_sleep1"]);
+
+    // RTL to checked layout: the build's final GDS goes to the precheck as an upload.
+    let (status, run) = send(
+        http()
+            .post(server.api("/api/v1/prechecks"))
+            .json(&json!({"job_id": build, "die_id": "BUILD001"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{run}");
+    assert_eq!(run["Config"]["Labels"]["top_cell"], "counter_sleep1");
+    let run_id = run["Id"].as_str().unwrap();
+    let upload = run["Config"]["Labels"]["upload_id"].as_str().unwrap();
+    let (_, upload) = send(http().get(server.api(&format!("/api/v1/uploads/{upload}")))).await;
+    assert_eq!(upload["Name"], "counter_sleep1.gds");
+    assert_eq!(upload["Layout"]["TopCells"], json!(["counter_sleep1"]));
+    assert_eq!(
+        crate::client::wait(&server, run_id).await,
+        json!({"StatusCode": 0, "Error": null})
+    );
+
+    // A second build of the same config knows the flow's length while it runs.
+    let again = start_job(
+        &server,
+        &project,
+        json!({"kind": "build", "config": "flow/config.json"}),
+    )
+    .await["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let seen = progress_while_running(&server, &project, &again, 1).await;
+    assert_eq!(seen["Count"], 5, "{seen}");
+    wait_job(&server, &project, &again).await;
+
+    // A failing build names the step it failed in, and has no layout to precheck.
+    put(
+        &server,
+        &project,
+        "flow/config.json",
+        &build_config("counter_fail", "../src/*.v"),
+    )
+    .await;
+    let failed = start_job(
+        &server,
+        &project,
+        json!({"kind": "build", "config": "flow/config.json"}),
+    )
+    .await["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let waited = wait_job(&server, &project, &failed).await;
+    assert_eq!(waited["StatusCode"], 1, "{waited}");
+    let error = waited["Error"]["Message"].as_str().unwrap();
+    assert!(error.contains("step 2 (Synthesis)"), "{error}");
+    refused(
+        send(
+            http()
+                .post(server.api("/api/v1/prechecks"))
+                .json(&json!({"job_id": failed})),
+        )
+        .await,
+        409,
+        "only a completed build",
+    );
+    server.assert_no_containers();
+}
+
+#[tokio::test]
+async fn jobs_refuse_bad_requests_and_projects_with_running_jobs_stay() {
+    let pdk = pdk();
+    let server = server(Some(pdk.path()), 2);
+    let project = new_project(&server).await;
+    put(&server, &project, "rtl/counter.v", COUNTER).await;
+    put(&server, &project, "tb.v", &testbench(5)).await;
+    put(
+        &server,
+        &project,
+        "config.json",
+        &build_config("counter_sleep5", "rtl/*.v"),
+    )
+    .await;
+    let post = |body: Value| http().post(jobs_url(&server, &project)).json(&body);
+    for (body, status, needle) in [
+        (json!({"kind": "synthesis"}), 400, "use simulation or build"),
+        (json!({"kind": "simulation"}), 400, "top: missing"),
+        (
+            json!({"kind": "simulation", "top": "tb_missing"}),
+            400,
+            "no module \"tb_missing\"",
+        ),
+        (
+            json!({"kind": "simulation", "top": "-tb"}),
+            400,
+            "not a Verilog module name",
+        ),
+        (
+            json!({"kind": "simulation", "top": "tb", "tool": "vcs"}),
+            400,
+            "icarus, verilator",
+        ),
+        (
+            json!({"kind": "simulation", "top": "tb", "files": []}),
+            400,
+            "files: empty",
+        ),
+        (
+            json!({"kind": "simulation", "top": "tb", "files": ["../tb.v"]}),
+            400,
+            "'..'",
+        ),
+        (
+            json!({"kind": "simulation", "top": "tb", "files": ["nope.v"]}),
+            400,
+            "has no file \"nope.v\"",
+        ),
+        (
+            json!({"kind": "simulation", "top": "tb", "config": "config.json"}),
+            400,
+            "config: not a field",
+        ),
+        (json!({"kind": "build"}), 400, "config: missing"),
+        (
+            json!({"kind": "build", "config": "missing.json"}),
+            400,
+            "has no file \"missing.json\"",
+        ),
+        (
+            json!({"kind": "build", "config": "rtl/counter.v"}),
+            400,
+            ".json, .yaml or .yml",
+        ),
+        (
+            json!({"kind": "build", "config": "/etc/config.json"}),
+            400,
+            "absolute",
+        ),
+        (
+            json!({"kind": "build", "config": "config.json", "top": "x"}),
+            400,
+            "top: not a field",
+        ),
+        (
+            json!({"kind": "build", "config": "config.json", "extra": 1}),
+            400,
+            "extra",
+        ),
+    ] {
+        refused(send(post(body.clone())).await, status, needle);
+    }
+    let missing = uuid::Uuid::new_v4();
+    refused(
+        send(
+            http()
+                .post(server.api(&format!("/api/v1/projects/{missing}/jobs")))
+                .json(&json!({"kind": "build", "config": "config.json"})),
+        )
+        .await,
+        404,
+        "no such project",
+    );
+    refused(
+        send(http().get(job_url(&server, &project, &missing.to_string(), ""))).await,
+        404,
+        "has no job",
+    );
+
+    // A project with a running job is not deleted; once the job is cancelled, it is.
+    let build = start_job(
+        &server,
+        &project,
+        json!({"kind": "build", "config": "config.json"}),
+    )
+    .await["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    refused(
+        send(http().get(job_url(&server, &project, &build, "/artifacts"))).await,
+        409,
+        "once it has finished",
+    );
+    let delete = || http().delete(server.api(&format!("/api/v1/projects/{project}")));
+    refused(send(delete()).await, 409, "queued or running");
+    let (status, cancelled) = send(http().delete(job_url(&server, &project, &build, ""))).await;
+    assert_eq!(status, 200, "{cancelled}");
+    assert_eq!(cancelled["State"]["Status"], "cancelled");
+    assert_eq!(cancelled["State"]["ExitCode"], 130);
+    let (status, _) = send(delete()).await;
+    assert_eq!(status, 204);
+    server.assert_no_containers();
+}
+
+#[tokio::test]
+async fn without_a_pdk_builds_are_refused_and_another_keys_jobs_are_not_there() {
+    const ALICE: &str = "ws_key_alice_0123456789abcdefghijklmnop";
+    const BOB: &str = "ws_key_bob_0123456789abcdefghijklmnopqr";
+    simulation_image();
+    let server = TestServer::builder()
+        .set("images.simulation", SIMULATION_IMAGE)
+        .toml(&format!(
+            "[auth]\nrequired = true\n\
+             [[auth.api_keys]]\nname = \"alice\"\nkey = \"{ALICE}\"\n\
+             [[auth.api_keys]]\nname = \"bob\"\nkey = \"{BOB}\"\n"
+        ))
+        .start();
+    let (_, created) = send(
+        http()
+            .post(server.api("/api/v1/projects"))
+            .bearer_auth(ALICE)
+            .json(&json!({"name": "alice's"})),
+    )
+    .await;
+    let project = created["Id"].as_str().unwrap().to_string();
+    for (path, content) in [
+        ("counter.v", COUNTER.to_string()),
+        ("tb.v", testbench(5)),
+        ("config.json", build_config("counter", "*.v")),
+    ] {
+        let url = server.api(&format!("/api/v1/projects/{project}/files/{path}"));
+        let (status, _) = send(http().put(url).bearer_auth(ALICE).body(content)).await;
+        assert_eq!(status, 201);
+    }
+    refused(
+        send(
+            http()
+                .post(jobs_url(&server, &project))
+                .bearer_auth(ALICE)
+                .json(&json!({"kind": "build", "config": "config.json"})),
+        )
+        .await,
+        503,
+        "[builds] pdk",
+    );
+    let (status, job) = send(
+        http()
+            .post(jobs_url(&server, &project))
+            .bearer_auth(ALICE)
+            .json(&json!({"kind": "simulation", "top": "tb"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{job}");
+    let job = job["Id"].as_str().unwrap().to_string();
+    for request in [
+        http()
+            .post(jobs_url(&server, &project))
+            .json(&json!({"kind": "simulation", "top": "tb"})),
+        http().get(jobs_url(&server, &project)),
+        http().get(job_url(&server, &project, &job, "")),
+        http().post(job_url(&server, &project, &job, "/wait")),
+        http().get(job_url(&server, &project, &job, "/logs")),
+        http().get(job_url(&server, &project, &job, "/artifacts")),
+        http().delete(job_url(&server, &project, &job, "")),
+    ] {
+        refused(send(request.bearer_auth(BOB)).await, 404, "no such project");
+    }
+    refused(
+        send(
+            http()
+                .post(server.api("/api/v1/prechecks"))
+                .bearer_auth(BOB)
+                .json(&json!({"job_id": job})),
+        )
+        .await,
+        404,
+        "no such build job",
+    );
+    let waited = send(
+        http()
+            .post(job_url(&server, &project, &job, "/wait?timeout=120"))
+            .bearer_auth(ALICE),
+    )
+    .await;
+    assert_eq!(waited.1, json!({"StatusCode": 0, "Error": null}));
+    let (_, jobs) = send(http().get(jobs_url(&server, &project)).bearer_auth(ALICE)).await;
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs}");
+    server.assert_no_containers();
+}
