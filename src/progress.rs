@@ -8,6 +8,9 @@
 //! the flow ends; until then the count is the one the last completed build of the same project
 //! and config had, if any (see docs/decisions.md).
 
+use std::io::{self, BufRead};
+use std::path::Path;
+
 use crate::model::Progress;
 
 /// The progress after one line of the log, if the line changes it. `line` may start with the
@@ -35,6 +38,25 @@ pub fn advance(current: &Progress, line: &str) -> Option<Progress> {
         });
     }
     None
+}
+
+/// The progress after every line of a log file, from `start`; `start` if there is no file.
+pub fn replay(start: Progress, path: &Path) -> io::Result<Progress> {
+    let file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(start),
+        Err(e) => return Err(e),
+    };
+    let mut progress = start;
+    let mut line = Vec::new();
+    let mut reader = io::BufReader::new(file);
+    while reader.read_until(b'\n', &mut line)? > 0 {
+        if let Some(next) = advance(&progress, &String::from_utf8_lossy(&line)) {
+            progress = next;
+        }
+        line.clear();
+    }
+    Ok(progress)
 }
 
 fn strip_timestamp(line: &str) -> &str {
@@ -126,6 +148,27 @@ mod tests {
         assert_eq!(
             (failed.step, failed.name.as_str(), failed.count),
             (2, "Synthesis", Some(5))
+        );
+    }
+
+    #[test]
+    fn a_log_file_is_replayed_from_a_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs.txt");
+        let start = Progress {
+            count: Some(78),
+            ..Progress::default()
+        };
+        assert_eq!(replay(start.clone(), &path).unwrap(), start);
+        std::fs::write(
+            &path,
+            "2026-11-24T18:00:00Z ──── Verilator Lint ────\n2026-11-24T18:00:01Z x\n2026-11-24T18:00:02Z ──── Synthesis ────\n",
+        )
+        .unwrap();
+        let p = replay(start, &path).unwrap();
+        assert_eq!(
+            (p.step, p.name.as_str(), p.count),
+            (2, "Synthesis", Some(78))
         );
     }
 

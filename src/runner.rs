@@ -449,16 +449,19 @@ impl Runner {
         let RunParams::Build(p) = &run.params else {
             return Ok(None);
         };
-        let progress = match &run.progress {
-            Some(p) => p.clone(),
-            None => Progress {
-                count: self
-                    .db
-                    .last_build_steps(p.project_id, p.config.clone())
-                    .await?,
-                ..Progress::default()
-            },
+        let start = Progress {
+            count: self
+                .db
+                .last_build_steps(p.project_id, p.config.clone())
+                .await?,
+            ..Progress::default()
         };
+        // Progress is a function of the log: after a restart it is read again from the lines
+        // the file holds, which are exactly those the watch will not append again.
+        let path = self.storage.log_path(run.id);
+        let progress = tokio::task::spawn_blocking(move || progress::replay(start, &path))
+            .await
+            .context("the log thread failed")??;
         Ok(Some(Arc::new(std::sync::Mutex::new(ProgressState {
             db: self.db.clone(),
             run_id: run.id,

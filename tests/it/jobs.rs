@@ -630,3 +630,57 @@ async fn without_a_pdk_builds_are_refused_and_another_keys_jobs_are_not_there() 
     assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs}");
     server.assert_no_containers();
 }
+
+#[tokio::test]
+async fn a_build_survives_a_killed_server_with_its_progress_and_artifacts() {
+    let pdk = pdk();
+    let mut server = server(Some(pdk.path()), 2);
+    let project = new_project(&server).await;
+    put(&server, &project, "src/counter.v", COUNTER).await;
+    put(
+        &server,
+        &project,
+        "config.json",
+        &build_config("counter_sleep2", "src/*.v"),
+    )
+    .await;
+    let build = start_job(
+        &server,
+        &project,
+        json!({"kind": "build", "config": "config.json"}),
+    )
+    .await["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = progress_while_running(&server, &project, &build, 2).await;
+    server.kill();
+    // Steps go on while the server is down.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.restart();
+    let (_, job) = send(http().get(job_url(&server, &project, &build, ""))).await;
+    assert!(
+        job["State"]["Progress"]["Step"].as_u64() >= before["Step"].as_u64(),
+        "{job} after {before}"
+    );
+    let waited = wait_job(&server, &project, &build).await;
+    assert_eq!(waited, json!({"StatusCode": 0, "Error": null}));
+    let (_, job) = send(http().get(job_url(&server, &project, &build, ""))).await;
+    assert_eq!(
+        job["State"]["Progress"],
+        json!({"Step": 5, "Name": "GDSII Stream Out (KLayout)", "Count": 5})
+    );
+    // Every step's rule line once, in order, though the server missed some of them live.
+    let log = job_log(&server, &project, &build).await;
+    let rules: Vec<&str> = log.lines().filter(|l| l.starts_with('─')).collect();
+    assert_eq!(rules.len(), 5, "{log}");
+    let (status, _) = get_bytes(job_url(
+        &server,
+        &project,
+        &build,
+        "/artifacts/final/gds/counter_sleep2.gds",
+    ))
+    .await;
+    assert_eq!(status, 200);
+    server.assert_no_containers();
+}
