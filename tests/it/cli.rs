@@ -40,7 +40,7 @@ fn cli_at(config: &Path, env: &[(&str, &str)], args: &[&str]) -> Ran {
 }
 
 /// Runs a command that must succeed; returns its stdout.
-fn ok(server: &TestServer, args: &[&str]) -> String {
+pub fn ok(server: &TestServer, args: &[&str]) -> String {
     let ran = cli(server, args);
     assert_eq!(
         ran.code, 0,

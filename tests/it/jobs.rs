@@ -249,6 +249,52 @@ async fn simulations_pass_fail_report_syntax_errors_and_keep_their_inputs() {
     assert_eq!(prechecks.as_array().unwrap().len(), 1, "{prechecks}");
     let (status, _) = send(http().get(server.api(&format!("/api/v1/prechecks/{passing}")))).await;
     assert_eq!(status, 404);
+    let table = crate::cli::ok(&server, &["runs", "list", "--no-trunc"]);
+    let row = table.lines().find(|l| l.starts_with(&passing)).unwrap();
+    assert!(
+        row.contains("simulation") && row.contains("tb (icarus)"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("precheck") && l.contains("chip_sleep3")),
+        "{table}"
+    );
+    server.assert_no_containers();
+}
+
+#[tokio::test]
+async fn a_simulation_that_never_ends_times_out_by_its_own_limit() {
+    simulation_image();
+    let server = TestServer::builder()
+        .set("images.simulation", SIMULATION_IMAGE)
+        .set("limits.simulation.timeout", "3s")
+        .start();
+    let project = new_project(&server).await;
+    put(
+        &server,
+        &project,
+        "tb.v",
+        "module tb;\n  reg clk = 0;\n  always #1 clk = ~clk;\nendmodule\n",
+    )
+    .await;
+    let job = start_job(
+        &server,
+        &project,
+        json!({"kind": "simulation", "top": "tb"}),
+    )
+    .await["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let waited = wait_job(&server, &project, &job).await;
+    assert_eq!(waited["StatusCode"], 124, "{waited}");
+    let error = waited["Error"]["Message"].as_str().unwrap();
+    assert!(
+        error.contains("timed out after 3 s (limits.simulation.timeout)"),
+        "{error}"
+    );
     server.assert_no_containers();
 }
 
