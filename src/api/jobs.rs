@@ -7,21 +7,22 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use time::OffsetDateTime;
-use tokio_stream::wrappers::ReceiverStream;
 use uuid::Uuid;
 
 use super::logs::logs_of;
-use super::prechecks::{RunBody, WaitBody, cancel_run, noun, query_pairs, wait_for};
+use super::prechecks::{
+    RunBody, WaitBody, cancel_run, noun, query_pairs, tar_gz_response, wait_for,
+};
 use super::projects::find as find_project;
 use super::{ApiError, Caller, Json, parse_id};
 use crate::db::{CreateJobError, RunFilter};
 use crate::model::{
-    BuildParams, Run, RunKind, RunParams, RunStatus, SimulationParams, SimulationTool,
+    BuildParams, ProjectFile, Run, RunKind, RunParams, RunStatus, SimulationParams, SimulationTool,
     check_project_path,
 };
 use crate::runner::ARTIFACTS;
 use crate::server::AppState;
-use crate::storage::{ChunkSender, open_inside, write_tar_gz};
+use crate::storage::open_inside;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,13 +66,8 @@ pub async fn create(
                 })?,
             };
             let top = check_module(body.top)?;
-            let have: Vec<String> = state
-                .db
-                .project_files(project.id)
-                .await?
-                .into_iter()
-                .map(|f| f.path)
-                .collect();
+            let files = state.db.project_files(project.id).await?;
+            let have: Vec<&String> = files.iter().map(|f| &f.path).collect();
             let sources = match body.files {
                 Some(files) => {
                     if files.is_empty() {
@@ -81,7 +77,7 @@ pub async fn create(
                     }
                     for f in &files {
                         check_project_path(f).map_err(|e| bad(format!("files: {e}")))?;
-                        if !have.contains(f) {
+                        if !have.contains(&f) {
                             return Err(missing_file(project.id, f));
                         }
                     }
@@ -91,6 +87,7 @@ pub async fn create(
                     let hdl: Vec<String> = have
                         .into_iter()
                         .filter(|p| p.ends_with(".v") || p.ends_with(".sv"))
+                        .cloned()
                         .collect();
                     if hdl.is_empty() {
                         return Err(bad(format!(
@@ -101,7 +98,7 @@ pub async fn create(
                     hdl
                 }
             };
-            check_top_is_defined(&state, project.id, &sources, &top).await?;
+            check_top_is_defined(&state, &files, &sources, &top).await?;
             let params = SimulationParams {
                 project_id: project.id,
                 tool,
@@ -200,11 +197,10 @@ fn check_module(top: Option<String>) -> Result<String, ApiError> {
 /// Refuses a simulation whose top module no source declares, before it takes a queue slot.
 async fn check_top_is_defined(
     state: &AppState,
-    project: Uuid,
+    files: &[ProjectFile],
     sources: &[String],
     top: &str,
 ) -> Result<(), ApiError> {
-    let files = state.db.project_files(project).await?;
     let blobs: Vec<std::path::PathBuf> = files
         .iter()
         .filter(|f| sources.contains(&f.path))
@@ -213,8 +209,9 @@ async fn check_top_is_defined(
     let wanted = top.to_string();
     let found = tokio::task::spawn_blocking(move || {
         blobs.iter().any(|path| {
-            std::fs::read(path)
-                .is_ok_and(|text| declares_module(&String::from_utf8_lossy(&text), &wanted))
+            std::fs::File::open(path)
+                .and_then(|f| declares_module(std::io::BufReader::new(f), &wanted))
+                .unwrap_or(false)
         })
     })
     .await
@@ -232,17 +229,37 @@ async fn check_top_is_defined(
     )))
 }
 
-/// Whether Verilog text has `module NAME` (or `macromodule NAME`) for this name.
-fn declares_module(text: &str, name: &str) -> bool {
-    let mut words = text
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '$'))
-        .filter(|w| !w.is_empty());
-    while let Some(word) = words.next() {
-        if (word == "module" || word == "macromodule") && words.next() == Some(name) {
-            return true;
+/// Whether Verilog source has `module NAME` (or `macromodule NAME`) for this name. Reads the
+/// source word by word, holding at most one word (up to the name's length) at a time.
+fn declares_module(source: impl std::io::BufRead, name: &str) -> std::io::Result<bool> {
+    let mut word = Vec::with_capacity(name.len() + 1);
+    let mut too_long = false;
+    let mut after_module = false;
+    let mut finish = |word: &mut Vec<u8>, too_long: &mut bool| {
+        let w = if *too_long {
+            None
+        } else {
+            Some(word.as_slice())
+        };
+        let found = after_module && w == Some(name.as_bytes());
+        after_module = matches!(w, Some(b"module") | Some(b"macromodule"));
+        word.clear();
+        *too_long = false;
+        found
+    };
+    for byte in source.bytes() {
+        let b = byte?;
+        if b.is_ascii_alphanumeric() || b == b'_' || b == b'$' {
+            if word.len() > name.len().max(11) {
+                too_long = true;
+            } else {
+                word.push(b);
+            }
+        } else if (!word.is_empty() || too_long) && finish(&mut word, &mut too_long) {
+            return Ok(true);
         }
     }
-    false
+    Ok((!word.is_empty() || too_long) && finish(&mut word, &mut too_long))
 }
 
 pub async fn list(
@@ -330,30 +347,7 @@ pub async fn artifacts(
 ) -> Result<Response, ApiError> {
     let run = finished(&state, &caller, &project, &job).await?;
     let dir = state.storage.run_dir(run.id).join(ARTIFACTS);
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(anyhow::Error::from)?;
-    let prefix = format!("{}-{}", run.kind(), run.id);
-    let (writer, rx) = ChunkSender::new();
-    let tar_prefix = prefix.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut writer = writer;
-        if let Err(e) = write_tar_gz(&dir, &tar_prefix, &mut writer) {
-            tracing::warn!("artefact tarball of {} failed: {e}", dir.display());
-            writer.fail(e);
-        }
-    });
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/gzip".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{prefix}.tar.gz\""),
-            ),
-        ],
-        Body::from_stream(ReceiverStream::new(rx)),
-    )
-        .into_response())
+    tar_gz_response(dir, format!("{}-{}", run.kind(), run.id)).await
 }
 
 /// `GET .../artifacts/{path}`: one artefact, e.g. `final/gds/chip_top.gds` or `tb.vcd`.
@@ -450,12 +444,19 @@ mod tests {
 
     #[test]
     fn module_declarations_are_found_by_word() {
-        let text = "// tb\nmodule counter(input clk);\nendmodule\nmodule  tb_counter ;\nendmodule";
-        assert!(declares_module(text, "tb_counter"));
-        assert!(declares_module(text, "counter"));
-        assert!(!declares_module(text, "tb"));
-        assert!(!declares_module("endmodule tb", "tb"));
-        assert!(declares_module("macromodule m$1();", "m$1"));
+        let declares = |text: &str, name: &str| declares_module(text.as_bytes(), name).unwrap();
+        let text =
+            "// tb\nmodule counter(input clk);\nendmodule\nmodule\n  tb_counter ;\nendmodule";
+        assert!(declares(text, "tb_counter"));
+        assert!(declares(text, "counter"));
+        assert!(!declares(text, "tb"));
+        assert!(!declares("endmodule tb", "tb"));
+        assert!(!declares("module tb_x", "tb"));
+        assert!(declares("macromodule m$1();", "m$1"));
+        assert!(declares("module tb", "tb"));
+        let long = format!("module {}x tb module tb", "a".repeat(100_000));
+        assert!(declares(&long, "tb"));
+        assert!(!declares(&format!("module {}", "tb".repeat(1000)), "tb"));
     }
 
     #[test]

@@ -582,26 +582,30 @@ pub async fn debug(
         )));
     }
     let dir = state.storage.run_dir(run.id);
+    tar_gz_response(dir, format!("precheck-{}", run.id)).await
+}
+
+/// A folder as a streamed `.tar.gz` download whose entries start with `prefix/`.
+pub(super) async fn tar_gz_response(
+    dir: std::path::PathBuf,
+    prefix: String,
+) -> Result<Response, ApiError> {
     tokio::fs::create_dir_all(&dir)
         .await
         .map_err(anyhow::Error::from)?;
-    let prefix = format!("precheck-{}", run.id);
     let (writer, rx) = ChunkSender::new();
-    let tar_prefix = prefix.clone();
+    let disposition = format!("attachment; filename=\"{prefix}.tar.gz\"");
     tokio::task::spawn_blocking(move || {
         let mut writer = writer;
-        if let Err(e) = write_tar_gz(&dir, &tar_prefix, &mut writer) {
-            tracing::warn!("debug tarball of {} failed: {e}", dir.display());
+        if let Err(e) = write_tar_gz(&dir, &prefix, &mut writer) {
+            tracing::warn!("the tarball of {} failed: {e}", dir.display());
             writer.fail(e);
         }
     });
     Ok((
         [
             (header::CONTENT_TYPE, "application/gzip".to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{prefix}.tar.gz\""),
-            ),
+            (header::CONTENT_DISPOSITION, disposition),
         ],
         Body::from_stream(ReceiverStream::new(rx)),
     )

@@ -81,6 +81,14 @@ async fn start_job(server: &TestServer, project: &str, body: Value) -> Value {
     job
 }
 
+/// Starts a job; returns its id.
+async fn new_job(server: &TestServer, project: &str, body: Value) -> String {
+    start_job(server, project, body).await["Id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 async fn wait_job(server: &TestServer, project: &str, job: &str) -> Value {
     let url = job_url(server, project, job, "/wait?timeout=300");
     let (status, body) = send(http().post(url)).await;
@@ -164,15 +172,11 @@ async fn simulations_pass_fail_report_syntax_errors_and_keep_their_inputs() {
     let passing = passing["Id"].as_str().unwrap().to_string();
     // Replaced once the job exists: the job keeps what it was given.
     put(&server, &project, "tb/tb.v", &testbench(7)).await;
-    let failing = start_job(
+    let failing = new_job(
         &server,
         &project,
         json!({"kind": "simulation", "tool": "icarus", "top": "tb", "files": ["rtl/counter.v", "tb/tb.v"]}),
-    )
-    .await["Id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    ).await;
 
     let waited = wait_job(&server, &project, &passing).await;
     assert_eq!(waited, json!({"StatusCode": 0, "Error": null}));
@@ -225,15 +229,12 @@ async fn simulations_pass_fail_report_syntax_errors_and_keep_their_inputs() {
         &COUNTER.replace("endmodule", "endmodul"),
     )
     .await;
-    let broken = start_job(
+    let broken = new_job(
         &server,
         &project,
         json!({"kind": "simulation", "top": "tb"}),
     )
-    .await["Id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    .await;
     let waited = wait_job(&server, &project, &broken).await;
     assert_ne!(waited["StatusCode"], 0, "{waited}");
     let log = job_log(&server, &project, &broken).await;
@@ -279,15 +280,12 @@ async fn a_simulation_that_never_ends_times_out_by_its_own_limit() {
         "module tb;\n  reg clk = 0;\n  always #1 clk = ~clk;\nendmodule\n",
     )
     .await;
-    let job = start_job(
+    let job = new_job(
         &server,
         &project,
         json!({"kind": "simulation", "top": "tb"}),
     )
-    .await["Id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    .await;
     let waited = wait_job(&server, &project, &job).await;
     assert_eq!(waited["StatusCode"], 124, "{waited}");
     let error = waited["Error"]["Message"].as_str().unwrap();
@@ -419,15 +417,12 @@ async fn a_build_reports_progress_and_its_layout_passes_the_precheck() {
     );
 
     // A second build of the same config knows the flow's length while it runs.
-    let again = start_job(
+    let again = new_job(
         &server,
         &project,
         json!({"kind": "build", "config": "flow/config.json"}),
     )
-    .await["Id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    .await;
     let seen = progress_while_running(&server, &project, &again, 1).await;
     assert_eq!(seen["Count"], 5, "{seen}");
     wait_job(&server, &project, &again).await;
@@ -440,15 +435,12 @@ async fn a_build_reports_progress_and_its_layout_passes_the_precheck() {
         &build_config("counter_fail", "../src/*.v"),
     )
     .await;
-    let failed = start_job(
+    let failed = new_job(
         &server,
         &project,
         json!({"kind": "build", "config": "flow/config.json"}),
     )
-    .await["Id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    .await;
     let waited = wait_job(&server, &project, &failed).await;
     assert_eq!(waited["StatusCode"], 1, "{waited}");
     let error = waited["Error"]["Message"].as_str().unwrap();
@@ -566,15 +558,12 @@ async fn jobs_refuse_bad_requests_and_projects_with_running_jobs_stay() {
     );
 
     // A project with a running job is not deleted; once the job is cancelled, it is.
-    let build = start_job(
+    let build = new_job(
         &server,
         &project,
         json!({"kind": "build", "config": "config.json"}),
     )
-    .await["Id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    .await;
     refused(
         send(http().get(job_url(&server, &project, &build, "/artifacts"))).await,
         409,
@@ -690,15 +679,12 @@ async fn a_build_survives_a_killed_server_with_its_progress_and_artifacts() {
         &build_config("counter_sleep2", "src/*.v"),
     )
     .await;
-    let build = start_job(
+    let build = new_job(
         &server,
         &project,
         json!({"kind": "build", "config": "config.json"}),
     )
-    .await["Id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    .await;
     let before = progress_while_running(&server, &project, &build, 2).await;
     server.kill();
     // Steps go on while the server is down.
