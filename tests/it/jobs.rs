@@ -716,3 +716,74 @@ async fn a_build_survives_a_killed_server_with_its_progress_and_artifacts() {
     assert_eq!(status, 200);
     server.assert_no_containers();
 }
+
+/// A Docker volume, removed when dropped.
+struct Volume(String);
+
+impl Drop for Volume {
+    fn drop(&mut self) {
+        let _ = crate::support::docker(&["volume", "rm", "-f", &self.0]);
+    }
+}
+
+#[tokio::test]
+async fn a_pdk_volume_is_mounted_read_only_and_a_missing_one_fails_the_build() {
+    let volume = Volume(format!(
+        "precheck-test-pdk-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    ));
+    crate::support::docker_ok(&["volume", "create", &volume.0]);
+    crate::support::docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        &format!("{}:/pdk", volume.0),
+        librelane_image(),
+        "mkdir",
+        "-p",
+        "/pdk/gf180mcuD/libs.tech",
+    ]);
+    let server = TestServer::builder()
+        .set("images.librelane", LIBRELANE_IMAGE)
+        .set("builds.pdk", volume.0.as_str())
+        .start();
+    let project = new_project(&server).await;
+    put(&server, &project, "src/counter.v", COUNTER).await;
+    put(
+        &server,
+        &project,
+        "config.json",
+        &build_config("counter", "src/*.v"),
+    )
+    .await;
+    let build = new_job(
+        &server,
+        &project,
+        json!({"kind": "build", "config": "config.json"}),
+    )
+    .await;
+    // The stand-in exits 3 if it can write to the PDK.
+    let waited = wait_job(&server, &project, &build).await;
+    assert_eq!(waited, json!({"StatusCode": 0, "Error": null}));
+
+    crate::support::docker_ok(&["volume", "rm", &volume.0]);
+    let build = new_job(
+        &server,
+        &project,
+        json!({"kind": "build", "config": "config.json"}),
+    )
+    .await;
+    let waited = wait_job(&server, &project, &build).await;
+    assert_eq!(waited["StatusCode"], 125, "{waited}");
+    let error = waited["Error"]["Message"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "the PDK volume {} (builds.pdk) does not exist",
+            volume.0
+        )),
+        "{error}"
+    );
+    server.assert_no_containers();
+}
