@@ -404,7 +404,7 @@ impl Runner {
             Some(tracker) => tracker.lock().map(|t| t.progress.clone()).ok(),
             None => None,
         };
-        Ok(judge(run, exit.code, &run_dir, progress).await)
+        Ok(judge(run, exit.code, &self.storage, progress).await)
     }
 
     /// Copies a stopped container's results into the run's folder: a precheck's `/work` and
@@ -488,11 +488,11 @@ struct Plan {
 }
 
 /// How a stopped container's exit code ends its run.
-async fn judge(run: &Run, code: i64, run_dir: &Path, progress: Option<Progress>) -> Outcome {
+async fn judge(run: &Run, code: i64, storage: &Storage, progress: Option<Progress>) -> Outcome {
     let see = "see the logs";
     match (&run.params, code) {
         (RunParams::Precheck(_), 0) => {
-            let output = tokio::fs::metadata(run_dir.join("output/design.gds")).await;
+            let output = tokio::fs::metadata(storage.output_path(run.id)).await;
             if output.is_ok_and(|m| m.len() > 0) {
                 Outcome::completed()
             } else {
@@ -521,7 +521,7 @@ async fn judge(run: &Run, code: i64, run_dir: &Path, progress: Option<Progress>)
                 p.top
             ),
         ),
-        (RunParams::Build(_), 0) => match final_gds(run_dir).await {
+        (RunParams::Build(_), 0) => match final_gds(&storage.run_dir(run.id)).await {
             Some(_) => Outcome::completed(),
             None => Outcome::failed(
                 exit_code::NO_OUTPUT,
