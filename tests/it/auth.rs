@@ -4,10 +4,8 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::client::http;
-use crate::support::{TestServer, gds_bytes};
+use crate::support::{ALICE, BOB, TestServer, gds_bytes};
 
-const ALICE: &str = "ws_key_alice_0123456789abcdefghijklmnop";
-const BOB: &str = "ws_key_bob_0123456789abcdefghijklmnopqr";
 const ADMIN: &str = "ws_key_admin_0123456789abcdefghijklmno";
 
 fn keyed_server(extra: &str) -> TestServer {

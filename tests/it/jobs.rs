@@ -7,8 +7,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::client::http;
+use crate::simulation::{COUNTER, testbench_dumping_to};
 use crate::support::{
-    LIBRELANE_IMAGE, SIMULATION_IMAGE, TestServer, TestServerBuilder, librelane_image,
+    ALICE, BOB, LIBRELANE_IMAGE, SIMULATION_IMAGE, TestServer, TestServerBuilder, librelane_image,
     simulation_image,
 };
 
@@ -122,80 +123,65 @@ fn tar_names(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
-const COUNTER: &str = "module counter(input clk, output reg [3:0] q = 0);
-  always @(posedge clk) q <= q + 1;
-endmodule
-";
-
+/// The testbench, writing its waveforms into a folder of the project.
 fn testbench(expected: u32) -> String {
-    format!(
-        "module tb;
-  reg clk = 0;
-  wire [3:0] q;
-  counter c(.clk(clk), .q(q));
-  always #1 clk = ~clk;
-  initial begin
-    $dumpfile(\"waves/tb.vcd\");
-    $dumpvars(0, tb);
-    #10;
-    if (q != {expected}) begin $display(\"FAIL q=%0d\", q); $fatal(1); end
-    $display(\"PASS q=%0d\", q);
-    $finish;
-  end
-endmodule
-"
-    )
+    testbench_dumping_to(expected, "waves/tb.vcd")
+}
+
+/// Simulates with `tool` a testbench that passes and, after `tb/tb.v` is replaced once the first
+/// job exists (which must not change that job), one that fails; checks their ends, their logs
+/// and the passing one's waveforms. Returns the project and the two jobs.
+async fn pass_then_fail(server: &TestServer, tool: &str) -> (String, String, String) {
+    let project = new_project(server).await;
+    put(server, &project, "rtl/counter.v", COUNTER).await;
+    put(server, &project, "tb/tb.v", &testbench(5)).await;
+    put(server, &project, "waves/README", "waveforms land here\n").await;
+    let job = json!({"kind": "simulation", "tool": tool, "top": "tb"});
+    let passing = new_job(server, &project, job).await;
+    put(server, &project, "tb/tb.v", &testbench(7)).await;
+    let job = json!({"kind": "simulation", "tool": tool, "top": "tb", "files": ["rtl/counter.v", "tb/tb.v"]});
+    let failing = new_job(server, &project, job).await;
+
+    let waited = wait_job(server, &project, &passing).await;
+    assert_eq!(waited, json!({"StatusCode": 0, "Error": null}));
+    assert!(
+        job_log(server, &project, &passing)
+            .await
+            .contains("PASS q=5")
+    );
+    let url = job_url(server, &project, &passing, "/artifacts/waves/tb.vcd");
+    let (status, vcd) = get_bytes(url).await;
+    assert_eq!(status, 200);
+    let vcd = String::from_utf8_lossy(&vcd);
+    assert!(
+        vcd.contains("$var") && vcd.contains("$enddefinitions"),
+        "{vcd}"
+    );
+
+    let waited = wait_job(server, &project, &failing).await;
+    assert_ne!(waited["StatusCode"], 0, "{waited}");
+    let error = waited["Error"]["Message"].as_str().unwrap();
+    assert!(error.contains("simulation of tb failed"), "{error}");
+    assert!(
+        job_log(server, &project, &failing)
+            .await
+            .contains("FAIL q=5")
+    );
+    (project, passing, failing)
 }
 
 #[tokio::test]
 async fn simulations_pass_fail_report_syntax_errors_and_keep_their_inputs() {
     // One slot: a precheck holds it while the first simulation waits in the queue.
     let server = server(None, 1);
-    let project = new_project(&server).await;
-    put(&server, &project, "rtl/counter.v", COUNTER).await;
-    put(&server, &project, "tb/tb.v", &testbench(5)).await;
-    put(&server, &project, "waves/README", "waveforms land here\n").await;
     let sleeper = crate::client::precheck(&server, "chip_sleep3").await;
-
-    let passing = start_job(
-        &server,
-        &project,
-        json!({"kind": "simulation", "top": "tb"}),
-    )
-    .await;
-    assert_eq!(passing["Kind"], "simulation");
-    assert_eq!(passing["Config"]["Labels"]["tool"], "icarus");
-    assert_eq!(
-        passing["Config"]["Labels"]["files"],
-        "rtl/counter.v tb/tb.v"
-    );
-    let passing = passing["Id"].as_str().unwrap().to_string();
-    // Replaced once the job exists: the job keeps what it was given.
-    put(&server, &project, "tb/tb.v", &testbench(7)).await;
-    let failing = new_job(
-        &server,
-        &project,
-        json!({"kind": "simulation", "tool": "icarus", "top": "tb", "files": ["rtl/counter.v", "tb/tb.v"]}),
-    ).await;
-
-    let waited = wait_job(&server, &project, &passing).await;
-    assert_eq!(waited, json!({"StatusCode": 0, "Error": null}));
-    assert!(
-        job_log(&server, &project, &passing)
-            .await
-            .contains("PASS q=5")
-    );
-    let (status, vcd) = get_bytes(job_url(
-        &server,
-        &project,
-        &passing,
-        "/artifacts/waves/tb.vcd",
-    ))
-    .await;
-    assert_eq!(status, 200);
-    let vcd = String::from_utf8(vcd).unwrap();
-    assert!(vcd.starts_with("$date"), "{vcd}");
-    assert!(vcd.contains("$var") && vcd.contains(" q "), "{vcd}");
+    let (project, passing, failing) = pass_then_fail(&server, "icarus").await;
+    let (_, job) = send(http().get(job_url(&server, &project, &passing, ""))).await;
+    assert_eq!(job["Kind"], "simulation");
+    assert_eq!(job["Config"]["Labels"]["tool"], "icarus");
+    assert_eq!(job["Config"]["Labels"]["files"], "rtl/counter.v tb/tb.v");
+    let (_, job) = send(http().get(job_url(&server, &project, &failing, ""))).await;
+    assert_eq!(job["State"]["ExitCode"], 1, "{job}");
     let (status, tarball) = get_bytes(job_url(&server, &project, &passing, "/artifacts")).await;
     assert_eq!(status, 200);
     let names = tar_names(&tarball);
@@ -208,16 +194,6 @@ async fn simulations_pass_fail_report_syntax_errors_and_keep_their_inputs() {
             .iter()
             .any(|n| n.ends_with(".v") || n.ends_with("README")),
         "{names:?}"
-    );
-
-    let waited = wait_job(&server, &project, &failing).await;
-    assert_eq!(waited["StatusCode"], 1, "{waited}");
-    let error = waited["Error"]["Message"].as_str().unwrap();
-    assert!(error.contains("simulation of tb failed"), "{error}");
-    assert!(
-        job_log(&server, &project, &failing)
-            .await
-            .contains("FAIL q=5")
     );
     crate::client::wait(&server, &sleeper).await;
 
@@ -304,6 +280,19 @@ fn build_config(design: &str, sources: &str) -> String {
     )
 }
 
+/// A project of the counter's source in `src/` and a LibreLane config at `config` naming the
+/// design `design`.
+async fn counter_project(server: &TestServer, config: &str, design: &str) -> String {
+    let project = new_project(server).await;
+    put(server, &project, "src/counter.v", COUNTER).await;
+    let sources = match config.rsplit_once('/') {
+        Some(_) => "../src/*.v",
+        None => "src/*.v",
+    };
+    put(server, &project, config, &build_config(design, sources)).await;
+    project
+}
+
 /// A running build's `State.Progress` once it has reached `step`.
 async fn progress_while_running(server: &TestServer, project: &str, job: &str, step: u64) -> Value {
     let url = job_url(server, project, job, "");
@@ -331,15 +320,7 @@ async fn progress_while_running(server: &TestServer, project: &str, job: &str, s
 async fn a_build_reports_progress_and_its_layout_passes_the_precheck() {
     let pdk = pdk();
     let server = server(Some(pdk.path()), 2);
-    let project = new_project(&server).await;
-    put(&server, &project, "src/counter.v", COUNTER).await;
-    put(
-        &server,
-        &project,
-        "flow/config.json",
-        &build_config("counter_sleep1", "../src/*.v"),
-    )
-    .await;
+    let project = counter_project(&server, "flow/config.json", "counter_sleep1").await;
     // The stand-in works a second in each of its five steps.
     let build = start_job(
         &server,
@@ -582,16 +563,10 @@ async fn jobs_refuse_bad_requests_and_projects_with_running_jobs_stay() {
 
 #[tokio::test]
 async fn without_a_pdk_builds_are_refused_and_another_keys_jobs_are_not_there() {
-    const ALICE: &str = "ws_key_alice_0123456789abcdefghijklmnop";
-    const BOB: &str = "ws_key_bob_0123456789abcdefghijklmnopqr";
     simulation_image();
     let server = TestServer::builder()
         .set("images.simulation", SIMULATION_IMAGE)
-        .toml(&format!(
-            "[auth]\nrequired = true\n\
-             [[auth.api_keys]]\nname = \"alice\"\nkey = \"{ALICE}\"\n\
-             [[auth.api_keys]]\nname = \"bob\"\nkey = \"{BOB}\"\n"
-        ))
+        .alice_and_bob()
         .start();
     let (_, created) = send(
         http()
@@ -670,15 +645,7 @@ async fn without_a_pdk_builds_are_refused_and_another_keys_jobs_are_not_there() 
 async fn a_build_survives_a_killed_server_with_its_progress_and_artifacts() {
     let pdk = pdk();
     let mut server = server(Some(pdk.path()), 2);
-    let project = new_project(&server).await;
-    put(&server, &project, "src/counter.v", COUNTER).await;
-    put(
-        &server,
-        &project,
-        "config.json",
-        &build_config("counter_sleep2", "src/*.v"),
-    )
-    .await;
+    let project = counter_project(&server, "config.json", "counter_sleep2").await;
     let build = new_job(
         &server,
         &project,
@@ -749,15 +716,7 @@ async fn a_pdk_volume_is_mounted_read_only_and_a_missing_one_fails_the_build() {
         .set("images.librelane", LIBRELANE_IMAGE)
         .set("builds.pdk", volume.0.as_str())
         .start();
-    let project = new_project(&server).await;
-    put(&server, &project, "src/counter.v", COUNTER).await;
-    put(
-        &server,
-        &project,
-        "config.json",
-        &build_config("counter", "src/*.v"),
-    )
-    .await;
+    let project = counter_project(&server, "config.json", "counter").await;
     let build = new_job(
         &server,
         &project,
@@ -785,5 +744,16 @@ async fn a_pdk_volume_is_mounted_read_only_and_a_missing_one_fails_the_build() {
         )),
         "{error}"
     );
+    server.assert_no_containers();
+}
+
+#[tokio::test]
+async fn verilator_simulations_pass_fail_and_keep_their_waveforms() {
+    crate::support::verilator_image();
+    let server = TestServer::builder()
+        .set("images.simulation", crate::support::VERILATOR_IMAGE)
+        .set("limits.simulation.memory", "2GiB")
+        .start();
+    pass_then_fail(&server, "verilator").await;
     server.assert_no_containers();
 }

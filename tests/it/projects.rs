@@ -5,7 +5,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::client::http;
-use crate::support::{TestServer, files_in};
+use crate::support::{ALICE, BOB, TestServer, files_in};
 
 /// Sends a request; returns the status and the body (JSON if it is JSON, else text).
 async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
@@ -261,15 +261,7 @@ async fn bad_paths_sizes_and_requests_are_refused() {
 
 #[tokio::test]
 async fn another_keys_project_is_not_there() {
-    const ALICE: &str = "ws_key_alice_0123456789abcdefghijklmnop";
-    const BOB: &str = "ws_key_bob_0123456789abcdefghijklmnopqr";
-    let server = TestServer::builder()
-        .toml(&format!(
-            "[auth]\nrequired = true\n\
-             [[auth.api_keys]]\nname = \"alice\"\nkey = \"{ALICE}\"\n\
-             [[auth.api_keys]]\nname = \"bob\"\nkey = \"{BOB}\"\n"
-        ))
-        .start();
+    let server = TestServer::builder().alice_and_bob().start();
     let (status, created) = send(
         http()
             .post(server.api("/api/v1/projects"))
