@@ -161,6 +161,20 @@ pub async fn create(
     caller: Caller,
     Json(body): Json<CreatePrecheck>,
 ) -> Result<(StatusCode, Json<RunBody>), ApiError> {
+    // Checked first: a build's layout becomes an upload only for a request that can succeed.
+    let die_id = body.die_id.unwrap_or_else(|| "FFFFFFFF".into());
+    if die_id.len() != 8 || !die_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(ApiError::BadRequest(format!(
+            "die_id: {die_id:?} must be exactly 8 letters or digits (default FFFFFFFF)"
+        )));
+    }
+    let slot = body.slot.unwrap_or_else(|| "1x1".into());
+    if !SLOTS.contains(&slot.as_str()) {
+        return Err(ApiError::BadRequest(format!(
+            "slot: {slot:?} is not a slot size: use one of {}",
+            SLOTS.join(", ")
+        )));
+    }
     let upload_id = match (body.upload_id, body.job_id) {
         (Some(given), None) => Uuid::parse_str(&given).map_err(|_| {
             ApiError::BadRequest(format!(
@@ -188,19 +202,6 @@ pub async fn create(
         .ok_or_else(|| ApiError::NotFound(format!("no such upload: {upload_id}")))?;
     let force = body.force.unwrap_or(false);
     let top_cell = choose_top_cell(body.top_cell, upload.layout.as_ref(), force)?;
-    let die_id = body.die_id.unwrap_or_else(|| "FFFFFFFF".into());
-    if die_id.len() != 8 || !die_id.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(ApiError::BadRequest(format!(
-            "die_id: {die_id:?} must be exactly 8 letters or digits (default FFFFFFFF)"
-        )));
-    }
-    let slot = body.slot.unwrap_or_else(|| "1x1".into());
-    if !SLOTS.contains(&slot.as_str()) {
-        return Err(ApiError::BadRequest(format!(
-            "slot: {slot:?} is not a slot size: use one of {}",
-            SLOTS.join(", ")
-        )));
-    }
     let params = PrecheckParams {
         upload_id,
         top_cell,

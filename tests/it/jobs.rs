@@ -378,6 +378,19 @@ async fn a_build_reports_progress_and_its_layout_passes_the_precheck() {
     let layout = precheck_server::layout::inspect(gds.as_slice()).unwrap();
     assert_eq!(layout.top_cells, ["counter_sleep1"]);
 
+    // A request that cannot succeed makes no upload of the build's layout.
+    refused(
+        send(
+            http()
+                .post(server.api("/api/v1/prechecks"))
+                .json(&json!({"job_id": build, "die_id": "short"})),
+        )
+        .await,
+        400,
+        "die_id",
+    );
+    let (_, uploads) = send(http().get(server.api("/api/v1/uploads"))).await;
+    assert_eq!(uploads, json!([]));
     // RTL to checked layout: the build's final GDS goes to the precheck as an upload.
     let (status, run) = send(
         http()
