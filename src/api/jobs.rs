@@ -44,105 +44,12 @@ pub async fn create(
     Path(project): Path<String>,
     Json(body): Json<NewJob>,
 ) -> Result<(StatusCode, Json<RunBody>), ApiError> {
-    let project = find_project(&state, &caller, &project).await?;
-    let bad = ApiError::BadRequest;
-    let not_for = |field: &str, kind: &str| {
-        bad(format!(
-            "{field}: not a field of a {kind} job (see the jobs section of README.md)"
-        ))
-    };
+    let project = find_project(&state, &caller, &project).await?.id;
     let (params, needs) = match body.kind.as_str() {
-        "simulation" => {
-            if body.config.is_some() {
-                return Err(not_for("config", "simulation"));
-            }
-            let tool = match body.tool.as_deref() {
-                None => SimulationTool::Icarus,
-                Some(t) => SimulationTool::parse(t).ok_or_else(|| {
-                    bad(format!(
-                        "tool: {t:?} is not a simulator: use one of {}",
-                        SimulationTool::ALL.map(SimulationTool::as_str).join(", ")
-                    ))
-                })?,
-            };
-            let top = check_module(body.top)?;
-            let files = state.db.project_files(project.id).await?;
-            let have: Vec<&String> = files.iter().map(|f| &f.path).collect();
-            let sources = match body.files {
-                Some(files) => {
-                    if files.is_empty() {
-                        return Err(bad(
-                            "files: empty: list the files to compile, or leave files out to compile every .v and .sv file".into(),
-                        ));
-                    }
-                    for f in &files {
-                        check_project_path(f).map_err(|e| bad(format!("files: {e}")))?;
-                        if !have.contains(&f) {
-                            return Err(missing_file(project.id, f));
-                        }
-                    }
-                    files
-                }
-                None => {
-                    let hdl: Vec<String> = have
-                        .into_iter()
-                        .filter(|p| p.ends_with(".v") || p.ends_with(".sv"))
-                        .cloned()
-                        .collect();
-                    if hdl.is_empty() {
-                        return Err(bad(format!(
-                            "project {} has no .v or .sv files to simulate: PUT the sources first",
-                            project.id
-                        )));
-                    }
-                    hdl
-                }
-            };
-            check_top_is_defined(&state, &files, &sources, &top).await?;
-            let params = SimulationParams {
-                project_id: project.id,
-                tool,
-                top,
-                sources: sources.clone(),
-            };
-            (RunParams::Simulation(params), sources)
-        }
-        "build" => {
-            for (field, given) in [
-                ("tool", body.tool.is_some()),
-                ("top", body.top.is_some()),
-                ("files", body.files.is_some()),
-            ] {
-                if given {
-                    return Err(not_for(field, "build"));
-                }
-            }
-            let config = body.config.ok_or_else(|| {
-                bad("config: missing: name the project's LibreLane config, e.g. \"config\": \"config.json\"".into())
-            })?;
-            check_project_path(&config).map_err(|e| bad(format!("config: {e}")))?;
-            if ![".json", ".yaml", ".yml"]
-                .iter()
-                .any(|e| config.ends_with(e))
-            {
-                return Err(bad(format!(
-                    "config: {config:?} is not a LibreLane config: give a .json, .yaml or .yml file"
-                )));
-            }
-            if state.config.builds.pdk.is_none() {
-                return Err(ApiError::Unavailable(
-                    "this server has no PDK for builds: its operator sets [builds] pdk in the config"
-                        .into(),
-                ));
-            }
-            let params = BuildParams {
-                project_id: project.id,
-                config: config.clone(),
-            };
-            (RunParams::Build(params), vec![config])
-        }
+        "simulation" => simulation(&state, project, body).await?,
+        "build" => build(&state, project, body)?,
         other => {
-            return Err(bad(format!(
+            return Err(ApiError::BadRequest(format!(
                 "kind: {other:?} is not a kind of job: use simulation or build"
             )));
         }
@@ -161,12 +68,123 @@ pub async fn create(
         )
         .await?;
     let run = created.map_err(|e| match e {
-        CreateJobError::NoProject => ApiError::NotFound(format!("no such project: {}", project.id)),
-        CreateJobError::MissingFile(path) => missing_file(project.id, &path),
+        CreateJobError::NoProject => ApiError::NotFound(format!("no such project: {project}")),
+        CreateJobError::MissingFile(path) => missing_file(project, &path),
     })?;
     state.queue.created(run.id);
-    tracing::info!(run_id = %run.id, project_id = %project.id, %kind, "job queued");
+    tracing::info!(run_id = %run.id, project_id = %project, %kind, "job queued");
     Ok((StatusCode::CREATED, Json(RunBody::from(&run))))
+}
+
+fn not_for(field: &str, kind: &str) -> ApiError {
+    ApiError::BadRequest(format!(
+        "{field}: not a field of a {kind} job (see the jobs section of README.md)"
+    ))
+}
+
+/// A simulation's parameters, and the files it needs.
+async fn simulation(
+    state: &AppState,
+    project: Uuid,
+    body: NewJob,
+) -> Result<(RunParams, Vec<String>), ApiError> {
+    let bad = ApiError::BadRequest;
+    if body.config.is_some() {
+        return Err(not_for("config", "simulation"));
+    }
+    let tool = match body.tool.as_deref() {
+        None => SimulationTool::Icarus,
+        Some(t) => SimulationTool::parse(t).ok_or_else(|| {
+            bad(format!(
+                "tool: {t:?} is not a simulator: use one of {}",
+                SimulationTool::ALL.map(SimulationTool::as_str).join(", ")
+            ))
+        })?,
+    };
+    let top = check_module(body.top)?;
+    let files = state.db.project_files(project).await?;
+    let have: Vec<&String> = files.iter().map(|f| &f.path).collect();
+    let sources = match body.files {
+        Some(listed) => {
+            if listed.is_empty() {
+                return Err(bad(
+                    "files: empty: list the files to compile, or leave files out to compile every .v and .sv file".into(),
+                ));
+            }
+            for (i, f) in listed.iter().enumerate() {
+                check_project_path(f).map_err(|e| bad(format!("files: {e}")))?;
+                if !have.contains(&f) {
+                    return Err(missing_file(project, f));
+                }
+                if listed[..i].contains(f) {
+                    return Err(bad(format!("files: {f:?} is listed twice")));
+                }
+            }
+            listed
+        }
+        None => {
+            let hdl: Vec<String> = have
+                .into_iter()
+                .filter(|p| p.ends_with(".v") || p.ends_with(".sv"))
+                .cloned()
+                .collect();
+            if hdl.is_empty() {
+                return Err(bad(format!(
+                    "project {project} has no .v or .sv files to simulate: PUT the sources first"
+                )));
+            }
+            hdl
+        }
+    };
+    check_top_is_defined(state, &files, &sources, &top).await?;
+    let params = SimulationParams {
+        project_id: project,
+        tool,
+        top,
+        sources: sources.clone(),
+    };
+    Ok((RunParams::Simulation(params), sources))
+}
+
+/// A build's parameters, and the file it needs.
+fn build(
+    state: &AppState,
+    project: Uuid,
+    body: NewJob,
+) -> Result<(RunParams, Vec<String>), ApiError> {
+    let bad = ApiError::BadRequest;
+    for (field, given) in [
+        ("tool", body.tool.is_some()),
+        ("top", body.top.is_some()),
+        ("files", body.files.is_some()),
+    ] {
+        if given {
+            return Err(not_for(field, "build"));
+        }
+    }
+    let config = body.config.ok_or_else(|| {
+        bad("config: missing: name the project's LibreLane config, e.g. \"config\": \"config.json\"".into())
+    })?;
+    check_project_path(&config).map_err(|e| bad(format!("config: {e}")))?;
+    if ![".json", ".yaml", ".yml"]
+        .iter()
+        .any(|e| config.ends_with(e))
+    {
+        return Err(bad(format!(
+            "config: {config:?} is not a LibreLane config: give a .json, .yaml or .yml file"
+        )));
+    }
+    if state.config.builds.pdk.is_none() {
+        return Err(ApiError::Unavailable(
+            "this server has no PDK for builds: its operator sets [builds] pdk in the config"
+                .into(),
+        ));
+    }
+    let params = BuildParams {
+        project_id: project,
+        config: config.clone(),
+    };
+    Ok((RunParams::Build(params), vec![config]))
 }
 
 fn missing_file(project: Uuid, path: &str) -> ApiError {

@@ -496,6 +496,11 @@ async fn jobs_refuse_bad_requests_and_projects_with_running_jobs_stay() {
             "'..'",
         ),
         (
+            json!({"kind": "simulation", "top": "tb", "files": ["tb.v", "tb.v"]}),
+            400,
+            "listed twice",
+        ),
+        (
             json!({"kind": "simulation", "top": "tb", "files": ["nope.v"]}),
             400,
             "has no file \"nope.v\"",
