@@ -11,8 +11,11 @@ mod system;
 mod uploads;
 
 use axum::Router;
+use axum::extract::Request;
 use axum::extract::{DefaultBodyLimit, FromRequest};
-use axum::http::{Method, Uri};
+use axum::http::{HeaderValue, Method, Uri};
+use axum::middleware::Next;
+use axum::response::Response;
 use axum::routing::{get, post, put};
 use uuid::Uuid;
 
@@ -100,8 +103,53 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::authenticate,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let id = req
+                        .headers()
+                        .get(REQUEST_ID)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default();
+                    tracing::info_span!(
+                        "request",
+                        request_id = %id,
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                    )
+                })
+                .on_request(())
+                .on_response(
+                    tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO),
+                ),
+        )
+        .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// The header that carries a request's id, both ways.
+const REQUEST_ID: &str = "x-request-id";
+
+/// Gives every request an id, the client's `X-Request-Id` if it is a plain token of at most 128
+/// characters (else a new UUID), which every log line of the request carries and the answer
+/// echoes.
+async fn request_id(mut req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            (1..=128).contains(&v.len())
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+        })
+        .map(String::from);
+    let id = given.unwrap_or_else(|| Uuid::new_v4().to_string());
+    let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    req.headers_mut().insert(REQUEST_ID, value.clone());
+    let mut response = next.run(req).await;
+    response.headers_mut().insert(REQUEST_ID, value);
+    response
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {

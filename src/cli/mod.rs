@@ -36,8 +36,44 @@ pub struct Cli {
         env = "PRECHECK_CONFIG"
     )]
     pub config: PathBuf,
+    /// How the server logs to stderr: `human` lines, or `json` objects for log shippers.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "PRECHECK_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+impl Cli {
+    /// Starts the log on stderr: `RUST_LOG` filters (default `info`), in the chosen format. JSON
+    /// lines carry the fields of the spans they happen in, such as a request's `request_id`.
+    pub fn init_logging(&self) {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr);
+        match self.log_format {
+            LogFormat::Human => builder.init(),
+            LogFormat::Json => builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(true)
+                .init(),
+        }
+    }
 }
 
 #[derive(Subcommand)]

@@ -8,6 +8,7 @@ mod errors;
 mod jobs;
 mod layouts;
 mod librelane;
+mod observability;
 mod projects;
 mod restart;
 mod runs;

@@ -492,6 +492,8 @@ pub struct TestServer {
     container_prefix: String,
     stdout: Arc<Mutex<Vec<String>>>,
     stderr_path: PathBuf,
+    /// Extra arguments of `serve`, kept for restarts.
+    serve_args: Vec<String>,
     stopped: bool,
     tempdir: tempfile::TempDir,
 }
@@ -501,6 +503,7 @@ pub struct TestServer {
 pub struct TestServerBuilder {
     config: toml::Table,
     unset: Vec<String>,
+    serve_args: Vec<String>,
 }
 
 impl TestServer {
@@ -608,8 +611,13 @@ impl TestServer {
         if !self.stopped {
             self.stop();
         }
-        let (child, url) = spawn_server(&self.config_path, &self.stderr_path, &self.stdout)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (child, url) = spawn_server(
+            &self.config_path,
+            &self.stderr_path,
+            &self.stdout,
+            &self.serve_args,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         self.child = child;
         self.url = url;
         self.stopped = false;
@@ -689,6 +697,7 @@ impl TestServerBuilder {
         TestServerBuilder {
             config: toml::Table::new(),
             unset: Vec::new(),
+            serve_args: Vec::new(),
         }
         .set("server.host", "127.0.0.1")
         .set("server.port", 0)
@@ -708,6 +717,12 @@ impl TestServerBuilder {
              [[auth.api_keys]]\nname = \"alice\"\nkey = \"{ALICE}\"\n\
              [[auth.api_keys]]\nname = \"bob\"\nkey = \"{BOB}\"\n"
         ))
+    }
+
+    /// Adds arguments to `precheck-server serve --config FILE`.
+    pub fn serve_args(mut self, args: &[&str]) -> Self {
+        self.serve_args.extend(args.iter().map(|a| a.to_string()));
+        self
     }
 
     pub fn max_concurrent(self, n: i64) -> Self {
@@ -808,7 +823,7 @@ impl TestServerBuilder {
             .to_string();
         let stderr_path = root.join("server-stderr.log");
         let stdout = Arc::new(Mutex::new(Vec::new()));
-        let (child, url) = spawn_server(&config_path, &stderr_path, &stdout)?;
+        let (child, url) = spawn_server(&config_path, &stderr_path, &stdout, &self.serve_args)?;
         let storage = fs::canonicalize(&storage).unwrap_or(storage);
         Ok(TestServer {
             url,
@@ -818,6 +833,7 @@ impl TestServerBuilder {
             container_prefix,
             stdout,
             stderr_path,
+            serve_args: self.serve_args,
             stopped: false,
             tempdir,
         })
@@ -829,6 +845,7 @@ fn spawn_server(
     config_path: &Path,
     stderr_path: &Path,
     stdout_lines: &Arc<Mutex<Vec<String>>>,
+    serve_args: &[String],
 ) -> Result<(Child, String), String> {
     let stderr = fs::OpenOptions::new()
         .create(true)
@@ -839,6 +856,7 @@ fn spawn_server(
         .arg("serve")
         .arg("--config")
         .arg(config_path)
+        .args(serve_args)
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
