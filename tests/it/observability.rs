@@ -41,12 +41,12 @@ async fn every_request_has_an_id_in_its_answer_and_in_the_json_log() {
         "both requests are logged",
         || {
             let lines = json_lines();
-            [("ci-job-42.step:7", "200"), (generated.as_str(), "404")]
+            [("ci-job-42.step:7", 200), (generated.as_str(), 404)]
                 .iter()
                 .all(|(id, status)| {
-                    lines.iter().any(|l| {
-                        l["spans"][0]["request_id"] == *id && l["status"].to_string() == *status
-                    })
+                    lines
+                        .iter()
+                        .any(|l| l["spans"][0]["request_id"] == *id && l["status"] == *status)
                 })
         },
     );
