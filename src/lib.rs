@@ -26,6 +26,7 @@ pub mod db;
 pub mod docker;
 pub mod layout;
 pub mod logs;
+pub mod metrics;
 pub mod model;
 pub mod progress;
 pub mod queue;

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::db::{Cancel, Db};
-use crate::model::{Run, RunStatus};
+use crate::model::{Outcome, Run, RunStatus};
 use crate::runner::{ActiveRun, Attach, Runner};
 
 /// A run changed state (the database already says so).
@@ -101,7 +101,12 @@ impl Queue {
             .cancel(run_id, OffsetDateTime::now_utc())
             .await?;
         match &answer {
-            Cancel::Cancelled(_) => self.publish(run_id, RunStatus::Cancelled),
+            Cancel::Cancelled(run) => {
+                let cancelled = Outcome::cancelled();
+                let now = OffsetDateTime::now_utc();
+                self.inner.runner.metrics.run_finished(run, &cancelled, now);
+                self.publish(run_id, RunStatus::Cancelled);
+            }
             Cancel::Running => {
                 // If the run is not registered yet, the scheduler sees the request in the
                 // database right after registering it.
@@ -187,6 +192,7 @@ impl Queue {
                 }
             };
             tracing::info!(run_id = %run.id, kind = %run.kind(), "run started");
+            self.inner.runner.metrics.run_started(&run);
             self.launch(run, None);
         }
     }

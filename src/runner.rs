@@ -22,12 +22,14 @@ use crate::config::{Config, PDK_MOUNT, PdkSource, human_bytes};
 use crate::db::Db;
 use crate::docker::{ContainerSpec, Engine, ReadOnlyMount, StagedFile};
 use crate::logs;
+use crate::metrics::Metrics;
 use crate::model::{
     BuildParams, Outcome, PrecheckParams, Progress, Run, RunParams, SimulationParams,
     SimulationTool, exit_code,
 };
 use crate::progress;
 use crate::storage::Storage;
+use prometheus::IntCounter;
 
 /// Every container the server creates carries its run's id under this label.
 pub const RUN_LABEL: &str = "precheck-server.run-id";
@@ -69,6 +71,7 @@ pub struct Runner {
     pub db: Db,
     pub storage: Storage,
     pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// A container that was running (or had finished) when the server stopped, to watch to the end.
@@ -112,12 +115,9 @@ impl Runner {
             Outcome::failed(exit_code::NOT_RUN, format!("{e:#}"))
         });
         let _ = note(&self.storage.log_path(run.id), &finished_note(&outcome)).await;
-        match self
-            .db
-            .finish_run(run.id, outcome.clone(), time::OffsetDateTime::now_utc())
-            .await
-        {
-            Ok(true) => {}
+        let now = time::OffsetDateTime::now_utc();
+        match self.db.finish_run(run.id, outcome.clone(), now).await {
+            Ok(true) => self.metrics.run_finished(run, &outcome, now),
             // Deleted while it ran (`runs delete --force`): its files go too.
             Ok(false) => {
                 if let Ok(None) = self.db.run(run.id).await
@@ -187,6 +187,9 @@ impl Runner {
             .engine
             .create(&spec)
             .await
+            .inspect_err(|_| {
+                self.metrics.start_failures.inc();
+            })
             .context("cannot create the container")?;
         *container = Some(id.clone());
         let dirs: Vec<&str> = plan.dirs.iter().map(String::as_str).collect();
@@ -204,6 +207,9 @@ impl Runner {
         self.engine
             .start(&id)
             .await
+            .inspect_err(|_| {
+                self.metrics.start_failures.inc();
+            })
             .context("cannot start the container")?;
         let deadline = Instant::now() + limits.timeout;
         self.watch(run, active, &id, 0, Some(deadline)).await
@@ -325,6 +331,7 @@ impl Runner {
             active.log_len.clone(),
             skip,
             tracker.clone(),
+            self.metrics.log_bytes.clone(),
         ));
 
         let (limits, table) = self.config.limits_for(run.kind());
@@ -376,6 +383,7 @@ impl Runner {
             active.log_len.clone(),
             followed,
             tracker.clone(),
+            self.metrics.log_bytes.clone(),
         )
         .await
         .context("cannot read the rest of the container's log")?;
@@ -690,6 +698,7 @@ async fn append_logs(
     log_len: watch::Sender<u64>,
     skip: usize,
     tracker: Option<Tracker>,
+    log_bytes: IntCounter,
 ) -> Result<usize> {
     let file = tokio::fs::OpenOptions::new()
         .create(true)
@@ -697,6 +706,7 @@ async fn append_logs(
         .open(&path)
         .await?;
     let mut len = file.metadata().await?.len();
+    let mut published = len;
     let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, file);
     let mut batches = std::pin::pin!(stream.ready_chunks(1024));
     let mut seen = 0;
@@ -710,6 +720,7 @@ async fn append_logs(
                 Ok(next) => next,
                 Err(_) => {
                     out.flush().await?;
+                    log_bytes.inc_by(len - std::mem::replace(&mut published, len));
                     log_len.send_replace(len);
                     dirty = false;
                     last_flush = tokio::time::Instant::now();
@@ -742,12 +753,14 @@ async fn append_logs(
         }
         if dirty && last_flush.elapsed() >= FLUSH_EVERY {
             out.flush().await?;
+            log_bytes.inc_by(len - std::mem::replace(&mut published, len));
             log_len.send_replace(len);
             dirty = false;
             last_flush = tokio::time::Instant::now();
         }
     }
     out.flush().await?;
+    log_bytes.inc_by(len - std::mem::replace(&mut published, len));
     log_len.send_replace(len);
     Ok(seen.max(skip))
 }

@@ -13,6 +13,7 @@ use crate::auth::{ConfigKey, hash_key};
 use crate::config::Config;
 use crate::db::Db;
 use crate::docker::Engine;
+use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::runner::Runner;
 use crate::storage::Storage;
@@ -36,6 +37,7 @@ pub struct AppState {
     pub image: Arc<RwLock<ImageStatus>>,
     /// The config file's API keys, hashed once at start.
     pub config_keys: Arc<Vec<ConfigKey>>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
@@ -55,11 +57,13 @@ pub async fn serve(
     tracing::info!(engine = %version.version, api = %version.api_version, "connected to the Docker engine");
 
     let stop = CancellationToken::new();
+    let metrics = Arc::new(Metrics::new());
     let runner = Runner {
         engine: engine.clone(),
         db: db.clone(),
         storage: storage.clone(),
         config: config.clone(),
+        metrics: metrics.clone(),
     };
     let resumed = crate::recovery::recover(&runner)
         .await
@@ -92,6 +96,7 @@ pub async fn serve(
         queue,
         image,
         config_keys: Arc::new(config_keys),
+        metrics,
     };
     let url_file = state.storage.server_url_path();
     let app = crate::api::router(state);

@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(system::health))
         .route("/api/v1/queue", get(system::queue))
+        .route("/metrics", get(system::metrics))
         .route(
             "/api/v1/uploads",
             // The upload handler enforces `server.max_upload_size` itself, while streaming.

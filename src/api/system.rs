@@ -44,6 +44,21 @@ struct ImageHealth {
     error: Option<String>,
 }
 
+/// `GET /metrics`: the Prometheus text exposition; the gauges are read now.
+pub async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let m = &state.metrics;
+    if let Ok((queued, running)) = state.db.queue_counts().await {
+        m.queued.set(queued as i64);
+        m.running.set(running as i64);
+    }
+    let engine = tokio::time::timeout(std::time::Duration::from_secs(5), state.engine.version());
+    m.engine_up
+        .set(i64::from(matches!(engine.await, Ok(Ok(_)))));
+    let (text, content_type) = m.render();
+    ([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response()
+}
+
 /// Healthy when the engine and the database answer and the image is there (or being pulled).
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let docker = match state.engine.version().await {

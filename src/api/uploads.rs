@@ -187,6 +187,7 @@ async fn receive(
                 },
             };
             size += chunk.len() as u64;
+            state.metrics.upload_bytes.inc_by(chunk.len() as u64);
             if size > limit {
                 return Err(too_large(limit));
             }

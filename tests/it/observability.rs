@@ -82,3 +82,104 @@ async fn the_human_log_names_the_request_id_too() {
         },
     );
 }
+
+/// Checks an exposition with `promtool check metrics` (Debian's prometheus package).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool (install the Debian package prometheus)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The value of the sample `series` (name and labels as written) in an exposition.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {series} in\n{text}"))
+}
+
+async fn scrape(server: &TestServer) -> String {
+    let resp = http().get(server.api("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    let text = resp.text().await.unwrap();
+    promtool_check(&text);
+    text
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_and_move_with_a_run() {
+    // One slot, held by the first run while the second is cancelled in the queue.
+    let server = TestServer::builder().max_concurrent(1).start();
+    let before = scrape(&server).await;
+    assert_eq!(sample(&before, "precheck_engine_up"), 1.0);
+    let done = "precheck_runs_finished_total{kind=\"precheck\",status=\"completed\"}";
+    assert_eq!(sample(&before, done), 0.0);
+    assert_eq!(sample(&before, "precheck_upload_bytes_total"), 0.0);
+
+    let layout = crate::support::gds_bytes("chip_sleep2");
+    let size = layout.len() as f64;
+    let upload = crate::client::upload(&server, "chip_sleep2.gds", layout).await;
+    let run = crate::client::create(&server, &upload, "chip_sleep2").await["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let queued = crate::client::precheck(&server, "chip_queued").await;
+    crate::client::cancel(&server, &queued).await;
+    assert_eq!(crate::client::wait(&server, &run).await["StatusCode"], 0);
+
+    let after = scrape(&server).await;
+    assert_eq!(sample(&after, done), 1.0);
+    assert_eq!(
+        sample(
+            &after,
+            "precheck_run_duration_seconds_count{kind=\"precheck\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "precheck_queue_wait_seconds_count{kind=\"precheck\"}"
+        ),
+        1.0
+    );
+    let cancelled = "precheck_runs_finished_total{kind=\"precheck\",status=\"cancelled\"}";
+    assert_eq!(sample(&after, cancelled), 1.0);
+    assert_eq!(
+        sample(&after, "precheck_upload_bytes_total"),
+        size + crate::support::gds_bytes("chip_queued").len() as f64
+    );
+    assert!(
+        sample(&after, "precheck_log_bytes_total") > 100.0,
+        "{after}"
+    );
+    assert_eq!(sample(&after, "precheck_queue_length"), 0.0);
+    assert_eq!(sample(&after, "precheck_running"), 0.0);
+    assert_eq!(
+        sample(&after, "precheck_container_start_failures_total"),
+        0.0
+    );
+}
