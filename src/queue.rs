@@ -16,14 +16,22 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::db::{Cancel, Db};
-use crate::model::{Outcome, Run, RunStatus};
+use crate::model::{Outcome, Run, RunKind, RunStatus};
 use crate::runner::{ActiveRun, Attach, Runner};
 
 /// A run changed state (the database already says so).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RunEvent {
     pub run_id: Uuid,
+    pub kind: RunKind,
+    /// The name of the API key that made the run: who may see the event.
+    pub owner: Option<String>,
     pub status: RunStatus,
+    /// How it ended, once it has.
+    pub exit_code: Option<i64>,
+    /// A running run watched again after the server restarted.
+    pub resumed: bool,
+    pub time: OffsetDateTime,
 }
 
 /// A handle to the queue. Cheap to clone.
@@ -78,8 +86,8 @@ impl Queue {
     }
 
     /// Tells the scheduler a run was queued.
-    pub fn created(&self, run_id: Uuid) {
-        self.publish(run_id, RunStatus::Queued);
+    pub fn created(&self, run: &Run) {
+        self.publish(run, RunStatus::Queued, None, false);
         self.inner.wake.notify_one();
     }
 
@@ -105,7 +113,7 @@ impl Queue {
                 let cancelled = Outcome::cancelled();
                 let now = OffsetDateTime::now_utc();
                 self.inner.runner.metrics.run_finished(run, &cancelled, now);
-                self.publish(run_id, RunStatus::Cancelled);
+                self.publish(run, RunStatus::Cancelled, Some(cancelled.exit_code), false);
             }
             Cancel::Running => {
                 // If the run is not registered yet, the scheduler sees the request in the
@@ -167,8 +175,16 @@ impl Queue {
             .cloned()
     }
 
-    fn publish(&self, run_id: Uuid, status: RunStatus) {
-        let _ = self.inner.events.send(RunEvent { run_id, status });
+    fn publish(&self, run: &Run, status: RunStatus, exit_code: Option<i64>, resumed: bool) {
+        let _ = self.inner.events.send(RunEvent {
+            run_id: run.id,
+            kind: run.kind(),
+            owner: run.owner.clone(),
+            status,
+            exit_code,
+            resumed,
+            time: OffsetDateTime::now_utc(),
+        });
     }
 
     async fn schedule(&self) {
@@ -206,7 +222,7 @@ impl Queue {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(run.id, active.clone());
-        self.publish(run.id, RunStatus::Running);
+        self.publish(&run, RunStatus::Running, None, attach.is_some());
         let queue = self.clone();
         tokio::spawn(async move {
             // A cancel recorded before the run was registered (or before a restart) counts.
@@ -231,7 +247,7 @@ impl Queue {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&run.id);
-            queue.publish(run.id, outcome.status);
+            queue.publish(&run, outcome.status, Some(outcome.exit_code), false);
             queue.inner.slots.give_back();
         });
     }

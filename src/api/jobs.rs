@@ -71,7 +71,7 @@ pub async fn create(
         CreateJobError::NoProject => ApiError::NotFound(format!("no such project: {project}")),
         CreateJobError::MissingFile(path) => missing_file(project, &path),
     })?;
-    state.queue.created(run.id);
+    state.queue.created(&run);
     tracing::info!(run_id = %run.id, project_id = %project, %kind, "job queued");
     Ok((StatusCode::CREATED, Json(RunBody::from(&run))))
 }

@@ -3,6 +3,7 @@
 
 mod auth;
 mod error;
+mod events;
 mod jobs;
 mod logs;
 mod prechecks;
@@ -32,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(system::health))
         .route("/api/v1/queue", get(system::queue))
         .route("/metrics", get(system::metrics))
+        .route("/api/v1/events", get(events::events))
         .route(
             "/api/v1/uploads",
             // The upload handler enforces `server.max_upload_size` itself, while streaming.

@@ -228,7 +228,7 @@ pub async fn create(
             state.config.upload_expiry.as_secs() / 60
         )),
     })?;
-    state.queue.created(run.id);
+    state.queue.created(&run);
     tracing::info!(run_id = %run.id, %upload_id, "precheck queued");
     Ok((StatusCode::CREATED, Json(RunBody::from(&run))))
 }

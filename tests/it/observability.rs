@@ -183,3 +183,158 @@ async fn metrics_pass_promtool_and_move_with_a_run() {
         0.0
     );
 }
+
+/// An open `/api/v1/events` stream, read a JSON line at a time.
+struct Events {
+    resp: reqwest::Response,
+    buffer: Vec<u8>,
+}
+
+impl Events {
+    async fn open(server: &TestServer, query: &str, key: Option<&str>) -> Events {
+        let mut request = http().get(server.api(&format!("/api/v1/events{query}")));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+        Events {
+            resp,
+            buffer: vec![],
+        }
+    }
+
+    /// The next event, or None if none comes within `wait`.
+    async fn next(&mut self, wait: std::time::Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(end) = self.buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buffer.drain(..=end).collect();
+                return Some(serde_json::from_slice(&line).expect("a JSON line"));
+            }
+            match tokio::time::timeout_at(deadline, self.resp.chunk()).await {
+                Ok(Ok(Some(chunk))) => self.buffer.extend_from_slice(&chunk),
+                Ok(other) => panic!("the event stream ended: {other:?}"),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The actions of the next `n` events, with their run ids.
+    async fn take(&mut self, n: usize) -> Vec<(String, String)> {
+        let mut seen = vec![];
+        for _ in 0..n {
+            let e = self
+                .next(std::time::Duration::from_secs(60))
+                .await
+                .unwrap_or_else(|| panic!("only {seen:?} after 60 s"));
+            seen.push((
+                e["Action"].as_str().unwrap().to_string(),
+                e["Actor"]["ID"].as_str().unwrap().to_string(),
+            ));
+        }
+        seen
+    }
+}
+
+#[tokio::test]
+async fn events_follow_runs_in_order_and_filter_by_run_and_type() {
+    let server = TestServer::builder().max_concurrent(1).start();
+    let mut all = Events::open(&server, "", None).await;
+    let mut finished = Events::open(&server, "?type=finished&type=cancelled", None).await;
+    let run = crate::client::precheck(&server, "chip_sleep1").await;
+    let queued = crate::client::precheck(&server, "chip_queued").await;
+    let mut one = Events::open(&server, &format!("?run={run}"), None).await;
+    crate::client::cancel(&server, &queued).await;
+    crate::client::wait(&server, &run).await;
+
+    let seen = all.take(5).await;
+    let of = |id: &str| -> Vec<&str> {
+        seen.iter()
+            .filter(|(_, r)| r == id)
+            .map(|(a, _)| a.as_str())
+            .collect()
+    };
+    assert_eq!(of(&run), ["created", "started", "finished"], "{seen:?}");
+    assert_eq!(of(&queued), ["created", "cancelled"], "{seen:?}");
+    // Subscribed after its creation: only what came after.
+    assert_eq!(one.take(1).await, [("finished".to_string(), run.clone())]);
+    let ends = finished.take(2).await;
+    assert!(
+        ends.contains(&("cancelled".into(), queued.clone())),
+        "{ends:?}"
+    );
+    assert!(ends.contains(&("finished".into(), run.clone())), "{ends:?}");
+
+    // The finished event carries the status and the exit code.
+    let mut again = Events::open(&server, "?type=finished", None).await;
+    let failing = crate::client::precheck(&server, "chip_fail").await;
+    let e = again
+        .next(std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(e["Type"], "run");
+    assert_eq!(e["Actor"]["ID"], failing.as_str());
+    assert_eq!(e["Actor"]["Attributes"]["status"], "failed");
+    assert_eq!(e["Actor"]["Attributes"]["exit_code"], "1");
+    assert_eq!(e["Actor"]["Attributes"]["kind"], "precheck");
+    assert!(
+        e["TimeNano"].as_i64().unwrap() > 0 && e["Time"].is_string(),
+        "{e}"
+    );
+
+    for (query, needle) in [
+        ("?type=died", "type"),
+        ("?run=abc", "run"),
+        ("?since=1", "since"),
+    ] {
+        let resp = http()
+            .get(server.api(&format!("/api/v1/events{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+        let body: Value = resp.json().await.unwrap();
+        assert!(body["message"].as_str().unwrap().contains(needle), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn a_key_sees_only_the_events_of_its_own_runs() {
+    use crate::support::{ALICE, BOB};
+    let server = TestServer::builder().alice_and_bob().start();
+    let mut bobs = Events::open(&server, "", Some(BOB)).await;
+    let mut alices = Events::open(&server, "", Some(ALICE)).await;
+    let layout = crate::support::gds_bytes("chip_top");
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(layout).file_name("chip_top.gds"),
+    );
+    let upload: Value = http()
+        .post(server.api("/api/v1/uploads"))
+        .bearer_auth(ALICE)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run: Value = http()
+        .post(server.api("/api/v1/prechecks"))
+        .bearer_auth(ALICE)
+        .json(&serde_json::json!({"upload_id": upload["Id"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = run["Id"].as_str().unwrap().to_string();
+    assert_eq!(
+        alices.take(3).await.last().unwrap(),
+        &("finished".to_string(), id)
+    );
+    assert_eq!(bobs.next(std::time::Duration::from_secs(2)).await, None);
+}
