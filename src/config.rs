@@ -34,6 +34,50 @@ pub struct Config {
     pub projects: ProjectLimits,
     pub images: Images,
     pub builds: Builds,
+    pub webhooks: Webhooks,
+}
+
+/// The `[webhooks]` table: the POSTs a run's `notify_url` gets when it ends.
+#[derive(Debug, Clone)]
+pub struct Webhooks {
+    /// Signs every body (HMAC-SHA256); without it, no webhook is sent or accepted.
+    pub secret: Option<String>,
+    /// The `notify_url` of runs created without one.
+    pub default_url: Option<reqwest::Url>,
+    /// The hosts a `notify_url` may name (none: no webhooks).
+    pub allowed_hosts: Vec<String>,
+    /// How long after the run ended a failing delivery is retried.
+    pub give_up_after: Duration,
+    /// The first retry's delay; each next one doubles it, up to 5 minutes.
+    pub first_retry_after: Duration,
+}
+
+impl Webhooks {
+    /// Checks a `notify_url`: http or https, a host on the allowlist, at most 2048 bytes.
+    pub fn check_url(&self, url: &str) -> std::result::Result<reqwest::Url, String> {
+        if self.secret.is_none() {
+            return Err("this server sends no webhooks: its config has no webhooks.secret".into());
+        }
+        if url.len() > 2048 {
+            return Err("longer than 2048 bytes".into());
+        }
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("{url:?} is not a URL: {e}"))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(format!("{url:?} is not an http or https URL"));
+        }
+        let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+        if !self.allowed_hosts.contains(&host) {
+            return Err(format!(
+                "the host {host:?} is not in webhooks.allowed_hosts ({})",
+                if self.allowed_hosts.is_empty() {
+                    "empty".to_string()
+                } else {
+                    self.allowed_hosts.join(", ")
+                }
+            ));
+        }
+        Ok(parsed)
+    }
 }
 
 impl Config {
@@ -215,6 +259,29 @@ struct RawConfig {
     projects: RawProjects,
     images: RawImages,
     builds: RawBuilds,
+    webhooks: RawWebhooks,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawWebhooks {
+    secret: Option<String>,
+    default_url: Option<String>,
+    allowed_hosts: Vec<String>,
+    give_up_after: DurationText,
+    first_retry_after: DurationText,
+}
+
+impl Default for RawWebhooks {
+    fn default() -> Self {
+        RawWebhooks {
+            secret: None,
+            default_url: None,
+            allowed_hosts: vec![],
+            give_up_after: DurationText::Text("1h".into()),
+            first_retry_after: DurationText::Text("5s".into()),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -454,6 +521,31 @@ impl RawConfig {
         if max_file_size == 0 || max_project_size < max_file_size {
             bail!("projects: max_file_size must be more than 0 and at most max_project_size");
         }
+        let w = self.webhooks;
+        if w.secret.as_ref().is_some_and(|s| s.trim().len() < 16) {
+            bail!("webhooks.secret: too short to be a secret (at least 16 characters)");
+        }
+        let mut webhooks = Webhooks {
+            secret: w.secret,
+            default_url: None,
+            allowed_hosts: w
+                .allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .collect(),
+            give_up_after: parse_duration(&w.give_up_after, "webhooks.give_up_after")?,
+            first_retry_after: parse_duration(&w.first_retry_after, "webhooks.first_retry_after")?,
+        };
+        if webhooks.first_retry_after.is_zero() || webhooks.give_up_after.is_zero() {
+            bail!("webhooks: give_up_after and first_retry_after must be more than 0");
+        }
+        if let Some(url) = w.default_url {
+            webhooks.default_url = Some(
+                webhooks
+                    .check_url(&url)
+                    .map_err(|e| anyhow!("webhooks.default_url: {e}"))?,
+            );
+        }
         let a = self.auth;
         let allowed_ips = parse_networks(&a.allowed_ips, "auth.allowed_ips")?;
         let trusted_proxies = parse_networks(&a.trusted_proxies, "auth.trusted_proxies")?;
@@ -496,6 +588,7 @@ impl RawConfig {
                 pdk,
                 pdk_variant: b.pdk_variant,
             },
+            webhooks,
             auth: Auth {
                 required: a.required,
                 allowed_ips,
@@ -801,6 +894,19 @@ mod tests {
             ("[builds]\npdk = \"../pdk\"", "builds.pdk"),
             ("[builds]\npdk = \"/\"", "builds.pdk"),
             ("[builds]\npdk_variant = \"--rm\"", "builds.pdk_variant"),
+            ("[webhooks]\nsecret = \"short\"", "webhooks.secret"),
+            (
+                "[webhooks]\nsecret = \"0123456789abcdef\"\ndefault_url = \"ftp://ci/x\"\nallowed_hosts = [\"ci\"]",
+                "webhooks.default_url",
+            ),
+            (
+                "[webhooks]\nsecret = \"0123456789abcdef\"\ndefault_url = \"http://elsewhere/x\"\nallowed_hosts = [\"ci\"]",
+                "webhooks.default_url",
+            ),
+            (
+                "[webhooks]\nsecret = \"0123456789abcdef\"\ndefault_url = \"http://ci/x\"",
+                "webhooks.default_url",
+            ),
             (
                 "[docker]\ncontainer_prefix = \"a b\"",
                 "docker.container_prefix",

@@ -168,6 +168,29 @@ CREATE TABLE job_files (
 
 CREATE INDEX job_files_by_blob ON job_files (sha256);
 "#,
+    // Webhooks: where a run's end is POSTed, and each POST until it is delivered or given up;
+    // a client's idempotency key, so that a retried create returns the run it made.
+    r#"
+ALTER TABLE runs ADD COLUMN notify_url TEXT;
+ALTER TABLE runs ADD COLUMN idempotency_key TEXT;
+CREATE UNIQUE INDEX runs_by_idempotency_key ON runs (COALESCE(owner, ''), idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+CREATE TABLE deliveries (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id       TEXT NOT NULL,
+    url          TEXT NOT NULL,
+    created      INTEGER NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    next_attempt INTEGER NOT NULL,
+    delivered_at INTEGER,
+    given_up_at  INTEGER,
+    last_error   TEXT
+) STRICT;
+
+CREATE INDEX deliveries_due ON deliveries (next_attempt)
+    WHERE delivered_at IS NULL AND given_up_at IS NULL;
+"#,
 ];
 
 const RUN_COLUMNS: &str =
@@ -176,7 +199,8 @@ const RUN_COLUMNS: &str =
     CASE WHEN status = 'queued'
         THEN (SELECT COUNT(*) FROM runs q WHERE q.status = 'queued' AND q.seq <= runs.seq) END,
     CASE WHEN status = 'queued' THEN (SELECT COUNT(*) FROM runs q WHERE q.status = 'queued') END,
-    kind, project_id, tool, top, sources, config, progress_step, progress_name, progress_count";
+    kind, project_id, tool, top, sources, config, progress_step, progress_name, progress_count,
+    notify_url";
 
 const UPLOAD_COLUMNS: &str =
     "id, name, size, sha256, format, created, expires_at, expired, owner, dbu_microns";
@@ -202,6 +226,37 @@ impl Default for RunFilter {
             project_id: None,
         }
     }
+}
+
+/// What a run is created with besides its parameters.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// The image reference from the config.
+    pub image: String,
+    /// The name of the API key that makes it.
+    pub owner: Option<String>,
+    /// Where its end is POSTed.
+    pub notify_url: Option<String>,
+    /// A client's key for the create: the same key (of the same owner) returns the same run.
+    pub idempotency_key: Option<String>,
+    pub created: OffsetDateTime,
+}
+
+/// A created run, or the one an earlier request with the same idempotency key created.
+#[derive(Debug)]
+pub struct Created {
+    pub run: Run,
+    pub new: bool,
+}
+
+/// A webhook to deliver.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub seq: i64,
+    pub run_id: Uuid,
+    pub url: String,
+    pub created: OffsetDateTime,
+    pub attempts: u32,
 }
 
 /// Why a precheck could not be created.
@@ -438,19 +493,39 @@ impl Db {
         .await
     }
 
-    /// Queues a precheck. The upload it uses is kept from now on (it no longer expires).
-    /// Queues a precheck of an upload `scope` sees, owned by `owner`.
+    /// Queues a precheck of an upload `scope` sees. The upload is kept from now on (it no
+    /// longer expires).
     pub async fn create_run(
         &self,
         id: Uuid,
         params: PrecheckParams,
-        image: String,
-        owner: Option<String>,
         scope: Scope,
-        now: OffsetDateTime,
-    ) -> Result<Result<Run, CreateRunError>> {
+        new: NewRun,
+    ) -> Result<Result<Created, CreateRunError>> {
         self.call(move |c| {
+            let NewRun {
+                image,
+                owner,
+                notify_url,
+                idempotency_key,
+                created: now,
+            } = new;
             let tx = c.transaction()?;
+            if let Some(key) = &idempotency_key {
+                let earlier: Option<String> = tx
+                    .query_row(
+                        "SELECT id FROM runs
+                         WHERE COALESCE(owner, '') = COALESCE(?1, '') AND idempotency_key = ?2",
+                        params![owner, key],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(earlier) = earlier {
+                    let run = select_run(&tx, parse_uuid(&earlier)?)?
+                        .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+                    return Ok(Ok(Created { run, new: false }));
+                }
+            }
             let upload = tx
                 .query_row(
                     &format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1"),
@@ -469,8 +544,9 @@ impl Db {
                 [params.upload_id.to_string()],
             )?;
             tx.execute(
-                "INSERT INTO runs (id, kind, created, upload_id, top_cell, die_id, slot, cob, image, owner, status)
-                 VALUES (?1, 'precheck', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'queued')",
+                "INSERT INTO runs (id, kind, created, upload_id, top_cell, die_id, slot, cob, image, owner,
+                    notify_url, idempotency_key, status)
+                 VALUES (?1, 'precheck', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'queued')",
                 params![
                     id.to_string(),
                     micros(now),
@@ -481,11 +557,93 @@ impl Db {
                     params.cob,
                     image,
                     owner,
+                    notify_url,
+                    idempotency_key,
                 ],
             )?;
             let run = select_run(&tx, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
             tx.commit()?;
-            Ok(Ok(run))
+            Ok(Ok(Created { run, new: true }))
+        })
+        .await
+    }
+
+    /// The run an earlier create with this idempotency key made for this owner.
+    pub async fn run_by_idempotency_key(
+        &self,
+        owner: Option<String>,
+        key: String,
+    ) -> Result<Option<Run>> {
+        self.call(move |c| {
+            c.query_row(
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs
+                     WHERE COALESCE(owner, '') = COALESCE(?1, '') AND idempotency_key = ?2"
+                ),
+                params![owner, key],
+                run_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    /// Up to `limit` webhooks due now, oldest first.
+    pub async fn due_deliveries(&self, now: OffsetDateTime, limit: u32) -> Result<Vec<Delivery>> {
+        self.call(move |c| {
+            let mut stmt = c.prepare(
+                "SELECT seq, run_id, url, created, attempts FROM deliveries
+                 WHERE delivered_at IS NULL AND given_up_at IS NULL AND next_attempt <= ?1
+                 ORDER BY next_attempt, seq LIMIT ?2",
+            )?;
+            stmt.query_map(params![micros(now), limit], |r| {
+                Ok(Delivery {
+                    seq: r.get(0)?,
+                    run_id: parse_uuid(&r.get::<_, String>(1)?)?,
+                    url: r.get(2)?,
+                    created: from_micros(r.get(3)?)?,
+                    attempts: r.get::<_, i64>(4)? as u32,
+                })
+            })?
+            .collect()
+        })
+        .await
+    }
+
+    /// When the next pending webhook is due, if any is pending.
+    pub async fn next_delivery(&self) -> Result<Option<OffsetDateTime>> {
+        self.call(|c| {
+            let t: Option<i64> = c.query_row(
+                "SELECT MIN(next_attempt) FROM deliveries
+                 WHERE delivered_at IS NULL AND given_up_at IS NULL",
+                [],
+                |r| r.get(0),
+            )?;
+            t.map(from_micros).transpose()
+        })
+        .await
+    }
+
+    /// Records an attempt of a webhook: delivered, to be tried again at `retry`, or (without
+    /// `retry`) given up.
+    pub async fn delivery_attempted(
+        &self,
+        seq: i64,
+        error: Option<String>,
+        retry: Option<OffsetDateTime>,
+        now: OffsetDateTime,
+    ) -> Result<()> {
+        self.call(move |c| {
+            let delivered = error.is_none();
+            c.execute(
+                "UPDATE deliveries SET attempts = attempts + 1, last_error = ?2,
+                    delivered_at = CASE WHEN ?5 THEN ?3 END,
+                    next_attempt = COALESCE(?4, next_attempt),
+                    given_up_at = CASE WHEN NOT ?5 AND ?4 IS NULL THEN ?3 END
+                 WHERE seq = ?1",
+                params![seq, error, micros(now), retry.map(micros), delivered],
+            )
+            .map(drop)
         })
         .await
     }
@@ -579,7 +737,8 @@ impl Db {
         now: OffsetDateTime,
     ) -> Result<bool> {
         self.call(move |c| {
-            let n = c.execute(
+            let tx = c.transaction()?;
+            let n = tx.execute(
                 "UPDATE runs SET status = ?2, exit_code = ?3, error = ?4, oom_killed = ?5, finished_at = ?6
                  WHERE id = ?1 AND status = 'running'",
                 params![
@@ -591,6 +750,10 @@ impl Db {
                     micros(now),
                 ],
             )?;
+            if n == 1 {
+                queue_delivery(&tx, id, now)?;
+            }
+            tx.commit()?;
             Ok(n == 1)
         })
         .await
@@ -613,6 +776,7 @@ impl Db {
                          WHERE id = ?1",
                         params![id.to_string(), o.exit_code, o.error, micros(now)],
                     )?;
+                    queue_delivery(&tx, id, now)?;
                     Cancel::Cancelled(Box::new(select_run(&tx, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?))
                 }
                 RunStatus::Running => {
@@ -807,12 +971,17 @@ impl Db {
         &self,
         id: Uuid,
         params: RunParams,
-        image: String,
-        owner: Option<String>,
         needs: Vec<String>,
-        now: OffsetDateTime,
+        new: NewRun,
     ) -> Result<Result<Run, CreateJobError>> {
         self.call(move |c| {
+            let NewRun {
+                image,
+                owner,
+                notify_url,
+                created: now,
+                ..
+            } = new;
             let tx = c.transaction()?;
             let Some(project_id) = params.project_id().map(|p| p.to_string()) else {
                 return Err(bad_value("a precheck is not a job".into()));
@@ -848,8 +1017,9 @@ impl Db {
                 RunParams::Precheck(_) => (None, None, None, None),
             };
             tx.execute(
-                "INSERT INTO runs (id, kind, created, project_id, tool, top, sources, config, image, owner, status)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'queued')",
+                "INSERT INTO runs (id, kind, created, project_id, tool, top, sources, config, image, owner,
+                    notify_url, status)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'queued')",
                 params![
                     id.to_string(),
                     params.kind().as_str(),
@@ -861,6 +1031,7 @@ impl Db {
                     config,
                     image,
                     owner,
+                    notify_url,
                 ],
             )?;
             tx.execute(
@@ -1277,6 +1448,16 @@ fn release_uploads(c: &Connection, expires_at: OffsetDateTime) -> rusqlite::Resu
     Ok(())
 }
 
+/// Queues the webhook of a run that has just ended, if it has a `notify_url`.
+fn queue_delivery(c: &Connection, id: Uuid, now: OffsetDateTime) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO deliveries (run_id, url, created, next_attempt)
+         SELECT id, notify_url, ?2, ?2 FROM runs WHERE id = ?1 AND notify_url IS NOT NULL",
+        params![id.to_string(), micros(now)],
+    )?;
+    Ok(())
+}
+
 fn select_run(c: &Connection, id: Uuid) -> rusqlite::Result<Option<Run>> {
     c.query_row(
         &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
@@ -1332,6 +1513,7 @@ fn run_from_row(r: &Row) -> rusqlite::Result<Run> {
         created: from_micros(r.get(1)?)?,
         params,
         progress,
+        notify_url: r.get(27)?,
         image: r.get(7)?,
         image_id: r.get(8)?,
         status: parse_status(&r.get::<_, String>(9)?)?,
@@ -1417,6 +1599,16 @@ mod tests {
         OffsetDateTime::now_utc()
     }
 
+    fn new_run() -> NewRun {
+        NewRun {
+            image: "img".into(),
+            owner: None,
+            notify_url: None,
+            idempotency_key: None,
+            created: now(),
+        }
+    }
+
     fn upload(expires_in: time::Duration) -> Upload {
         Upload {
             id: Uuid::new_v4(),
@@ -1452,12 +1644,12 @@ mod tests {
         for _ in 0..3 {
             let id = Uuid::new_v4();
             let run = db
-                .create_run(id, params(u.id), "img".into(), None, Scope::All, now())
+                .create_run(id, params(u.id), Scope::All, new_run())
                 .await
                 .unwrap()
                 .unwrap();
             ids.push(id);
-            assert_eq!(run.queue, Some((ids.len() as u64, ids.len() as u64)));
+            assert_eq!(run.run.queue, Some((ids.len() as u64, ids.len() as u64)));
         }
         let first = db.claim_next_run(now()).await.unwrap().unwrap();
         assert_eq!(first.id, ids[0]);
@@ -1507,7 +1699,7 @@ mod tests {
         let u = upload(time::Duration::minutes(5));
         db.insert_upload(u.clone()).await.unwrap();
         let id = Uuid::new_v4();
-        db.create_run(id, params(u.id), "img".into(), None, Scope::All, now())
+        db.create_run(id, params(u.id), Scope::All, new_run())
             .await
             .unwrap()
             .unwrap();
@@ -1549,10 +1741,8 @@ mod tests {
             .create_job(
                 Uuid::new_v4(),
                 build("x.json"),
-                "i".into(),
-                None,
                 vec!["x.json".into()],
-                now(),
+                new_run(),
             )
             .await
             .unwrap()
@@ -1563,10 +1753,8 @@ mod tests {
             .create_job(
                 id,
                 build("config.json"),
-                "i".into(),
-                None,
                 vec!["config.json".into()],
-                now(),
+                new_run(),
             )
             .await
             .unwrap()
@@ -1628,14 +1816,7 @@ mod tests {
         db.insert_upload(old.clone()).await.unwrap();
         assert_eq!(db.expire_uploads(now()).await.unwrap(), vec![old.id]);
         let e = db
-            .create_run(
-                Uuid::new_v4(),
-                params(old.id),
-                "img".into(),
-                None,
-                Scope::All,
-                now(),
-            )
+            .create_run(Uuid::new_v4(), params(old.id), Scope::All, new_run())
             .await
             .unwrap();
         assert_eq!(e.unwrap_err(), CreateRunError::UploadExpired);
@@ -1643,10 +1824,8 @@ mod tests {
             .create_run(
                 Uuid::new_v4(),
                 params(Uuid::new_v4()),
-                "i".into(),
-                None,
                 Scope::All,
-                now(),
+                new_run(),
             )
             .await
             .unwrap();

@@ -289,6 +289,8 @@ pub struct Run {
     pub params: RunParams,
     /// A build's step, while it runs and after.
     pub progress: Option<Progress>,
+    /// Where the run's end is POSTed (a webhook).
+    pub notify_url: Option<String>,
     /// The image reference from the config when the run was created.
     pub image: String,
     /// The `sha256:` id of the image that ran it, once started.

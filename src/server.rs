@@ -98,6 +98,7 @@ pub async fn serve(
         config_keys: Arc::new(config_keys),
         metrics,
     };
+    crate::api::webhooks::start(state.clone());
     let url_file = state.storage.server_url_path();
     let app = crate::api::router(state);
     let addr = listener.local_addr()?;

@@ -11,11 +11,11 @@ use uuid::Uuid;
 
 use super::logs::logs_of;
 use super::prechecks::{
-    RunBody, WaitBody, cancel_run, noun, query_pairs, tar_gz_response, wait_for,
+    RunBody, WaitBody, cancel_run, notify_url, noun, query_pairs, tar_gz_response, wait_for,
 };
 use super::projects::find as find_project;
 use super::{ApiError, Caller, Json, parse_id};
-use crate::db::{CreateJobError, RunFilter};
+use crate::db::{CreateJobError, NewRun, RunFilter};
 use crate::model::{
     BuildParams, ProjectFile, Run, RunKind, RunParams, RunStatus, SimulationParams, SimulationTool,
     check_project_path,
@@ -36,6 +36,8 @@ pub struct NewJob {
     files: Option<Vec<String>>,
     /// Build: the LibreLane config file in the project.
     config: Option<String>,
+    /// Where to POST the job's end (default: `webhooks.default_url`).
+    notify_url: Option<String>,
 }
 
 pub async fn create(
@@ -45,6 +47,7 @@ pub async fn create(
     Json(body): Json<NewJob>,
 ) -> Result<(StatusCode, Json<RunBody>), ApiError> {
     let project = find_project(&state, &caller, &project).await?.id;
+    let notify_url = notify_url(&state, body.notify_url.clone())?;
     let (params, needs) = match body.kind.as_str() {
         "simulation" => simulation(&state, project, body).await?,
         "build" => build(&state, project, body)?,
@@ -61,10 +64,14 @@ pub async fn create(
         .create_job(
             id,
             params,
-            state.config.image_for(kind).to_string(),
-            caller.name,
             needs,
-            OffsetDateTime::now_utc(),
+            NewRun {
+                image: state.config.image_for(kind).to_string(),
+                owner: caller.name,
+                notify_url,
+                idempotency_key: None,
+                created: OffsetDateTime::now_utc(),
+            },
         )
         .await?;
     let run = created.map_err(|e| match e {

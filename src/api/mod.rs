@@ -10,6 +10,7 @@ mod prechecks;
 mod projects;
 mod system;
 mod uploads;
+pub mod webhooks;
 
 use axum::Router;
 use axum::extract::Request;

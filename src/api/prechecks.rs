@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::uploads::{record, upload_error};
 use super::{ApiError, Caller, Json, parse_id, rfc3339};
-use crate::db::{Cancel, CreateRunError, RunFilter};
+use crate::db::{Cancel, CreateRunError, Created, NewRun, RunFilter};
 use crate::layout::{EXPECTED_DBU_MICRONS, Layout};
 use crate::model::{PrecheckParams, Run, RunKind, RunParams, RunStatus, SLOTS};
 use crate::runner::final_gds;
@@ -35,6 +35,8 @@ pub struct CreatePrecheck {
     cob: Option<bool>,
     /// Skip the layout rules (top cell, database unit); never the format check.
     force: Option<bool>,
+    /// Where to POST the run's end (default: `webhooks.default_url`).
+    notify_url: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -159,8 +161,19 @@ impl From<&Run> for RunBody {
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
+    headers: HeaderMap,
     Json(body): Json<CreatePrecheck>,
 ) -> Result<(StatusCode, Json<RunBody>), ApiError> {
+    let idempotency_key = idempotency_key(&headers)?;
+    if let Some(key) = &idempotency_key
+        && let Some(run) = state
+            .db
+            .run_by_idempotency_key(caller.name.clone(), key.clone())
+            .await?
+    {
+        return Ok((StatusCode::OK, Json(RunBody::from(&run))));
+    }
+    let notify_url = notify_url(&state, body.notify_url)?;
     // Checked first: a build's layout becomes an upload only for a request that can succeed.
     let die_id = body.die_id.unwrap_or_else(|| "FFFFFFFF".into());
     if die_id.len() != 8 || !die_id.chars().all(|c| c.is_ascii_alphanumeric()) {
@@ -215,10 +228,14 @@ pub async fn create(
         .create_run(
             id,
             params,
-            state.config.image.clone(),
-            caller.name,
             caller.scope,
-            OffsetDateTime::now_utc(),
+            NewRun {
+                image: state.config.image.clone(),
+                owner: caller.name,
+                notify_url,
+                idempotency_key,
+                created: OffsetDateTime::now_utc(),
+            },
         )
         .await?;
     let run = created.map_err(|e| match e {
@@ -228,9 +245,45 @@ pub async fn create(
             state.config.upload_expiry.as_secs() / 60
         )),
     })?;
+    let Created { run, new } = run;
+    if !new {
+        return Ok((StatusCode::OK, Json(RunBody::from(&run))));
+    }
     state.queue.created(&run);
     tracing::info!(run_id = %run.id, %upload_id, "precheck queued");
     Ok((StatusCode::CREATED, Json(RunBody::from(&run))))
+}
+
+/// The `Idempotency-Key` header: a client's name for one create, so that sending the request
+/// again (after a network error, say) returns the run it made instead of making another.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if (1..=255).contains(&key.len()) && key.chars().all(|c| c.is_ascii_graphic()) => {
+            Ok(Some(key.to_string()))
+        }
+        _ => Err(ApiError::BadRequest(
+            "Idempotency-Key: must be 1 to 255 printable ASCII characters without spaces, e.g. a UUID"
+                .into(),
+        )),
+    }
+}
+
+/// A run's webhook: the one asked for (checked against the config), or the config's default.
+pub(super) fn notify_url(
+    state: &AppState,
+    given: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let hooks = &state.config.webhooks;
+    match given {
+        Some(url) => hooks
+            .check_url(&url)
+            .map(|u| Some(u.to_string()))
+            .map_err(|e| ApiError::BadRequest(format!("notify_url: {e}"))),
+        None => Ok(hooks.default_url.as_ref().map(|u| u.to_string())),
+    }
 }
 
 /// Makes the final layout of a completed build job an upload (inspected like any), for a

@@ -16,4 +16,5 @@ mod simulation;
 mod smoke;
 mod support;
 mod uploads;
+mod webhooks;
 mod workflow;
