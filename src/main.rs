@@ -30,6 +30,16 @@ fn main() -> std::process::ExitCode {
     cli.init_logging();
     match cli.run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // `submit` has said why already.
+        Err(e)
+            if e.downcast_ref::<precheck_server::cli::submit::Exit>()
+                .is_some() =>
+        {
+            let code = e
+                .downcast_ref::<precheck_server::cli::submit::Exit>()
+                .map_or(1, |exit| exit.0);
+            std::process::ExitCode::from(code)
+        }
         Err(e) => {
             eprintln!("precheck-server: {e:#}");
             std::process::ExitCode::FAILURE

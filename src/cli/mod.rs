@@ -5,6 +5,7 @@
 mod inspect;
 mod keys;
 mod runs;
+pub mod submit;
 mod system;
 mod table;
 
@@ -87,6 +88,9 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Check a layout on a server, for CI: upload, precheck, follow the log, download the result;
+    /// exits with the run's StatusCode. The key comes from PRECHECK_API_KEY.
+    Submit(submit::SubmitArgs),
     #[command(flatten)]
     Admin(AdminCommand),
 }
@@ -199,6 +203,14 @@ impl Cli {
         let command = match self.command {
             Command::Serve => return serve(&self.config),
             Command::Inspect { file, output } => return inspect::run(&file, output),
+            Command::Submit(args) => {
+                return tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .context("cannot start the async runtime")?
+                    .block_on(submit::run(args));
+            }
             Command::Admin(command) => command,
         };
         let admin = Admin::open(&self.config)?;

@@ -14,6 +14,7 @@ mod restart;
 mod runs;
 mod simulation;
 mod smoke;
+mod submit;
 mod support;
 mod uploads;
 mod webhooks;

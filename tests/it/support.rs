@@ -623,6 +623,30 @@ impl TestServer {
         self.stopped = false;
     }
 
+    /// Like [`TestServer::restart`], on the same port, so that clients holding its URL reach it
+    /// again.
+    pub fn restart_on_the_same_port(&mut self) {
+        if !self.stopped {
+            self.stop();
+        }
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .expect("a port in the URL")
+            .to_string();
+        let text = fs::read_to_string(&self.config_path).expect("read the test config");
+        let mut config: toml::Table = toml::from_str(&text).expect("parse the test config");
+        let (table, key) = table_for_key(&mut config, "server.port");
+        table.insert(key.to_string(), port.parse::<i64>().expect("a port").into());
+        fs::write(
+            &self.config_path,
+            toml::to_string(&config).expect("render the config"),
+        )
+        .expect("write the test config");
+        self.restart();
+    }
+
     fn list_containers(&self) -> Result<Vec<String>, String> {
         let mut ids = BTreeSet::new();
         let name_filter = format!("name={}", self.container_prefix);
