@@ -312,3 +312,32 @@ async fn the_ci_examples_precheck_a_layout_with_submit() {
         }
     }
 }
+
+#[tokio::test]
+async fn on_a_terminal_the_upload_shows_a_progress_bar() {
+    let server = TestServer::start("");
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::write_big_gds(dir.path().join("chip_top.gds"), "chip_top", 64 << 20);
+    // `script` runs the client on a pseudo-terminal and copies what it drew.
+    let command = format!(
+        "{} submit chip_top.gds --server {} --output out.gds",
+        server_bin(),
+        server.url
+    );
+    let out = Command::new("script")
+        .args(["-qefc", &command, "/dev/null"])
+        .current_dir(dir.path())
+        .env_remove("CI")
+        .env("TERM", "xterm")
+        .output()
+        .expect("run script (util-linux)");
+    let drawn = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{drawn}");
+    assert!(
+        drawn.contains("uploading chip_top.gds ["),
+        "no bar drawn: {drawn}"
+    );
+    assert!(drawn.contains("MiB/"), "the bar counts bytes: {drawn}");
+    assert!(!drawn.contains("uploading chip_top.gds: 10%"), "{drawn}");
+    assert!(dir.path().join("out.gds").is_file());
+}
