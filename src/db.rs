@@ -483,12 +483,10 @@ impl Db {
     /// The earliest time at which an upload will expire, if any will.
     pub async fn next_upload_expiry(&self) -> Result<Option<OffsetDateTime>> {
         self.call(|c| {
-            let t: Option<i64> = c.query_row(
+            earliest(
+                c,
                 "SELECT MIN(expires_at) FROM uploads WHERE expired = 0 AND expires_at IS NOT NULL",
-                [],
-                |r| r.get(0),
-            )?;
-            t.map(from_micros).transpose()
+            )
         })
         .await
     }
@@ -511,20 +509,10 @@ impl Db {
                 created: now,
             } = new;
             let tx = c.transaction()?;
-            if let Some(key) = &idempotency_key {
-                let earlier: Option<String> = tx
-                    .query_row(
-                        "SELECT id FROM runs
-                         WHERE COALESCE(owner, '') = COALESCE(?1, '') AND idempotency_key = ?2",
-                        params![owner, key],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if let Some(earlier) = earlier {
-                    let run = select_run(&tx, parse_uuid(&earlier)?)?
-                        .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
-                    return Ok(Ok(Created { run, new: false }));
-                }
+            if let Some(key) = &idempotency_key
+                && let Some(run) = run_by_key(&tx, owner.as_deref(), key)?
+            {
+                return Ok(Ok(Created { run, new: false }));
             }
             let upload = tx
                 .query_row(
@@ -574,18 +562,8 @@ impl Db {
         owner: Option<String>,
         key: String,
     ) -> Result<Option<Run>> {
-        self.call(move |c| {
-            c.query_row(
-                &format!(
-                    "SELECT {RUN_COLUMNS} FROM runs
-                     WHERE COALESCE(owner, '') = COALESCE(?1, '') AND idempotency_key = ?2"
-                ),
-                params![owner, key],
-                run_from_row,
-            )
-            .optional()
-        })
-        .await
+        self.call(move |c| run_by_key(c, owner.as_deref(), &key))
+            .await
     }
 
     /// Up to `limit` webhooks due now, oldest first.
@@ -613,13 +591,11 @@ impl Db {
     /// When the next pending webhook is due, if any is pending.
     pub async fn next_delivery(&self) -> Result<Option<OffsetDateTime>> {
         self.call(|c| {
-            let t: Option<i64> = c.query_row(
+            earliest(
+                c,
                 "SELECT MIN(next_attempt) FROM deliveries
                  WHERE delivered_at IS NULL AND given_up_at IS NULL",
-                [],
-                |r| r.get(0),
-            )?;
-            t.map(from_micros).transpose()
+            )
         })
         .await
     }
@@ -1456,6 +1432,25 @@ fn queue_delivery(c: &Connection, id: Uuid, now: OffsetDateTime) -> rusqlite::Re
         params![id.to_string(), micros(now)],
     )?;
     Ok(())
+}
+
+/// The run an owner created with this idempotency key.
+fn run_by_key(c: &Connection, owner: Option<&str>, key: &str) -> rusqlite::Result<Option<Run>> {
+    c.query_row(
+        &format!(
+            "SELECT {RUN_COLUMNS} FROM runs
+             WHERE COALESCE(owner, '') = COALESCE(?1, '') AND idempotency_key = ?2"
+        ),
+        params![owner, key],
+        run_from_row,
+    )
+    .optional()
+}
+
+/// The time a `SELECT MIN(...)` of a time column gives, if any row has one.
+fn earliest(c: &Connection, sql: &str) -> rusqlite::Result<Option<OffsetDateTime>> {
+    let t: Option<i64> = c.query_row(sql, [], |r| r.get(0))?;
+    t.map(from_micros).transpose()
 }
 
 fn select_run(c: &Connection, id: Uuid) -> rusqlite::Result<Option<Run>> {
