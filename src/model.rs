@@ -78,6 +78,9 @@ pub enum LayoutFormat {
 }
 
 impl LayoutFormat {
+    pub const ALL: [LayoutFormat; 3] =
+        [LayoutFormat::Gds, LayoutFormat::GdsGz, LayoutFormat::Oasis];
+
     pub fn as_str(self) -> &'static str {
         match self {
             LayoutFormat::Gds => "gds",

@@ -1,4 +1,5 @@
-//! Who may call: the address allowlist and API keys, applied to every route but `/health`.
+//! Who may call: the address allowlist and API keys, applied to every route but the
+//! [`PUBLIC`] ones.
 //! The key's name becomes the request's [`Caller`], which decides what it sees.
 
 use std::net::SocketAddr;
@@ -35,6 +36,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     }
 }
 
+/// The routes anyone may read, without a key and from any address: the health check and the
+/// API's OpenAPI document (which says so for every other route).
+pub(super) const PUBLIC: [&str; 2] = ["/health", "/api/v1/openapi.json"];
+
+pub(super) fn is_public(path: &str) -> bool {
+    PUBLIC.contains(&path)
+}
+
 pub async fn authenticate(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -54,7 +63,7 @@ async fn admit(
     peer: SocketAddr,
     mut request: Request,
 ) -> Result<Request, ApiError> {
-    if request.uri().path() == "/health" {
+    if is_public(request.uri().path()) {
         return Ok(request);
     }
     let auth = &state.config.auth;

@@ -38,8 +38,10 @@ pub enum ApiError {
 }
 
 /// The body of every error response.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Message {
+    /// What went wrong, and what to do about it.
+    #[schema(example = "no such precheck: 40b2eaa4-5a55-4a44-9d3c-2c5f0f4c9a9e")]
     pub message: String,
 }
 

@@ -11,8 +11,12 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
+use utoipa::ToSchema;
+use utoipa::openapi::schema::Object;
 use uuid::Uuid;
 
+use super::error::Message;
+use super::openapi::string_enum;
 use super::prechecks::query_pairs;
 use super::{ApiError, Caller, rfc3339};
 use crate::model::RunStatus;
@@ -21,6 +25,17 @@ use crate::server::AppState;
 
 /// What happened to a run: its event's `Action`.
 const ACTIONS: [&str; 4] = ["created", "started", "finished", "cancelled"];
+
+/// An event's `Action`, as the `type` filter names it. Only its schema is used.
+enum EventAction {}
+
+impl utoipa::PartialSchema for EventAction {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        actions().into()
+    }
+}
+
+impl ToSchema for EventAction {}
 
 fn action(status: RunStatus) -> &'static str {
     match status {
@@ -31,23 +46,49 @@ fn action(status: RunStatus) -> &'static str {
     }
 }
 
-#[derive(Serialize)]
+fn actions() -> Object {
+    string_enum(ACTIONS)
+}
+
+fn run_type() -> Object {
+    string_enum(["run"])
+}
+
+/// One line of the event stream: an event, or a note that the client read too slowly and
+/// missed some.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+enum EventLine {
+    Event(EventBody),
+    Dropped(Message),
+}
+
+/// A run's state change, as Docker's `/events` writes one.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 struct EventBody {
     /// Always `run`: the only kind of object with events.
     #[serde(rename = "Type")]
+    #[schema(schema_with = run_type)]
     kind: &'static str,
+    /// `created` (queued), `started`, `finished` (completed or failed) or `cancelled`.
+    #[schema(schema_with = actions)]
     action: &'static str,
     actor: Actor,
+    /// When, RFC 3339.
     time: String,
+    /// When, in nanoseconds since the Unix epoch.
     time_nano: i128,
 }
 
-#[derive(Serialize)]
+/// The run.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 struct Actor {
     #[serde(rename = "ID")]
     id: Uuid,
+    /// `kind`, `status`, `exit_code` (once it has one) and `resumed` (`true` for a run the
+    /// server took up again after a restart).
     attributes: BTreeMap<&'static str, String>,
 }
 
@@ -119,6 +160,25 @@ impl Filter {
     }
 }
 
+/// Run events
+///
+/// One JSON line per run state change, as it happens, until the client or the server goes.
+/// Live only: a client that was not connected does not get what it missed. A key that is not an
+/// admin's sees its own runs' events.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    operation_id = "events",
+    tag = "events",
+    params(
+        ("run" = Option<Vec<Uuid>>, Query, explode, description = "Only these runs' events (repeatable); all runs when left out."),
+        ("type" = inline(Option<Vec<EventAction>>), Query, explode, description = "Only these events (repeatable); all when left out."),
+    ),
+    responses(
+        (status = 200, description = "The events, one JSON document a line, streamed.", body = EventLine, content_type = "application/x-ndjson"),
+        (status = 400, description = "A bad filter: `run` not a UUID, `type` not an event, or an unknown parameter.", body = Message),
+    )
+)]
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
@@ -132,21 +192,22 @@ pub async fn events(
             let line = tokio::select! {
                 event = events.recv() => match event {
                     Ok(e) if filter.passes(&e) && caller.scope.sees(e.owner.as_deref()) => {
-                        serde_json::to_vec(&EventBody::from(&e)).unwrap_or_default()
+                        EventLine::Event(EventBody::from(&e))
                     }
                     Ok(_) => continue,
                     // The client reads slower than runs change: say so, and go on.
-                    Err(RecvError::Lagged(n)) => serde_json::to_vec(&serde_json::json!({
-                        "message": format!("{n} events were dropped because the client read too slowly")
-                    }))
-                    .unwrap_or_default(),
+                    Err(RecvError::Lagged(n)) => EventLine::Dropped(Message {
+                        message: format!(
+                            "{n} events were dropped because the client read too slowly"
+                        ),
+                    }),
                     Err(RecvError::Closed) => return,
                 },
                 // The server is shutting down: the client connects again once it is back.
                 _ = state.queue.stopping() => return,
                 _ = tx.closed() => return,
             };
-            let mut line = line;
+            let mut line = serde_json::to_vec(&line).unwrap_or_default();
             line.push(b'\n');
             if tx.send(Ok(Bytes::from(line))).await.is_err() {
                 return;

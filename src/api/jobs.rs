@@ -7,9 +7,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa::openapi::schema::Object;
 use uuid::Uuid;
 
-use super::logs::logs_of;
+use super::error::Message;
+use super::logs::{LogParams, LogsBody, logs_of};
+use super::openapi::{Binary, nullable_string_enum, string_enum};
 use super::prechecks::{
     RunBody, WaitBody, cancel_run, notify_url, noun, query_pairs, tar_gz_response, wait_for,
 };
@@ -24,22 +28,70 @@ use crate::runner::ARTIFACTS;
 use crate::server::AppState;
 use crate::storage::open_inside;
 
-#[derive(Deserialize)]
+/// The kinds of job, as `NewJob.kind` and the `kind` filter name them.
+const JOB_KINDS: [RunKind; 2] = [RunKind::Simulation, RunKind::Build];
+
+fn job_kind() -> Object {
+    string_enum(JOB_KINDS.map(RunKind::as_str))
+}
+
+fn tool() -> Object {
+    let mut tool = nullable_string_enum(SimulationTool::ALL.map(SimulationTool::as_str));
+    tool.default = Some(SimulationTool::Icarus.as_str().into());
+    tool
+}
+
+/// A job's kind, as the `kind` filter names it. Only its schema is used.
+enum JobKind {}
+
+impl utoipa::PartialSchema for JobKind {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        job_kind().into()
+    }
+}
+
+impl ToSchema for JobKind {}
+
+/// A job: a simulation (`kind`, `top`, `tool`?, `files`?) or a build (`kind`, `config`), each
+/// with `notify_url`?. A field of the other kind is refused.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewJob {
+    #[schema(schema_with = job_kind)]
     kind: String,
-    /// Simulation: `icarus` (default) or `verilator`.
+    /// Simulation: the simulator.
+    #[schema(schema_with = tool)]
     tool: Option<String>,
-    /// Simulation: the testbench's top module.
+    /// Simulation: the testbench's top module, a Verilog name that a `module` line of the
+    /// compiled files declares.
+    #[schema(pattern = "^[A-Za-z_][A-Za-z0-9_$]*$", max_length = 1024)]
     top: Option<String>,
-    /// Simulation: the files to compile, in order (default: every `.v` and `.sv` file).
+    /// Simulation: the files to compile, in order, each once (default: every `.v` and `.sv` file).
+    #[schema(min_items = 1)]
     files: Option<Vec<String>>,
-    /// Build: the LibreLane config file in the project.
+    /// Build: the project's LibreLane config file (`.json`, `.yaml` or `.yml`).
     config: Option<String>,
     /// Where to POST the job's end (default: `webhooks.default_url`).
     notify_url: Option<String>,
 }
 
+/// Create a job
+///
+/// Checks the fields and the project's files before the job takes a queue slot.
+#[utoipa::path(
+    post,
+    path = "/api/v1/projects/{id}/jobs",
+    operation_id = "job_create",
+    tag = "jobs",
+    params(("id" = Uuid, Path, description = "The project's id.")),
+    request_body(content = NewJob, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Queued: a run of `Kind` `simulation` or `build`.", body = RunBody),
+        (status = 400, description = "A bad field (named), a missing file or top module, or not a JSON body.", body = Message),
+        (status = 404, description = "No such project (or another key's).", body = Message),
+        (status = 503, description = "A build, and the server has no PDK (`builds.pdk`).", body = Message),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -287,6 +339,25 @@ fn declares_module(source: impl std::io::BufRead, name: &str) -> std::io::Result
     Ok((!word.is_empty() || too_long) && finish(&mut word, &mut too_long))
 }
 
+/// List a project's jobs
+///
+/// Newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects/{id}/jobs",
+    operation_id = "job_list",
+    tag = "jobs",
+    params(
+        ("id" = Uuid, Path, description = "The project's id."),
+        ("status" = Option<Vec<RunStatus>>, Query, explode, description = "Only jobs with one of these statuses (repeatable)."),
+        ("kind" = inline(Option<Vec<JobKind>>), Query, explode, description = "Only jobs of these kinds (repeatable)."),
+    ),
+    responses(
+        (status = 200, description = "The jobs the key may see.", body = Vec<RunBody>),
+        (status = 400, description = "An unknown status, kind or query parameter.", body = Message),
+        (status = 404, description = "No such project (or another key's).", body = Message),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -326,6 +397,23 @@ pub async fn list(
     Ok(Json(runs.iter().map(RunBody::from).collect()))
 }
 
+/// Inspect a job
+///
+/// A build's `State.Progress` follows its LibreLane steps.
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects/{id}/jobs/{job}",
+    operation_id = "job_inspect",
+    tag = "jobs",
+    params(
+        ("id" = Uuid, Path, description = "The project's id."),
+        ("job" = Uuid, Path, description = "The job's id."),
+    ),
+    responses(
+        (status = 200, description = "The run.", body = RunBody),
+        (status = 404, description = "No such project or job (or another key's).", body = Message),
+    )
+)]
 pub async fn inspect(
     State(state): State<AppState>,
     caller: Caller,
@@ -335,6 +423,22 @@ pub async fn inspect(
     Ok(Json(RunBody::from(&run)))
 }
 
+/// Cancel a job
+#[utoipa::path(
+    delete,
+    path = "/api/v1/projects/{id}/jobs/{job}",
+    operation_id = "job_cancel",
+    tag = "jobs",
+    params(
+        ("id" = Uuid, Path, description = "The project's id."),
+        ("job" = Uuid, Path, description = "The job's id."),
+    ),
+    responses(
+        (status = 200, description = "Cancelled: the run, status `cancelled` (or how it ended, if it ended meanwhile).", body = RunBody),
+        (status = 404, description = "No such project or job (or another key's).", body = Message),
+        (status = 409, description = "It has already finished.", body = Message),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -344,6 +448,28 @@ pub async fn cancel(
     cancel_run(&state, &run).await
 }
 
+/// Wait for a job
+///
+/// Blocks until the job ends, and answers the moment it does.
+#[utoipa::path(
+    post,
+    path = "/api/v1/projects/{id}/jobs/{job}/wait",
+    operation_id = "job_wait",
+    tag = "jobs",
+    params(
+        ("id" = Uuid, Path, description = "The project's id."),
+        ("job" = Uuid, Path, description = "The job's id."),
+        ("timeout" = Option<f64>, Query, nullable = false, minimum = 0, maximum = 86400, description = "How long to wait, in seconds (default 300)."),
+        ("condition" = Option<String>, Query, nullable = false, description = "Accepted for Docker clients, and ignored: the wait is always for the run's end."),
+    ),
+    responses(
+        (status = 200, description = "The job has ended.", body = WaitBody),
+        (status = 400, description = "A bad `timeout` or an unknown query parameter.", body = Message),
+        (status = 404, description = "No such project or job (or another key's).", body = Message),
+        (status = 408, description = "Still queued or running after `timeout`: call again.", body = Message),
+        (status = 503, description = "The server is shutting down; the job goes on: call again once it is back.", body = Message),
+    )
+)]
 pub async fn wait(
     State(state): State<AppState>,
     caller: Caller,
@@ -354,6 +480,28 @@ pub async fn wait(
     wait_for(&state, &run, query).await
 }
 
+/// A job's logs
+///
+/// As for prechecks: one JSON document, or with `follow=true` text lines until the job ends.
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects/{id}/jobs/{job}/logs",
+    operation_id = "job_logs",
+    tag = "jobs",
+    params(
+        ("id" = Uuid, Path, description = "The project's id."),
+        ("job" = Uuid, Path, description = "The job's id."),
+        LogParams,
+    ),
+    responses(
+        (status = 200, description = "The log: JSON, or with `follow=true` text lines streamed until the job ends.", content(
+            (LogsBody = "application/json"),
+            (String = "text/plain; charset=utf-8"),
+        )),
+        (status = 400, description = "A bad parameter.", body = Message),
+        (status = 404, description = "No such project or job (or another key's).", body = Message),
+    )
+)]
 pub async fn logs(
     State(state): State<AppState>,
     caller: Caller,
@@ -364,7 +512,25 @@ pub async fn logs(
     logs_of(state, run, query).await
 }
 
-/// `GET .../artifacts`: every artefact of a finished job as a `.tar.gz` stream.
+/// A job's artefacts
+///
+/// Every artefact of a finished job as a `.tar.gz` stream.
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects/{id}/jobs/{job}/artifacts",
+    operation_id = "job_artifacts",
+    tag = "jobs",
+    params(
+        ("id" = Uuid, Path, description = "The project's id."),
+        ("job" = Uuid, Path, description = "The job's id."),
+    ),
+    responses(
+        (status = 200, description = "The tarball, streamed.", body = Binary, content_type = "application/gzip",
+            headers(("Content-Disposition" = String, description = "`attachment; filename=\"<kind>-<id>.tar.gz\"`"))),
+        (status = 404, description = "No such project or job (or another key's).", body = Message),
+        (status = 409, description = "The job has not finished.", body = Message),
+    )
+)]
 pub async fn artifacts(
     State(state): State<AppState>,
     caller: Caller,
@@ -375,7 +541,30 @@ pub async fn artifacts(
     tar_gz_response(dir, format!("{}-{}", run.kind(), run.id)).await
 }
 
-/// `GET .../artifacts/{path}`: one artefact, e.g. `final/gds/chip_top.gds` or `tb.vcd`.
+/// One artefact
+///
+/// One file of a finished job's artefacts, e.g. `final/gds/chip_top.gds` or `tb.vcd`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects/{id}/jobs/{job}/artifacts/{*path}",
+    operation_id = "job_artifact",
+    tag = "jobs",
+    params(
+        ("id" = Uuid, Path, description = "The project's id."),
+        ("job" = Uuid, Path, description = "The job's id."),
+        ("path" = String, Path, description = "The artefact's path in the job's artefacts (its slashes are not escaped)."),
+    ),
+    responses(
+        (status = 200, description = "The file, streamed.", body = Binary, content_type = "application/octet-stream",
+            headers(
+                ("Content-Disposition" = String, description = "`attachment; filename=\"<name>\"`"),
+                ("Content-Length" = u64, description = "Bytes."),
+            )),
+        (status = 400, description = "A bad path.", body = Message),
+        (status = 404, description = "No such project or job (or another key's), or no such artefact (or a link).", body = Message),
+        (status = 409, description = "The job has not finished.", body = Message),
+    )
+)]
 pub async fn artifact(
     State(state): State<AppState>,
     caller: Caller,

@@ -11,15 +11,76 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
 use tokio_stream::wrappers::ReceiverStream;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
 use uuid::Uuid;
 
+use super::error::Message;
+use super::openapi::string_enum;
 use super::prechecks::{find, query_pairs};
 use super::{ApiError, Caller};
 use crate::logs::{self, Filter, Line};
 use crate::model::Run;
 use crate::server::AppState;
 use crate::storage::ChunkSender;
+
+// `write_json` streams this document without holding it; this type is its schema, and its test
+// reads what `write_json` writes into it.
+/// A log as JSON.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub(super) struct LogsBody {
+    /// The lines, oldest first (with their RFC 3339 timestamp in front when `timestamps`).
+    lines: Vec<String>,
+    /// The `since` asked for (0 without).
+    since: f64,
+    /// The Unix time of the last line sent (`since` when none): the next call's `since`.
+    last_timestamp: f64,
+    /// Whether the run may still add lines (it has not finished).
+    has_more: bool,
+}
+
+/// `tail`: a number of lines, or `all`. Only its schema is used.
+pub(super) enum Tail {}
+
+impl PartialSchema for Tail {
+    fn schema() -> RefOr<Schema> {
+        let lines = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0));
+        OneOfBuilder::new()
+            .item(lines)
+            .item(string_enum(["all"]))
+            .into()
+    }
+}
+
+impl ToSchema for Tail {}
+
+/// The query of `GET .../logs`, for prechecks and jobs alike. Only its parameters' schema is
+/// used: [`parse_query`] reads the query, saying what is wrong with it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(super) struct LogParams {
+    /// Only lines after this Unix time in seconds, e.g. the previous answer's `last_timestamp`.
+    #[param(minimum = 0)]
+    since: Option<f64>,
+    /// Only the last N lines, or `all` (the default).
+    #[param(value_type = Option<Tail>, inline)]
+    tail: Option<String>,
+    /// Put each line's RFC 3339 timestamp in front of it (`1`, `yes`, `0` and `no` too).
+    #[param(default = false)]
+    timestamps: Option<bool>,
+    /// Send text lines, then new ones as the container prints them, until the run ends (`1`,
+    /// `yes`, `0` and `no` too).
+    #[param(default = false)]
+    follow: Option<bool>,
+}
 
 struct LogQuery {
     filter: Filter,
@@ -75,6 +136,29 @@ fn parse_bool(key: &str, value: &str) -> Result<bool, ApiError> {
     }
 }
 
+/// A precheck's logs
+///
+/// Served from the run's log file, so they outlive the container. Without `follow`, one JSON
+/// document; with `follow=true`, plain text lines, then new ones as the container prints them,
+/// until the run ends.
+#[utoipa::path(
+    get,
+    path = "/api/v1/prechecks/{id}/logs",
+    operation_id = "precheck_logs",
+    tag = "prechecks",
+    params(
+        ("id" = Uuid, Path, description = "The precheck's id."),
+        LogParams,
+    ),
+    responses(
+        (status = 200, description = "The log: JSON, or with `follow=true` text lines streamed until the run ends.", content(
+            (LogsBody = "application/json"),
+            (String = "text/plain; charset=utf-8"),
+        )),
+        (status = 400, description = "A bad parameter.", body = Message),
+        (status = 404, description = "No such precheck (or another key's).", body = Message),
+    )
+)]
 pub async fn logs(
     State(state): State<AppState>,
     caller: Caller,
@@ -114,7 +198,7 @@ fn write_json(
     path: &std::path::Path,
     q: &LogQuery,
     has_more: bool,
-    out: &mut ChunkSender,
+    out: &mut impl Write,
 ) -> std::io::Result<()> {
     let since = q.filter.since.unwrap_or(0.0);
     let mut last = since;
@@ -210,6 +294,36 @@ async fn follow(state: AppState, id: Uuid, q: LogQuery, writer: ChunkSender) {
             _ = tokio::time::timeout(Duration::from_secs(1), wake) => {}
             // The server is shutting down: the client follows again once it is back.
             _ = state.queue.stopping() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON the log writer streams is exactly what its documented schema, [`LogsBody`], says.
+    #[test]
+    fn the_json_log_is_a_logs_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs.txt");
+        std::fs::write(
+            &path,
+            "2026-11-24T12:37:09.000000001Z first \"line\"\n2026-11-24T12:37:10Z second\n",
+        )
+        .unwrap();
+        for query in ["", "tail=1&timestamps=true", "since=1e12"] {
+            let q = parse_query(Some(query)).unwrap();
+            let mut out = Vec::new();
+            write_json(&path, &q, true, &mut out).unwrap();
+            let body: LogsBody = serde_json::from_slice(&out)
+                .unwrap_or_else(|e| panic!("{query:?}: {e}: {}", String::from_utf8_lossy(&out)));
+            assert!(body.has_more);
+            match query {
+                "" => assert_eq!(body.lines, ["first \"line\"", "second"]),
+                "since=1e12" => assert!(body.lines.is_empty() && body.since == 1e12),
+                _ => assert_eq!(body.lines, ["2026-11-24T12:37:10Z second"]),
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ mod error;
 mod events;
 mod jobs;
 mod logs;
+mod openapi;
 mod prechecks;
 mod projects;
 mod system;
@@ -18,7 +19,8 @@ use axum::extract::{DefaultBodyLimit, FromRequest};
 use axum::http::{HeaderValue, Method, Uri};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post, put};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 pub use auth::Caller;
@@ -28,81 +30,10 @@ pub use uploads::LayoutBody;
 
 use crate::server::AppState;
 
-/// The whole API.
+/// The whole API: [`routes`] behind the key check, the request's trace span and its id.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/health", get(system::health))
-        .route("/api/v1/queue", get(system::queue))
-        .route("/metrics", get(system::metrics))
-        .route("/api/v1/events", get(events::events))
-        .route(
-            "/api/v1/uploads",
-            // The upload handler enforces `server.max_upload_size` itself, while streaming.
-            post(uploads::create)
-                .layer(DefaultBodyLimit::disable())
-                .get(uploads::list),
-        )
-        .route(
-            "/api/v1/uploads/{id}",
-            get(uploads::inspect).delete(uploads::delete),
-        )
-        .route(
-            "/api/v1/prechecks",
-            post(prechecks::create).get(prechecks::list),
-        )
-        .route(
-            "/api/v1/prechecks/{id}",
-            get(prechecks::inspect).delete(prechecks::cancel),
-        )
-        .route("/api/v1/prechecks/{id}/wait", post(prechecks::wait))
-        .route("/api/v1/prechecks/{id}/logs", get(logs::logs))
-        .route("/api/v1/prechecks/{id}/output", get(prechecks::output))
-        .route("/api/v1/debug/prechecks/{id}", get(prechecks::debug))
-        .route(
-            "/api/v1/projects",
-            post(projects::create).get(projects::list),
-        )
-        .route(
-            "/api/v1/projects/{id}",
-            get(projects::inspect)
-                .patch(projects::update)
-                .delete(projects::delete),
-        )
-        .route(
-            "/api/v1/projects/{id}/files",
-            // The handler enforces `projects.max_project_size` itself, while streaming.
-            get(projects::files)
-                .post(projects::import)
-                .layer(DefaultBodyLimit::disable()),
-        )
-        .route(
-            "/api/v1/projects/{id}/files/{*path}",
-            // The handler enforces `projects.max_file_size` itself, while streaming.
-            put(projects::put_file)
-                .layer(DefaultBodyLimit::disable())
-                .get(projects::get_file)
-                .delete(projects::delete_file),
-        )
-        .route(
-            "/api/v1/projects/{id}/jobs",
-            post(jobs::create).get(jobs::list),
-        )
-        .route(
-            "/api/v1/projects/{id}/jobs/{job}",
-            get(jobs::inspect).delete(jobs::cancel),
-        )
-        .route("/api/v1/projects/{id}/jobs/{job}/wait", post(jobs::wait))
-        .route("/api/v1/projects/{id}/jobs/{job}/logs", get(jobs::logs))
-        .route(
-            "/api/v1/projects/{id}/jobs/{job}/artifacts",
-            get(jobs::artifacts),
-        )
-        .route(
-            "/api/v1/projects/{id}/jobs/{job}/artifacts/{*path}",
-            get(jobs::artifact),
-        )
-        .fallback(no_route)
-        .method_not_allowed_fallback(wrong_method)
+    let (routes, _) = routes();
+    routes
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -129,6 +60,50 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(axum::middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// Every route the server serves, with the `{"message"}` fallbacks for unknown routes and wrong
+/// methods, and the OpenAPI document they make. Each handler is registered once, through
+/// utoipa-axum's `routes!`, which puts it in both from its `#[utoipa::path]`: a route cannot be
+/// served without being documented. Add routes here, and only with `routes!`.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    // The handlers that read a body enforce their size limits themselves, while streaming.
+    let unlimited = || DefaultBodyLimit::disable();
+    let (router, spec) = OpenApiRouter::with_openapi(openapi::base())
+        .routes(routes!(system::health))
+        .routes(routes!(openapi::spec))
+        .routes(routes!(system::queue))
+        .routes(routes!(system::metrics))
+        .routes(routes!(events::events))
+        .routes(routes!(uploads::create).layer(unlimited()))
+        .routes(routes!(uploads::list))
+        .routes(routes!(uploads::inspect, uploads::delete))
+        .routes(routes!(prechecks::create, prechecks::list))
+        .routes(routes!(prechecks::inspect, prechecks::cancel))
+        .routes(routes!(prechecks::wait))
+        .routes(routes!(logs::logs))
+        .routes(routes!(prechecks::output))
+        .routes(routes!(prechecks::debug))
+        .routes(routes!(projects::create, projects::list))
+        .routes(routes!(
+            projects::inspect,
+            projects::update,
+            projects::delete
+        ))
+        .routes(routes!(projects::files, projects::import).layer(unlimited()))
+        .routes(routes!(projects::put_file).layer(unlimited()))
+        .routes(routes!(projects::get_file, projects::delete_file))
+        .routes(routes!(jobs::create, jobs::list))
+        .routes(routes!(jobs::inspect, jobs::cancel))
+        .routes(routes!(jobs::wait))
+        .routes(routes!(jobs::logs))
+        .routes(routes!(jobs::artifacts))
+        .routes(routes!(jobs::artifact))
+        .split_for_parts();
+    let router = router
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method);
+    (router, openapi::finish(spec))
 }
 
 /// The header that carries a request's id, both ways.

@@ -12,8 +12,13 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio_stream::wrappers::ReceiverStream;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{Object, Schema};
+use utoipa::{PartialSchema, ToSchema};
 use uuid::Uuid;
 
+use super::error::Message;
+use super::openapi::{Binary, nullable_string_enum, string_enum};
 use super::uploads::{record, upload_error};
 use super::{ApiError, Caller, Json, parse_id, rfc3339};
 use crate::db::{Cancel, CreateRunError, Created, NewRun, RunFilter};
@@ -23,77 +28,136 @@ use crate::runner::final_gds;
 use crate::server::AppState;
 use crate::storage::{ChunkSender, write_tar_gz};
 
-#[derive(Deserialize)]
+/// A precheck to run: of an upload, or of the final layout of a completed build job (give one of
+/// `upload_id` and `job_id`).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreatePrecheck {
-    /// The layout to check: an upload, or the final layout of a completed build job.
+    /// The upload to check: the `Id` that `POST /api/v1/uploads` returned.
+    #[schema(format = Uuid)]
     upload_id: Option<String>,
+    /// Or a completed build job, whose final layout becomes an upload (inspected like any).
+    #[schema(format = Uuid)]
     job_id: Option<String>,
+    /// The cell to check; by default the layout's only top cell. Never starts with `-`, and has
+    /// no `/`, whitespace or control characters.
+    #[schema(min_length = 1, max_length = 1024)]
     top_cell: Option<String>,
+    /// Exactly 8 letters or digits.
+    #[schema(pattern = "^[A-Za-z0-9]{8}$", default = "FFFFFFFF")]
     die_id: Option<String>,
+    /// The slot size.
+    #[schema(schema_with = slot_schema)]
     slot: Option<String>,
+    #[schema(default = false)]
     cob: Option<bool>,
     /// Skip the layout rules (top cell, database unit); never the format check.
+    #[schema(default = false)]
     force: Option<bool>,
     /// Where to POST the run's end (default: `webhooks.default_url`).
+    #[schema(format = "uri")]
     notify_url: Option<String>,
 }
 
-#[derive(Serialize)]
+fn slot_schema() -> Object {
+    let mut slot = nullable_string_enum(SLOTS);
+    slot.default = Some("1x1".into());
+    slot
+}
+
+/// A run: a precheck, or a project's simulation or build job.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 pub struct RunBody {
     id: Uuid,
-    /// `precheck`, `simulation` or `build`.
     kind: RunKind,
+    /// RFC 3339.
     created: String,
     /// The `sha256:` id of the image that ran (or runs) it.
+    #[schema(required = true)]
     image: Option<String>,
     state: RunState,
     config: RunConfig,
     /// The name of the API key that created it (none without authentication).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     owner: Option<String>,
+    /// Where it stands in the queue, while it is queued.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     queue: Option<QueueBody>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 struct RunState {
     status: RunStatus,
+    /// Once it has finished: 0 passed, 1 a check failed, 2 bad arguments, 124 timed out,
+    /// 125 not run (or lost), 130 cancelled, 137 killed (e.g. out of memory).
+    #[schema(required = true)]
     exit_code: Option<i64>,
+    /// Why it did not pass, in a sentence a person can act on.
+    #[schema(required = true)]
     error: Option<String>,
+    /// RFC 3339.
+    #[schema(required = true)]
     started_at: Option<String>,
+    /// RFC 3339.
+    #[schema(required = true)]
     finished_at: Option<String>,
     #[serde(rename = "OOMKilled")]
     oom_killed: bool,
     /// A build's LibreLane step, read from its log.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     progress: Option<ProgressBody>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 struct ProgressBody {
     step: u32,
     name: String,
     /// How many steps the flow has, once known (see docs/decisions.md).
+    #[schema(required = true)]
     count: Option<u32>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 struct RunConfig {
+    /// The image's name.
     image: String,
+    /// A precheck's `upload_id`, `top_cell`, `die_id`, `slot` and `cob`; a simulation's
+    /// `project_id`, `tool`, `top` and `files`; a build's `project_id` and `config`.
     labels: BTreeMap<&'static str, String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 struct QueueBody {
+    /// 1 for the next to start.
     position: u64,
     length: u64,
 }
+
+/// What a run is.
+impl PartialSchema for RunKind {
+    fn schema() -> RefOr<Schema> {
+        string_enum(RunKind::ALL.map(RunKind::as_str)).into()
+    }
+}
+
+impl ToSchema for RunKind {}
+
+/// Where a run stands.
+impl PartialSchema for RunStatus {
+    fn schema() -> RefOr<Schema> {
+        string_enum(RunStatus::ALL.map(RunStatus::as_str)).into()
+    }
+}
+
+impl ToSchema for RunStatus {}
 
 impl Serialize for RunKind {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -158,6 +222,29 @@ impl From<&Run> for RunBody {
     }
 }
 
+/// Create a precheck
+///
+/// Checks the fields and the layout (top cell, database unit) before the run takes a queue slot.
+#[utoipa::path(
+    post,
+    path = "/api/v1/prechecks",
+    operation_id = "precheck_create",
+    tag = "prechecks",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
+            description = "A client's name for this create (1 to 255 printable ASCII characters without spaces, e.g. a UUID): sending it again returns the run it made (200) instead of making another."),
+    ),
+    request_body(content = CreatePrecheck, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Queued.", body = RunBody),
+        (status = 200, description = "The run this `Idempotency-Key` made before.", body = RunBody),
+        (status = 400, description = "A bad field (named), a bad `Idempotency-Key`, or a layout that cannot pass.", body = Message),
+        (status = 404, description = "No such upload or build job (or another key's).", body = Message),
+        (status = 409, description = "The build job has not completed, or has no single final layout.", body = Message),
+        (status = 410, description = "The upload has expired.", body = Message),
+        (status = 507, description = "The server's disk is full (storing a build's layout).", body = Message),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -422,6 +509,22 @@ fn check_top_cell(top: String) -> Result<String, ApiError> {
     }
 }
 
+/// List prechecks
+///
+/// Newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/prechecks",
+    operation_id = "precheck_list",
+    tag = "prechecks",
+    params(
+        ("status" = Option<Vec<RunStatus>>, Query, explode, description = "Only runs with one of these statuses (repeatable)."),
+    ),
+    responses(
+        (status = 200, description = "The prechecks the key may see.", body = Vec<RunBody>),
+        (status = 400, description = "An unknown status or query parameter.", body = Message),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -454,6 +557,18 @@ pub async fn list(
     Ok(Json(runs.iter().map(RunBody::from).collect()))
 }
 
+/// Inspect a precheck
+#[utoipa::path(
+    get,
+    path = "/api/v1/prechecks/{id}",
+    operation_id = "precheck_inspect",
+    tag = "prechecks",
+    params(("id" = Uuid, Path, description = "The precheck's id.")),
+    responses(
+        (status = 200, description = "The run.", body = RunBody),
+        (status = 404, description = "No such precheck (or another key's).", body = Message),
+    )
+)]
 pub async fn inspect(
     State(state): State<AppState>,
     caller: Caller,
@@ -463,14 +578,18 @@ pub async fn inspect(
     Ok(Json(RunBody::from(&run)))
 }
 
-#[derive(Serialize)]
+/// How a run ended, as Docker's `/wait` says it.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 pub struct WaitBody {
+    /// 0 passed; see `State.ExitCode` of a run.
     status_code: i64,
+    /// Why it did not pass; null when it passed.
+    #[schema(required = true)]
     error: Option<WaitError>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 struct WaitError {
     message: String,
@@ -479,6 +598,27 @@ struct WaitError {
 /// How long `/wait` may be asked to wait.
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
+/// Wait for a precheck
+///
+/// Blocks until the run ends, and answers the moment it does.
+#[utoipa::path(
+    post,
+    path = "/api/v1/prechecks/{id}/wait",
+    operation_id = "precheck_wait",
+    tag = "prechecks",
+    params(
+        ("id" = Uuid, Path, description = "The precheck's id."),
+        ("timeout" = Option<f64>, Query, nullable = false, minimum = 0, maximum = 86400, description = "How long to wait, in seconds (default 300)."),
+        ("condition" = Option<String>, Query, nullable = false, description = "Accepted for Docker clients, and ignored: the wait is always for the run's end."),
+    ),
+    responses(
+        (status = 200, description = "The run has ended.", body = WaitBody),
+        (status = 400, description = "A bad `timeout` or an unknown query parameter.", body = Message),
+        (status = 404, description = "No such precheck (or another key's).", body = Message),
+        (status = 408, description = "Still queued or running after `timeout`: call again.", body = Message),
+        (status = 503, description = "The server is shutting down; the run goes on: call again once it is back.", body = Message),
+    )
+)]
 pub async fn wait(
     State(state): State<AppState>,
     caller: Caller,
@@ -557,6 +697,21 @@ pub(super) async fn wait_for(
 /// How long a cancel waits for the container to be stopped and the run recorded.
 const CANCEL_WAIT: Duration = Duration::from_secs(30);
 
+/// Cancel a precheck
+///
+/// A queued run never starts; a running container is stopped within 10 s.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/prechecks/{id}",
+    operation_id = "precheck_cancel",
+    tag = "prechecks",
+    params(("id" = Uuid, Path, description = "The precheck's id.")),
+    responses(
+        (status = 200, description = "Cancelled: the run, status `cancelled` (or how it ended, if it ended meanwhile).", body = RunBody),
+        (status = 404, description = "No such precheck (or another key's).", body = Message),
+        (status = 409, description = "It has already finished.", body = Message),
+    )
+)]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -587,6 +742,25 @@ pub(super) async fn cancel_run(state: &AppState, run: &Run) -> Result<Json<RunBo
     }
 }
 
+/// The checked layout
+///
+/// The layout a completed precheck wrote, named after the upload (`chip_top.checked.gds`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/prechecks/{id}/output",
+    operation_id = "precheck_output",
+    tag = "prechecks",
+    params(("id" = Uuid, Path, description = "The precheck's id.")),
+    responses(
+        (status = 200, description = "The layout, streamed.", body = Binary, content_type = "application/octet-stream",
+            headers(
+                ("Content-Disposition" = String, description = "`attachment; filename=\"<name>.checked.gds\"`"),
+                ("Content-Length" = u64, description = "Bytes."),
+            )),
+        (status = 404, description = "No such precheck (or another key's).", body = Message),
+        (status = 409, description = "The precheck has not completed.", body = Message),
+    )
+)]
 pub async fn output(
     State(state): State<AppState>,
     caller: Caller,
@@ -623,6 +797,22 @@ pub async fn output(
         .into_response())
 }
 
+/// The debug tarball
+///
+/// The run's folder (`logs.txt`, `output/`, the flow's `work/` folder) as a `.tar.gz` stream.
+#[utoipa::path(
+    get,
+    path = "/api/v1/debug/prechecks/{id}",
+    operation_id = "precheck_debug",
+    tag = "prechecks",
+    params(("id" = Uuid, Path, description = "The precheck's id.")),
+    responses(
+        (status = 200, description = "The tarball, streamed.", body = Binary, content_type = "application/gzip",
+            headers(("Content-Disposition" = String, description = "`attachment; filename=\"precheck-<id>.tar.gz\"`"))),
+        (status = 404, description = "No such precheck (or another key's).", body = Message),
+        (status = 409, description = "Still queued: it has no files yet.", body = Message),
+    )
+)]
 pub async fn debug(
     State(state): State<AppState>,
     caller: Caller,

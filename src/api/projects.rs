@@ -9,8 +9,11 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::error::Message;
+use super::openapi::Binary;
 use super::{ApiError, Caller, Json, content_length, parse_id, rfc3339};
 use crate::config::human_bytes;
 use crate::db::{DeleteProject, PutFile};
@@ -18,18 +21,23 @@ use crate::model::{Project, ProjectFile, check_project_path};
 use crate::server::AppState;
 use crate::storage::{ChunkWriter, StagedBlob, UploadError};
 
-#[derive(Serialize)]
+/// A project: HDL files to simulate and build.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 pub struct ProjectBody {
     id: Uuid,
     name: String,
     description: String,
+    /// RFC 3339.
     created: String,
+    /// RFC 3339: the last change of its name, description or files.
     updated: String,
     /// How many files the project holds, and their bytes in all.
     files: u64,
     size: u64,
+    /// The name of the API key that created it (none without authentication).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     owner: Option<String>,
 }
 
@@ -48,12 +56,17 @@ impl From<&Project> for ProjectBody {
     }
 }
 
-#[derive(Serialize)]
+/// A project's file.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 pub struct FileBody {
+    /// Relative, `/`-separated.
     path: String,
+    /// Bytes.
     size: u64,
+    /// Hex.
     sha256: String,
+    /// RFC 3339.
     modified: String,
 }
 
@@ -68,17 +81,25 @@ impl From<&ProjectFile> for FileBody {
     }
 }
 
-#[derive(Deserialize)]
+/// A new project.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProject {
+    /// 1 to 100 characters without control characters (surrounding spaces are dropped).
+    #[schema(min_length = 1, max_length = 100)]
     name: String,
+    #[schema(max_length = 10000, default = "")]
     description: Option<String>,
 }
 
-#[derive(Deserialize)]
+/// A project's new name and/or description (at least one).
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectChange {
+    /// 1 to 100 characters without control characters (surrounding spaces are dropped).
+    #[schema(min_length = 1, max_length = 100)]
     name: Option<String>,
+    #[schema(max_length = 10000)]
     description: Option<String>,
 }
 
@@ -101,6 +122,18 @@ fn check_description(description: String) -> Result<String, ApiError> {
     Ok(description)
 }
 
+/// Create a project
+#[utoipa::path(
+    post,
+    path = "/api/v1/projects",
+    operation_id = "project_create",
+    tag = "projects",
+    request_body(content = NewProject, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created.", body = ProjectBody),
+        (status = 400, description = "A bad field (named), or not a JSON body.", body = Message),
+    )
+)]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -122,6 +155,18 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(ProjectBody::from(&project))))
 }
 
+/// List projects
+///
+/// Newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects",
+    operation_id = "project_list",
+    tag = "projects",
+    responses(
+        (status = 200, description = "The projects the key may see.", body = Vec<ProjectBody>),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -130,6 +175,18 @@ pub async fn list(
     Ok(Json(projects.iter().map(ProjectBody::from).collect()))
 }
 
+/// Inspect a project
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects/{id}",
+    operation_id = "project_inspect",
+    tag = "projects",
+    params(("id" = Uuid, Path, description = "The project's id.")),
+    responses(
+        (status = 200, description = "The project.", body = ProjectBody),
+        (status = 404, description = "No such project (or another key's).", body = Message),
+    )
+)]
 pub async fn inspect(
     State(state): State<AppState>,
     caller: Caller,
@@ -138,6 +195,20 @@ pub async fn inspect(
     Ok(Json(ProjectBody::from(&find(&state, &caller, &id).await?)))
 }
 
+/// Rename or describe a project
+#[utoipa::path(
+    patch,
+    path = "/api/v1/projects/{id}",
+    operation_id = "project_update",
+    tag = "projects",
+    params(("id" = Uuid, Path, description = "The project's id.")),
+    request_body(content = ProjectChange, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Changed.", body = ProjectBody),
+        (status = 400, description = "A bad field (named), nothing to change, or not a JSON body.", body = Message),
+        (status = 404, description = "No such project (or another key's).", body = Message),
+    )
+)]
 pub async fn update(
     State(state): State<AppState>,
     caller: Caller,
@@ -160,6 +231,21 @@ pub async fn update(
     Ok(Json(ProjectBody::from(&project)))
 }
 
+/// Delete a project
+///
+/// With its files; its finished jobs stay as runs.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/projects/{id}",
+    operation_id = "project_delete",
+    tag = "projects",
+    params(("id" = Uuid, Path, description = "The project's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "No such project (or another key's).", body = Message),
+        (status = 409, description = "It has a queued or running job.", body = Message),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -180,6 +266,18 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// List a project's files
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects/{id}/files",
+    operation_id = "project_files",
+    tag = "projects",
+    params(("id" = Uuid, Path, description = "The project's id.")),
+    responses(
+        (status = 200, description = "The files.", body = Vec<FileBody>),
+        (status = 404, description = "No such project (or another key's).", body = Message),
+    )
+)]
 pub async fn files(
     State(state): State<AppState>,
     caller: Caller,
@@ -190,7 +288,29 @@ pub async fn files(
     Ok(Json(files.iter().map(FileBody::from).collect()))
 }
 
-/// `PUT /api/v1/projects/{id}/files/{path}`: the raw body is the file's content.
+/// Write a project file
+///
+/// The raw body is the file's content (any bytes), streamed to disk. A job that already took
+/// the old content keeps reading it.
+#[utoipa::path(
+    put,
+    path = "/api/v1/projects/{id}/files/{*path}",
+    operation_id = "project_file_put",
+    tag = "projects",
+    params(
+        ("id" = Uuid, Path, description = "The project's id."),
+        ("path" = String, Path, description = "The file's path: relative and `/`-separated (its slashes are not escaped), without empty, `.` or `..` parts, backslashes or control characters."),
+    ),
+    request_body(content = Binary, content_type = "application/octet-stream", description = "The file's content."),
+    responses(
+        (status = 201, description = "A new file.", body = FileBody),
+        (status = 200, description = "Replaced.", body = FileBody),
+        (status = 400, description = "A bad path, or the body could not be read.", body = Message),
+        (status = 404, description = "No such project (or another key's).", body = Message),
+        (status = 413, description = "Larger than `projects.max_file_size`, or the project would be larger than `projects.max_project_size`.", body = Message),
+        (status = 507, description = "The server's disk is full.", body = Message),
+    )
+)]
 pub async fn put_file(
     state: State<AppState>,
     caller: Caller,
@@ -233,14 +353,33 @@ async fn store_file(
     Ok((status, Json(FileBody::from(&stored[0]))))
 }
 
-#[derive(Serialize)]
+/// What a tarball put in a project.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 pub struct Imported {
     imported: usize,
     files: Vec<FileBody>,
 }
 
-/// `POST /api/v1/projects/{id}/files`: a `.tar.gz` of a source tree, imported all or nothing.
+/// Import a source tree
+///
+/// A `.tar.gz` of a source tree, imported all or nothing: each regular file becomes the project's
+/// file at its path (replacing one there); folders are skipped; links and bad paths are refused.
+#[utoipa::path(
+    post,
+    path = "/api/v1/projects/{id}/files",
+    operation_id = "project_import",
+    tag = "projects",
+    params(("id" = Uuid, Path, description = "The project's id.")),
+    request_body(content = Binary, content_type = "application/gzip", description = "A gzip'd tar of the files."),
+    responses(
+        (status = 200, description = "Imported.", body = Imported),
+        (status = 400, description = "Not a `.tar.gz`, a bad path, a link, or the body could not be read.", body = Message),
+        (status = 404, description = "No such project (or another key's).", body = Message),
+        (status = 413, description = "The tarball, a file or the project would be larger than `projects.max_project_size` or `projects.max_file_size`.", body = Message),
+        (status = 507, description = "The server's disk is full.", body = Message),
+    )
+)]
 pub async fn import(
     state: State<AppState>,
     caller: Caller,
@@ -357,6 +496,25 @@ async fn commit(
     }
 }
 
+/// Read a project file
+#[utoipa::path(
+    get,
+    path = "/api/v1/projects/{id}/files/{*path}",
+    operation_id = "project_file_get",
+    tag = "projects",
+    params(
+        ("id" = Uuid, Path, description = "The project's id."),
+        ("path" = String, Path, description = "The file's path (its slashes are not escaped)."),
+    ),
+    responses(
+        (status = 200, description = "The content, streamed.", body = Binary, content_type = "application/octet-stream",
+            headers(
+                ("ETag" = String, description = "The content's sha256, quoted."),
+                ("Content-Length" = u64, description = "Bytes."),
+            )),
+        (status = 404, description = "No such project (or another key's), or no such file.", body = Message),
+    )
+)]
 pub async fn get_file(
     State(state): State<AppState>,
     caller: Caller,
@@ -383,6 +541,21 @@ pub async fn get_file(
         .into_response())
 }
 
+/// Delete a project file
+#[utoipa::path(
+    delete,
+    path = "/api/v1/projects/{id}/files/{*path}",
+    operation_id = "project_file_delete",
+    tag = "projects",
+    params(
+        ("id" = Uuid, Path, description = "The project's id."),
+        ("path" = String, Path, description = "The file's path (its slashes are not escaped)."),
+    ),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "No such project (or another key's), or no such file.", body = Message),
+    )
+)]
 pub async fn delete_file(
     State(state): State<AppState>,
     caller: Caller,

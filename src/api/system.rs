@@ -3,48 +3,86 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa::openapi::schema::Object;
 
+use super::error::Message;
+use super::openapi::string_enum;
 use super::{ApiError, Json};
 use crate::server::{AppState, ImageStatus};
 
-#[derive(Serialize)]
+/// The server's health: it is healthy when the engine and the database answer and the image is
+/// there (or being pulled).
+#[derive(Serialize, ToSchema)]
 pub struct Health {
+    #[schema(schema_with = health_status)]
     status: &'static str,
+    /// The server's version.
     version: &'static str,
     docker: DockerHealth,
-    database: Check,
+    database: DatabaseHealth,
     image: ImageHealth,
 }
 
-#[derive(Serialize)]
+fn health_status() -> Object {
+    string_enum(["healthy", "unhealthy"])
+}
+
+fn image_status() -> Object {
+    string_enum(["ready", "pulling", "missing"])
+}
+
+/// The Docker engine: its version when it answers, else why not.
+#[derive(Serialize, ToSchema)]
 struct DockerHealth {
     reachable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     api_version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     error: Option<String>,
 }
 
-#[derive(Serialize)]
-struct Check {
+/// The database: whether it answers, else why not.
+#[derive(Serialize, ToSchema)]
+struct DatabaseHealth {
     ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     error: Option<String>,
 }
 
-#[derive(Serialize)]
+/// The precheck image: `ready` (with its id), `pulling` at start-up, or `missing` (and why).
+#[derive(Serialize, ToSchema)]
 struct ImageHealth {
     name: String,
+    #[schema(schema_with = image_status)]
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     error: Option<String>,
 }
 
-/// `GET /metrics`: the Prometheus text exposition; the gauges are read now.
+/// Prometheus metrics
+///
+/// The Prometheus text exposition (format 0.0.4) of the queue, runs, uploads, logs and engine;
+/// the gauges are read at the request.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "system",
+    responses(
+        (status = 200, description = "The metrics.", body = String, content_type = "text/plain; version=0.0.4"),
+    )
+)]
 pub async fn metrics(State(state): State<AppState>) -> axum::response::Response {
     use axum::response::IntoResponse;
     let m = &state.metrics;
@@ -59,7 +97,20 @@ pub async fn metrics(State(state): State<AppState>) -> axum::response::Response 
     ([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
+/// Health
+///
 /// Healthy when the engine and the database answer and the image is there (or being pulled).
+/// Needs no key.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "system",
+    responses(
+        (status = 200, description = "Healthy.", body = Health),
+        (status = 503, description = "Unhealthy: the report says what is wrong.", body = Health),
+    )
+)]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
     let docker = match state.engine.version().await {
         Ok(v) => DockerHealth {
@@ -76,11 +127,11 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
         },
     };
     let database = match state.db.ping().await {
-        Ok(()) => Check {
+        Ok(()) => DatabaseHealth {
             ok: true,
             error: None,
         },
-        Err(e) => Check {
+        Err(e) => DatabaseHealth {
             ok: false,
             error: Some(format!("{e:#}")),
         },
@@ -127,13 +178,25 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
     (code, Json(body))
 }
 
-#[derive(Serialize)]
+/// How many runs are queued and running, and how many may run at once.
+#[derive(Serialize, ToSchema)]
 pub struct QueueCounts {
     queued: u64,
     running: u64,
     max_concurrent: usize,
 }
 
+/// Queue counts
+#[utoipa::path(
+    get,
+    path = "/api/v1/queue",
+    operation_id = "queue",
+    tag = "system",
+    responses(
+        (status = 200, description = "The counts.", body = QueueCounts),
+        (status = 500, description = "The database failed.", body = Message),
+    )
+)]
 pub async fn queue(State(state): State<AppState>) -> Result<Json<QueueCounts>, ApiError> {
     let (queued, running) = state.db.queue_counts().await?;
     Ok(Json(QueueCounts {

@@ -7,8 +7,12 @@ use serde::Serialize;
 use std::time::Duration;
 
 use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa::openapi::schema::Object;
 use uuid::Uuid;
 
+use super::error::Message;
+use super::openapi::{Binary, string_enum};
 use super::{ApiError, Caller, Json, content_length, parse_id, rfc3339};
 use crate::config::human_bytes;
 use crate::db::DeleteUpload;
@@ -17,41 +21,71 @@ use crate::model::{LayoutFormat, Upload};
 use crate::server::AppState;
 use crate::storage::{Saved, UploadError};
 
-#[derive(Serialize)]
+/// An uploaded layout.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 pub struct UploadBody {
     id: Uuid,
+    /// The client's file name, without folders or control characters.
     name: String,
+    /// Bytes.
     size: u64,
+    /// RFC 3339.
     created: String,
     checksums: Checksums,
     state: UploadState,
     layout: LayoutBody,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct Checksums {
+    /// Hex.
     sha256: String,
 }
 
-#[derive(Serialize)]
+/// An upload is kept until `ExpiresAt` unless a precheck uses it.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 struct UploadState {
     expired: bool,
+    /// RFC 3339.
+    #[schema(required = true)]
     expires_at: Option<String>,
 }
 
-#[derive(Serialize)]
+fn layout_format() -> Object {
+    string_enum(LayoutFormat::ALL.map(LayoutFormat::as_str))
+}
+
+/// What the layout holds, read while it was uploaded.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 pub struct LayoutBody {
+    /// Recognised by content.
+    #[schema(schema_with = layout_format)]
     format: &'static str,
-    /// The rest is there once the layout has been inspected (every upload since it is).
+    /// The cells no other cell places. This, `DbuMicrons` and `Cells` are missing only for
+    /// uploads stored before the server inspected layouts.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     top_cells: Option<Vec<String>>,
+    /// The database unit in µm (the precheck needs 0.001).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     dbu_microns: Option<f64>,
+    /// Every cell's name.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     cells: Option<Vec<String>>,
+}
+
+/// The multipart form of an upload.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Only its schema is used: the handler reads the form as a stream.
+struct UploadForm {
+    /// The layout: GDSII, gzip'd GDSII or OASIS, recognised by content. Other fields are ignored.
+    #[schema(value_type = Binary)]
+    file: Vec<u8>,
 }
 
 impl LayoutBody {
@@ -92,6 +126,23 @@ const DRAIN_ON_REFUSAL: Duration = Duration::from_secs(2);
 /// Enough of the file to recognise its format.
 const SNIFF_LEN: usize = 16;
 
+/// Upload a layout
+///
+/// The layout is streamed to disk while its sha256 is computed and its format, database unit and
+/// cells are read; a file that is not a whole GDSII, gzip'd GDSII or OASIS layout is refused.
+#[utoipa::path(
+    post,
+    path = "/api/v1/uploads",
+    operation_id = "upload_create",
+    tag = "uploads",
+    request_body(content = inline(UploadForm), content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "Stored.", body = UploadBody),
+        (status = 400, description = "No multipart body or no `file` field, or not a layout, truncated or corrupt.", body = Message),
+        (status = 413, description = "Larger than `server.max_upload_size`.", body = Message),
+        (status = 507, description = "The server's disk is full.", body = Message),
+    )
+)]
 pub async fn create(
     state: State<AppState>,
     caller: Caller,
@@ -236,6 +287,18 @@ pub(super) async fn record(
     Ok(upload)
 }
 
+/// List uploads
+///
+/// Newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/uploads",
+    operation_id = "upload_list",
+    tag = "uploads",
+    responses(
+        (status = 200, description = "The uploads the key may see.", body = Vec<UploadBody>),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -247,6 +310,18 @@ pub async fn list(
     ))
 }
 
+/// Inspect an upload
+#[utoipa::path(
+    get,
+    path = "/api/v1/uploads/{id}",
+    operation_id = "upload_inspect",
+    tag = "uploads",
+    params(("id" = Uuid, Path, description = "The upload's id.")),
+    responses(
+        (status = 200, description = "The upload.", body = UploadBody),
+        (status = 404, description = "No such upload (or another key's).", body = Message),
+    )
+)]
 pub async fn inspect(
     State(state): State<AppState>,
     caller: Caller,
@@ -256,6 +331,19 @@ pub async fn inspect(
     Ok(Json(UploadBody::new(&upload, OffsetDateTime::now_utc())))
 }
 
+/// Delete an upload
+#[utoipa::path(
+    delete,
+    path = "/api/v1/uploads/{id}",
+    operation_id = "upload_delete",
+    tag = "uploads",
+    params(("id" = Uuid, Path, description = "The upload's id.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 404, description = "No such upload (or another key's).", body = Message),
+        (status = 409, description = "A queued or running precheck uses it.", body = Message),
+    )
+)]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,

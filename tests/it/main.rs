@@ -9,6 +9,7 @@ mod jobs;
 mod layouts;
 mod librelane;
 mod observability;
+mod openapi;
 mod projects;
 mod restart;
 mod runs;
