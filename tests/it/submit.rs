@@ -341,3 +341,79 @@ async fn on_a_terminal_the_upload_shows_a_progress_bar() {
     assert!(!drawn.contains("uploading chip_top.gds: 10%"), "{drawn}");
     assert!(dir.path().join("out.gds").is_file());
 }
+
+#[tokio::test]
+async fn the_key_comes_from_the_environment_and_the_fields_from_the_flags() {
+    use crate::support::ALICE;
+    let server = TestServer::builder().alice_and_bob().start();
+    let dir = layout_in("chip_top");
+    let args = [
+        "chip_top.gds",
+        "--top",
+        "chip_top",
+        "--slot",
+        "0p5x1",
+        "--cob",
+        "--id",
+        "KEYED001",
+    ];
+    // Without a key: refused before anything is stored.
+    let (code, _, stderr) = finished(spawn_submit(&server, dir.path(), &args));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("refused (401)"), "{stderr}");
+
+    let child = Command::new(server_bin())
+        .arg("submit")
+        .args(args)
+        .env("PRECHECK_SERVER", &server.url)
+        .env("PRECHECK_API_KEY", ALICE)
+        .env("CI", "true")
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, stdout, stderr) = finished(child);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let runs: Value = crate::client::http()
+        .get(server.api("/api/v1/prechecks"))
+        .bearer_auth(ALICE)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let labels = &runs[0]["Config"]["Labels"];
+    assert_eq!(runs[0]["Owner"], "alice");
+    assert_eq!(
+        (
+            &labels["top_cell"],
+            &labels["slot"],
+            &labels["cob"],
+            &labels["die_id"]
+        ),
+        (
+            &Value::from("chip_top"),
+            &Value::from("0p5x1"),
+            &Value::from("true"),
+            &Value::from("KEYED001")
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_timeout_cancels_the_run_and_exits_124() {
+    let server = TestServer::start("");
+    let dir = layout_in("chip_sleep30");
+    let (code, _, stderr) = finished(spawn_submit(
+        &server,
+        dir.path(),
+        &["chip_sleep30.gds", "--timeout", "3s"],
+    ));
+    assert_eq!(code, 124, "{stderr}");
+    assert!(stderr.contains("--timeout ran out"), "{stderr}");
+    let runs = runs(&server).await;
+    assert_eq!(runs[0]["State"]["Status"], "cancelled", "{runs:?}");
+    server.assert_no_containers();
+}

@@ -234,3 +234,23 @@ async fn a_create_retried_with_its_idempotency_key_returns_the_same_run() {
     let bad = create("has space").await.unwrap();
     assert_eq!(bad.status(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_nobody_takes_is_given_up_after_give_up_after() {
+    let receiver = Receiver::start().await;
+    receiver.answer(StatusCode::INTERNAL_SERVER_ERROR);
+    let server = server_for("127.0.0.1")
+        .set("webhooks.give_up_after", "4s")
+        .start();
+    let run = precheck_notifying(&server, "chip_top", &receiver.url).await;
+    wait(&server, &run).await;
+    // Tries at about 0, 1 and 3 s after the end (1 s, then 2 s later); the next (4 s later)
+    // would be past give_up_after.
+    wait_until(Duration::from_secs(30), "three attempts", || {
+        receiver.count() >= 3
+    });
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(receiver.count(), 3, "no attempt after give_up_after");
+    let (_, body) = receiver.request(2);
+    assert_eq!(body["Run"]["Id"], run.as_str());
+}
