@@ -338,3 +338,64 @@ async fn a_key_sees_only_the_events_of_its_own_runs() {
     );
     assert_eq!(bobs.next(std::time::Duration::from_secs(2)).await, None);
 }
+
+#[tokio::test]
+async fn a_container_that_cannot_be_created_is_counted() {
+    crate::support::librelane_image();
+    // Docker refuses to create a container whose bind mount has no source.
+    let server = TestServer::builder()
+        .set("images.librelane", crate::support::LIBRELANE_IMAGE)
+        .set("builds.pdk", "/nonexistent/precheck-test-pdk")
+        .start();
+    let project: Value = http()
+        .post(server.api("/api/v1/projects"))
+        .json(&serde_json::json!({"name": "p"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let project = project["Id"].as_str().unwrap();
+    let put = http()
+        .put(server.api(&format!("/api/v1/projects/{project}/files/config.json")))
+        .body("{\"DESIGN_NAME\": \"x\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let job: Value = http()
+        .post(server.api(&format!("/api/v1/projects/{project}/jobs")))
+        .json(&serde_json::json!({"kind": "build", "config": "config.json"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = job["Id"].as_str().unwrap();
+    let waited: Value = http()
+        .post(server.api(&format!("/api/v1/projects/{project}/jobs/{job}/wait")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(waited["StatusCode"], 125, "{waited}");
+    assert!(
+        waited["Error"]["Message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot create the container"),
+        "{waited}"
+    );
+    let metrics = scrape(&server).await;
+    assert_eq!(
+        sample(&metrics, "precheck_container_start_failures_total"),
+        1.0
+    );
+    let failed = "precheck_runs_finished_total{kind=\"build\",status=\"failed\"}";
+    assert_eq!(sample(&metrics, failed), 1.0);
+    server.assert_no_containers();
+}
