@@ -98,3 +98,19 @@ pub fn lines(logs: &Value) -> Vec<String> {
         .map(|l| l.as_str().unwrap().to_string())
         .collect()
 }
+
+/// Sends a request; returns the status and the body (JSON if it is JSON, else text).
+pub async fn send(request: reqwest::RequestBuilder) -> (reqwest::StatusCode, Value) {
+    let resp = request.send().await.unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, body)
+}
+
+/// Asserts a refusal: its status, and a message holding `needle`.
+pub fn refused((status, body): (reqwest::StatusCode, Value), expected: u16, needle: &str) {
+    assert_eq!(status.as_u16(), expected, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(needle), "{needle:?} not in {message:?}");
+}

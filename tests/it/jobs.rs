@@ -6,28 +6,12 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::client::http;
+use crate::client::{http, refused, send};
 use crate::simulation::{COUNTER, testbench_dumping_to};
 use crate::support::{
     ALICE, BOB, LIBRELANE_IMAGE, SIMULATION_IMAGE, TestServer, TestServerBuilder, librelane_image,
     simulation_image,
 };
-
-/// Sends a request; returns the status and the body (JSON if it is JSON, else text).
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let resp = request.send().await.unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, body)
-}
-
-/// Asserts a refusal: its status, and a message holding `needle`.
-fn refused((status, body): (StatusCode, Value), expected: u16, needle: &str) {
-    assert_eq!(status.as_u16(), expected, "{body}");
-    let message = body["message"].as_str().unwrap_or_default();
-    assert!(message.contains(needle), "{needle:?} not in {message:?}");
-}
 
 /// A server whose simulations run the Icarus test image and builds the LibreLane stand-in,
 /// with `pdk` as the builds' PDK.

@@ -311,26 +311,22 @@ async fn a_key_sees_only_the_events_of_its_own_runs() {
         "file",
         reqwest::multipart::Part::bytes(layout).file_name("chip_top.gds"),
     );
-    let upload: Value = http()
-        .post(server.api("/api/v1/uploads"))
-        .bearer_auth(ALICE)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let run: Value = http()
-        .post(server.api("/api/v1/prechecks"))
-        .bearer_auth(ALICE)
-        .json(&serde_json::json!({"upload_id": upload["Id"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let upload: Value = crate::client::send(
+        http()
+            .post(server.api("/api/v1/uploads"))
+            .bearer_auth(ALICE)
+            .multipart(form),
+    )
+    .await
+    .1;
+    let run: Value = crate::client::send(
+        http()
+            .post(server.api("/api/v1/prechecks"))
+            .bearer_auth(ALICE)
+            .json(&serde_json::json!({"upload_id": upload["Id"]})),
+    )
+    .await
+    .1;
     let id = run["Id"].as_str().unwrap().to_string();
     assert_eq!(
         alices.take(3).await.last().unwrap(),
@@ -347,15 +343,13 @@ async fn a_container_that_cannot_be_created_is_counted() {
         .set("images.librelane", crate::support::LIBRELANE_IMAGE)
         .set("builds.pdk", "/nonexistent/precheck-test-pdk")
         .start();
-    let project: Value = http()
-        .post(server.api("/api/v1/projects"))
-        .json(&serde_json::json!({"name": "p"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let project: Value = crate::client::send(
+        http()
+            .post(server.api("/api/v1/projects"))
+            .json(&serde_json::json!({"name": "p"})),
+    )
+    .await
+    .1;
     let project = project["Id"].as_str().unwrap();
     let put = http()
         .put(server.api(&format!("/api/v1/projects/{project}/files/config.json")))

@@ -1,20 +1,10 @@
 //! Projects and their files: create, rename, list, put, get, replace, delete; the path rules
 //! and size limits; another key's project is not there.
 
-use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::client::http;
+use crate::client::{http, refused, send};
 use crate::support::{ALICE, BOB, TestServer, files_in};
-
-/// Sends a request; returns the status and the body (JSON if it is JSON, else text).
-async fn send(request: reqwest::RequestBuilder) -> (StatusCode, Value) {
-    let resp = request.send().await.unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, body)
-}
 
 async fn new_project(server: &TestServer, name: &str) -> String {
     let (status, body) = send(
@@ -49,13 +39,6 @@ async fn raw_put(server: &TestServer, target: &str) -> (u16, Value) {
         status,
         serde_json::from_str(body).unwrap_or_else(|_| Value::String(body.into())),
     )
-}
-
-/// Asserts a refusal: its status, and a message holding `needle`.
-fn refused((status, body): (StatusCode, Value), expected: u16, needle: &str) {
-    assert_eq!(status.as_u16(), expected, "{body}");
-    let message = body["message"].as_str().unwrap_or_default();
-    assert!(message.contains(needle), "{needle:?} not in {message:?}");
 }
 
 /// The paths of a file list.

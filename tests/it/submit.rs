@@ -375,15 +375,13 @@ async fn the_key_comes_from_the_environment_and_the_fields_from_the_flags() {
         .unwrap();
     let (code, stdout, stderr) = finished(child);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    let runs: Value = crate::client::http()
-        .get(server.api("/api/v1/prechecks"))
-        .bearer_auth(ALICE)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let runs: Value = crate::client::send(
+        crate::client::http()
+            .get(server.api("/api/v1/prechecks"))
+            .bearer_auth(ALICE),
+    )
+    .await
+    .1;
     let labels = &runs[0]["Config"]["Labels"];
     assert_eq!(runs[0]["Owner"], "alice");
     assert_eq!(
