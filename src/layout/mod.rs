@@ -10,6 +10,7 @@
 mod fuzz;
 mod gds;
 mod oasis;
+pub mod write;
 
 #[cfg(test)]
 pub(crate) use gds::tests::Writer as GdsWriter;
