@@ -1139,14 +1139,91 @@ mod tests {
         let layer = Library::new(0.001).cell(Cell::new("t").rect(Layer(40000, 0), [0, 0, 1, 1]));
         assert!(layer.write_gds(Vec::new()).is_err());
     }
+}
+
+#[cfg(test)]
+mod gds_stream_tests {
+    use super::*;
+
+    /// The records of a GDSII stream as (record type, data type, data), checking that the
+    /// lengths add up to the whole stream.
+    fn records(bytes: &[u8]) -> Vec<(u8, u8, &[u8])> {
+        let mut records = Vec::new();
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            assert!(rest.len() >= 4, "a truncated record header");
+            let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+            assert!(len >= 4 && len % 2 == 0, "bad record length {len}");
+            assert!(len <= rest.len(), "record length {len} runs past the end");
+            records.push((rest[2], rest[3], &rest[4..len]));
+            rest = &rest[len..];
+        }
+        records
+    }
+
+    fn decode_real8(bytes: &[u8]) -> f64 {
+        let bits = u64::from_be_bytes(bytes.try_into().unwrap());
+        let sign = if bits >> 63 == 1 { -1.0 } else { 1.0 };
+        let exponent = ((bits >> 56) & 0x7f) as i32 - 64;
+        let mantissa = (bits & ((1 << 56) - 1)) as f64 / (1u64 << 56) as f64;
+        sign * mantissa * 16f64.powi(exponent)
+    }
 
     #[test]
-    fn gds_reals_are_exact_for_the_units() {
+    fn a_cell_with_a_box_is_a_well_formed_stream() {
+        let bytes = Library::new(0.001)
+            .cell(Cell::new("chip_top").rect(Layer(1, 0), [0, 0, 1000, 1000]))
+            .gds();
+        let records = records(&bytes);
+        let types: Vec<u8> = records.iter().map(|r| r.0).collect();
         assert_eq!(
-            gds_real8(1e-3).unwrap(),
-            [0x3e, 0x41, 0x89, 0x37, 0x4b, 0xc6, 0xa7, 0xf0]
+            types,
+            [
+                HEADER, BGNLIB, LIBNAME, UNITS, BGNSTR, STRNAME, BOUNDARY, LAYER, DATATYPE, XY,
+                ENDEL, ENDSTR, ENDLIB
+            ]
         );
-        assert_eq!(gds_real8(1.0).unwrap(), [0x41, 0x10, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(records[0].2, 600i16.to_be_bytes());
+        assert_eq!(records[5], (STRNAME, ASCII, &b"chip_top"[..]));
+        let xy = records[9];
+        assert_eq!((xy.1, xy.2.len()), (INT4, 40));
+        assert_eq!(&xy.2[..8], &xy.2[32..], "a closed boundary");
+        let units = records[3];
+        assert_eq!((units.0, units.1), (UNITS, REAL8));
+        assert_eq!(
+            units.2,
+            [
+                0x3E, 0x41, 0x89, 0x37, 0x4B, 0xC6, 0xA7, 0xF0, // 1e-3 user units per db unit
+                0x39, 0x44, 0xB8, 0x2F, 0xA0, 0x9B, 0x5A, 0x54, // 1e-9 m per db unit
+            ]
+        );
+    }
+
+    #[test]
+    fn names_of_odd_length_are_nul_padded() {
+        let bytes = Library::new(0.001).cell(Cell::new("top")).gds();
+        assert_eq!(records(&bytes)[5], (STRNAME, ASCII, &b"top\0"[..]));
+    }
+
+    #[test]
+    fn gds_real8_round_trips() {
+        for value in [
+            1.0,
+            -1.0,
+            0.5,
+            1e-3,
+            1e-9,
+            2.5e-10,
+            1234.5678,
+            1.0 / 16.0,
+            15.999999,
+        ] {
+            let decoded = decode_real8(&gds_real8(value).unwrap());
+            assert!(
+                ((decoded - value) / value).abs() < 1e-15,
+                "{value} came back as {decoded}"
+            );
+        }
         assert_eq!(gds_real8(0.0).unwrap(), [0; 8]);
         assert!(gds_real8(1e300).is_err());
     }
