@@ -15,7 +15,7 @@ echo "== 1 GiB upload (release build) =="
 cargo test --release --quiet --test it a_1_gib_upload -- --nocapture 2>&1 | grep -E '^1 GiB upload:'
 
 echo "== create -> /wait, no-op stand-in run, median of $RUNS =="
-cargo build --release --quiet
+cargo build --release --quiet --bins --examples
 IMAGE=precheck-server-test/precheck:standin   # built by the test above
 work=$(mktemp -d)
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
@@ -48,7 +48,8 @@ start_server() {
 }
 start_server
 echo "idle RSS of a fresh release server: $(awk '/VmRSS/ {print $2, $3}' /proc/$pid/status)"
-cp ../shared/fixtures/gds/mask_1x1.gds "$work/chip_top.gds"
+# A good 1x1 die, as the tests make it (layout::write::Die).
+./target/release/examples/layout "$work/chip_top.gds"
 
 : >"$work/server.ms"
 for _ in $(seq "$RUNS"); do

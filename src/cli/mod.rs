@@ -28,15 +28,10 @@ use crate::storage::Storage;
     about = "Runs the gf180mcu precheck on chip layouts in isolated Docker containers"
 )]
 pub struct Cli {
-    /// The configuration file (TOML).
-    #[arg(
-        long,
-        short,
-        global = true,
-        default_value = "config.toml",
-        env = "PRECHECK_CONFIG"
-    )]
-    pub config: PathBuf,
+    /// The configuration file (TOML) [default: ./config.toml]. `serve` and the admin commands
+    /// find it the same way: this flag, else PRECHECK_CONFIG, else config.toml here.
+    #[arg(long, short, global = true, env = "PRECHECK_CONFIG")]
+    pub config: Option<PathBuf>,
     /// How the server logs to stderr: `human` lines, or `json` objects for log shippers.
     #[arg(
         long,
@@ -201,7 +196,7 @@ fn parse_age(text: &str) -> Result<Duration, String> {
 impl Cli {
     pub fn run(self) -> Result<()> {
         let command = match self.command {
-            Command::Serve => return serve(&self.config),
+            Command::Serve => return serve(load_config(self.config.as_deref())?),
             Command::Inspect { file, output } => return inspect::run(&file, output),
             Command::Submit(args) => {
                 return tokio::runtime::Builder::new_multi_thread()
@@ -213,7 +208,8 @@ impl Cli {
             }
             Command::Admin(command) => command,
         };
-        let admin = Admin::open(&self.config)?;
+        let config_path = self.config.as_deref().unwrap_or(Path::new(DEFAULT_CONFIG));
+        let admin = Admin::open(load_config(self.config.as_deref())?, config_path)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -240,8 +236,7 @@ pub(crate) struct Admin {
 }
 
 impl Admin {
-    fn open(config_path: &Path) -> Result<Admin> {
-        let config = Config::load(config_path)?;
+    fn open(config: Config, config_path: &Path) -> Result<Admin> {
         let storage = Storage::at(&config.storage_path);
         let db_path = storage.db_path();
         if !db_path.is_file() {
@@ -282,8 +277,25 @@ fn print_json(value: &impl serde::Serialize) -> Result<()> {
     Ok(())
 }
 
-fn serve(config_path: &Path) -> Result<()> {
-    let config = Config::load(config_path)?;
+/// The config file used when neither `--config` nor PRECHECK_CONFIG names one.
+const DEFAULT_CONFIG: &str = "config.toml";
+
+/// Loads the config `serve` and the admin commands share: the one `--config` or PRECHECK_CONFIG
+/// names, else `config.toml` in the current folder; a missing file says where it was looked for.
+fn load_config(given: Option<&Path>) -> Result<Config> {
+    let path = given.unwrap_or(Path::new(DEFAULT_CONFIG));
+    if given.is_none() && !path.exists() {
+        let here = std::env::current_dir().unwrap_or_default();
+        bail!(
+            "no config file: looked for {DEFAULT_CONFIG} in {} because neither --config nor PRECHECK_CONFIG names one; \
+             give the server's config with --config FILE (config.example.toml shows every key)",
+            here.display()
+        );
+    }
+    Config::load(path)
+}
+
+fn serve(config: Config) -> Result<()> {
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let served = runtime.block_on(async move {
         let addr = (config.host, config.port);

@@ -1,4 +1,4 @@
-//! Malformed input never panics: random bytes behind each format's magic, and real layouts
+//! Malformed input never panics: random bytes behind each format's magic, and layouts
 //! with bytes flipped, inserted, removed or cut short. Each property runs a fixed number of
 //! cases (`PROPTEST_CASES` raises it); proptest keeps every failing case it finds in
 //! `proptest-regressions/`, which is committed, so each one is tried again on every run.
@@ -7,24 +7,32 @@ use proptest::prelude::*;
 
 use super::{LayoutError, inspect};
 
-/// Real layouts from ../shared/fixtures/gds, one of each format and the odd ones.
+/// Layouts of each format: dies as the writer makes them, a hierarchy with two top cells, and
+/// the real layouts in ../shared/fixtures/gds where that folder is.
 fn seeds() -> &'static [Vec<u8>] {
     static SEEDS: std::sync::OnceLock<Vec<Vec<u8>>> = std::sync::OnceLock::new();
-    SEEDS.get_or_init(read_seeds)
+    SEEDS.get_or_init(make_seeds)
 }
 
-fn read_seeds() -> Vec<Vec<u8>> {
-    let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/gds");
-    [
-        "chip_top_hier.gds",
-        "chip_top_hier.gds.gz",
-        "chip_top_hier.oas",
-        "two_tops.gds",
-        "gf180mcu_ws_ip__marker.gds",
-    ]
-    .iter()
-    .map(|name| std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}")))
-    .collect()
+fn make_seeds() -> Vec<Vec<u8>> {
+    use super::write::{Defect, Die};
+    let die = Die::new("chip_top").cob();
+    let two = Die::new("chip_top")
+        .slot("0p5x0p5")
+        .defect(Defect::TwoTopCells);
+    let mut seeds = vec![die.gds(), die.gds_gz(), die.oasis(), two.gds(), two.oasis()];
+    if let Some(dir) = super::tests::shared_fixtures() {
+        for name in [
+            "chip_top_hier.gds",
+            "chip_top_hier.gds.gz",
+            "chip_top_hier.oas",
+            "two_tops.gds",
+            "gf180mcu_ws_ip__marker.gds",
+        ] {
+            seeds.push(std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}")));
+        }
+    }
+    seeds
 }
 
 /// One change to a file.
@@ -104,11 +112,11 @@ proptest! {
     }
 
     #[test]
-    fn mutated_real_layouts(
-        seed in 0usize..5,
+    fn mutated_layouts(
+        seed in any::<prop::sample::Index>(),
         mutations in prop::collection::vec(mutation(), 1..8),
     ) {
-        let mut bytes = seeds()[seed].clone();
+        let mut bytes = seed.get(seeds()).clone();
         for m in &mutations {
             apply(&mut bytes, m);
         }

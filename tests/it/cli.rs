@@ -630,3 +630,59 @@ fn inspect_reads_a_local_layout_in_text_and_json() {
         &["cannot open", "missing.gds"],
     );
 }
+
+/// `serve` and the admin commands find the config the same way (issue 12): `--config`, else
+/// PRECHECK_CONFIG, else `config.toml` in the current folder; and say where they looked.
+#[tokio::test]
+async fn serve_and_the_admin_commands_find_the_config_alike() {
+    let server = TestServer::start("");
+    let here = tempfile::tempdir().unwrap();
+    let in_folder = |folder: &Path, env: &[(&str, &str)], args: &[&str]| {
+        let out = Command::new(server_bin())
+            .args(args)
+            .current_dir(folder)
+            .env_remove("PRECHECK_CONFIG")
+            .envs(env.iter().copied())
+            .output()
+            .expect("run precheck-server");
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let folder = here.path().canonicalize().unwrap();
+    let looked = format!("looked for config.toml in {}", folder.display());
+    for args in [
+        &["serve"][..],
+        &["status"],
+        &["runs", "list"],
+        &["apikey", "list"],
+    ] {
+        fails(
+            in_folder(&folder, &[], args),
+            1,
+            &[&looked, "--config", "PRECHECK_CONFIG"],
+        );
+    }
+    // The server's config by PRECHECK_CONFIG, and as config.toml in its own folder.
+    let config = server.config_path.to_str().unwrap();
+    let ran = in_folder(
+        &folder,
+        &[("PRECHECK_CONFIG", config)],
+        &["runs", "list", "--json"],
+    );
+    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    let ran = in_folder(
+        server.config_path.parent().unwrap(),
+        &[],
+        &["status", "--json"],
+    );
+    assert_eq!(ran.code, 0, "{}{}", ran.stdout, ran.stderr);
+    let ran = in_folder(
+        &folder,
+        &[("PRECHECK_CONFIG", "/nowhere.toml")],
+        &["status"],
+    );
+    fails(ran, 1, &["cannot read config file /nowhere.toml"]);
+}

@@ -1,8 +1,7 @@
 //! Layouts are inspected at upload: their facts are shown, broken files are refused at once,
 //! and a precheck whose layout cannot pass is refused before it takes a queue slot.
 
-use std::path::PathBuf;
-
+use precheck_server::layout::write::Die;
 use serde_json::{Value, json};
 
 use crate::client::{self, post_upload, upload};
@@ -19,27 +18,16 @@ async fn post_precheck(server: &TestServer, body: Value) -> (u16, Value) {
     (resp.status().as_u16(), resp.json().await.unwrap())
 }
 
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/gds")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (the fixtures live in ../shared beside the repository)",
-            path.display()
-        )
-    })
-}
-
 #[tokio::test]
 async fn uploads_show_their_layout_in_every_format() {
     let server = TestServer::start("");
-    for (file, format) in [
-        ("chip_top_hier.gds", "gds"),
-        ("chip_top_hier.gds.gz", "gds.gz"),
-        ("chip_top_hier.oas", "oasis"),
+    let die = Die::new("chip_top").cob();
+    for (file, format, bytes) in [
+        ("chip_top.gds", "gds", die.gds()),
+        ("chip_top.gds.gz", "gds.gz", die.gds_gz()),
+        ("chip_top.oas", "oasis", die.oasis()),
     ] {
-        let (status, body) = post_upload(&server, file, fixture(file)).await;
+        let (status, body) = post_upload(&server, file, bytes).await;
         assert_eq!(status, 201, "{file}: {body}");
         let layout = &body["Layout"];
         assert_eq!(layout["Format"], format, "{file}");
@@ -55,8 +43,11 @@ async fn uploads_show_their_layout_in_every_format() {
             .map(|c| c.as_str().unwrap())
             .collect();
         cells.sort();
-        assert_eq!(cells.len(), 5, "{file}: {layout}");
-        assert!(cells.contains(&"gf180mcu_ws_ip__logo"), "{file}: {layout}");
+        assert_eq!(cells.len(), 8, "{file}: {layout}");
+        assert!(
+            cells.contains(&"gf180mcu_ws_ip__qrcode_id"),
+            "{file}: {layout}"
+        );
         // The same facts come back from the database.
         let id = body["Id"].as_str().unwrap();
         let (_, again) = client::get_json(&server, &format!("/api/v1/uploads/{id}")).await;
@@ -88,7 +79,7 @@ async fn broken_layouts_are_refused_at_upload_and_leave_nothing() {
         "{message}"
     );
 
-    let gz = fixture("chip_top_hier.gds.gz");
+    let gz = Die::new("chip_top").gds_gz();
     let (status, body) = post_upload(&server, "cut.gds.gz", gz[..gz.len() / 2].to_vec()).await;
     assert_eq!(status, 400, "{body}");
     assert!(
@@ -96,7 +87,7 @@ async fn broken_layouts_are_refused_at_upload_and_leave_nothing() {
         "{body}"
     );
 
-    let oas = fixture("chip_top_hier.oas");
+    let oas = Die::new("chip_top").oasis();
     let (status, body) = post_upload(&server, "cut.oas", oas[..oas.len() - 300].to_vec()).await;
     assert_eq!(status, 400, "{body}");
     assert!(

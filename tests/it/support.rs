@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::io::{self, BufRead, BufReader, BufWriter};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -17,6 +17,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use precheck_server::layout::write::{Cell, Die, GdsWriter, Layer, Library, Placement};
 
 /// The tag of the stand-in precheck image that [`precheck_image`] builds.
 pub const PRECHECK_IMAGE: &str = "precheck-server-test/precheck:standin";
@@ -1007,210 +1009,53 @@ fn describe_containers(ids: &[String]) -> String {
     }
 }
 
-/// A GDSII library `top` with one structure holding one 1 µm square on layer 1/0, with a
-/// database unit of 1 nm (0.001 user units of 1 µm).
+/// A good 1x1 die whose top cell is `top`, as GDSII: what a designer sends the precheck
+/// (`layout::write::Die`: origin (0, 0), 1 nm, the slot's exact size, a seal ring).
 pub fn gds_bytes(top: &str) -> Vec<u8> {
-    let mut gds = GdsWriter::new(Vec::new());
-    gds.begin(top).expect("write to memory");
-    gds.boundary(1, 0, 0, 0, 1000, 1000)
-        .expect("write to memory");
-    gds.end().expect("write to memory");
-    gds.out
+    Die::new(top).gds()
 }
 
 /// A GDSII library with a database unit of `dbu_meters` and the given cells, each with one
-/// square and a placement of each of its children.
+/// 1 µm square on 1/0 and a placement of each of its children at the origin.
 pub fn gds_library(dbu_meters: f64, cells: &[(&str, &[&str])]) -> Vec<u8> {
-    let mut gds = GdsWriter::new(Vec::new());
-    let written = (|| -> io::Result<()> {
-        gds.library(dbu_meters)?;
-        for (name, children) in cells {
-            gds.structure(name)?;
-            gds.boundary(1, 0, 0, 0, 1000, 1000)?;
-            for child in *children {
-                gds.sref(child)?;
-            }
-            gds.record(ENDSTR, NO_DATA, &[])?;
+    let dbu_microns = dbu_meters / 1e-6;
+    let square = (1e-6 / dbu_meters).round() as i64;
+    let mut library = Library::new(dbu_microns);
+    for (name, children) in cells {
+        let mut cell = Cell::new(name).rect(Layer(1, 0), [0, 0, square, square]);
+        for child in *children {
+            cell = cell.place(Placement::of(child, (0, 0)));
         }
-        gds.record(ENDLIB, NO_DATA, &[])
-    })();
-    written.expect("write to memory");
-    gds.out
+        library = library.cell(cell);
+    }
+    library.gds()
 }
 
 /// Writes a valid GDSII file of about `approx_bytes` bytes to `path` in constant memory: one
 /// structure `top` holding many squares. Returns the file's exact size.
 pub fn write_big_gds(path: impl AsRef<Path>, top: &str, approx_bytes: u64) -> u64 {
+    /// BOUNDARY + LAYER + DATATYPE + XY (5 points) + ENDEL.
+    const BOUNDARY_BYTES: u64 = 4 + 6 + 6 + (4 + 5 * 8) + 4;
+    /// ENDSTR + ENDLIB.
+    const END_BYTES: u64 = 4 + 4;
     let path = path.as_ref();
     let file = fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-    let mut gds = GdsWriter::new(BufWriter::with_capacity(1 << 20, file));
     let written = (|| -> io::Result<u64> {
-        gds.begin(top)?;
-        let fixed = gds.written + END_BYTES;
-        let count = (approx_bytes.saturating_sub(fixed) / BOUNDARY_BYTES).max(1);
+        let mut gds = GdsWriter::new(BufWriter::with_capacity(1 << 20, file), 0.001)?;
+        gds.begin_cell(top)?;
+        let count =
+            (approx_bytes.saturating_sub(gds.written() + END_BYTES) / BOUNDARY_BYTES).max(1);
         for i in 0..count {
-            let x = (i % 1000) as i32 * 2000;
-            let y = ((i / 1000) % 100_000) as i32 * 2000;
-            gds.boundary(1, 0, x, y, 1000, 1000)?;
+            let x = (i % 1000) as i64 * 2000;
+            let y = ((i / 1000) % 100_000) as i64 * 2000;
+            gds.rect(Layer(1, 0), [x, y, x + 1000, y + 1000])?;
         }
-        gds.end()?;
-        gds.out.flush()?;
-        Ok(gds.written)
+        gds.end_cell()?;
+        let written = gds.written() + 4;
+        gds.finish()?;
+        Ok(written)
     })();
     written.unwrap_or_else(|e| panic!("write {}: {e}", path.display()))
-}
-
-// GDSII record types and data types (the Calma GDSII Stream Format, release 6).
-const HEADER: u8 = 0x00;
-const BGNLIB: u8 = 0x01;
-const LIBNAME: u8 = 0x02;
-const UNITS: u8 = 0x03;
-const ENDLIB: u8 = 0x04;
-const BGNSTR: u8 = 0x05;
-const STRNAME: u8 = 0x06;
-const ENDSTR: u8 = 0x07;
-const BOUNDARY: u8 = 0x08;
-const LAYER: u8 = 0x0D;
-const DATATYPE: u8 = 0x0E;
-const XY: u8 = 0x10;
-const ENDEL: u8 = 0x11;
-const SREF: u8 = 0x0A;
-const SNAME: u8 = 0x12;
-
-const NO_DATA: u8 = 0x00;
-const INT2: u8 = 0x02;
-const INT4: u8 = 0x03;
-const REAL8: u8 = 0x05;
-const ASCII: u8 = 0x06;
-
-/// BOUNDARY + LAYER + DATATYPE + XY (5 points) + ENDEL.
-const BOUNDARY_BYTES: u64 = 4 + 6 + 6 + (4 + 5 * 8) + 4;
-/// ENDSTR + ENDLIB.
-const END_BYTES: u64 = 4 + 4;
-
-/// 2025-01-01 00:00:00, as modification and access time.
-const TIMESTAMPS: [i16; 12] = [2025, 1, 1, 0, 0, 0, 2025, 1, 1, 0, 0, 0];
-
-struct GdsWriter<W: Write> {
-    out: W,
-    written: u64,
-}
-
-impl<W: Write> GdsWriter<W> {
-    fn new(out: W) -> Self {
-        GdsWriter { out, written: 0 }
-    }
-
-    fn begin(&mut self, top: &str) -> io::Result<()> {
-        self.library(1e-9)?;
-        self.structure(top)
-    }
-
-    /// The library's header, with a database unit of `dbu_meters`.
-    fn library(&mut self, dbu_meters: f64) -> io::Result<()> {
-        self.int2(HEADER, &[600])?;
-        self.int2(BGNLIB, &TIMESTAMPS)?;
-        self.ascii(LIBNAME, "precheck_test")?;
-        self.real8(UNITS, &[dbu_meters / 1e-6, dbu_meters])
-    }
-
-    fn structure(&mut self, name: &str) -> io::Result<()> {
-        self.int2(BGNSTR, &TIMESTAMPS)?;
-        self.ascii(STRNAME, name)
-    }
-
-    /// A placement of `child` at the origin.
-    fn sref(&mut self, child: &str) -> io::Result<()> {
-        self.record(SREF, NO_DATA, &[])?;
-        self.ascii(SNAME, child)?;
-        self.int4(XY, &[0, 0])?;
-        self.record(ENDEL, NO_DATA, &[])
-    }
-
-    fn boundary(
-        &mut self,
-        layer: i16,
-        datatype: i16,
-        x: i32,
-        y: i32,
-        w: i32,
-        h: i32,
-    ) -> io::Result<()> {
-        self.record(BOUNDARY, NO_DATA, &[])?;
-        self.int2(LAYER, &[layer])?;
-        self.int2(DATATYPE, &[datatype])?;
-        self.int4(XY, &[x, y, x + w, y, x + w, y + h, x, y + h, x, y])?;
-        self.record(ENDEL, NO_DATA, &[])
-    }
-
-    fn end(&mut self) -> io::Result<()> {
-        self.record(ENDSTR, NO_DATA, &[])?;
-        self.record(ENDLIB, NO_DATA, &[])
-    }
-
-    fn record(&mut self, record_type: u8, data_type: u8, data: &[u8]) -> io::Result<()> {
-        let len = u16::try_from(4 + data.len()).expect("a GDSII record fits in 65535 bytes");
-        assert!(len % 2 == 0, "GDSII records have an even length");
-        self.out.write_all(&len.to_be_bytes())?;
-        self.out.write_all(&[record_type, data_type])?;
-        self.out.write_all(data)?;
-        self.written += u64::from(len);
-        Ok(())
-    }
-
-    fn int2(&mut self, record_type: u8, values: &[i16]) -> io::Result<()> {
-        let data: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
-        self.record(record_type, INT2, &data)
-    }
-
-    fn int4(&mut self, record_type: u8, values: &[i32]) -> io::Result<()> {
-        let data: Vec<u8> = values.iter().flat_map(|v| v.to_be_bytes()).collect();
-        self.record(record_type, INT4, &data)
-    }
-
-    fn real8(&mut self, record_type: u8, values: &[f64]) -> io::Result<()> {
-        let data: Vec<u8> = values.iter().flat_map(|v| gds_real8(*v)).collect();
-        self.record(record_type, REAL8, &data)
-    }
-
-    /// Strings are padded with a NUL to an even length.
-    fn ascii(&mut self, record_type: u8, text: &str) -> io::Result<()> {
-        let mut data = text.as_bytes().to_vec();
-        if data.len() % 2 == 1 {
-            data.push(0);
-        }
-        self.record(record_type, ASCII, &data)
-    }
-}
-
-/// A GDSII 8-byte real: sign bit, 7-bit base-16 exponent in excess 64, 56-bit mantissa m with
-/// 1/16 <= m < 1; the value is m * 16^(exponent - 64).
-fn gds_real8(value: f64) -> [u8; 8] {
-    if value == 0.0 {
-        return [0; 8];
-    }
-    let sign: u64 = if value < 0.0 { 0x80 } else { 0 };
-    let mut mantissa = value.abs();
-    let mut exponent: i32 = 64;
-    // Multiplying or dividing by 16 is exact in binary floating point.
-    while mantissa >= 1.0 {
-        mantissa /= 16.0;
-        exponent += 1;
-    }
-    while mantissa < 1.0 / 16.0 {
-        mantissa *= 16.0;
-        exponent -= 1;
-    }
-    let mut bits = (mantissa * (1u64 << 56) as f64).round() as u64;
-    if bits >= 1 << 56 {
-        bits >>= 4;
-        exponent += 1;
-    }
-    let exponent = u64::try_from(exponent)
-        .ok()
-        .filter(|e| *e < 128)
-        .unwrap_or_else(|| panic!("{value} does not fit a GDSII real"));
-    (((sign | exponent) << 56) | bits).to_be_bytes()
 }
 
 /// The names in a folder (none if it does not exist).
@@ -1273,107 +1118,23 @@ fn build_librelane_image() {
 mod tests {
     use super::*;
 
-    /// The records of a GDSII stream as (record type, data type, data), checking that the
-    /// lengths add up to the whole stream.
-    fn records(bytes: &[u8]) -> Vec<(u8, u8, &[u8])> {
-        let mut records = Vec::new();
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            assert!(rest.len() >= 4, "a truncated record header");
-            let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-            assert!(len >= 4 && len % 2 == 0, "bad record length {len}");
-            assert!(len <= rest.len(), "record length {len} runs past the end");
-            records.push((rest[2], rest[3], &rest[4..len]));
-            rest = &rest[len..];
-        }
-        records
-    }
-
-    fn decode_real8(bytes: &[u8]) -> f64 {
-        let bits = u64::from_be_bytes(bytes.try_into().unwrap());
-        let sign = if bits >> 63 == 1 { -1.0 } else { 1.0 };
-        let exponent = ((bits >> 56) & 0x7f) as i32 - 64;
-        let mantissa = (bits & ((1 << 56) - 1)) as f64 / (1u64 << 56) as f64;
-        sign * mantissa * 16f64.powi(exponent)
-    }
-
-    #[test]
-    fn gds_bytes_is_a_well_formed_stream() {
-        let bytes = gds_bytes("chip_top");
-        let records = records(&bytes);
-        let types: Vec<u8> = records.iter().map(|r| r.0).collect();
-        assert_eq!(
-            types,
-            [
-                HEADER, BGNLIB, LIBNAME, UNITS, BGNSTR, STRNAME, BOUNDARY, LAYER, DATATYPE, XY,
-                ENDEL, ENDSTR, ENDLIB
-            ]
-        );
-        assert_eq!(records[0].2, 600i16.to_be_bytes());
-        assert_eq!(records[5], (STRNAME, ASCII, &b"chip_top"[..]));
-        let xy = records[9];
-        assert_eq!((xy.1, xy.2.len()), (INT4, 40));
-        assert_eq!(&xy.2[..8], &xy.2[32..], "a closed boundary");
-    }
-
-    #[test]
-    fn gds_bytes_units_are_known_good() {
-        let bytes = gds_bytes("chip_top");
-        let units = records(&bytes)[3];
-        assert_eq!((units.0, units.1), (UNITS, REAL8));
-        assert_eq!(
-            units.2,
-            [
-                0x3E, 0x41, 0x89, 0x37, 0x4B, 0xC6, 0xA7, 0xF0, // 1e-3 user units per db unit
-                0x39, 0x44, 0xB8, 0x2F, 0xA0, 0x9B, 0x5A, 0x54, // 1e-9 m per db unit
-            ]
-        );
-    }
-
-    #[test]
-    fn gds_real8_round_trips() {
-        for value in [
-            1.0,
-            -1.0,
-            0.5,
-            1e-3,
-            1e-9,
-            2.5e-10,
-            1234.5678,
-            1.0 / 16.0,
-            15.999999,
-        ] {
-            let decoded = decode_real8(&gds_real8(value));
-            assert!(
-                ((decoded - value) / value).abs() < 1e-15,
-                "{value} came back as {decoded}"
-            );
-        }
-        assert_eq!(gds_real8(0.0), [0; 8]);
-        assert_eq!(gds_real8(1.0), [0x41, 0x10, 0, 0, 0, 0, 0, 0]);
-    }
-
-    #[test]
-    fn gds_names_of_odd_length_are_nul_padded() {
-        let bytes = gds_bytes("top");
-        assert_eq!(records(&bytes)[5], (STRNAME, ASCII, &b"top\0"[..]));
-    }
-
     #[test]
     fn write_big_gds_writes_about_the_size_asked() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("big.gds");
         let size = write_big_gds(&path, "big_top", 200_000);
-        let bytes = fs::read(&path).unwrap();
-        assert_eq!(bytes.len() as u64, size);
-        assert!(size.abs_diff(200_000) < BOUNDARY_BYTES, "{size} bytes");
-        let records = records(&bytes);
-        assert_eq!(records[5], (STRNAME, ASCII, &b"big_top\0"[..]));
-        assert_eq!(records.last().unwrap().0, ENDLIB);
-        assert_eq!(records[records.len() - 2].0, ENDSTR);
-        let boundaries = records.iter().filter(|r| r.0 == BOUNDARY).count() as u64;
-        let header = gds_bytes("big_top").len() as u64 - BOUNDARY_BYTES - END_BYTES;
-        assert_eq!(header + boundaries * BOUNDARY_BYTES + END_BYTES, size);
+        assert_eq!(fs::metadata(&path).unwrap().len(), size);
+        assert!(size.abs_diff(200_000) < 64, "{size} bytes");
+        let layout = precheck_server::layout::inspect(fs::File::open(&path).unwrap()).unwrap();
+        assert_eq!(layout.top_cells, ["big_top"]);
+    }
+
+    #[test]
+    fn gds_library_places_its_children() {
+        let bytes = gds_library(1e-8, &[("leaf", &[]), ("chip_top", &["leaf"]), ("b", &[])]);
+        let layout = precheck_server::layout::inspect(&bytes[..]).unwrap();
+        assert_eq!(layout.top_cells, ["chip_top", "b"]);
+        assert!(layout.dbu_is(0.01), "{}", layout.dbu_microns);
     }
 
     #[test]

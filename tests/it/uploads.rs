@@ -103,13 +103,13 @@ async fn uploads_list_inspect_delete_and_keep_the_client_name_as_text() {
     let gz = upload(
         &server,
         "x.gds.gz",
-        std::fs::read(fixture("chip_top_hier.gds.gz")).unwrap(),
+        precheck_server::layout::write::Die::new("chip_top").gds_gz(),
     )
     .await;
     let oas = upload(
         &server,
         "x.oas",
-        std::fs::read(fixture("chip_top_hier.oas")).unwrap(),
+        precheck_server::layout::write::Die::new("chip_top").oasis(),
     )
     .await;
     let list = client::get_json(&server, "/api/v1/uploads").await.1;
@@ -126,12 +126,6 @@ async fn uploads_list_inspect_delete_and_keep_the_client_name_as_text() {
     assert_eq!(resp.status(), 204);
     assert_eq!(client::http().get(&url).send().await.unwrap().status(), 404);
     assert!(!server.storage.join("uploads").join(&id).exists());
-}
-
-fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/gds")
-        .join(name)
 }
 
 #[tokio::test]
