@@ -16,8 +16,13 @@ use crate::client::{self, upload, wait};
 use crate::klayout_image::klayout_image;
 use crate::support::{TestServer, docker, docker_required, server_bin};
 
+/// A server of the KLayout image that runs one precheck at a time: each takes both cores for a
+/// while, and the tests beside these need some too.
 fn server() -> TestServer {
-    TestServer::builder().image(klayout_image()).start()
+    TestServer::builder()
+        .image(klayout_image())
+        .max_concurrent(1)
+        .start()
 }
 
 /// Uploads `bytes` as `file` and starts a precheck of its `chip_top` with the `extra` fields;
