@@ -303,7 +303,8 @@ impl Engine {
         .await
         {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) if is_not_modified(&e) => Ok(()),
+            // Stopped already, or removed meanwhile (by the server that ran it): stopped.
+            Ok(Err(e)) if is_not_modified(&e) || status_of(&e) == Some(404) => Ok(()),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(anyhow!("container {container} did not stop")),
         }
@@ -362,7 +363,8 @@ impl Engine {
         Ok(true)
     }
 
-    /// Removes a container, whatever its state. A container that is already gone is fine.
+    /// Removes a container, whatever its state. A container that is already gone, or that
+    /// someone else is removing (409 "removal ... already in progress"), is fine.
     pub async fn remove(&self, container: &str) -> Result<()> {
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
@@ -371,7 +373,7 @@ impl Engine {
         match quick(self.docker.remove_container(container, Some(options))).await {
             Err(e)
                 if e.downcast_ref::<DockerError>()
-                    .is_some_and(|e| status_of(e) == Some(404)) =>
+                    .is_some_and(|e| matches!(status_of(e), Some(404 | 409))) =>
             {
                 Ok(())
             }

@@ -9,6 +9,7 @@
 //! - [`layout`]: what a layout file holds (format, unit, cells, top cells), in one streaming pass.
 //! - [`logs`]: a run's timestamped log file and how it is read (tail, since).
 //! - [`docker`]: the only bollard import; containers, images, archives.
+//! - [`image`]: the precheck image on the engine: pulled when missing, self-tested once per id.
 //! - [`runner`]: one run's container from create to remove, and how it ended.
 //! - [`recovery`]: after a restart, runs matched with their containers; what nothing owns.
 //! - [`queue`]: FIFO scheduling under `max_concurrent`, cancel, waiting for a run to end.
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod docker;
+pub mod image;
 pub mod layout;
 pub mod logs;
 pub mod metrics;

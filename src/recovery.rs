@@ -18,7 +18,7 @@ use crate::db::Db;
 use crate::docker::{Engine, Labelled};
 use crate::logs;
 use crate::model::{Outcome, Run, RunStatus, Scope, exit_code};
-use crate::runner::{Attach, RUN_LABEL, Runner, STORAGE_LABEL, finished_note, note};
+use crate::runner::{Attach, PROBE_LABEL, RUN_LABEL, Runner, STORAGE_LABEL, finished_note, note};
 use crate::storage::{Entry, EntryKind, Storage};
 
 /// Why a run without a container failed.
@@ -77,7 +77,8 @@ pub async fn recover(runner: &Runner) -> Result<Vec<(Run, Attach)>> {
             },
         ));
     }
-    for container in orphan_containers(&runner.engine, &runner.db, &runner.storage).await? {
+    // Nothing of this server runs yet: an earlier server's self-tests are leftovers too.
+    for container in orphan_containers(&runner.engine, &runner.db, &runner.storage, false).await? {
         tracing::info!(container = %container.name, "removing a container no running run owns");
         runner.engine.remove(&container.id).await?;
     }
@@ -95,11 +96,14 @@ pub async fn our_containers(engine: &Engine, storage: &Storage) -> Result<Vec<La
 }
 
 /// This storage folder's containers that no running run owns: their run finished before its
-/// container was removed, was deleted, or never existed.
+/// container was removed, was deleted, or never existed. With `keep_probes`, image self-test
+/// containers are not among them: a running server removes its own, and the next start any
+/// that a killed one left.
 pub async fn orphan_containers(
     engine: &Engine,
     db: &Db,
     storage: &Storage,
+    keep_probes: bool,
 ) -> Result<Vec<Labelled>> {
     // Containers first: the server marks a run running before it creates its container, so a
     // container listed here whose run is not running afterwards is not about to be used.
@@ -113,6 +117,7 @@ pub async fn orphan_containers(
     Ok(containers
         .into_iter()
         .filter(|c| !run_of(c).is_some_and(|id| running.contains(&id)))
+        .filter(|c| !(keep_probes && c.labels.contains_key(PROBE_LABEL)))
         .collect())
 }
 

@@ -21,6 +21,7 @@ use uuid::Uuid;
 use crate::config::{Config, PDK_MOUNT, PdkSource, human_bytes};
 use crate::db::Db;
 use crate::docker::{ContainerSpec, Engine, ReadOnlyMount, StagedFile};
+use crate::image::ImageWatch;
 use crate::logs;
 use crate::metrics::Metrics;
 use crate::model::{
@@ -35,6 +36,16 @@ use prometheus::IntCounter;
 pub const RUN_LABEL: &str = "precheck-server.run-id";
 /// ... and the storage folder of the server that owns it, so one server never touches another's.
 pub const STORAGE_LABEL: &str = "precheck-server.storage";
+
+/// ... and, on the precheck image's self-test containers, `true`.
+pub const PROBE_LABEL: &str = "precheck-server.probe";
+
+/// The precheck's working directory in its image: the real image's, holding `precheck.py`.
+const PRECHECK_DIR: &str = "/workspace";
+
+/// How long the precheck image's self-test may take at most: the real image copies
+/// `/workspace` into its Nix store at every start.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How long a cancelled container gets to stop before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -72,6 +83,39 @@ pub struct Runner {
     pub storage: Storage,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
+    /// The precheck image and its self-test.
+    pub image: ImageWatch,
+}
+
+/// The watch of the configured precheck image, whose self-test runs `python3 precheck.py --help`
+/// in a container made as a precheck's: the same isolation (`Engine::create`), limits, working
+/// directory, environment and entrypoint, and this storage folder's label.
+pub fn precheck_image_watch(engine: &Engine, config: &Config, storage: &Storage) -> ImageWatch {
+    let (limits, _) = config.limits_for(crate::model::RunKind::Precheck);
+    let probe = ContainerSpec {
+        name: config.container_prefix.clone(),
+        image: config.image.clone(),
+        cmd: ["python3", "precheck.py", "--help"]
+            .map(String::from)
+            .into(),
+        working_dir: PRECHECK_DIR.into(),
+        env: run_env(),
+        labels: HashMap::from([
+            (PROBE_LABEL.to_string(), "true".to_string()),
+            (
+                STORAGE_LABEL.to_string(),
+                storage.root().display().to_string(),
+            ),
+        ]),
+        limits: limits.clone(),
+        mounts: vec![],
+    };
+    ImageWatch::new(engine.clone(), probe, PROBE_TIMEOUT.min(limits.timeout))
+}
+
+/// The environment of every run's container.
+fn run_env() -> Vec<String> {
+    vec!["COLUMNS=200".to_string()]
 }
 
 /// A container that was running (or had finished) when the server stopped, to watch to the end.
@@ -149,7 +193,13 @@ impl Runner {
             .with_context(|| format!("cannot create {}", run_dir.display()))?;
 
         let image = &run.image;
+        // A precheck of the configured image waits for its self-test and fails at once if the
+        // image is broken.
+        let probed = matches!(run.params, RunParams::Precheck(_)) && *image == self.image.image();
         let Some(image_id) = self.engine.image_id(image).await? else {
+            if probed {
+                self.image.missing();
+            }
             return Ok(Outcome::failed(
                 exit_code::NOT_RUN,
                 format!(
@@ -157,7 +207,16 @@ impl Runner {
                 ),
             ));
         };
-        self.db.set_image_id(run.id, image_id).await?;
+        self.db.set_image_id(run.id, image_id.clone()).await?;
+        if probed {
+            let verdict = tokio::select! {
+                verdict = self.image.verdict(&image_id) => verdict,
+                _ = cancelled.cancelled() => return Ok(Outcome::cancelled()),
+            };
+            if let Err(why) = verdict {
+                return Ok(Outcome::failed(exit_code::NOT_RUN, why));
+            }
+        }
 
         let plan = match self.plan(run).await? {
             Ok(plan) => plan,
@@ -219,7 +278,7 @@ impl Runner {
     /// or, if it cannot run, how it ended.
     async fn plan(&self, run: &Run) -> Result<Result<Plan, Outcome>> {
         let not_run = |m: String| Ok(Err(Outcome::failed(exit_code::NOT_RUN, m)));
-        let env = vec!["COLUMNS=200".to_string()];
+        let env = run_env();
         let project_files = || async {
             let files = self.db.job_files(run.id).await?;
             let mut dirs: BTreeSet<String> = BTreeSet::from([PROJECT_DIR.to_string()]);
@@ -247,7 +306,7 @@ impl Runner {
                 let input = format!("/input/{}", upload.format.input_name());
                 Ok(Ok(Plan {
                     cmd: precheck_command(p, &input),
-                    working_dir: "/workspace",
+                    working_dir: PRECHECK_DIR,
                     env,
                     dirs: ["/input", "/output", "/work"].map(String::from).into(),
                     files: vec![StagedFile {

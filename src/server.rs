@@ -1,7 +1,7 @@
 //! The server as a function of (config, listener, shutdown): `main` passes a bound port and
 //! Ctrl-C; tests pass port 0 and their own signal. One code path for both.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -13,18 +13,11 @@ use crate::auth::{ConfigKey, hash_key};
 use crate::config::Config;
 use crate::db::Db;
 use crate::docker::Engine;
+use crate::image::ImageWatch;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::runner::Runner;
 use crate::storage::Storage;
-
-/// Where the configured image stands on the engine.
-#[derive(Debug, Clone)]
-pub enum ImageStatus {
-    Ready { id: String },
-    Pulling,
-    Missing { error: String },
-}
 
 /// Everything a request handler may use.
 #[derive(Clone)]
@@ -34,7 +27,7 @@ pub struct AppState {
     pub storage: Storage,
     pub engine: Engine,
     pub queue: Queue,
-    pub image: Arc<RwLock<ImageStatus>>,
+    pub image: ImageWatch,
     /// The config file's API keys, hashed once at start.
     pub config_keys: Arc<Vec<ConfigKey>>,
     pub metrics: Arc<Metrics>,
@@ -58,23 +51,21 @@ pub async fn serve(
 
     let stop = CancellationToken::new();
     let metrics = Arc::new(Metrics::new());
+    let image = crate::runner::precheck_image_watch(&engine, &config, &storage);
     let runner = Runner {
         engine: engine.clone(),
         db: db.clone(),
         storage: storage.clone(),
         config: config.clone(),
         metrics: metrics.clone(),
+        image: image.clone(),
     };
     let resumed = crate::recovery::recover(&runner)
         .await
         .context("cannot recover the runs that were running when the server stopped")?;
 
-    let image = Arc::new(RwLock::new(ImageStatus::Pulling));
-    tokio::spawn(ensure_image(
-        engine.clone(),
-        config.image.clone(),
-        image.clone(),
-    ));
+    // After recovery, which removes the containers of an earlier server's self-tests.
+    let watcher = image.start(stop.clone());
     let queue = Queue::start(runner, config.max_concurrent, stop.clone(), resumed);
     tokio::spawn(sweep_uploads(db.clone(), storage.clone(), stop.clone()));
 
@@ -140,48 +131,14 @@ pub async fn serve(
             Ok(())
         }
     };
+    // The image's self-test, if one is going, removes its container before the process ends.
+    let _ = tokio::time::timeout(Duration::from_secs(10), watcher).await;
     let _ = tokio::fs::remove_file(&url_file).await;
     served
 }
 
 /// How long open requests may go on after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Finds the configured image on the engine, pulling it if it is missing.
-async fn ensure_image(engine: Engine, image: String, status: Arc<RwLock<ImageStatus>>) {
-    let set = |s: ImageStatus| *status.write().unwrap_or_else(|e| e.into_inner()) = s;
-    match engine.image_id(&image).await {
-        Ok(Some(id)) => return set(ImageStatus::Ready { id }),
-        Ok(None) => tracing::info!(%image, "the image is not on the engine: pulling it"),
-        Err(e) => {
-            return set(ImageStatus::Missing {
-                error: format!("{e:#}"),
-            });
-        }
-    }
-    let pulled = engine
-        .pull(&image, |line| tracing::info!(%image, "pull: {line}"))
-        .await;
-    let after = match pulled {
-        Ok(()) => engine.image_id(&image).await,
-        Err(e) => Err(e),
-    };
-    match after {
-        Ok(Some(id)) => {
-            tracing::info!(%image, %id, "image pulled");
-            set(ImageStatus::Ready { id })
-        }
-        Ok(None) => set(ImageStatus::Missing {
-            error: "the pull finished but the image is not there".into(),
-        }),
-        Err(e) => {
-            tracing::error!(%image, "cannot pull the image: {e:#}");
-            set(ImageStatus::Missing {
-                error: format!("{e:#}; run `docker pull {image}` on the engine's host"),
-            })
-        }
-    }
-}
 
 /// Marks expired uploads and removes their files: at each upload's expiry time, and every
 /// minute as a backstop.

@@ -9,10 +9,11 @@ use utoipa::openapi::schema::Object;
 use super::error::Message;
 use super::openapi::string_enum;
 use super::{ApiError, Json};
-use crate::server::{AppState, ImageStatus};
+use crate::image::ImageStatus;
+use crate::server::AppState;
 
 /// The server's health: it is healthy when the engine and the database answer and the image is
-/// there (or being pulled).
+/// there (or being pulled or self-tested) and not broken.
 #[derive(Serialize, ToSchema)]
 pub struct Health {
     #[schema(schema_with = health_status)]
@@ -29,7 +30,7 @@ fn health_status() -> Object {
 }
 
 fn image_status() -> Object {
-    string_enum(["ready", "pulling", "missing"])
+    string_enum(["ready", "probing", "pulling", "missing", "broken"])
 }
 
 /// The Docker engine: its version when it answers, else why not.
@@ -56,7 +57,8 @@ struct DatabaseHealth {
     error: Option<String>,
 }
 
-/// The precheck image: `ready` (with its id), `pulling` at start-up, or `missing` (and why).
+/// The precheck image: `ready` (its self-test passed), `probing` (its self-test is running),
+/// `pulling`, `missing` (and why), or `broken` (its self-test failed: why, and its last log lines).
 #[derive(Serialize, ToSchema)]
 struct ImageHealth {
     name: String,
@@ -68,6 +70,10 @@ struct ImageHealth {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     error: Option<String>,
+    /// The self-test's last log lines, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    log: Option<Vec<String>>,
 }
 
 /// Prometheus metrics
@@ -99,8 +105,8 @@ pub async fn metrics(State(state): State<AppState>) -> axum::response::Response 
 
 /// Health
 ///
-/// Healthy when the engine and the database answer and the image is there (or being pulled).
-/// Needs no key.
+/// Healthy when the engine and the database answer and the image is there (or being pulled or
+/// self-tested) and not broken. Looks for the image on the engine again at every call. Needs no key.
 #[utoipa::path(
     get,
     path = "/health",
@@ -136,33 +142,27 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
             error: Some(format!("{e:#}")),
         },
     };
-    let status = state
-        .image
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let name = state.config.image.clone();
-    let image = match status {
-        ImageStatus::Ready { id } => ImageHealth {
-            name,
-            status: "ready",
-            id: Some(id),
-            error: None,
+    let status = if docker.reachable {
+        state.image.recheck().await
+    } else {
+        state.image.status()
+    };
+    let image = ImageHealth {
+        name: state.image.image().to_string(),
+        status: status.as_str(),
+        id: status.id().map(str::to_string),
+        error: match &status {
+            ImageStatus::Missing { error } | ImageStatus::Broken { error, .. } => {
+                Some(error.clone())
+            }
+            _ => None,
         },
-        ImageStatus::Pulling => ImageHealth {
-            name,
-            status: "pulling",
-            id: None,
-            error: None,
-        },
-        ImageStatus::Missing { error } => ImageHealth {
-            name,
-            status: "missing",
-            id: None,
-            error: Some(error),
+        log: match status {
+            ImageStatus::Broken { log, .. } => Some(log),
+            _ => None,
         },
     };
-    let healthy = docker.reachable && database.ok && image.status != "missing";
+    let healthy = docker.reachable && database.ok && !matches!(image.status, "missing" | "broken");
     let code = if healthy {
         StatusCode::OK
     } else {

@@ -245,7 +245,7 @@ pub async fn cleanup(admin: &Admin, dry_run: bool, output: Output) -> Result<()>
         space_reclaimed: 0,
         dry_run,
     };
-    for container in orphan_containers(&engine, &admin.db, &admin.storage).await? {
+    for container in orphan_containers(&engine, &admin.db, &admin.storage, true).await? {
         if !dry_run {
             engine.remove(&container.id).await?;
         }

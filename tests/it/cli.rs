@@ -236,15 +236,44 @@ async fn status_reports_the_server_the_engine_runs_and_disk_in_text_and_json() {
 #[tokio::test]
 async fn runs_list_inspect_delete_and_prune_while_the_server_runs() {
     let server = TestServer::builder().max_concurrent(1).start();
+    // A run is running in the database before its container exists: wait for the container.
+    let container_runs = |run: &str| {
+        let label = format!("label=precheck-server.run-id={run}");
+        async move {
+            wait_until_async(Duration::from_secs(30), "the run's container runs", || {
+                let label = label.clone();
+                async move {
+                    !docker_ok(&["ps", "-q", "--filter", &label, "--filter", "status=running"])
+                        .is_empty()
+                }
+            })
+            .await
+        }
+    };
     let failed = precheck(&server, "chip_fail").await;
     wait(&server, &failed).await;
     let passed = precheck(&server, "chip_top").await;
     wait(&server, &passed).await;
     let running = precheck(&server, "chip_sleep60").await;
     let queued = precheck(&server, "chip_queued").await;
-    wait_until_async(Duration::from_secs(30), "the sleeper runs", || async {
-        inspect(&server, &running).await["State"]["Status"] == "running"
-    })
+    // Running in the database comes before the container exists: wait for the container.
+    let running_label = format!("label=precheck-server.run-id={running}");
+    wait_until_async(
+        Duration::from_secs(30),
+        "the sleeper's container runs",
+        || async {
+            inspect(&server, &running).await["State"]["Status"] == "running"
+                && !docker_ok(&[
+                    "ps",
+                    "-q",
+                    "--filter",
+                    &running_label,
+                    "--filter",
+                    "status=running",
+                ])
+                .is_empty()
+        },
+    )
     .await;
 
     let table = ok(&server, &["runs", "list"]);
@@ -314,8 +343,7 @@ async fn runs_list_inspect_delete_and_prune_while_the_server_runs() {
     let deleted = ok_json(&server, &["runs", "delete", "--force", &running, "--json"]);
     assert_eq!(deleted["Deleted"], running.as_str());
     assert_eq!(deleted["ContainerStopped"], true);
-    let label = format!("label=precheck-server.run-id={running}");
-    assert_eq!(docker_ok(&["ps", "-aq", "--filter", &label]), "");
+    assert_eq!(docker_ok(&["ps", "-aq", "--filter", &running_label]), "");
     let (status, _) = client::get_json(&server, &format!("/api/v1/prechecks/{running}")).await;
     assert_eq!(status, 404);
     assert!(!server.storage.join("runs").join(&running).exists());
@@ -349,10 +377,7 @@ async fn runs_list_inspect_delete_and_prune_while_the_server_runs() {
         text.starts_with(&format!("Deleted run {next} (queued")),
         "{text}"
     );
-    wait_until_async(Duration::from_secs(30), "the next sleeper runs", || async {
-        inspect(&server, &again).await["State"]["Status"] == "running"
-    })
-    .await;
+    container_runs(&again).await;
     ok(&server, &["runs", "delete", "-f", &again]);
     server.assert_no_containers();
 }

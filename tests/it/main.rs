@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod config;
 mod errors;
+mod image;
 mod jobs;
 mod klayout_image;
 mod layouts;

@@ -26,6 +26,9 @@ pub const PRECHECK_IMAGE: &str = "precheck-server-test/precheck:standin";
 /// The label key the server puts on every container it creates, valued with its storage path.
 pub const STORAGE_LABEL: &str = "precheck-server.storage";
 
+/// The label the server puts on its image self-test containers.
+pub const PROBE_LABEL: &str = "precheck-server.probe";
+
 /// The label key the server puts on every container it creates, valued with the run id.
 pub const RUN_ID_LABEL: &str = "precheck-server.run-id";
 
@@ -497,6 +500,8 @@ pub struct TestServer {
     /// Extra arguments of `serve`, kept for restarts.
     serve_args: Vec<String>,
     stopped: bool,
+    /// Whether the server was ever killed (SIGKILL) rather than stopped.
+    killed: bool,
     tempdir: tempfile::TempDir,
 }
 
@@ -556,9 +561,15 @@ impl TestServer {
         self.list_containers().unwrap_or_else(|e| panic!("{e}"))
     }
 
-    /// Panics, describing them, if any container of this server exists.
+    /// Panics, describing them, if any container of this server exists but the image's
+    /// self-test, which a running server may be doing at any time.
     pub fn assert_no_containers(&self) {
-        let ids = self.containers();
+        let probes = self.probe_containers();
+        let ids: Vec<String> = self
+            .containers()
+            .into_iter()
+            .filter(|id| !probes.contains(id))
+            .collect();
         if !ids.is_empty() {
             panic!(
                 "the server left containers behind:\n{}",
@@ -604,6 +615,7 @@ impl TestServer {
     pub fn kill(&mut self) -> ExitStatus {
         let _ = self.child.kill();
         self.stopped = true;
+        self.killed = true;
         self.child.wait().expect("wait for the server process")
     }
 
@@ -649,6 +661,23 @@ impl TestServer {
         self.restart();
     }
 
+    /// This server's image self-test containers.
+    fn probe_containers(&self) -> Vec<String> {
+        let out = docker(&[
+            "ps",
+            "-aq",
+            "--no-trunc",
+            "--filter",
+            &self.storage_label_filter(),
+            "--filter",
+            &format!("label={PROBE_LABEL}"),
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
     fn list_containers(&self) -> Result<Vec<String>, String> {
         let mut ids = BTreeSet::new();
         let name_filter = format!("name={}", self.container_prefix);
@@ -687,8 +716,18 @@ impl Drop for TestServer {
         if !self.stopped {
             self.stop();
         }
+        // A killed server may leave its image self-test's container, which its next start
+        // removes; a stopped one removes it itself.
+        let probes = if self.killed {
+            self.probe_containers()
+        } else {
+            Vec::new()
+        };
+        for id in &probes {
+            let _ = Command::new("docker").args(["rm", "-f", "-v", id]).output();
+        }
         let leaked = match self.list_containers() {
-            Ok(ids) => ids,
+            Ok(ids) => ids.into_iter().filter(|id| !probes.contains(id)).collect(),
             Err(e) => {
                 eprintln!("cannot check for leftover containers: {e}");
                 Vec::new()
@@ -861,6 +900,7 @@ impl TestServerBuilder {
             stderr_path,
             serve_args: self.serve_args,
             stopped: false,
+            killed: false,
             tempdir,
         })
     }

@@ -71,3 +71,65 @@ fn failing_layout_gets_status_1_and_a_debug_tarball_with_flow_and_logs() {
     );
     server.assert_no_containers();
 }
+
+/// README, "Try it without the real image": `scripts/standin.sh` builds an image the server runs,
+/// the README's `sed` points the example config at it, and the die that `cargo run --example
+/// layout` writes passes (issue 12).
+#[tokio::test]
+async fn the_readme_way_to_try_the_server_without_the_real_image() {
+    crate::support::docker_required();
+    let tag = format!("precheck-server-test/try:{}", std::process::id());
+    let root = env!("CARGO_MANIFEST_DIR");
+    let built = Command::new(format!("{root}/scripts/standin.sh"))
+        .arg(&tag)
+        .output()
+        .expect("run scripts/standin.sh");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let _image = RemoveImage(tag.clone());
+
+    let sed = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "sed 's|^image = .*|image = \"{tag}\"|' {root}/config.example.toml"
+        ))
+        .output()
+        .unwrap();
+    let config = String::from_utf8(sed.stdout).unwrap();
+    let parsed: toml::Table = toml::from_str(&config).unwrap();
+    assert_eq!(parsed["docker"]["image"].as_str(), Some(tag.as_str()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let gds = dir.path().join("chip_top.gds");
+    let example = std::path::Path::new(crate::support::server_bin())
+        .with_file_name("examples")
+        .join("layout");
+    let wrote = Command::new(&example)
+        .arg(&gds)
+        .output()
+        .expect("run the layout example");
+    assert!(
+        wrote.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wrote.stderr)
+    );
+
+    let server = TestServer::builder().image(&tag).start();
+    let upload = crate::client::upload(&server, "chip_top.gds", std::fs::read(&gds).unwrap()).await;
+    let run = crate::client::create(&server, &upload, "chip_top").await;
+    let id = run["Id"].as_str().unwrap();
+    assert_eq!(crate::client::wait(&server, id).await["StatusCode"], 0);
+    server.assert_no_containers();
+}
+
+/// Removes a test's image when dropped.
+struct RemoveImage(String);
+
+impl Drop for RemoveImage {
+    fn drop(&mut self) {
+        crate::support::docker(&["rmi", "-f", &self.0]);
+    }
+}
