@@ -1,11 +1,14 @@
 //! Layouts are inspected at upload: their facts are shown, broken files are refused at once,
 //! and a precheck whose layout cannot pass is refused before it takes a queue slot.
 
-use precheck_server::layout::write::Die;
+use std::collections::BTreeMap;
+
+use precheck_server::layout::write::{Defect, Die, SLOT_SIZES};
 use serde_json::{Value, json};
 
 use crate::client::{self, post_upload, upload};
-use crate::support::{TestServer, files_in, gds_library};
+use crate::klayout_image::klayout_image;
+use crate::support::{TestServer, docker_ok, files_in, gds_library};
 
 /// POSTs a precheck request; returns the status and the JSON body.
 async fn post_precheck(server: &TestServer, body: Value) -> (u16, Value) {
@@ -201,4 +204,156 @@ async fn prechecks_are_refused_when_the_layout_cannot_pass() {
         client::wait(&server, run["Id"].as_str().unwrap()).await;
     }
     server.assert_no_containers();
+}
+
+/// What KLayout (the reader the precheck uses, in the KLayout test image) finds in each layout
+/// the tests' writer makes: its unit, top cells, the first top cell's `dbbox()` in µm and, per
+/// layer, the merged area (in square database units) and polygon count. `bbox` is in database
+/// units, `dbbox` in µm.
+fn klayout_reads(files: &[(String, Vec<u8>)]) -> BTreeMap<String, Value> {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in files {
+        std::fs::write(dir.path().join(name), bytes).unwrap();
+    }
+    std::fs::write(
+        dir.path().join("read.py"),
+        r#"
+import glob, json, os
+import pya
+out = {}
+for path in sorted(glob.glob("/layouts/*")):
+    if path.endswith(".py"):
+        continue
+    ly = pya.Layout()
+    ly.read(path)
+    top = ly.top_cells()[0]
+    box, dbox = top.bbox(), top.dbbox()
+    layers = {}
+    for i in ly.layer_indexes():
+        info = ly.get_info(i)
+        region = pya.Region(top.begin_shapes_rec(i))
+        region.merge()
+        if region.count():
+            layers["%d/%d" % (info.layer, info.datatype)] = [region.area(), region.count()]
+    out[os.path.basename(path)] = {
+        "dbu": ly.dbu,
+        "tops": [c.name for c in ly.top_cells()],
+        "bbox": [box.left, box.bottom, box.right, box.top],
+        "dbbox": [dbox.left, dbox.bottom, dbox.right, dbox.top],
+        "layers": layers,
+    }
+print(json.dumps(out))
+"#,
+    )
+    .unwrap();
+    // Readable by the container's root, whose capabilities are dropped.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mount = format!("{}:/layouts:ro", dir.path().display());
+    let out = docker_ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--cap-drop",
+        "ALL",
+        "-v",
+        &mount,
+        klayout_image(),
+        "klayout",
+        "-b",
+        "-r",
+        "/layouts/read.py",
+    ]);
+    let json = out.lines().last().unwrap_or_default();
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// The writer's dies are what docs/decisions.md ("Test layouts") says, as KLayout reads them:
+/// the slot's exact box from (0, 0), a 1 nm unit, the layers each defect adds or takes away, and
+/// the same geometry whichever of the three formats carries it (issue 12).
+#[test]
+fn klayout_reads_the_dies_as_described_in_every_format() {
+    let mut dies: Vec<(String, Die, Option<Defect>)> = Vec::new();
+    for (slot, _, _) in SLOT_SIZES {
+        dies.push((
+            format!("good_{slot}"),
+            Die::new("chip_top").slot(slot),
+            None,
+        ));
+    }
+    dies.push(("cob".into(), Die::new("chip_top").cob(), None));
+    for defect in Defect::ALL {
+        let name = defect.as_str().replace('-', "_");
+        dies.push((name, Die::new("chip_top").defect(defect), Some(defect)));
+    }
+    let mut files = Vec::new();
+    for (name, die, _) in &dies {
+        files.push((format!("{name}.gds"), die.gds()));
+        files.push((format!("{name}.gds.gz"), die.gds_gz()));
+        files.push((format!("{name}.oas"), die.oasis()));
+    }
+    let read = klayout_reads(&files);
+    for (name, die, defect) in &dies {
+        let gds = &read[&format!("{name}.gds")];
+        for other in [format!("{name}.gds.gz"), format!("{name}.oas")] {
+            let (a, b) = (&gds["layers"], &read[&other]["layers"]);
+            assert_eq!(a, b, "{name}: {other} holds other geometry than the .gds");
+            assert_eq!(gds["bbox"], read[&other]["bbox"], "{other}");
+            assert_eq!(gds["tops"], read[&other]["tops"], "{other}");
+            let dbu = read[&other]["dbu"].as_f64().unwrap();
+            assert!((dbu - 0.001).abs() < 1e-12, "{other}: {dbu}");
+        }
+        let (w, h) = die.size();
+        let at = if *defect == Some(Defect::OffsetOrigin) {
+            100_000
+        } else {
+            0
+        };
+        assert_eq!(gds["bbox"], json!([at, at, at + w, at + h]), "{name}");
+        // In µm, GDSII's box is exact; OASIS's is off in the last digits, since KLayout reads
+        // its unit of 1000 steps per µm as 0.0009999999999999998 µm (docs/decisions.md).
+        let exact = [at, at, at + w, at + h].map(|v| v as f64 / 1000.0);
+        assert_eq!(gds["dbbox"], json!(exact), "{name}");
+        let oasis = read[&format!("{name}.oas")]["dbbox"].as_array().unwrap();
+        for (v, e) in oasis.iter().zip(exact) {
+            assert!(
+                (v.as_f64().unwrap() - e).abs() < 1e-9,
+                "{name}.oas: {oasis:?}"
+            );
+        }
+        let tops = if *defect == Some(Defect::TwoTopCells) {
+            json!(["chip_top", "chip_top_old"])
+        } else {
+            json!(["chip_top"])
+        };
+        assert_eq!(gds["tops"], tops, "{name}");
+        let layers = gds["layers"].as_object().unwrap();
+        let has = |layer: &str| layers.contains_key(layer);
+        assert_eq!(
+            has("167/5"),
+            *defect != Some(Defect::NoSealRing),
+            "{name}: {layers:?}"
+        );
+        let forbidden = *defect == Some(Defect::ForbiddenLayer);
+        assert_eq!(has("82/0") || has("53/0"), forbidden, "{name}: {layers:?}");
+        if forbidden {
+            assert!(has("82/0") && has("53/0"), "{name}: {layers:?}");
+        }
+        for layer in [
+            "22/0", "30/0", "33/0", "34/0", "35/0", "36/0", "42/0", "46/0", "81/0",
+        ] {
+            assert!(has(layer), "{name}: no {layer} in {layers:?}");
+        }
+    }
+    // The seal ring is 26 µm wide on each side: its merged area says so.
+    let (w, h) = (3_932_000_i64, 5_122_000_i64);
+    let ring = (w * h - (w - 52_000) * (h - 52_000)) as f64;
+    assert_eq!(
+        read["good_1x1.gds"]["layers"]["167/5"][0].as_f64(),
+        Some(ring)
+    );
 }
