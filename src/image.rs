@@ -102,10 +102,23 @@ impl ImageWatch {
     }
 
     /// Finds the image, pulls it if it is missing (again, with backoff, while that fails) and
-    /// probes each new id, until `stop`.
-    /// The task ends soon after `stop`, having removed its self-test's container.
-    pub fn start(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    /// probes each new id, until `stop`. An image already on the engine is `probing` when this
+    /// returns, so the queue holds runs back until its verdict. The task ends soon after
+    /// `stop`, having removed its self-test's container.
+    pub async fn start(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        if let Ok(Some(id)) = self.inner.engine.image_id(&self.inner.image).await {
+            self.set(ImageStatus::Probing { id });
+        }
         tokio::spawn(self.clone().run(stop))
+    }
+
+    /// Returns once no self-test is running (at most the self-test's bound): the queue claims
+    /// no run meanwhile, so a precheck is never `running` while it waits for a verdict, where a
+    /// stop would find it without a container.
+    pub async fn settled(&self) {
+        let mut status = self.inner.status.subscribe();
+        let probing = status.wait_for(|s| !matches!(s, ImageStatus::Probing { .. }));
+        let _ = tokio::time::timeout(self.inner.probe_timeout, probing).await;
     }
 
     /// The configured image's name.

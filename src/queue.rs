@@ -193,6 +193,8 @@ impl Queue {
                 return;
             }
             let run = loop {
+                // Not while the precheck image's self-test runs: see `ImageWatch::settled`.
+                self.inner.runner.image.settled().await;
                 match self
                     .inner
                     .db

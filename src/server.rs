@@ -65,7 +65,7 @@ pub async fn serve(
         .context("cannot recover the runs that were running when the server stopped")?;
 
     // After recovery, which removes the containers of an earlier server's self-tests.
-    let watcher = image.start(stop.clone());
+    let watcher = image.start(stop.clone()).await;
     let queue = Queue::start(runner, config.max_concurrent, stop.clone(), resumed);
     tokio::spawn(sweep_uploads(db.clone(), storage.clone(), stop.clone()));
 

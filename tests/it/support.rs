@@ -564,11 +564,11 @@ impl TestServer {
     /// Panics, describing them, if any container of this server exists but the image's
     /// self-test, which a running server may be doing at any time.
     pub fn assert_no_containers(&self) {
-        let probes = self.probe_containers();
-        let ids: Vec<String> = self
-            .containers()
+        let listed = self.list().unwrap_or_else(|e| panic!("{e}"));
+        let ids: Vec<String> = listed
             .into_iter()
-            .filter(|id| !probes.contains(id))
+            .filter(|(_, probe)| !probe)
+            .map(|(id, _)| id)
             .collect();
         if !ids.is_empty() {
             panic!(
@@ -661,29 +661,37 @@ impl TestServer {
         self.restart();
     }
 
+    fn list_containers(&self) -> Result<Vec<String>, String> {
+        Ok(self.list()?.into_iter().map(|(id, _)| id).collect())
+    }
+
     /// This server's image self-test containers.
     fn probe_containers(&self) -> Vec<String> {
-        let out = docker(&[
-            "ps",
-            "-aq",
-            "--no-trunc",
-            "--filter",
-            &self.storage_label_filter(),
-            "--filter",
-            &format!("label={PROBE_LABEL}"),
-        ]);
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(str::to_string)
+        let listed = self.list().unwrap_or_else(|e| panic!("{e}"));
+        listed
+            .into_iter()
+            .filter(|(_, probe)| *probe)
+            .map(|(id, _)| id)
             .collect()
     }
 
-    fn list_containers(&self) -> Result<Vec<String>, String> {
-        let mut ids = BTreeSet::new();
+    /// The full ids of this server's containers (by storage label or name prefix), each with
+    /// whether it is an image self-test's, from one listing per filter.
+    fn list(&self) -> Result<Vec<(String, bool)>, String> {
+        let mut found = BTreeMap::new();
         let name_filter = format!("name={}", self.container_prefix);
+        let format = format!("{{{{.ID}}}} {{{{.Label \"{PROBE_LABEL}\"}}}}");
         for filter in [self.storage_label_filter(), name_filter] {
             let out = Command::new("docker")
-                .args(["ps", "-aq", "--no-trunc", "--filter", &filter])
+                .args([
+                    "ps",
+                    "-a",
+                    "--no-trunc",
+                    "--filter",
+                    &filter,
+                    "--format",
+                    &format,
+                ])
                 .output()
                 .map_err(|e| format!("cannot run `docker ps`: {e}"))?;
             if !out.status.success() {
@@ -692,13 +700,12 @@ impl TestServer {
                     String::from_utf8_lossy(&out.stderr).trim()
                 ));
             }
-            ids.extend(
-                String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .map(str::to_string),
-            );
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let (id, probe) = line.split_once(' ').unwrap_or((line, ""));
+                found.insert(id.to_string(), probe == "true");
+            }
         }
-        Ok(ids.into_iter().collect())
+        Ok(found.into_iter().collect())
     }
 
     fn print_output(&self) {
