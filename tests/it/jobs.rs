@@ -9,19 +9,17 @@ use serde_json::{Value, json};
 use crate::client::{http, refused, send};
 use crate::simulation::{COUNTER, testbench_dumping_to};
 use crate::support::{
-    ALICE, BOB, LIBRELANE_IMAGE, SIMULATION_IMAGE, TestServer, TestServerBuilder, librelane_image,
-    simulation_image,
+    ALICE, BOB, SIMULATION_IMAGE, TestServer, TestServerBuilder, librelane_image, simulation_image,
 };
 
 /// A server whose simulations run the Icarus test image and builds the LibreLane stand-in,
 /// with `pdk` as the builds' PDK.
 fn server(pdk: Option<&std::path::Path>, max_concurrent: i64) -> TestServer {
     simulation_image();
-    librelane_image();
     let mut builder: TestServerBuilder = TestServer::builder()
         .max_concurrent(max_concurrent)
         .set("images.simulation", SIMULATION_IMAGE)
-        .set("images.librelane", LIBRELANE_IMAGE);
+        .set("images.librelane", librelane_image());
     if let Some(pdk) = pdk {
         builder = builder.set("builds.pdk", pdk.display().to_string());
     }
@@ -715,7 +713,7 @@ async fn a_pdk_volume_is_mounted_read_only_and_a_missing_one_fails_the_build() {
         "/pdk/gf180mcuD/libs.tech",
     ]);
     let server = TestServer::builder()
-        .set("images.librelane", LIBRELANE_IMAGE)
+        .set("images.librelane", librelane_image())
         .set("builds.pdk", volume.0.as_str())
         .start();
     let project = counter_project(&server, "config.json", "counter").await;

@@ -18,9 +18,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// The tag of the stand-in precheck image that [`precheck_image`] builds.
-pub const PRECHECK_IMAGE: &str = "precheck-server-test/precheck:standin";
-
 /// The label key the server puts on every container it creates, valued with its storage path.
 pub const STORAGE_LABEL: &str = "precheck-server.storage";
 
@@ -78,27 +75,40 @@ pub fn docker_ok(args: &[&str]) -> String {
 }
 
 /// Builds the stand-in precheck image from `tests/standin/precheck` once per test process and
-/// returns its tag. The build context is a fresh temporary folder (the Dockerfile, the script and a
-/// copy of the host's static `/bin/busybox`), so parallel test binaries never share one.
+/// returns its tag (see [`build_script_image`]). The build context is a fresh temporary folder (the
+/// Dockerfile, the script and a copy of the host's static `/bin/busybox`), so parallel test
+/// binaries never share one.
 pub fn precheck_image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
         docker_required();
-        build_precheck_image();
-        PRECHECK_IMAGE.to_string()
+        build_script_image("precheck-server-test/precheck", "precheck")
     })
-}
-
-fn build_precheck_image() {
-    build_script_image(PRECHECK_IMAGE, "precheck");
 }
 
 /// Builds `tests/standin/<name>`: its Dockerfile, its `python3` script and a copy of the host's
 /// static `/bin/busybox`, in a fresh temporary context so parallel test binaries never share one.
-fn build_script_image(tag: &str, name: &str) {
+/// Returns its tag, `<repository>:standin-<the first 12 hex digits of the sha256 of the Dockerfile
+/// and the script>`: a tag per content, so a test run of another version of the stand-in (another
+/// branch, on the same engine) neither replaces this image under a running test nor is replaced.
+fn build_script_image(repository: &str, name: &str) -> String {
+    use sha2::{Digest, Sha256};
     let source = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/standin")
         .join(name);
+    let mut content = Sha256::new();
+    for file in ["Dockerfile", "python3"] {
+        let path = source.join(file);
+        let bytes = fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        content.update((bytes.len() as u64).to_be_bytes());
+        content.update(&bytes);
+    }
+    let digest: String = content
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let tag = format!("{repository}:standin-{}", &digest[..12]);
     let busybox = Path::new("/bin/busybox");
     assert!(
         busybox.is_file(),
@@ -116,7 +126,8 @@ fn build_script_image(tag: &str, name: &str) {
         fs::set_permissions(&to, fs::Permissions::from_mode(0o755))
             .unwrap_or_else(|e| panic!("make {} executable: {e}", to.display()));
     }
-    docker_build(tag, context.path());
+    docker_build(&tag, context.path());
+    tag
 }
 
 /// `docker build -t TAG CONTEXT`, panicking with what it printed if it fails.
@@ -1245,11 +1256,8 @@ pub async fn partial_upload(server: &TestServer) -> tokio::net::TcpStream {
     conn
 }
 
-/// The tag of the stand-in LibreLane image that [`librelane_image`] builds.
-pub const LIBRELANE_IMAGE: &str = "precheck-server-test/librelane:standin";
-
 /// Builds the stand-in LibreLane image from `tests/standin/librelane` once per test process and
-/// returns its tag. Its `python3 -m librelane --run-tag TAG --manual-pdk --pdk-root DIR --pdk NAME
+/// returns its tag (see [`build_script_image`]). Its `python3 -m librelane --run-tag TAG --manual-pdk --pdk-root DIR --pdk NAME
 /// CONFIG` is a busybox sh script: it checks the command line as click would, wants the PDK
 /// mounted read-only, reads DESIGN_NAME and the `dir::` globs from the config, prints
 /// LibreLane-like lines for five steps and writes `runs/TAG/` beside the config, with a real GDS
@@ -1260,13 +1268,8 @@ pub fn librelane_image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
         docker_required();
-        build_librelane_image();
-        LIBRELANE_IMAGE.to_string()
+        build_script_image("precheck-server-test/librelane", "librelane")
     })
-}
-
-fn build_librelane_image() {
-    build_script_image(LIBRELANE_IMAGE, "librelane");
 }
 
 #[cfg(test)]
