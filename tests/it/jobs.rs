@@ -418,7 +418,8 @@ async fn a_build_reports_progress_and_its_layout_passes_the_precheck() {
     )
     .await;
     let waited = wait_job(&server, &project, &failed).await;
-    assert_eq!(waited["StatusCode"], 1, "{waited}");
+    // A step that fails: LibreLane exits 2.
+    assert_eq!(waited["StatusCode"], 2, "{waited}");
     let error = waited["Error"]["Message"].as_str().unwrap();
     assert!(error.contains("step 2 (Synthesis)"), "{error}");
     refused(
@@ -723,7 +724,7 @@ async fn a_pdk_volume_is_mounted_read_only_and_a_missing_one_fails_the_build() {
         json!({"kind": "build", "config": "config.json"}),
     )
     .await;
-    // The stand-in exits 3 if it can write to the PDK.
+    // The stand-in fails (exit code 1) if it can write to the PDK.
     let waited = wait_job(&server, &project, &build).await;
     assert_eq!(waited, json!({"StatusCode": 0, "Error": null}));
 

@@ -1257,13 +1257,15 @@ pub async fn partial_upload(server: &TestServer) -> tokio::net::TcpStream {
 }
 
 /// Builds the stand-in LibreLane image from `tests/standin/librelane` once per test process and
-/// returns its tag (see [`build_script_image`]). Its `python3 -m librelane --run-tag TAG --manual-pdk --pdk-root DIR --pdk NAME
-/// CONFIG` is a busybox sh script: it checks the command line as click would, wants the PDK
-/// mounted read-only, reads DESIGN_NAME and the `dir::` globs from the config, prints
-/// LibreLane-like lines for five steps and writes `runs/TAG/` beside the config, with a real GDS
-/// (the one cell DESIGN_NAME) in `final/gds/`. Design names with `fail` fail in synthesis; with
-/// `sleepN` each step takes N seconds. As for [`precheck_image`], the build context is a fresh
-/// temporary folder holding the Dockerfile, the script and a copy of the host's `/bin/busybox`.
+/// returns its tag (see [`build_script_image`]). Its `python3 -m librelane --run-tag TAG
+/// --manual-pdk --pdk-root DIR --pdk NAME CONFIG` is a busybox sh script: it checks the command
+/// line as click would, wants the PDK mounted read-only, reads DESIGN_NAME and the `dir::` globs
+/// from the config, prints LibreLane-like lines for five steps and writes `runs/TAG/` beside the
+/// config, with a real GDS (the one cell DESIGN_NAME) in `final/gds/`, and exits with LibreLane's
+/// codes. Design names with `fail` fail in synthesis (exit code 2); with `drc` two more steps find
+/// DRC errors, which are deferred (final/ is written, then exit code 2); with `sleepN` each step
+/// takes N seconds. As for [`precheck_image`], the build context is a fresh temporary folder
+/// holding the Dockerfile, the script and a copy of the host's `/bin/busybox`.
 pub fn librelane_image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
