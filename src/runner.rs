@@ -245,8 +245,9 @@ impl Runner {
                     return not_run(format!("upload {} has been deleted", p.upload_id));
                 };
                 let input = format!("/input/{}", upload.format.input_name());
+                let (limits, _) = self.config.limits_for(run.kind());
                 Ok(Ok(Plan {
-                    cmd: precheck_command(p, &input),
+                    cmd: precheck_command(p, &input, limits.whole_cpus()),
                     working_dir: "/workspace",
                     env,
                     dirs: ["/input", "/output", "/work"].map(String::from).into(),
@@ -665,7 +666,9 @@ fn build_run_dir(id: Uuid, p: &BuildParams) -> String {
 }
 
 /// The container's command line: SPEC's contract, with every value a separate argument.
-fn precheck_command(p: &PrecheckParams, input: &str) -> Vec<String> {
+/// `threads` (the CPU limit, rounded up) becomes `--threads`: the precheck's default is the
+/// host's CPU count, which a CPU-limited container would only oversubscribe.
+fn precheck_command(p: &PrecheckParams, input: &str, threads: Option<u64>) -> Vec<String> {
     let mut cmd: Vec<String> = [
         "python3",
         "precheck.py",
@@ -684,6 +687,9 @@ fn precheck_command(p: &PrecheckParams, input: &str) -> Vec<String> {
     .into();
     if p.cob {
         cmd.push("--cob".into());
+    }
+    if let Some(threads) = threads {
+        cmd.extend(["--threads".into(), threads.to_string()]);
     }
     cmd.extend(["--dir".into(), "/work".into()]);
     cmd
@@ -787,5 +793,35 @@ pub fn finished_note(outcome: &Outcome) -> String {
             "run {} (exit code {}): {e}",
             outcome.status, outcome.exit_code
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_follow_the_cpu_limit() {
+        let p = PrecheckParams {
+            upload_id: Uuid::nil(),
+            top_cell: "chip_top".into(),
+            die_id: "ABCD1234".into(),
+            slot: "1x1".into(),
+            cob: true,
+        };
+        let check = |threads, expected: &str| {
+            assert_eq!(
+                precheck_command(&p, "/input/design.gds", threads).join(" "),
+                expected
+            );
+        };
+        check(
+            None,
+            "python3 precheck.py --input /input/design.gds --output /output/design.gds --top chip_top --id ABCD1234 --slot 1x1 --cob --dir /work",
+        );
+        check(
+            Some(2),
+            "python3 precheck.py --input /input/design.gds --output /output/design.gds --top chip_top --id ABCD1234 --slot 1x1 --cob --threads 2 --dir /work",
+        );
     }
 }

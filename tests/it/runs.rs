@@ -22,6 +22,24 @@ async fn container_has_no_network() {
 }
 
 #[tokio::test]
+async fn threads_are_the_cpu_limit_rounded_up() {
+    // The stand-in echoes its arguments, as the real precheck does: `threads: max` is its
+    // default, the host's CPU count.
+    for (extra, expected) in [
+        ("[limits]\ncpus = 1.5\n", "threads: 2"),
+        ("", "threads: max"),
+    ] {
+        let server = TestServer::start(extra);
+        let run = precheck(&server, "chip_top").await;
+        assert_eq!(wait(&server, &run).await["StatusCode"], 0);
+        let log = lines(&logs(&server, &run, "").await);
+        let threads: Vec<&String> = log.iter().filter(|l| l.starts_with("threads: ")).collect();
+        assert_eq!(threads, [expected], "{extra:?}: {log:#?}");
+        server.assert_no_containers();
+    }
+}
+
+#[tokio::test]
 async fn out_of_memory_fails_with_oom_killed() {
     let server = TestServer::builder().memory("64MiB").start();
     let run = precheck(&server, "chip_oom").await;
