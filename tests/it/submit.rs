@@ -101,7 +101,12 @@ async fn a_failing_layout_writes_the_debug_tarball_and_exits_1() {
         &["chip_fail.gds", "--debug", "debug.tgz"],
     ));
     assert_eq!(code, 1, "{stdout}\n{stderr}");
-    assert!(stderr.contains("failed (exit code 1)"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "failed (exit code 1): the precheck found problems (exit code 1): 3 KLayout DRC errors found; see the logs"
+        ),
+        "{stderr}"
+    );
     let tarball = std::fs::read(dir.path().join("debug.tgz")).unwrap();
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tarball.as_slice()));
     let names: Vec<String> = archive
