@@ -788,8 +788,9 @@ fn precheck_command(p: &PrecheckParams, input: &str, threads: Option<u64>) -> Ve
 }
 
 /// Appends the container's log messages to the run's log file as they arrive, after skipping
-/// the first `skip`, publishing the file's length after each batch so followers wake. Returns
-/// how many messages the file now holds (`skip` if the stream had fewer).
+/// the first `skip`, publishing the file's length after each batch so followers wake. Messages
+/// the engine sends again ([`Replays`]) are neither appended nor counted. Returns how many
+/// messages the file now holds (`skip` if the stream had fewer).
 async fn append_logs(
     stream: impl futures_util::Stream<Item = Result<bytes::Bytes>> + Send + 'static,
     path: std::path::PathBuf,
@@ -808,6 +809,8 @@ async fn append_logs(
     let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, file);
     let mut batches = std::pin::pin!(stream.ready_chunks(1024));
     let mut seen = 0;
+    let mut replays = Replays::default();
+    let mut replayed = 0u64;
     // Flushed at most every FLUSH_EVERY while lines pour in, and as soon as they pause: a
     // flush per message would cost a blocking write each.
     let mut dirty = false;
@@ -831,6 +834,10 @@ async fn append_logs(
         let Some(batch) = next else { break };
         for message in batch {
             let message = message?;
+            if !replays.is_new(&message) {
+                replayed += 1;
+                continue;
+            }
             seen += 1;
             if seen <= skip {
                 continue;
@@ -860,7 +867,77 @@ async fn append_logs(
     out.flush().await?;
     log_bytes.inc_by(len - std::mem::replace(&mut published, len));
     log_len.send_replace(len);
+    if replayed > 0 {
+        tracing::info!(
+            log = %path.display(),
+            "the engine sent {replayed} log messages a second time (a json-file rotation); they were left out"
+        );
+    }
     Ok(seen.max(skip))
+}
+
+/// Tells a log message the engine sends again from one it sends for the first time. Docker
+/// 20.10's followed log stream, when the container's json-file log rotates (`max-size`), can end
+/// early (the runner then reads the rest unfollowed) or send the new file's messages a second
+/// time: a replay, its messages stamped before the newest one taken. A message stamped before it
+/// is not always a replay, though: the engine stamps stdout's and stderr's lines before it
+/// writes them, in either order. So a message stamped no later than the newest is a replay if it
+/// is one of the last [`Replays::WINDOW`] taken (same time, same bytes), or older than all of
+/// them (a line written that late behind thousands of others is not a race of two streams).
+#[derive(Default)]
+struct Replays {
+    newest: Option<i128>,
+    /// The times and hashes of the last messages taken, oldest first, and the same as a set.
+    recent: std::collections::VecDeque<(i128, u64)>,
+    known: std::collections::HashSet<(i128, u64)>,
+}
+
+impl Replays {
+    const WINDOW: usize = 16 * 1024;
+
+    /// Whether `message` (`<RFC 3339 time> <text>`) is one the stream has not sent before; it
+    /// is remembered as taken if so. Messages without a readable time are always new.
+    fn is_new(&mut self, message: &[u8]) -> bool {
+        let Some(time) = message_time(message) else {
+            return true;
+        };
+        let key = (time, {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            message.hash(&mut hasher);
+            hasher.finish()
+        });
+        match self.newest {
+            Some(newest) if time <= newest => {
+                let before_window = self.recent.len() == Self::WINDOW
+                    && self
+                        .recent
+                        .front()
+                        .is_some_and(|(oldest, _)| time < *oldest);
+                if before_window || self.known.contains(&key) {
+                    return false;
+                }
+            }
+            _ => self.newest = Some(time),
+        }
+        if self.recent.len() == Self::WINDOW
+            && let Some(old) = self.recent.pop_front()
+        {
+            self.known.remove(&old);
+        }
+        self.recent.push_back(key);
+        self.known.insert(key);
+        true
+    }
+}
+
+/// The engine's time of a log message, in nanoseconds since the epoch.
+fn message_time(message: &[u8]) -> Option<i128> {
+    let end = message.iter().position(|b| *b == b' ')?;
+    let stamp = std::str::from_utf8(&message[..end]).ok()?;
+    let time =
+        time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(time.unix_timestamp_nanos())
 }
 
 /// Appends a line of the server's own to a run's log.
@@ -915,6 +992,44 @@ mod tests {
             Some(2),
             "python3 precheck.py --input /input/design.gds --output /output/design.gds --top chip_top --id ABCD1234 --slot 1x1 --cob --threads 2 --dir /work",
         );
+    }
+
+    fn stamped(nanos: u32, text: &str) -> Vec<u8> {
+        format!("2026-12-02T16:23:34.{nanos:09}Z {text}\n").into_bytes()
+    }
+
+    #[test]
+    fn replayed_log_messages_are_dropped_once_each() {
+        let mut replays = Replays::default();
+        let first: Vec<Vec<u8>> = (1..=5)
+            .map(|i| stamped(i * 10, &format!("line {i}")))
+            .collect();
+        assert!(first.iter().all(|m| replays.is_new(m)));
+        // After a rotation the engine sends lines 3 to 5 again, then goes on.
+        assert!(first[2..].iter().all(|m| !replays.is_new(m)));
+        assert!(replays.is_new(&stamped(60, "line 6")));
+        // A stderr line stamped before the last stdout line is not a replay; a second copy is.
+        let late = stamped(55, "an error");
+        assert!(replays.is_new(&late));
+        assert!(!replays.is_new(&late));
+        // The same text at another time is another message; lines without a time always count.
+        assert!(replays.is_new(&stamped(70, "line 6")));
+        assert!(replays.is_new(b"no time here\n"));
+        assert!(replays.is_new(b"no time here\n"));
+    }
+
+    #[test]
+    fn a_replay_from_before_the_window_is_dropped() {
+        let mut replays = Replays::default();
+        let n = Replays::WINDOW as u32 + 100;
+        let lines: Vec<Vec<u8>> = (0..n)
+            .map(|i| stamped(i * 10, &format!("line {i}")))
+            .collect();
+        assert!(lines.iter().all(|m| replays.is_new(m)));
+        assert!(lines.iter().all(|m| !replays.is_new(m)));
+        assert!(replays.is_new(&stamped(n * 10, "next")));
+        assert_eq!(replays.recent.len(), Replays::WINDOW);
+        assert_eq!(replays.known.len(), Replays::WINDOW);
     }
 
     /// The checkers' messages read from a log's last lines (`None`: no checker errors).
