@@ -148,6 +148,14 @@ pub struct Limits {
     pub timeout: Duration,
 }
 
+impl Limits {
+    /// The whole CPUs a run may use: `cpus` rounded up, or `None` (no limit). The precheck gets
+    /// it as `--threads`, since its default (`max`) is the host's CPU count, not the limit's.
+    pub fn whole_cpus(&self) -> Option<u64> {
+        self.cpus.map(|cpus| cpus.ceil() as u64)
+    }
+}
+
 /// The `[auth]` table.
 #[derive(Debug, Clone, Default)]
 pub struct Auth {
@@ -866,7 +874,15 @@ mod tests {
         assert_eq!(c.limits.memory, 64 << 20);
         assert_eq!(c.limits.timeout, Duration::from_secs(90));
         assert_eq!(c.limits.cpus, Some(1.5));
+        assert_eq!(c.limits.whole_cpus(), Some(2));
         assert_eq!(c.max_upload_size, 1000);
+        assert_eq!(parse("").unwrap().limits.whole_cpus(), None);
+        let quarter = parse("[limits]\ncpus = 0.25").unwrap();
+        assert_eq!(quarter.limits.whole_cpus(), Some(1));
+        assert_eq!(
+            parse("[limits]\ncpus = 3").unwrap().limits.whole_cpus(),
+            Some(3)
+        );
         assert_eq!(
             parse("[limits]\ntimeout = 30").unwrap().limits.timeout,
             Duration::from_secs(30)

@@ -303,7 +303,8 @@ impl Engine {
         .await
         {
             Ok(Ok(())) => Ok(()),
-            // Stopped already, or removed meanwhile (by the server that ran it): stopped.
+            // 304: not running; 404: gone, removed meanwhile by whoever else stopped it (a
+            // runner and `runs delete --force` can both be at it).
             Ok(Err(e)) if is_not_modified(&e) || status_of(&e) == Some(404) => Ok(()),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(anyhow!("container {container} did not stop")),
@@ -371,6 +372,7 @@ impl Engine {
             .v(true)
             .build();
         match quick(self.docker.remove_container(container, Some(options))).await {
+            // 404: gone; 409 (forced): its removal is already in progress, by another caller.
             Err(e)
                 if e.downcast_ref::<DockerError>()
                     .is_some_and(|e| matches!(status_of(e), Some(404 | 409))) =>

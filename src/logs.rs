@@ -122,6 +122,40 @@ pub fn read_lines(
     }
 }
 
+/// The texts of the log's last complete lines: at most `max_lines` of them, all from its last
+/// `max_bytes` bytes (a line that starts before those is left out), so a log of any size costs
+/// at most `max_bytes` of memory. A missing file has none.
+pub fn last_lines(path: &Path, max_lines: usize, max_bytes: u64) -> io::Result<Vec<String>> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let len = file.metadata()?.len();
+    // One byte before the window says whether the window starts a line.
+    let from = len.saturating_sub(max_bytes.saturating_add(1));
+    file.seek(SeekFrom::Start(from))?;
+    let mut buf = Vec::new();
+    file.take(len - from).read_to_end(&mut buf)?;
+    let mut window = buf.as_slice();
+    if from > 0 || buf.len() as u64 > max_bytes {
+        let first_start = window
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(window.len(), |i| i + 1);
+        window = &window[first_start..];
+    }
+    let mut lines: Vec<&[u8]> = window.split_inclusive(|b| *b == b'\n').collect();
+    if lines.last().is_some_and(|l| !l.ends_with(b"\n")) {
+        lines.pop();
+    }
+    let skip = lines.len().saturating_sub(max_lines);
+    Ok(lines[skip..]
+        .iter()
+        .map(|raw| parse_line(&String::from_utf8_lossy(raw)).text)
+        .collect())
+}
+
 /// Counts the complete lines of a log the server stopped writing abruptly, cutting off a last
 /// line that was only partly written (it is read again from the engine). Returns the number of
 /// lines and the file's length; a missing file has none.
@@ -342,6 +376,33 @@ mod tests {
         let line = parse_line("2026-11-24T12:00:00.000000001Z  indented\r\n");
         assert_eq!(line.text, " indented");
         assert!(read(Path::new("/nonexistent/logs.txt"), Filter::default()).is_empty());
+    }
+
+    #[test]
+    fn last_lines_reads_a_bounded_tail() {
+        let f = write_log(5000);
+        let texts = |n, bytes| last_lines(f.path(), n, bytes).unwrap();
+        assert_eq!(texts(2, 1 << 20), ["line 4998", "line 4999"]);
+        assert_eq!(texts(9999, 1 << 20).len(), 5000);
+        // Each line is 38 bytes: a window of 100 bytes holds two whole lines and part of one.
+        assert_eq!(texts(10, 100), ["line 4998", "line 4999"]);
+        assert_eq!(texts(10, 76), ["line 4998", "line 4999"]);
+        assert_eq!(texts(10, 75), ["line 4999"]);
+        assert!(texts(10, 0).is_empty());
+        assert!(
+            last_lines(Path::new("/nonexistent/logs.txt"), 5, 100)
+                .unwrap()
+                .is_empty()
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs.txt");
+        std::fs::write(
+            &path,
+            "2026-11-24T12:00:00Z a\n2026-11-24T12:00:01Z still writi",
+        )
+        .unwrap();
+        assert_eq!(last_lines(&path, 5, 1000).unwrap(), ["a"]);
     }
 
     #[test]

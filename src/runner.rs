@@ -304,8 +304,9 @@ impl Runner {
                     return not_run(format!("upload {} has been deleted", p.upload_id));
                 };
                 let input = format!("/input/{}", upload.format.input_name());
+                let (limits, _) = self.config.limits_for(run.kind());
                 Ok(Ok(Plan {
-                    cmd: precheck_command(p, &input),
+                    cmd: precheck_command(p, &input, limits.whole_cpus()),
                     working_dir: PRECHECK_DIR,
                     env,
                     dirs: ["/input", "/output", "/work"].map(String::from).into(),
@@ -569,10 +570,15 @@ async fn judge(run: &Run, code: i64, storage: &Storage, progress: Option<Progres
                 )
             }
         }
-        (RunParams::Precheck(_), 1) => Outcome::failed(
-            1,
-            format!("the precheck found problems (exit code 1): {see}"),
-        ),
+        // 1 is also a crashed tool or a failed entrypoint: only the checkers' errors, which
+        // the flow raises last, say that the layout itself has problems.
+        (RunParams::Precheck(_), 1) => match checker_errors(storage.log_path(run.id)).await {
+            Some(found) => Outcome::failed(
+                1,
+                format!("the precheck found problems (exit code 1): {found}{see}"),
+            ),
+            None => Outcome::failed(1, format!("the precheck failed (exit code 1): {see}")),
+        },
         (RunParams::Precheck(_), 2) => Outcome::failed(
             2,
             format!("the precheck rejected its arguments (exit code 2): {see}"),
@@ -600,12 +606,99 @@ async fn judge(run: &Run, code: i64, storage: &Storage, progress: Option<Progres
                 .filter(|p| p.step > 0)
                 .map(|p| format!(" in step {} ({})", p.step, p.name))
                 .unwrap_or_default();
+            // LibreLane's exit codes (REAL-PRECHECK.md): 2 a step failed or its checkers found
+            // errors (deferred to the end, after the final views are written), 1 anything it
+            // did not expect.
+            let why = match code {
+                2 => {
+                    if let Some(found) = checker_errors(storage.log_path(run.id)).await {
+                        return Outcome::failed(
+                            code,
+                            format!(
+                                "the build's checkers found problems (exit code 2): {found}its final views are in the artifacts; {see}"
+                            ),
+                        );
+                    }
+                    " (a step failed)"
+                }
+                1 => " (an unexpected error, an invalid config or a missing PDK)",
+                _ => "",
+            };
             Outcome::failed(
                 code,
-                format!("the build failed{at} with exit code {code}: {see}"),
+                format!("the build failed{at} with exit code {code}{why}: {see}"),
             )
         }
     }
+}
+
+/// How much of a log's end is read for the checkers' errors: a failed flow prints them last.
+const CHECKER_TAIL_LINES: usize = 200;
+const CHECKER_TAIL_BYTES: u64 = 64 * 1024;
+
+/// The errors a flow's checkers found, as a clause ending in "; " (`"3 KLayout DRC errors
+/// found; "`, or empty if they were not named), read from the end of the run's log; `None` if
+/// the flow did not end with checker errors.
+async fn checker_errors(log: std::path::PathBuf) -> Option<String> {
+    let lines = tokio::task::spawn_blocking(move || {
+        logs::last_lines(&log, CHECKER_TAIL_LINES, CHECKER_TAIL_BYTES)
+    })
+    .await
+    .ok()?
+    .inspect_err(|e| tracing::warn!("cannot read the end of a run's log: {e}"))
+    .ok()?;
+    let found = deferred_errors(&lines)?;
+    Some(if found.is_empty() {
+        String::new()
+    } else {
+        format!("{}; ", found.join("; "))
+    })
+}
+
+/// What LibreLane raises when a flow's checkers found errors: this line, then one line per
+/// error (precheck.py prints them as they are; LibreLane's log indents them under its error).
+const DEFERRED_ERRORS: &str = "One or more deferred errors were encountered";
+
+/// At most this many of the checkers' messages are kept, each at most this long.
+const MAX_CHECKER_MESSAGES: usize = 8;
+const MAX_CHECKER_MESSAGE: usize = 300;
+
+/// The checkers' messages after the last "One or more deferred errors were encountered" of a
+/// log's last lines, without their final periods; `None` if there is no such line. Items of a
+/// list (`* corner`) join the message they belong to.
+fn deferred_errors(lines: &[String]) -> Option<Vec<String>> {
+    let start = lines.iter().rposition(|l| l.contains(DEFERRED_ERRORS))?;
+    let mut found: Vec<String> = Vec::new();
+    for line in &lines[start + 1..] {
+        let text = line.trim();
+        // A blank line, a new log record ("[12:00:00] ERROR ...", "[precheck-server] ...") or a
+        // traceback ends the list.
+        if text.is_empty() || line.starts_with('[') || text.starts_with("Traceback") {
+            break;
+        }
+        let full = found.len() == MAX_CHECKER_MESSAGES;
+        match (text.strip_prefix("* "), found.last_mut()) {
+            (Some(item), Some(last)) => {
+                let joint = if last.ends_with(':') { " " } else { ", " };
+                last.push_str(joint);
+                last.push_str(item);
+            }
+            _ if full => break,
+            _ => found.push(text.to_string()),
+        }
+    }
+    Some(
+        found
+            .into_iter()
+            .map(|m| {
+                let m = m.trim_end_matches('.');
+                match m.char_indices().nth(MAX_CHECKER_MESSAGE) {
+                    Some((cut, _)) => format!("{}...", &m[..cut]),
+                    None => m.to_string(),
+                }
+            })
+            .collect(),
+    )
 }
 
 /// The layout a completed build made: the one file in its `final/gds/`.
@@ -724,7 +817,9 @@ fn build_run_dir(id: Uuid, p: &BuildParams) -> String {
 }
 
 /// The container's command line: SPEC's contract, with every value a separate argument.
-fn precheck_command(p: &PrecheckParams, input: &str) -> Vec<String> {
+/// `threads` (the CPU limit, rounded up) becomes `--threads`: the precheck's default is the
+/// host's CPU count, which a CPU-limited container would only oversubscribe.
+fn precheck_command(p: &PrecheckParams, input: &str, threads: Option<u64>) -> Vec<String> {
     let mut cmd: Vec<String> = [
         "python3",
         "precheck.py",
@@ -744,13 +839,17 @@ fn precheck_command(p: &PrecheckParams, input: &str) -> Vec<String> {
     if p.cob {
         cmd.push("--cob".into());
     }
+    if let Some(threads) = threads {
+        cmd.extend(["--threads".into(), threads.to_string()]);
+    }
     cmd.extend(["--dir".into(), "/work".into()]);
     cmd
 }
 
 /// Appends the container's log messages to the run's log file as they arrive, after skipping
-/// the first `skip`, publishing the file's length after each batch so followers wake. Returns
-/// how many messages the file now holds (`skip` if the stream had fewer).
+/// the first `skip`, publishing the file's length after each batch so followers wake. Messages
+/// the engine sends again ([`Replays`]) are neither appended nor counted. Returns how many
+/// messages the file now holds (`skip` if the stream had fewer).
 async fn append_logs(
     stream: impl futures_util::Stream<Item = Result<bytes::Bytes>> + Send + 'static,
     path: std::path::PathBuf,
@@ -769,6 +868,8 @@ async fn append_logs(
     let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, file);
     let mut batches = std::pin::pin!(stream.ready_chunks(1024));
     let mut seen = 0;
+    let mut replays = Replays::default();
+    let mut replayed = 0u64;
     // Flushed at most every FLUSH_EVERY while lines pour in, and as soon as they pause: a
     // flush per message would cost a blocking write each.
     let mut dirty = false;
@@ -792,6 +893,10 @@ async fn append_logs(
         let Some(batch) = next else { break };
         for message in batch {
             let message = message?;
+            if !replays.is_new(&message) {
+                replayed += 1;
+                continue;
+            }
             seen += 1;
             if seen <= skip {
                 continue;
@@ -821,7 +926,77 @@ async fn append_logs(
     out.flush().await?;
     log_bytes.inc_by(len - std::mem::replace(&mut published, len));
     log_len.send_replace(len);
+    if replayed > 0 {
+        tracing::info!(
+            log = %path.display(),
+            "the engine sent {replayed} log messages a second time (a json-file rotation); they were left out"
+        );
+    }
     Ok(seen.max(skip))
+}
+
+/// Tells a log message the engine sends again from one it sends for the first time. Docker
+/// 20.10's followed log stream, when the container's json-file log rotates (`max-size`), can end
+/// early (the runner then reads the rest unfollowed) or send the new file's messages a second
+/// time: a replay, its messages stamped before the newest one taken. A message stamped before it
+/// is not always a replay, though: the engine stamps stdout's and stderr's lines before it
+/// writes them, in either order. So a message stamped no later than the newest is a replay if it
+/// is one of the last [`Replays::WINDOW`] taken (same time, same bytes), or older than all of
+/// them (a line written that late behind thousands of others is not a race of two streams).
+#[derive(Default)]
+struct Replays {
+    newest: Option<i128>,
+    /// The times and hashes of the last messages taken, oldest first, and the same as a set.
+    recent: std::collections::VecDeque<(i128, u64)>,
+    known: std::collections::HashSet<(i128, u64)>,
+}
+
+impl Replays {
+    const WINDOW: usize = 16 * 1024;
+
+    /// Whether `message` (`<RFC 3339 time> <text>`) is one the stream has not sent before; it
+    /// is remembered as taken if so. Messages without a readable time are always new.
+    fn is_new(&mut self, message: &[u8]) -> bool {
+        let Some(time) = message_time(message) else {
+            return true;
+        };
+        let key = (time, {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            message.hash(&mut hasher);
+            hasher.finish()
+        });
+        match self.newest {
+            Some(newest) if time <= newest => {
+                let before_window = self.recent.len() == Self::WINDOW
+                    && self
+                        .recent
+                        .front()
+                        .is_some_and(|(oldest, _)| time < *oldest);
+                if before_window || self.known.contains(&key) {
+                    return false;
+                }
+            }
+            _ => self.newest = Some(time),
+        }
+        if self.recent.len() == Self::WINDOW
+            && let Some(old) = self.recent.pop_front()
+        {
+            self.known.remove(&old);
+        }
+        self.recent.push_back(key);
+        self.known.insert(key);
+        true
+    }
+}
+
+/// The engine's time of a log message, in nanoseconds since the epoch.
+fn message_time(message: &[u8]) -> Option<i128> {
+    let end = message.iter().position(|b| *b == b' ')?;
+    let stamp = std::str::from_utf8(&message[..end]).ok()?;
+    let time =
+        time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(time.unix_timestamp_nanos())
 }
 
 /// Appends a line of the server's own to a run's log.
@@ -846,5 +1021,160 @@ pub fn finished_note(outcome: &Outcome) -> String {
             "run {} (exit code {}): {e}",
             outcome.status, outcome.exit_code
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_follow_the_cpu_limit() {
+        let p = PrecheckParams {
+            upload_id: Uuid::nil(),
+            top_cell: "chip_top".into(),
+            die_id: "ABCD1234".into(),
+            slot: "1x1".into(),
+            cob: true,
+        };
+        let check = |threads, expected: &str| {
+            assert_eq!(
+                precheck_command(&p, "/input/design.gds", threads).join(" "),
+                expected
+            );
+        };
+        check(
+            None,
+            "python3 precheck.py --input /input/design.gds --output /output/design.gds --top chip_top --id ABCD1234 --slot 1x1 --cob --dir /work",
+        );
+        check(
+            Some(2),
+            "python3 precheck.py --input /input/design.gds --output /output/design.gds --top chip_top --id ABCD1234 --slot 1x1 --cob --threads 2 --dir /work",
+        );
+    }
+
+    fn stamped(nanos: u32, text: &str) -> Vec<u8> {
+        format!("2026-12-02T16:23:34.{nanos:09}Z {text}\n").into_bytes()
+    }
+
+    #[test]
+    fn replayed_log_messages_are_dropped_once_each() {
+        let mut replays = Replays::default();
+        let first: Vec<Vec<u8>> = (1..=5)
+            .map(|i| stamped(i * 10, &format!("line {i}")))
+            .collect();
+        assert!(first.iter().all(|m| replays.is_new(m)));
+        // After a rotation the engine sends lines 3 to 5 again, then goes on.
+        assert!(first[2..].iter().all(|m| !replays.is_new(m)));
+        assert!(replays.is_new(&stamped(60, "line 6")));
+        // A stderr line stamped before the last stdout line is not a replay; a second copy is.
+        let late = stamped(55, "an error");
+        assert!(replays.is_new(&late));
+        assert!(!replays.is_new(&late));
+        // The same text at another time is another message; lines without a time always count.
+        assert!(replays.is_new(&stamped(70, "line 6")));
+        assert!(replays.is_new(b"no time here\n"));
+        assert!(replays.is_new(b"no time here\n"));
+    }
+
+    #[test]
+    fn a_replay_from_before_the_window_is_dropped() {
+        let mut replays = Replays::default();
+        let n = Replays::WINDOW as u32 + 100;
+        let lines: Vec<Vec<u8>> = (0..n)
+            .map(|i| stamped(i * 10, &format!("line {i}")))
+            .collect();
+        assert!(lines.iter().all(|m| replays.is_new(m)));
+        assert!(lines.iter().all(|m| !replays.is_new(m)));
+        assert!(replays.is_new(&stamped(n * 10, "next")));
+        assert_eq!(replays.recent.len(), Replays::WINDOW);
+        assert_eq!(replays.known.len(), Replays::WINDOW);
+    }
+
+    /// The checkers' messages read from a log's last lines (`None`: no checker errors).
+    fn check(log: &[&str], expected: Option<&[&str]>) {
+        let lines: Vec<String> = log.iter().map(|l| l.to_string()).collect();
+        let found = deferred_errors(&lines);
+        let expected = expected.map(|e| e.iter().map(|m| m.to_string()).collect::<Vec<_>>());
+        assert_eq!(found, expected, "{log:#?}");
+    }
+
+    #[test]
+    fn checker_errors_come_from_the_end_of_the_flow() {
+        // precheck.py prints the flow's exception as it is.
+        check(
+            &[
+                "[12:00:01] ERROR    3 KLayout DRC errors found. - deferred",
+                "PrecheckFlow - Stage 16 - Write the Layout ━━━━ 16/16 0:00:03",
+                "Error: The precheck failed with the following exception: ",
+                "One or more deferred errors were encountered:",
+                "2 KLayout antenna errors found.",
+                "3 KLayout DRC errors found.",
+            ],
+            Some(&[
+                "2 KLayout antenna errors found",
+                "3 KLayout DRC errors found",
+            ]),
+        );
+        // LibreLane's own log indents them under its error; lists join their message.
+        check(
+            &[
+                "[12:00:01] ERROR    The following error was encountered while running the flow:",
+                "                    One or more deferred errors were encountered:",
+                "                    Setup violations found in the following corners:",
+                "                    * max_ss_100C_1v60",
+                "                    * nom_ss_100C_1v60",
+                "                    3 XOR differences found.",
+                "[12:00:01] ERROR    LibreLane will now quit.",
+                "[precheck-server] run failed (exit code 2)",
+            ],
+            Some(&[
+                "Setup violations found in the following corners: max_ss_100C_1v60, nom_ss_100C_1v60",
+                "3 XOR differences found",
+            ]),
+        );
+        // The older form logs the messages before and names none in the exception.
+        check(
+            &["[12:00:01] ERROR    One or more deferred errors were encountered."],
+            Some(&[]),
+        );
+    }
+
+    #[test]
+    fn a_crash_is_not_a_checker_error() {
+        check(
+            &[
+                "[12:00:01] ERROR    3 KLayout DRC errors found. - deferred",
+                "PrecheckFlow - Stage 16 - Write the Layout ━━━━ 15/16 0:00:03",
+                "Error: The precheck failed with the following exception: ",
+                "Write the Layout: Interrupted (SIGSEGV)",
+            ],
+            None,
+        );
+        check(
+            &[
+                "Traceback (most recent call last):",
+                "  File \"/workspace/precheck.py\", line 1, in <module>",
+                "MemoryError",
+            ],
+            None,
+        );
+        check(&[], None);
+    }
+
+    #[test]
+    fn checker_messages_are_bounded() {
+        let long = "x".repeat(1000);
+        let many: Vec<String> = (0..20).map(|i| format!("{i} errors found.")).collect();
+        let mut log = vec![
+            "One or more deferred errors were encountered:",
+            long.as_str(),
+        ];
+        log.extend(many.iter().map(String::as_str));
+        let lines: Vec<String> = log.iter().map(|l| l.to_string()).collect();
+        let found = deferred_errors(&lines).unwrap();
+        assert_eq!(found.len(), MAX_CHECKER_MESSAGES);
+        assert_eq!(found[0], format!("{}...", "x".repeat(MAX_CHECKER_MESSAGE)));
+        assert_eq!(found[1], "0 errors found");
     }
 }

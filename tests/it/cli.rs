@@ -379,6 +379,14 @@ async fn runs_list_inspect_delete_and_prune_while_the_server_runs() {
     );
     container_runs(&again).await;
     ok(&server, &["runs", "delete", "-f", &again]);
+    // The server may still have been preparing its container: it removes it as soon as it
+    // sees the run gone.
+    wait_until_async(
+        Duration::from_secs(30),
+        "the server removes the deleted run's container",
+        || async { server.containers().is_empty() },
+    )
+    .await;
     server.assert_no_containers();
 }
 

@@ -9,19 +9,17 @@ use serde_json::{Value, json};
 use crate::client::{http, refused, send};
 use crate::simulation::{COUNTER, testbench_dumping_to};
 use crate::support::{
-    ALICE, BOB, LIBRELANE_IMAGE, SIMULATION_IMAGE, TestServer, TestServerBuilder, librelane_image,
-    simulation_image,
+    ALICE, BOB, SIMULATION_IMAGE, TestServer, TestServerBuilder, librelane_image, simulation_image,
 };
 
 /// A server whose simulations run the Icarus test image and builds the LibreLane stand-in,
 /// with `pdk` as the builds' PDK.
 fn server(pdk: Option<&std::path::Path>, max_concurrent: i64) -> TestServer {
     simulation_image();
-    librelane_image();
     let mut builder: TestServerBuilder = TestServer::builder()
         .max_concurrent(max_concurrent)
         .set("images.simulation", SIMULATION_IMAGE)
-        .set("images.librelane", LIBRELANE_IMAGE);
+        .set("images.librelane", librelane_image());
     if let Some(pdk) = pdk {
         builder = builder.set("builds.pdk", pdk.display().to_string());
     }
@@ -420,9 +418,11 @@ async fn a_build_reports_progress_and_its_layout_passes_the_precheck() {
     )
     .await;
     let waited = wait_job(&server, &project, &failed).await;
-    assert_eq!(waited["StatusCode"], 1, "{waited}");
-    let error = waited["Error"]["Message"].as_str().unwrap();
-    assert!(error.contains("step 2 (Synthesis)"), "{error}");
+    assert_eq!(
+        waited,
+        json!({"StatusCode": 2, "Error": {"Message":
+            "the build failed in step 2 (Synthesis) with exit code 2 (a step failed): see the logs"}})
+    );
     refused(
         send(
             http()
@@ -433,6 +433,71 @@ async fn a_build_reports_progress_and_its_layout_passes_the_precheck() {
         409,
         "only a completed build",
     );
+
+    // Checker errors are deferred: exit code 2 too, but the flow ran to its end and its final
+    // views (the GDS included) are in the artefacts.
+    put(
+        &server,
+        &project,
+        "flow/config.json",
+        &build_config("counter_drc", "../src/*.v"),
+    )
+    .await;
+    let deferred = new_job(
+        &server,
+        &project,
+        json!({"kind": "build", "config": "flow/config.json"}),
+    )
+    .await;
+    let waited = wait_job(&server, &project, &deferred).await;
+    assert_eq!(
+        waited,
+        json!({"StatusCode": 2, "Error": {"Message":
+            "the build's checkers found problems (exit code 2): 3 KLayout DRC errors found; its final views are in the artifacts; see the logs"}})
+    );
+    let (status, gds) = get_bytes(job_url(
+        &server,
+        &project,
+        &deferred,
+        "/artifacts/final/gds/counter_drc.gds",
+    ))
+    .await;
+    assert_eq!(status, 200);
+    let layout = precheck_server::layout::inspect(gds.as_slice()).unwrap();
+    assert_eq!(layout.top_cells, ["counter_drc"]);
+    refused(
+        send(
+            http()
+                .post(server.api("/api/v1/prechecks"))
+                .json(&json!({"job_id": deferred})),
+        )
+        .await,
+        409,
+        "only a completed build",
+    );
+    server.assert_no_containers();
+}
+
+#[tokio::test]
+async fn a_build_without_its_pdk_fails_with_exit_code_1() {
+    // A PDK root without gf180mcuD: LibreLane quits before any step, with exit code 1.
+    let empty = tempfile::tempdir().unwrap();
+    let server = server(Some(empty.path()), 1);
+    let project = counter_project(&server, "config.json", "counter").await;
+    let build = new_job(
+        &server,
+        &project,
+        json!({"kind": "build", "config": "config.json"}),
+    )
+    .await;
+    let waited = wait_job(&server, &project, &build).await;
+    assert_eq!(
+        waited,
+        json!({"StatusCode": 1, "Error": {"Message":
+            "the build failed with exit code 1 (an unexpected error, an invalid config or a missing PDK): see the logs"}})
+    );
+    let log = job_log(&server, &project, &build).await;
+    assert!(log.contains("The PDK 'gf180mcuD' was not found"), "{log}");
     server.assert_no_containers();
 }
 
@@ -715,7 +780,7 @@ async fn a_pdk_volume_is_mounted_read_only_and_a_missing_one_fails_the_build() {
         "/pdk/gf180mcuD/libs.tech",
     ]);
     let server = TestServer::builder()
-        .set("images.librelane", LIBRELANE_IMAGE)
+        .set("images.librelane", librelane_image())
         .set("builds.pdk", volume.0.as_str())
         .start();
     let project = counter_project(&server, "config.json", "counter").await;
@@ -725,7 +790,7 @@ async fn a_pdk_volume_is_mounted_read_only_and_a_missing_one_fails_the_build() {
         json!({"kind": "build", "config": "config.json"}),
     )
     .await;
-    // The stand-in exits 3 if it can write to the PDK.
+    // The stand-in fails (exit code 1) if it can write to the PDK.
     let waited = wait_job(&server, &project, &build).await;
     assert_eq!(waited, json!({"StatusCode": 0, "Error": null}));
 

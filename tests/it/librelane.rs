@@ -117,8 +117,8 @@ fn run(project: &Path, pdk: &Path, pdk_mode: &str, args: &[&str]) -> Run {
     }
 }
 
-/// A project folder: `counter` at the top (JSON config, `src/`) and `counter_fail` in `sub/`
-/// (YAML config, `rtl/`).
+/// A project folder: `counter` at the top (JSON config, `src/`), `counter_fail` in `sub/`
+/// (YAML config, `rtl/`) and `counter_drc` in `drc/`.
 fn project() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
@@ -143,6 +143,17 @@ fn project() -> tempfile::TempDir {
     fs::write(
         root.join("sub/rtl/counter_fail.v"),
         "module counter_fail;\nendmodule\n",
+    )
+    .unwrap();
+    fs::create_dir_all(root.join("drc")).unwrap();
+    fs::write(
+        root.join("drc/config.json"),
+        "{\"DESIGN_NAME\": \"counter_drc\", \"VERILOG_FILES\": [\"dir::*.v\"]}\n",
+    )
+    .unwrap();
+    fs::write(
+        root.join("drc/counter_drc.v"),
+        "module counter_drc;\nendmodule\n",
     )
     .unwrap();
     dir
@@ -210,6 +221,12 @@ fn librelane_standin_follows_the_cli_and_writes_a_gds() {
         let step = run_dir.join(format!("{number}-{slug}"));
         assert!(step.join(format!("{slug}.log")).is_file(), "{log}");
         assert!(step.join("state_out.json").is_file(), "{}", step.display());
+        let runtime = fs::read_to_string(step.join("runtime.txt")).unwrap();
+        assert!(
+            runtime.len() == "00:00:01.234".len() && runtime.starts_with("00:00:0"),
+            "{}: {runtime}",
+            step.display()
+        );
     }
     assert!(logged("SUCCESS", "Flow complete."), "{}", describe(&ok));
     assert!(
@@ -258,9 +275,29 @@ fn librelane_standin_follows_the_cli_and_writes_a_gds() {
             "/project/sub/config.yaml",
         ],
     );
-    assert_eq!(failed.code, 1, "{}", describe(&failed));
+    // A step that fails is a FlowError: exit code 2.
+    assert_eq!(failed.code, 2, "{}", describe(&failed));
     assert!(
         failed.stdout.contains("rtl/counter_fail.v:3: syntax error"),
+        "{}",
+        describe(&failed)
+    );
+    let failed_lines: Vec<&str> = failed.stdout.lines().collect();
+    let at = failed_lines
+        .iter()
+        .position(|l| {
+            l.ends_with("ERROR    The following error was encountered while running the flow:")
+        })
+        .unwrap_or_else(|| panic!("no flow error: {}", describe(&failed)));
+    assert!(
+        failed_lines[at + 1]
+            .trim_start()
+            .starts_with("Synthesis: subprocess (1, "),
+        "{}",
+        describe(&failed)
+    );
+    assert!(
+        failed_lines[at + 2].ends_with("ERROR    LibreLane will now quit."),
         "{}",
         describe(&failed)
     );
@@ -270,6 +307,88 @@ fn librelane_standin_follows_the_cli_and_writes_a_gds() {
     assert!(failed_dir.join("02-yosys-synthesis").is_dir());
     assert!(!failed_dir.join("03-openroad-floorplan").exists());
     assert!(!failed_dir.join("final").exists());
+
+    // A checker's error is deferred: the flow ends, final/ (with the GDS) is written, then it
+    // fails with exit code 2.
+    let deferred = run(
+        project.path(),
+        pdk.path(),
+        "ro",
+        &[
+            "python3",
+            "-m",
+            "librelane",
+            "--run-tag",
+            "RUN_D",
+            "--manual-pdk",
+            "/project/drc/config.json",
+        ],
+    );
+    assert_eq!(deferred.code, 2, "{}", describe(&deferred));
+    let deferred_lines: Vec<&str> = deferred.stdout.lines().collect();
+    assert!(
+        deferred_lines
+            .iter()
+            .any(|l| l.ends_with("ERROR    3 KLayout DRC errors found. - deferred")),
+        "{}",
+        describe(&deferred)
+    );
+    let at = deferred_lines
+        .iter()
+        .position(|l| {
+            l.ends_with("ERROR    The following error was encountered while running the flow:")
+        })
+        .unwrap_or_else(|| panic!("no flow error: {}", describe(&deferred)));
+    assert_eq!(
+        deferred_lines[at + 1..at + 3]
+            .iter()
+            .map(|l| l.trim())
+            .collect::<Vec<_>>(),
+        [
+            "One or more deferred errors were encountered:",
+            "3 KLayout DRC errors found."
+        ],
+        "{}",
+        describe(&deferred)
+    );
+    let deferred_dir = deferred.project.join("drc/runs/RUN_D");
+    assert!(
+        deferred_dir
+            .join("07-checker-klayoutdrc/state_out.json")
+            .is_file()
+    );
+    let gds = deferred_dir.join("final/gds/counter_drc.gds");
+    let layout = layout::inspect(fs::File::open(&gds).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", gds.display()));
+    assert_eq!(layout.top_cells, ["counter_drc"]);
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&fs::read(deferred_dir.join("final/metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["klayout__drc_error__count"], 3, "{metrics}");
+
+    // A missing PDK is not a flow error: exit code 1, as is a download (no --manual-pdk),
+    // which cannot work without a network.
+    for (what, args) in [
+        (
+            "a PDK that is not there",
+            &["--pdk", "sky130A", "--manual-pdk"][..],
+        ),
+        ("a download", &[][..]),
+    ] {
+        let mut command = vec!["python3", "-m", "librelane", "--run-tag", "RUN_P"];
+        command.extend_from_slice(args);
+        command.push("/project/config.json");
+        let missing = run(project.path(), pdk.path(), "ro", &command);
+        assert_eq!(missing.code, 1, "{what}: {}", describe(&missing));
+        assert!(
+            missing
+                .stdout
+                .ends_with("ERROR    LibreLane will now quit.\n"),
+            "{what}: {}",
+            describe(&missing)
+        );
+        assert!(!missing.project.join("runs").exists(), "{what}");
+    }
 
     // A PDK mounted read-write is refused.
     let writable_pdk = pdk_root(true);
@@ -287,7 +406,7 @@ fn librelane_standin_follows_the_cli_and_writes_a_gds() {
             "/project/config.json",
         ],
     );
-    assert_eq!(writable.code, 3, "{}", describe(&writable));
+    assert_eq!(writable.code, 1, "{}", describe(&writable));
     assert!(
         writable
             .stdout

@@ -337,10 +337,9 @@ async fn a_key_sees_only_the_events_of_its_own_runs() {
 
 #[tokio::test]
 async fn a_container_that_cannot_be_created_is_counted() {
-    crate::support::librelane_image();
     // Docker refuses to create a container whose bind mount has no source.
     let server = TestServer::builder()
-        .set("images.librelane", crate::support::LIBRELANE_IMAGE)
+        .set("images.librelane", crate::support::librelane_image())
         .set("builds.pdk", "/nonexistent/precheck-test-pdk")
         .start();
     let project: Value = crate::client::send(

@@ -52,6 +52,12 @@ async fn server_with_a_sleeper(server: TestServer, top: &str) -> (TestServer, St
     (server, run)
 }
 
+/// The lines of a passing run of the stand-in: 9 before the flow (`None`, the PDK, the
+/// arguments), the flow's start, a rule and a "Running" line for each of its 16 steps, 15 lines
+/// of the steps' tools, 5 of the checkers, "Flow complete.", the progress bar and "Precheck
+/// successfully completed.".
+const PASSING_RUN_LINES: usize = 9 + 1 + 16 * 2 + 15 + 5 + 3;
+
 /// Waits for a `chip_sleepN` run and asserts it passed with its whole log.
 async fn assert_passed(server: &TestServer, run: &str, n: usize) {
     let result = wait(server, run).await;
@@ -65,7 +71,7 @@ async fn assert_full_log(server: &TestServer, run: &str, n: usize) {
     let log = lines(&logs(server, run, "").await);
     let seconds: Vec<&String> = log.iter().filter(|l| l.contains("second ")).collect();
     let expected: Vec<String> = (1..=n)
-        .map(|i| format!("[INFO] working on chip_sleep{n}: second {i} of {n}"))
+        .map(|i| format!("working on chip_sleep{n}: second {i} of {n}"))
         .collect();
     assert_eq!(seconds, expected.iter().collect::<Vec<_>>(), "{log:#?}");
     let mut unique = log.clone();
@@ -74,7 +80,7 @@ async fn assert_full_log(server: &TestServer, run: &str, n: usize) {
     assert_eq!(unique.len(), log.len(), "duplicated lines: {log:#?}");
     assert_eq!(
         log.iter()
-            .filter(|l| l.contains("gf180mcu precheck (stand-in)"))
+            .filter(|l| l.contains("Starting a new run of the 'PrecheckFlow' flow"))
             .count(),
         1,
         "executed more than once: {log:#?}"
@@ -83,13 +89,13 @@ async fn assert_full_log(server: &TestServer, run: &str, n: usize) {
     assert_eq!(
         tail,
         [
-            "[INFO] precheck passed",
+            "Precheck successfully completed.",
             "[precheck-server] run completed (exit code 0)"
         ],
         "{log:#?}"
     );
-    // 4 header lines, N seconds, 4 closing lines and the server's.
-    assert_eq!(log.len(), 4 + n + 4 + 1, "{log:#?}");
+    // The stand-in's passing run, its N seconds and the server's line.
+    assert_eq!(log.len(), PASSING_RUN_LINES + n + 1, "{log:#?}");
 }
 
 async fn output_status(server: &TestServer, run: &str) -> u16 {
@@ -133,12 +139,12 @@ async fn a_run_that_finished_while_the_server_was_down_is_collected() {
     let state = &inspect(&server, &run).await["State"];
     assert_eq!(state["Status"], "completed");
     // The flow directory came out as if the server had watched the run end.
-    let work = server
-        .storage
-        .join("runs")
-        .join(&run)
-        .join("work/runs/RUN_1");
-    assert!(work.join("02-klayout-drc/report.txt").is_file());
+    let runs = server.storage.join("runs").join(&run).join("work/runs");
+    let flows = files_in(&runs);
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    let flow = runs.join(&flows[0]);
+    assert!(flow.join("14-klayout-drc/state_out.json").is_file());
+    assert!(flow.join("final/gds/chip_sleep5.gds").is_file());
     server.assert_no_containers();
 }
 

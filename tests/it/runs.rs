@@ -22,6 +22,57 @@ async fn container_has_no_network() {
 }
 
 #[tokio::test]
+async fn threads_are_the_cpu_limit_rounded_up() {
+    // The stand-in echoes its arguments, as the real precheck does: `threads: max` is its
+    // default, the host's CPU count.
+    for (extra, expected) in [
+        ("[limits]\ncpus = 1.5\n", "threads: 2"),
+        ("", "threads: max"),
+    ] {
+        let server = TestServer::start(extra);
+        let run = precheck(&server, "chip_top").await;
+        assert_eq!(wait(&server, &run).await["StatusCode"], 0);
+        let log = lines(&logs(&server, &run, "").await);
+        let threads: Vec<&String> = log.iter().filter(|l| l.starts_with("threads: ")).collect();
+        assert_eq!(threads, [expected], "{extra:?}: {log:#?}");
+        server.assert_no_containers();
+    }
+}
+
+#[tokio::test]
+async fn exit_1_is_a_found_problem_only_when_a_checker_says_so() {
+    let server = TestServer::builder().max_concurrent(2).start();
+    let failing = precheck(&server, "chip_fail").await;
+    let crashing = precheck(&server, "chip_crash").await;
+
+    let result = wait(&server, &failing).await;
+    assert_eq!(
+        result,
+        serde_json::json!({"StatusCode": 1, "Error": {"Message":
+            "the precheck found problems (exit code 1): 3 KLayout DRC errors found; see the logs"}})
+    );
+    // Checker errors are deferred: the layout was checked to the end and written.
+    let run_dir = server.storage.join("runs").join(&failing);
+    let output = std::fs::read(run_dir.join("output/design.gds")).unwrap();
+    assert_eq!(output, crate::support::gds_bytes("chip_fail"));
+
+    let result = wait(&server, &crashing).await;
+    assert_eq!(
+        result,
+        serde_json::json!({"StatusCode": 1, "Error": {"Message":
+            "the precheck failed (exit code 1): see the logs"}})
+    );
+    let log = lines(&logs(&server, &crashing, "").await);
+    assert!(
+        log.iter().any(|l| l == "DRC: Interrupted (SIGSEGV)"),
+        "{log:#?}"
+    );
+    let run_dir = server.storage.join("runs").join(&crashing);
+    assert!(!run_dir.join("output/design.gds").exists());
+    server.assert_no_containers();
+}
+
+#[tokio::test]
 async fn out_of_memory_fails_with_oom_killed() {
     let server = TestServer::builder().memory("64MiB").start();
     let run = precheck(&server, "chip_oom").await;

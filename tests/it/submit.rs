@@ -73,7 +73,10 @@ async fn a_passing_layout_writes_the_output_and_exits_0() {
     );
     let (code, stdout, stderr) = finished(child);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
-    assert!(stdout.contains("[INFO] precheck passed"), "{stdout}");
+    assert!(
+        stdout.contains("Precheck successfully completed."),
+        "{stdout}"
+    );
     assert!(stderr.contains("uploading chip_top.gds: 100%"), "{stderr}");
     assert!(
         stderr.contains("passed; the checked layout is checked/out.gds"),
@@ -98,7 +101,12 @@ async fn a_failing_layout_writes_the_debug_tarball_and_exits_1() {
         &["chip_fail.gds", "--debug", "debug.tgz"],
     ));
     assert_eq!(code, 1, "{stdout}\n{stderr}");
-    assert!(stderr.contains("failed (exit code 1)"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "failed (exit code 1): the precheck found problems (exit code 1): 3 KLayout DRC errors found; see the logs"
+        ),
+        "{stderr}"
+    );
     let tarball = std::fs::read(dir.path().join("debug.tgz")).unwrap();
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tarball.as_slice()));
     let names: Vec<String> = archive
@@ -107,6 +115,12 @@ async fn a_failing_layout_writes_the_debug_tarball_and_exits_1() {
         .map(|e| e.unwrap().path().unwrap().display().to_string())
         .collect();
     assert!(names.iter().any(|n| n.ends_with("logs.txt")), "{names:?}");
+    // The checkers' errors are deferred: the checked layout was written, for the designer to
+    // read, but only a passed run's is downloaded as the checked layout.
+    assert!(
+        names.iter().any(|n| n.ends_with("/output/design.gds")),
+        "{names:?}"
+    );
     assert!(!dir.path().join("chip_fail.checked.gds").exists());
 }
 
@@ -193,7 +207,7 @@ async fn a_server_restarted_mid_run_still_gives_the_result_and_the_whole_log() {
     // Every line once, in order, though the connection was lost in the middle.
     let seconds: Vec<&str> = stdout.lines().filter(|l| l.contains("second ")).collect();
     let expected: Vec<String> = (1..=6)
-        .map(|i| format!("[INFO] working on chip_sleep6: second {i} of 6"))
+        .map(|i| format!("working on chip_sleep6: second {i} of 6"))
         .collect();
     assert_eq!(seconds, expected, "{stdout}");
     assert!(dir.path().join("chip_sleep6.checked.gds").is_file());

@@ -20,9 +20,6 @@ use std::time::{Duration, Instant};
 
 use precheck_server::layout::write::{Cell, Die, GdsWriter, Layer, Library, Placement};
 
-/// The tag of the stand-in precheck image that [`precheck_image`] builds.
-pub const PRECHECK_IMAGE: &str = "precheck-server-test/precheck:standin";
-
 /// The label key the server puts on every container it creates, valued with its storage path.
 pub const STORAGE_LABEL: &str = "precheck-server.storage";
 
@@ -83,27 +80,40 @@ pub fn docker_ok(args: &[&str]) -> String {
 }
 
 /// Builds the stand-in precheck image from `tests/standin/precheck` once per test process and
-/// returns its tag. The build context is a fresh temporary folder (the Dockerfile, the script and a
-/// copy of the host's static `/bin/busybox`), so parallel test binaries never share one.
+/// returns its tag (see [`build_script_image`]). The build context is a fresh temporary folder (the
+/// Dockerfile, the script and a copy of the host's static `/bin/busybox`), so parallel test
+/// binaries never share one.
 pub fn precheck_image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
         docker_required();
-        build_precheck_image();
-        PRECHECK_IMAGE.to_string()
+        build_script_image("precheck-server-test/precheck", "precheck")
     })
-}
-
-fn build_precheck_image() {
-    build_script_image(PRECHECK_IMAGE, "precheck");
 }
 
 /// Builds `tests/standin/<name>`: its Dockerfile, its `python3` script and a copy of the host's
 /// static `/bin/busybox`, in a fresh temporary context so parallel test binaries never share one.
-fn build_script_image(tag: &str, name: &str) {
+/// Returns its tag, `<repository>:standin-<the first 12 hex digits of the sha256 of the Dockerfile
+/// and the script>`: a tag per content, so a test run of another version of the stand-in (another
+/// branch, on the same engine) neither replaces this image under a running test nor is replaced.
+fn build_script_image(repository: &str, name: &str) -> String {
+    use sha2::{Digest, Sha256};
     let source = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/standin")
         .join(name);
+    let mut content = Sha256::new();
+    for file in ["Dockerfile", "python3"] {
+        let path = source.join(file);
+        let bytes = fs::read(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        content.update((bytes.len() as u64).to_be_bytes());
+        content.update(&bytes);
+    }
+    let digest: String = content
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let tag = format!("{repository}:standin-{}", &digest[..12]);
     let busybox = Path::new("/bin/busybox");
     assert!(
         busybox.is_file(),
@@ -121,7 +131,8 @@ fn build_script_image(tag: &str, name: &str) {
         fs::set_permissions(&to, fs::Permissions::from_mode(0o755))
             .unwrap_or_else(|e| panic!("make {} executable: {e}", to.display()));
     }
-    docker_build(tag, context.path());
+    docker_build(&tag, context.path());
+    tag
 }
 
 /// `docker build -t TAG CONTEXT`, panicking with what it printed if it fails.
@@ -964,7 +975,10 @@ fn spawn_server(
     let deadline = Instant::now() + START_TIMEOUT;
     let failure = loop {
         match rx.recv_timeout(POLL_INTERVAL) {
-            Ok(url) => return Ok((child, url)),
+            Ok(url) => {
+                settle(&url, deadline);
+                return Ok((child, url));
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 break "closed its stdout without printing `listening on http://...`".to_string();
@@ -991,6 +1005,29 @@ fn spawn_server(
         stdout_lines.lock().unwrap().join("\n"),
         fs::read_to_string(stderr_path).unwrap_or_default()
     ))
+}
+
+/// Waits (until `deadline` at most) while the server's `/health` says the image's self-test is
+/// running, as a client that waits for a ready server would: until then the queue claims no run,
+/// and tests that count on a run starting at once would see it queued.
+fn settle(url: &str, deadline: Instant) {
+    let Some(addr) = url.strip_prefix("http://") else {
+        return;
+    };
+    while Instant::now() < deadline {
+        let mut body = String::new();
+        let answered = std::net::TcpStream::connect(addr).and_then(|mut stream| {
+            io::Write::write_all(
+                &mut stream,
+                format!("GET /health HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes(),
+            )?;
+            io::Read::read_to_string(&mut stream, &mut body)
+        });
+        if answered.is_err() || !body.contains(r#""status":"probing""#) {
+            return;
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
 }
 
 /// The `http://HOST:PORT` from a line containing `listening on http://HOST:PORT`.
@@ -1137,28 +1174,22 @@ pub async fn partial_upload(server: &TestServer) -> tokio::net::TcpStream {
     conn
 }
 
-/// The tag of the stand-in LibreLane image that [`librelane_image`] builds.
-pub const LIBRELANE_IMAGE: &str = "precheck-server-test/librelane:standin";
-
 /// Builds the stand-in LibreLane image from `tests/standin/librelane` once per test process and
-/// returns its tag. Its `python3 -m librelane --run-tag TAG --manual-pdk --pdk-root DIR --pdk NAME
-/// CONFIG` is a busybox sh script: it checks the command line as click would, wants the PDK
-/// mounted read-only, reads DESIGN_NAME and the `dir::` globs from the config, prints
-/// LibreLane-like lines for five steps and writes `runs/TAG/` beside the config, with a real GDS
-/// (the one cell DESIGN_NAME) in `final/gds/`. Design names with `fail` fail in synthesis; with
-/// `sleepN` each step takes N seconds. As for [`precheck_image`], the build context is a fresh
-/// temporary folder holding the Dockerfile, the script and a copy of the host's `/bin/busybox`.
+/// returns its tag (see [`build_script_image`]). Its `python3 -m librelane --run-tag TAG
+/// --manual-pdk --pdk-root DIR --pdk NAME CONFIG` is a busybox sh script: it checks the command
+/// line as click would, wants the PDK mounted read-only, reads DESIGN_NAME and the `dir::` globs
+/// from the config, prints LibreLane-like lines for five steps and writes `runs/TAG/` beside the
+/// config, with a real GDS (the one cell DESIGN_NAME) in `final/gds/`, and exits with LibreLane's
+/// codes. Design names with `fail` fail in synthesis (exit code 2); with `drc` two more steps find
+/// DRC errors, which are deferred (final/ is written, then exit code 2); with `sleepN` each step
+/// takes N seconds. As for [`precheck_image`], the build context is a fresh temporary folder
+/// holding the Dockerfile, the script and a copy of the host's `/bin/busybox`.
 pub fn librelane_image() -> &'static str {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE.get_or_init(|| {
         docker_required();
-        build_librelane_image();
-        LIBRELANE_IMAGE.to_string()
+        build_script_image("precheck-server-test/librelane", "librelane")
     })
-}
-
-fn build_librelane_image() {
-    build_script_image(LIBRELANE_IMAGE, "librelane");
 }
 
 #[cfg(test)]

@@ -66,9 +66,21 @@ fn failing_layout_gets_status_1_and_a_debug_tarball_with_flow_and_logs() {
     assert!(
         files
             .lines()
-            .any(|f| f.contains("/work/runs/RUN_") && f.ends_with(".txt")),
+            .any(|f| f.contains("/work/runs/RUN_") && f.ends_with("/runtime.txt")),
         "no flow files in {files}"
     );
+    // The checkers' errors are deferred to the end of the flow: the checked layout and the
+    // final views were written before the run failed.
+    for written in [
+        "/output/design.gds",
+        "/final/gds/chip_fail.gds",
+        "/14-klayout-drc/violations.lyrdb",
+    ] {
+        assert!(
+            files.lines().any(|f| f.ends_with(written)),
+            "no {written} in {files}"
+        );
+    }
     server.assert_no_containers();
 }
 
