@@ -21,7 +21,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 echo "== cold build of the KLayout precheck image =="
 docker rmi -f "$image" "$base" >/dev/null 2>&1 || true
 t0=$(date +%s%N)
-tests/standin/klayout/build.sh "$base" "$image" >/dev/null
+tests/standin/klayout/build.sh "$base" "$image" >/dev/null 2>"$work/build.err" || { cat "$work/build.err" >&2; exit 1; }
 echo "cold build (base and precheck layer): $(ms "$t0") ms; image $(docker image inspect --format '{{.Size}}' "$image" | awk '{printf "%.0f MB", $1/1e6}')"
 
 echo "== precheck of a good and a dirty 1x1 die through the server, median of $RUNS =="
@@ -45,13 +45,14 @@ until curl -sf "$server/health" | grep -q '"ready"'; do sleep 0.2; done
 ./target/release/examples/layout --defect drc-space "$work/chip_dirty.gds"
 for die in chip_top chip_dirty; do
   : >"$work/$die.ms"
+  : >"$work/$die.codes"
   for _ in $(seq "$RUNS"); do
     t0=$(date +%s%N)
     code=0
     (cd "$work" && CI=1 "$bin" submit --server "$server" --output out.gds --debug debug.tar.gz \
       "$die.gds" >/dev/null 2>&1) || code=$?
     ms "$t0" >>"$work/$die.ms"
-    echo "$die: exit $code" >>"$work/codes"
+    echo "$code" >>"$work/$die.codes"
   done
-  echo "$die.gds: median $(median <"$work/$die.ms") ms (exit codes: $(grep -c "^$die: exit" "$work/codes") runs, $(sort -u "$work/codes" | grep "^$die" | cut -d' ' -f3 | tr '\n' ' '))"
+  echo "$die.gds, upload to result: median $(median <"$work/$die.ms") ms; exit codes $(sort -u "$work/$die.codes" | tr '\n' ' ')"
 done

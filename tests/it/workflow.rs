@@ -5,9 +5,13 @@ use std::process::Command;
 use crate::support::{TestServer, gds_bytes};
 
 fn run_workflow(server: &TestServer, top: &str) -> (String, tempfile::TempDir) {
+    run_workflow_on(server, top, gds_bytes(top))
+}
+
+fn run_workflow_on(server: &TestServer, top: &str, layout: Vec<u8>) -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let gds = dir.path().join("chip_top.gds");
-    std::fs::write(&gds, gds_bytes(top)).unwrap();
+    std::fs::write(&gds, layout).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/scripts/workflow.sh");
     let out = Command::new("bash")
         .arg(script)
@@ -144,4 +148,41 @@ impl Drop for RemoveImage {
     fn drop(&mut self) {
         crate::support::docker(&["rmi", "-f", &self.0]);
     }
+}
+
+/// The same workflow against the precheck image that does real work: a good die passes with its
+/// checked layout, a die with a DRC error fails with the DRC report in its debug tarball.
+#[test]
+fn the_workflow_gets_real_verdicts_from_the_klayout_image() {
+    use precheck_server::layout::write::{Defect, Die};
+    let server = TestServer::builder()
+        .image(crate::klayout_image::klayout_image())
+        .start();
+    let (stdout, dir) = run_workflow_on(&server, "chip_top", Die::new("chip_top").gds());
+    assert!(stdout.contains("Precheck passed!"), "{stdout}");
+    let checked = precheck_server::layout::inspect(
+        std::fs::File::open(dir.path().join("output.gds")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(checked.top_cells, ["chip_top"]);
+
+    let dirty = Die::new("chip_top").defect(Defect::DrcWidth).gds();
+    let (stdout, dir) = run_workflow_on(&server, "chip_top", dirty);
+    assert!(
+        stdout.contains("Precheck failed with exit code: 1"),
+        "{stdout}"
+    );
+    let listing = Command::new("tar")
+        .arg("tzf")
+        .arg(dir.path().join("debug.tar.gz"))
+        .output()
+        .unwrap();
+    let files = String::from_utf8_lossy(&listing.stdout).to_string();
+    assert!(
+        files
+            .lines()
+            .any(|f| f.contains("/work/runs/") && f.ends_with(".lyrdb")),
+        "no DRC report in {files}"
+    );
+    server.assert_no_containers();
 }
