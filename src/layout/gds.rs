@@ -363,27 +363,9 @@ pub(crate) mod tests {
         }
     }
 
-    /// An 8-byte GDSII real.
+    /// An 8-byte GDSII real, as the layout writer makes it.
     pub fn real(v: f64) -> [u8; 8] {
-        if v == 0.0 {
-            return [0; 8];
-        }
-        let sign = if v < 0.0 { 0x80 } else { 0 };
-        let mut v = v.abs();
-        let mut exponent = 64i32;
-        while v >= 1.0 {
-            v /= 16.0;
-            exponent += 1;
-        }
-        while v < 1.0 / 16.0 {
-            v *= 16.0;
-            exponent -= 1;
-        }
-        let fraction = (v * 2f64.powi(56)).round() as u64;
-        let mut out = [0u8; 8];
-        out[0] = sign | exponent as u8;
-        out[1..].copy_from_slice(&fraction.to_be_bytes()[1..]);
-        out
+        crate::layout::write::gds_real8(v).expect("a real GDSII can hold")
     }
 
     fn tops(bytes: &[u8]) -> Vec<String> {

@@ -32,10 +32,16 @@ fn cli_at(config: &Path, env: &[(&str, &str)], args: &[&str]) -> Ran {
         .envs(env.iter().copied())
         .output()
         .expect("run precheck-server");
-    Ran {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    Ran::from(out)
+}
+
+impl From<std::process::Output> for Ran {
+    fn from(out: std::process::Output) -> Ran {
+        Ran {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
     }
 }
 
@@ -678,11 +684,7 @@ async fn serve_and_the_admin_commands_find_the_config_alike() {
             .envs(env.iter().copied())
             .output()
             .expect("run precheck-server");
-        Ran {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Ran::from(out)
     };
     let folder = here.path().canonicalize().unwrap();
     let looked = format!("looked for config.toml in {}", folder.display());

@@ -30,6 +30,21 @@ fn run_workflow_on(server: &TestServer, top: &str, layout: Vec<u8>) -> (String, 
     (stdout, dir)
 }
 
+/// The names in the `debug.tar.gz` the workflow saved in `dir`, one a line.
+fn debug_tarball_files(dir: &std::path::Path) -> String {
+    let listing = Command::new("tar")
+        .arg("tzf")
+        .arg(dir.join("debug.tar.gz"))
+        .output()
+        .unwrap();
+    assert!(
+        listing.status.success(),
+        "not a tar.gz: {}",
+        String::from_utf8_lossy(&listing.stderr)
+    );
+    String::from_utf8_lossy(&listing.stdout).to_string()
+}
+
 #[test]
 fn passing_layout_downloads_the_checked_output() {
     let server = TestServer::start("");
@@ -52,17 +67,7 @@ fn failing_layout_gets_status_1_and_a_debug_tarball_with_flow_and_logs() {
         stdout.contains("Precheck failed with exit code: 1"),
         "{stdout}"
     );
-    let listing = Command::new("tar")
-        .arg("tzf")
-        .arg(dir.path().join("debug.tar.gz"))
-        .output()
-        .unwrap();
-    assert!(
-        listing.status.success(),
-        "not a tar.gz: {}",
-        String::from_utf8_lossy(&listing.stderr)
-    );
-    let files = String::from_utf8_lossy(&listing.stdout).to_string();
+    let files = debug_tarball_files(dir.path());
     assert!(
         files.lines().any(|f| f.ends_with("/logs.txt")),
         "no logs in {files}"
@@ -172,12 +177,7 @@ fn the_workflow_gets_real_verdicts_from_the_klayout_image() {
         stdout.contains("Precheck failed with exit code: 1"),
         "{stdout}"
     );
-    let listing = Command::new("tar")
-        .arg("tzf")
-        .arg(dir.path().join("debug.tar.gz"))
-        .output()
-        .unwrap();
-    let files = String::from_utf8_lossy(&listing.stdout).to_string();
+    let files = debug_tarball_files(dir.path());
     assert!(
         files
             .lines()
