@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use precheck_server::layout::write::{Defect, Die};
 use precheck_server::model::LayoutFormat;
@@ -14,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::client::{self, upload, wait};
 use crate::klayout_image::klayout_image;
-use crate::support::{TestServer, docker, docker_required, server_bin};
+use crate::support::{TestServer, docker, docker_required};
 
 /// A server of the KLayout image that runs one precheck at a time: each takes both cores for a
 /// while, and the tests beside these need some too.
@@ -440,22 +439,7 @@ fn the_image_answers_with_the_real_command_line_under_the_runs_isolation() {
 
 /// `precheck-server submit ARGS` in `dir` against `server`; returns its exit code and output.
 fn submit(server: &TestServer, dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(server_bin())
-        .arg("submit")
-        .args(args)
-        .arg("--server")
-        .arg(&server.url)
-        .current_dir(dir)
-        .env("CI", "true")
-        .env_remove("PRECHECK_API_KEY")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run precheck-server submit");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::submit::finished(crate::submit::spawn_submit(server, dir, args))
 }
 
 #[test]

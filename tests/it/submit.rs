@@ -11,7 +11,7 @@ use crate::client::get_json;
 use crate::support::{TestServer, gds_bytes, server_bin};
 
 /// `submit ARGS` in `dir`, with the server's URL, output captured; not waited for.
-fn spawn_submit(server: &TestServer, dir: &Path, args: &[&str]) -> Child {
+pub fn spawn_submit(server: &TestServer, dir: &Path, args: &[&str]) -> Child {
     Command::new(server_bin())
         .arg("submit")
         .args(args)
@@ -26,7 +26,7 @@ fn spawn_submit(server: &TestServer, dir: &Path, args: &[&str]) -> Child {
         .expect("run precheck-server submit")
 }
 
-fn finished(child: Child) -> (i32, String, String) {
+pub fn finished(child: Child) -> (i32, String, String) {
     let Output {
         status,
         stdout,
