@@ -207,8 +207,9 @@ fn validate(path: &std::path::Path) -> (bool, String) {
         .is_ok_and(|o| o.status.success());
     assert!(
         installed,
-        "the tests need openapi-spec-validator: python3 -m pip install openapi-spec-validator \
-         (.ci/run installs it)"
+        "the tests need openapi-spec-validator on the python3 of PATH: python3 -m venv VENV && \
+         VENV/bin/pip install openapi-spec-validator, then PATH=VENV/bin:$PATH (README, \
+         \"Run the tests\"; .ci/run does this)"
     );
     let out = Command::new("python3")
         .args(["-m", "openapi_spec_validator"])
