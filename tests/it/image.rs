@@ -73,21 +73,7 @@ async fn health_says(server: &TestServer, status: &str) -> Value {
     wait_until_async(
         Duration::from_secs(60),
         &format!("/health says the image is {status}"),
-        || {
-            let url = server.api("/health");
-            let status = status.to_string();
-            async move {
-                let body: Value = client::http()
-                    .get(url)
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                body["image"]["status"] == status.as_str()
-            }
-        },
+        || async { health(server).await.1["image"]["status"] == status },
     )
     .await;
     health(server).await.1

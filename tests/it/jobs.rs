@@ -349,16 +349,7 @@ async fn a_build_reports_progress_and_its_layout_passes_the_precheck() {
         let full = format!("build-{build}/{name}");
         assert!(names.contains(&full), "{full} not in {names:?}");
     }
-    let (status, gds) = get_bytes(job_url(
-        &server,
-        &project,
-        &build,
-        "/artifacts/final/gds/counter_sleep1.gds",
-    ))
-    .await;
-    assert_eq!(status, 200);
-    let layout = precheck_server::layout::inspect(gds.as_slice()).unwrap();
-    assert_eq!(layout.top_cells, ["counter_sleep1"]);
+    final_gds_holds(&server, &project, &build, "counter_sleep1").await;
 
     // A request that cannot succeed makes no upload of the build's layout.
     refused(
@@ -455,16 +446,7 @@ async fn a_build_reports_progress_and_its_layout_passes_the_precheck() {
         json!({"StatusCode": 2, "Error": {"Message":
             "the build's checkers found problems (exit code 2): 3 KLayout DRC errors found; its final views are in the artifacts; see the logs"}})
     );
-    let (status, gds) = get_bytes(job_url(
-        &server,
-        &project,
-        &deferred,
-        "/artifacts/final/gds/counter_drc.gds",
-    ))
-    .await;
-    assert_eq!(status, 200);
-    let layout = precheck_server::layout::inspect(gds.as_slice()).unwrap();
-    assert_eq!(layout.top_cells, ["counter_drc"]);
+    final_gds_holds(&server, &project, &deferred, "counter_drc").await;
     refused(
         send(
             http()
@@ -823,4 +805,13 @@ async fn verilator_simulations_pass_fail_and_keep_their_waveforms() {
         .start();
     pass_then_fail(&server, "verilator").await;
     server.assert_no_containers();
+}
+
+/// The build's `final/gds/DESIGN.gds` is served as an artefact and its one top cell is DESIGN.
+async fn final_gds_holds(server: &TestServer, project: &str, build: &str, design: &str) {
+    let path = format!("/artifacts/final/gds/{design}.gds");
+    let (status, gds) = get_bytes(job_url(server, project, build, &path)).await;
+    assert_eq!(status, 200, "{path}");
+    let layout = precheck_server::layout::inspect(gds.as_slice()).unwrap();
+    assert_eq!(layout.top_cells, [design]);
 }
