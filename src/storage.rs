@@ -622,34 +622,311 @@ impl Drop for ChunkSender {
     }
 }
 
-/// Opens the regular file at `rel` (a checked relative path) under `root`, with its length;
-/// `None` if there is none. No part of the path may be a symlink: files a container wrote are
-/// served, never what a link of theirs points to.
-pub fn open_inside(root: &Path, rel: &str) -> io::Result<Option<(std::fs::File, u64)>> {
-    let mut path = root.to_path_buf();
-    for part in rel.split('/') {
-        path.push(part);
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) if meta.file_type().is_symlink() => return Ok(None),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
-        }
+/// Opens the regular file at `path` without following a link, with its length; `None` if there
+/// is no regular file there (nothing, a symlink, a folder, a fifo, a device).
+pub fn open_regular(path: &Path) -> io::Result<Option<(File, u64)>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_file() => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
     }
-    let file = std::fs::File::open(&path)?;
+    // O_NOFOLLOW: a link put there since is refused (ELOOP), never followed.
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(file) => file,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let meta = file.metadata()?;
     Ok(meta.is_file().then_some((file, meta.len())))
 }
 
-/// Writes `dir` as a gzip'd tar whose entries start with `prefix/`. Symlinks are stored as links,
-/// never followed, so nothing outside `dir` is read.
+/// Whether `path` is a folder itself, not a link to one.
+fn is_real_dir(path: &Path) -> io::Result<bool> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => Ok(meta.is_dir()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens the regular file at `rel` (a checked relative path) under the folder `root`, with its
+/// length; `None` if there is none. Neither `root` nor any part of the path may be a symlink:
+/// files a container wrote are served, never what a link of theirs points to.
+pub fn open_inside(root: &Path, rel: &str) -> io::Result<Option<(File, u64)>> {
+    if !is_real_dir(root)? {
+        return Ok(None);
+    }
+    let mut path = root.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').collect();
+    let Some((last, folders)) = parts.split_last() else {
+        return Ok(None);
+    };
+    for part in folders {
+        path.push(part);
+        if !is_real_dir(&path)? {
+            return Ok(None);
+        }
+    }
+    path.push(last);
+    open_regular(&path)
+}
+
+/// Writes `dir` as a gzip'd tar whose entries start with `prefix/`: its folders and regular
+/// files only. Nothing is followed: a symlink (or fifo, or device) is left out, and so is
+/// everything if `dir` itself is not a folder, so nothing outside `dir` is read.
 pub fn write_tar_gz(dir: &Path, prefix: &str, out: impl Write) -> io::Result<()> {
     let gz = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
     let mut tar = tar::Builder::new(gz);
-    tar.follow_symlinks(false);
-    tar.mode(tar::HeaderMode::Complete);
-    tar.append_dir_all(prefix, dir)?;
+    if is_real_dir(dir)? {
+        let mut pending = vec![(dir.to_path_buf(), PathBuf::from(prefix))];
+        while let Some((folder, name)) = pending.pop() {
+            append_dir_entry(&mut tar, &folder, &name)?;
+            let mut children = vec![];
+            for entry in std::fs::read_dir(&folder)? {
+                let entry = entry?;
+                children.push((entry.file_name(), entry.file_type()?));
+            }
+            children.sort_by(|a, b| a.0.cmp(&b.0));
+            // Folders are popped last-pushed first: push them in reverse to keep names sorted.
+            for (child, kind) in children.iter().rev() {
+                let path = folder.join(child);
+                if kind.is_dir() {
+                    pending.push((path, name.join(child)));
+                }
+            }
+            for (child, kind) in &children {
+                if kind.is_file()
+                    && let Some((file, len)) = open_regular(&folder.join(child))?
+                {
+                    let mut header = tar::Header::new_gnu();
+                    header.set_metadata_in_mode(&file.metadata()?, tar::HeaderMode::Complete);
+                    header.set_size(len);
+                    // A file that grows while it is read (a running precheck's log) is cut
+                    // at the length its header says.
+                    tar.append_data(&mut header, name.join(child), file.take(len))?;
+                }
+            }
+        }
+    }
     tar.into_inner()?.finish()?.flush()
+}
+
+fn append_dir_entry(
+    tar: &mut tar::Builder<impl Write>,
+    folder: &Path,
+    name: &Path,
+) -> io::Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(
+        &std::fs::symlink_metadata(folder)?,
+        tar::HeaderMode::Complete,
+    );
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_size(0);
+    tar.append_data(&mut header, name, io::empty())
+}
+
+/// At most this many entries a copy skipped are named; the rest are counted.
+pub const MAX_SKIPPED_NAMED: usize = 100;
+
+/// What [`unpack_tree`] did not keep of a container's files.
+#[derive(Debug, Default)]
+pub struct Unpacked {
+    /// One line per entry not kept (the first [`MAX_SKIPPED_NAMED`]), e.g.
+    /// `skipped symlink "/work/x" -> "/etc"`.
+    pub skipped: Vec<String>,
+    /// Entries not kept beyond those named.
+    pub unnamed: u64,
+}
+
+impl Unpacked {
+    fn skip(&mut self, line: String) {
+        if self.skipped.len() < MAX_SKIPPED_NAMED {
+            self.skipped.push(line);
+        } else {
+            self.unnamed += 1;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.skipped.is_empty() && self.unnamed == 0
+    }
+
+    /// Adds what another copy skipped.
+    pub fn extend(&mut self, other: Unpacked) {
+        for line in other.skipped {
+            self.skip(line);
+        }
+        self.unnamed += other.unnamed;
+    }
+}
+
+/// A name a container chose, as a quoted, escaped string of bounded length for a log line.
+fn quoted(bytes: &[u8]) -> String {
+    const MAX: usize = 240;
+    let text = String::from_utf8_lossy(bytes);
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{:?}...", &text[..cut]),
+        None => format!("{text:?}"),
+    }
+}
+
+/// Unpacks a tar of `path` as a container's engine hands it (its names start with `path`'s last
+/// component: `/work` gives `work/...`) into `dest`, keeping only regular files and folders.
+/// Symlinks, hard links, fifos and devices are never created, and never followed: each is
+/// skipped, at every level and also when it is `path` itself, and named in the answer (as a
+/// path in the container) for the run's log. So are entries with `..` or another root. Every
+/// file is created below folders this call made or checked are folders, and opened with
+/// `O_NOFOLLOW`.
+pub fn unpack_tree(reader: impl Read, path: &str, dest: &Path) -> io::Result<Unpacked> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    std::fs::create_dir_all(dest)?;
+    if !is_real_dir(dest)? {
+        return Err(io::Error::other(format!(
+            "{} is not a folder",
+            dest.display()
+        )));
+    }
+    let container = Path::new(path);
+    let root = container.file_name().map(|n| n.as_bytes()).unwrap_or(b"");
+    let parent = container
+        .parent()
+        .map(|p| p.as_os_str().as_bytes())
+        .unwrap_or(b"");
+    let parent = parent.strip_suffix(b"/").unwrap_or(parent);
+    // The name an entry had in the container, for the log.
+    let shown = |parts: &[&[u8]]| -> String {
+        let mut full = parent.to_vec();
+        for part in parts {
+            full.push(b'/');
+            full.extend_from_slice(part);
+        }
+        quoted(&full)
+    };
+    let mut unpacked = Unpacked::default();
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let raw = entry.path_bytes().into_owned();
+        let parts: Vec<&[u8]> = raw
+            .split(|b| *b == b'/')
+            .filter(|p| !p.is_empty() && *p != b".")
+            .collect();
+        let kind = entry.header().entry_type();
+        if parts.is_empty()
+            || matches!(
+                kind,
+                tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
+            )
+        {
+            continue;
+        }
+        if parts.contains(&&b".."[..]) || parts[0] != root || raw.starts_with(b"/") {
+            unpacked.skip(format!(
+                "skipped {}: it is not a path below {}",
+                quoted(&raw),
+                quoted(container.as_os_str().as_bytes())
+            ));
+            continue;
+        }
+        let name = shown(&parts);
+        let what = if kind.is_dir() || kind.is_file() || kind == tar::EntryType::Continuous {
+            None
+        } else if kind.is_symlink() {
+            let target = entry.link_name_bytes().unwrap_or_default();
+            Some(format!("skipped symlink {name} -> {}", quoted(&target)))
+        } else if kind.is_hard_link() {
+            let target = entry.link_name_bytes().unwrap_or_default();
+            let target: Vec<&[u8]> = target
+                .split(|b| *b == b'/')
+                .filter(|p| !p.is_empty())
+                .collect();
+            Some(format!("skipped hard link {name} -> {}", shown(&target)))
+        } else if kind.is_fifo() {
+            Some(format!("skipped fifo {name}"))
+        } else if kind.is_character_special() || kind.is_block_special() {
+            Some(format!("skipped device {name}"))
+        } else {
+            Some(format!(
+                "skipped {name}: an entry of tar type {:?}",
+                kind.as_byte() as char
+            ))
+        };
+        if let Some(line) = what {
+            unpacked.skip(line);
+            continue;
+        }
+        // Each folder on the way is one this copy made, or a folder (not a link) already.
+        let folders = if kind.is_dir() {
+            &parts[..]
+        } else {
+            &parts[..parts.len() - 1]
+        };
+        let mut at = dest.to_path_buf();
+        let mut blocked = None;
+        for (i, part) in folders.iter().enumerate() {
+            at.push(std::ffi::OsStr::from_bytes(part));
+            match std::fs::symlink_metadata(&at) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => {
+                    blocked = Some(shown(&parts[..=i]));
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::create_dir(&at)?,
+                Err(e) => return Err(e),
+            }
+        }
+        if let Some(folder) = blocked {
+            unpacked.skip(format!("skipped {name}: {folder} is not a folder"));
+            continue;
+        }
+        if kind.is_dir() {
+            continue;
+        }
+        at.push(std::ffi::OsStr::from_bytes(parts[parts.len() - 1]));
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if !meta.is_file() => {
+                unpacked.skip(format!(
+                    "skipped {name}: something that is not a file has that name"
+                ));
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&at);
+        let mut file = match opened {
+            Ok(file) if file.metadata()?.is_file() => file,
+            Ok(_) => {
+                unpacked.skip(format!(
+                    "skipped {name}: something that is not a file has that name"
+                ));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        io::copy(&mut entry, &mut file)?;
+        if let Ok(mtime) = entry.header().mtime() {
+            let _ =
+                file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime));
+        }
+    }
+    Ok(unpacked)
 }
 
 #[cfg(test)]
@@ -738,5 +1015,209 @@ mod tests {
         std::fs::write(dir.path().join("tmp/x.part"), b"half").unwrap();
         Storage::open(dir.path()).unwrap();
         assert!(!dir.path().join("tmp/x.part").exists());
+    }
+
+    /// A tar entry written header byte by header byte, so names `tar::Builder` refuses (`..`,
+    /// absolute) can be made as a hostile engine or container could.
+    fn raw_entry(
+        tar: &mut tar::Builder<Vec<u8>>,
+        name: &str,
+        kind: tar::EntryType,
+        link: &str,
+        data: &[u8],
+    ) {
+        let mut header = tar::Header::new_gnu();
+        let gnu = header.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        tar.append(&header, data).unwrap();
+    }
+
+    /// Every path below `dir`, with `/` after folders' names; links and others are listed too.
+    fn tree(dir: &Path) -> Vec<String> {
+        let mut found = vec![];
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(at) = pending.pop() {
+            for entry in std::fs::read_dir(&at).unwrap() {
+                let entry = entry.unwrap();
+                let rel = entry
+                    .path()
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .display()
+                    .to_string();
+                if entry.file_type().unwrap().is_dir() {
+                    found.push(format!("{rel}/"));
+                    pending.push(entry.path());
+                } else {
+                    found.push(rel);
+                }
+            }
+        }
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn unpack_keeps_only_files_and_folders_and_names_the_rest() {
+        use tar::EntryType as T;
+        let mut tar = tar::Builder::new(vec![]);
+        raw_entry(&mut tar, "work/", T::Directory, "", b"");
+        raw_entry(&mut tar, "work/a.txt", T::Regular, "", b"a");
+        raw_entry(&mut tar, "./work/sub/b.txt", T::Regular, "", b"b");
+        raw_entry(&mut tar, "work/link", T::Symlink, "/etc", b"");
+        raw_entry(&mut tar, "work/hard", T::Link, "work/a.txt", b"");
+        raw_entry(&mut tar, "work/fifo", T::Fifo, "", b"");
+        raw_entry(&mut tar, "work/tty", T::Char, "", b"");
+        raw_entry(&mut tar, "work/../evil", T::Regular, "", b"x");
+        raw_entry(&mut tar, "/work/abs", T::Regular, "", b"x");
+        raw_entry(&mut tar, "other/x", T::Regular, "", b"x");
+        raw_entry(
+            &mut tar,
+            "work/bad\nname",
+            T::Symlink,
+            "/etc\n2026 forged line",
+            b"",
+        );
+        let bytes = tar.into_inner().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let unpacked = unpack_tree(&bytes[..], "/work", dir.path()).unwrap();
+        assert_eq!(
+            tree(dir.path()),
+            ["work/", "work/a.txt", "work/sub/", "work/sub/b.txt"]
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("work/sub/b.txt")).unwrap(),
+            b"b"
+        );
+        assert_eq!(
+            unpacked.skipped,
+            [
+                r#"skipped symlink "/work/link" -> "/etc""#,
+                r#"skipped hard link "/work/hard" -> "/work/a.txt""#,
+                r#"skipped fifo "/work/fifo""#,
+                r#"skipped device "/work/tty""#,
+                r#"skipped "work/../evil": it is not a path below "/work""#,
+                r#"skipped "/work/abs": it is not a path below "/work""#,
+                r#"skipped "other/x": it is not a path below "/work""#,
+                r#"skipped symlink "/work/bad\nname" -> "/etc\n2026 forged line""#,
+            ]
+        );
+        assert_eq!(unpacked.unnamed, 0);
+    }
+
+    #[test]
+    fn a_root_that_is_a_link_or_a_file_below_a_file_is_skipped() {
+        use tar::EntryType as T;
+        let mut tar = tar::Builder::new(vec![]);
+        raw_entry(&mut tar, "tag", T::Symlink, "/home", b"");
+        let dir = tempfile::tempdir().unwrap();
+        let unpacked = unpack_tree(
+            &tar.into_inner().unwrap()[..],
+            "/project/runs/tag",
+            dir.path(),
+        )
+        .unwrap();
+        assert_eq!(tree(dir.path()), Vec::<String>::new());
+        assert_eq!(
+            unpacked.skipped[0],
+            r#"skipped symlink "/project/runs/tag" -> "/home""#
+        );
+
+        let mut tar = tar::Builder::new(vec![]);
+        raw_entry(&mut tar, "work", T::Regular, "", b"a file");
+        raw_entry(&mut tar, "work/x", T::Regular, "", b"x");
+        let dir = tempfile::tempdir().unwrap();
+        let unpacked = unpack_tree(&tar.into_inner().unwrap()[..], "/work", dir.path()).unwrap();
+        assert_eq!(tree(dir.path()), ["work"]);
+        assert_eq!(
+            unpacked.skipped,
+            [r#"skipped "/work/x": "/work" is not a folder"#]
+        );
+    }
+
+    #[test]
+    fn unpack_never_follows_a_link_already_in_its_folder() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("kept"), b"host").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("work")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("work/sub")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("kept"), dir.path().join("work/a")).unwrap();
+        let mut tar = tar::Builder::new(vec![]);
+        raw_entry(&mut tar, "work/sub/new", tar::EntryType::Regular, "", b"x");
+        raw_entry(&mut tar, "work/a", tar::EntryType::Regular, "", b"x");
+        let unpacked = unpack_tree(&tar.into_inner().unwrap()[..], "/work", dir.path()).unwrap();
+        assert_eq!(unpacked.skipped.len(), 2, "{:?}", unpacked.skipped);
+        assert_eq!(tree(outside.path()), ["kept"]);
+        assert_eq!(std::fs::read(outside.path().join("kept")).unwrap(), b"host");
+
+        // A destination that is itself a link is refused.
+        let linked = dir.path().join("linked");
+        std::os::unix::fs::symlink(outside.path(), &linked).unwrap();
+        let mut tar = tar::Builder::new(vec![]);
+        raw_entry(&mut tar, "work/x", tar::EntryType::Regular, "", b"x");
+        assert!(unpack_tree(&tar.into_inner().unwrap()[..], "/work", &linked).is_err());
+        assert_eq!(tree(outside.path()), ["kept"]);
+    }
+
+    #[test]
+    fn skipped_entries_beyond_the_bound_are_counted() {
+        let mut tar = tar::Builder::new(vec![]);
+        for i in 0..MAX_SKIPPED_NAMED + 50 {
+            raw_entry(
+                &mut tar,
+                &format!("w/l{i}"),
+                tar::EntryType::Symlink,
+                "/",
+                b"",
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let unpacked = unpack_tree(&tar.into_inner().unwrap()[..], "/w", dir.path()).unwrap();
+        assert_eq!(unpacked.skipped.len(), MAX_SKIPPED_NAMED);
+        assert_eq!(unpacked.unnamed, 50);
+    }
+
+    #[test]
+    fn tarballs_and_reads_of_run_folders_follow_no_link() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("secret"), b"host secret").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(run.join("sub")).unwrap();
+        std::fs::write(run.join("sub/real"), b"real").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), run.join("file-link")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), run.join("dir-link")).unwrap();
+        let linked = dir.path().join("linked");
+        std::os::unix::fs::symlink(outside.path(), &linked).unwrap();
+
+        let names = |dir: &Path| {
+            let mut bytes = vec![];
+            write_tar_gz(dir, "p", &mut bytes).unwrap();
+            let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+            archive
+                .entries()
+                .unwrap()
+                .map(|e| {
+                    let e = e.unwrap();
+                    assert!(e.header().entry_type().is_file() || e.header().entry_type().is_dir());
+                    e.path().unwrap().display().to_string()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&run), ["p", "p/sub", "p/sub/real"]);
+        assert_eq!(names(&linked), Vec::<String>::new());
+
+        assert!(open_inside(&run, "sub/real").unwrap().is_some());
+        for rel in ["file-link", "dir-link/secret", "sub", "missing"] {
+            assert!(open_inside(&run, rel).unwrap().is_none(), "{rel}");
+        }
+        assert!(open_inside(&linked, "secret").unwrap().is_none());
+        assert!(open_regular(&run.join("file-link")).unwrap().is_none());
     }
 }
