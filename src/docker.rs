@@ -24,7 +24,7 @@ use futures_util::{Stream, StreamExt, TryStreamExt};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::config::Limits;
-use crate::storage::ChunkSender;
+use crate::storage::{ChunkSender, Unpacked, unpack_tree};
 
 /// Calls that should answer at once are cut off after this long.
 const QUICK: Duration = Duration::from_secs(60);
@@ -328,8 +328,15 @@ impl Engine {
     }
 
     /// Copies `path` out of a container into `dest` (which is created), keeping the last path
-    /// component: `/work` lands in `dest/work`. Returns false if the path does not exist.
-    pub async fn copy_out(&self, container: &str, path: &str, dest: &Path) -> Result<bool> {
+    /// component: `/work` lands in `dest/work`. Only regular files and folders are kept
+    /// ([`crate::storage::unpack_tree`]); the answer names what was skipped. `None` if the path
+    /// does not exist.
+    pub async fn copy_out(
+        &self,
+        container: &str,
+        path: &str,
+        dest: &Path,
+    ) -> Result<Option<Unpacked>> {
         let options = DownloadFromContainerOptionsBuilder::default()
             .path(path)
             .build();
@@ -339,7 +346,7 @@ impl Engine {
             .peekable();
         if let Some(Err(e)) = std::pin::Pin::new(&mut stream).peek().await {
             if status_of(e) == Some(404) {
-                return Ok(false);
+                return Ok(None);
             }
             let message = e.to_string();
             return Err(anyhow!(
@@ -349,19 +356,12 @@ impl Engine {
         let reader = StreamReader::new(stream.map_err(std::io::Error::other));
         let bridge = SyncIoBridge::new(reader);
         let dest = dest.to_path_buf();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            std::fs::create_dir_all(&dest)?;
-            let mut archive = tar::Archive::new(bridge);
-            archive.set_preserve_permissions(false);
-            archive.set_overwrite(true);
-            // `unpack` refuses entries that would land outside `dest`.
-            archive.unpack(&dest)?;
-            Ok(())
-        })
-        .await
-        .context("the copy thread failed")?
-        .with_context(|| format!("cannot copy {path} out of container {container}"))?;
-        Ok(true)
+        let from = path.to_string();
+        let unpacked = tokio::task::spawn_blocking(move || unpack_tree(bridge, &from, &dest))
+            .await
+            .context("the copy thread failed")?
+            .with_context(|| format!("cannot copy {path} out of container {container}"))?;
+        Ok(Some(unpacked))
     }
 
     /// Removes a container, whatever its state. A container that is already gone, or that

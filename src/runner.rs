@@ -29,7 +29,7 @@ use crate::model::{
     SimulationTool, exit_code,
 };
 use crate::progress;
-use crate::storage::Storage;
+use crate::storage::{Storage, Unpacked};
 use prometheus::IntCounter;
 
 /// Every container the server creates carries its run's id under this label.
@@ -476,19 +476,26 @@ impl Runner {
     }
 
     /// Copies a stopped container's results into the run's folder: a precheck's `/work` and
-    /// output, a simulation's waveforms, a build's LibreLane run folder.
+    /// output, a simulation's waveforms, a build's LibreLane run folder. Only regular files and
+    /// folders are kept; what was skipped is noted in the run's log (docs/decisions.md, "What
+    /// containers hand back").
     async fn collect(&self, run: &Run, id: &str, run_dir: &Path) -> Result<()> {
+        let mut skipped = Unpacked::default();
+        let mut copy = async |path: &str, dest: &Path| -> Result<bool> {
+            let copied = self.engine.copy_out(id, path, dest).await?;
+            let found = copied.is_some();
+            skipped.extend(copied.unwrap_or_default());
+            Ok(found)
+        };
         match &run.params {
             RunParams::Precheck(_) => {
-                self.engine.copy_out(id, "/work", run_dir).await?;
-                self.engine
-                    .copy_out(id, "/output/design.gds", &run_dir.join("output"))
-                    .await?;
+                copy("/work", run_dir).await?;
+                copy("/output/design.gds", &run_dir.join("output")).await?;
             }
             RunParams::Simulation(_) => {
                 let scratch = run_dir.join("scratch");
                 remove_dir_if_any(&scratch).await?;
-                self.engine.copy_out(id, PROJECT_DIR, &scratch).await?;
+                copy(PROJECT_DIR, &scratch).await?;
                 let (from, to) = (scratch.join("project"), run_dir.join(ARTIFACTS));
                 tokio::task::spawn_blocking(move || keep_waveforms(&from, &to))
                     .await
@@ -500,12 +507,35 @@ impl Runner {
                 let scratch = run_dir.join("scratch");
                 remove_dir_if_any(&scratch).await?;
                 let flow_dir = build_run_dir(run.id, p);
-                if self.engine.copy_out(id, &flow_dir, &scratch).await? {
+                let copied = scratch.join(run.id.to_string());
+                // The run folder itself may have been skipped (a link): then nothing is kept.
+                if copy(&flow_dir, &scratch).await?
+                    && tokio::fs::symlink_metadata(&copied)
+                        .await
+                        .is_ok_and(|m| m.is_dir())
+                {
                     let artifacts = run_dir.join(ARTIFACTS);
                     remove_dir_if_any(&artifacts).await?;
-                    tokio::fs::rename(scratch.join(run.id.to_string()), &artifacts).await?;
+                    tokio::fs::rename(&copied, &artifacts).await?;
                 }
                 remove_dir_if_any(&scratch).await?;
+            }
+        }
+        if !skipped.is_empty() {
+            let count = skipped.skipped.len() as u64 + skipped.unnamed;
+            let mut lines = vec![format!(
+                "{count} entries were not copied out of the container: only regular files and folders are, and links are never followed (docs/decisions.md, \"What containers hand back\")"
+            )];
+            lines.extend(skipped.skipped);
+            if skipped.unnamed > 0 {
+                lines.push(format!("and {} more skipped", skipped.unnamed));
+            }
+            let log = self.storage.log_path(run.id);
+            for line in &lines {
+                if let Err(e) = note(&log, line).await {
+                    tracing::warn!(run_id = %run.id, "cannot note a skipped entry in the log: {e}");
+                    break;
+                }
             }
         }
         Ok(())
@@ -560,8 +590,8 @@ async fn judge(run: &Run, code: i64, storage: &Storage, progress: Option<Progres
     let see = "see the logs";
     match (&run.params, code) {
         (RunParams::Precheck(_), 0) => {
-            let output = tokio::fs::metadata(storage.output_path(run.id)).await;
-            if output.is_ok_and(|m| m.len() > 0) {
+            let output = tokio::fs::symlink_metadata(storage.output_path(run.id)).await;
+            if output.is_ok_and(|m| m.is_file() && m.len() > 0) {
                 Outcome::completed()
             } else {
                 Outcome::failed(
@@ -702,8 +732,15 @@ fn deferred_errors(lines: &[String]) -> Option<Vec<String>> {
 }
 
 /// The layout a completed build made: the one file in its `final/gds/`.
+/// No part of the way is followed: `artifacts/`, `final/` and `gds/` must be folders, not links.
 pub async fn final_gds(run_dir: &Path) -> Option<std::path::PathBuf> {
-    let dir = run_dir.join(ARTIFACTS).join("final").join("gds");
+    let mut dir = run_dir.to_path_buf();
+    for part in [ARTIFACTS, "final", "gds"] {
+        dir.push(part);
+        if !tokio::fs::symlink_metadata(&dir).await.ok()?.is_dir() {
+            return None;
+        }
+    }
     let mut entries = tokio::fs::read_dir(&dir).await.ok()?;
     let mut found = None;
     while let Ok(Some(entry)) = entries.next_entry().await {
@@ -722,8 +759,10 @@ pub async fn final_gds(run_dir: &Path) -> Option<std::path::PathBuf> {
 }
 
 /// Moves the `.vcd` and `.fst` files under `from` to the same paths under `to`.
+/// Nothing is followed: `from` itself must be a folder, and only folders and regular files
+/// below it are looked at.
 fn keep_waveforms(from: &Path, to: &Path) -> std::io::Result<()> {
-    if !from.is_dir() {
+    if !std::fs::symlink_metadata(from).is_ok_and(|m| m.is_dir()) {
         return Ok(());
     }
     let mut pending = vec![from.to_path_buf()];

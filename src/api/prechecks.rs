@@ -26,7 +26,7 @@ use crate::layout::{EXPECTED_DBU_MICRONS, Layout};
 use crate::model::{PrecheckParams, Run, RunKind, RunParams, RunStatus, SLOTS};
 use crate::runner::final_gds;
 use crate::server::AppState;
-use crate::storage::{ChunkSender, write_tar_gz};
+use crate::storage::{ChunkSender, open_inside, open_regular, write_tar_gz};
 
 /// A precheck to run: of an upload, or of the final layout of a completed build job (give one of
 /// `upload_id` and `job_id`).
@@ -400,9 +400,16 @@ async fn upload_build(state: &AppState, caller: &Caller, job: &str) -> Result<Uu
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "design.gds".into());
-    let file = tokio::fs::File::open(&path)
+    let opened = tokio::task::spawn_blocking(move || open_regular(&path))
         .await
+        .map_err(|e| ApiError::Internal(e.into()))?
         .map_err(|e| anyhow::Error::from(e).context("cannot read the build's layout"))?;
+    let Some((file, _)) = opened else {
+        return Err(ApiError::Conflict(format!(
+            "build job {id} has no single layout in final/gds/: see its artefacts"
+        )));
+    };
+    let file = tokio::fs::File::from_std(file);
     let upload_id = Uuid::new_v4();
     let mut writer = state.storage.upload_writer(upload_id);
     let mut chunks = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
@@ -757,7 +764,7 @@ pub(super) async fn cancel_run(state: &AppState, run: &Run) -> Result<Json<RunBo
                 ("Content-Disposition" = String, description = "`attachment; filename=\"<name>.checked.gds\"`"),
                 ("Content-Length" = u64, description = "Bytes."),
             )),
-        (status = 404, description = "No such precheck (or another key's).", body = Message),
+        (status = 404, description = "No such precheck (or another key's), or its output file is gone.", body = Message),
         (status = 409, description = "The precheck has not completed.", body = Message),
     )
 )]
@@ -773,11 +780,21 @@ pub async fn output(
             run.id, run.status
         )));
     }
-    let path = state.storage.output_path(run.id);
-    let file = tokio::fs::File::open(&path).await.map_err(|e| {
-        anyhow::Error::from(e).context(format!("cannot open the output of {}", run.id))
-    })?;
-    let len = file.metadata().await.map_err(anyhow::Error::from)?.len();
+    // Opened without following a link: only the regular file the run copied out is served.
+    let run_dir = state.storage.run_dir(run.id);
+    let opened = tokio::task::spawn_blocking(move || open_inside(&run_dir, "output/design.gds"))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?
+        .map_err(|e| {
+            anyhow::Error::from(e).context(format!("cannot open the output of {}", run.id))
+        })?;
+    let Some((file, len)) = opened else {
+        return Err(ApiError::NotFound(format!(
+            "precheck {} has no output file (it was removed from the storage folder): see /logs or the debug tarball",
+            run.id
+        )));
+    };
+    let file = tokio::fs::File::from_std(file);
     let upload = match run.precheck() {
         Some(p) => state.db.upload(p.upload_id).await?,
         None => None,
