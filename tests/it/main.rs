@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod config;
 mod errors;
+mod hostile;
 mod image;
 mod jobs;
 mod klayout_image;

@@ -1192,6 +1192,17 @@ pub fn librelane_image() -> &'static str {
     })
 }
 
+/// Builds the hostile stand-in (`tests/standin/hostile`): as the precheck, LibreLane and the
+/// simulator it plants symlinks, hard links and fifos at every level of what the server copies out
+/// of its container (see its `python3`). Built as [`precheck_image`] is; returns its tag.
+pub fn hostile_image() -> &'static str {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        docker_required();
+        build_script_image("precheck-server-test/hostile", "hostile")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
