@@ -404,7 +404,9 @@ async fn upload_build(state: &AppState, caller: &Caller, job: &str) -> Result<Uu
         .await
         .map_err(|e| anyhow::Error::from(e).context("cannot read the build's layout"))?;
     let upload_id = Uuid::new_v4();
-    let mut writer = state.storage.upload_writer(upload_id);
+    let mut writer = state
+        .storage
+        .upload_writer(upload_id, state.config.inflation);
     let mut chunks = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(anyhow::Error::from)?;
