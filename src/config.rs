@@ -24,6 +24,9 @@ pub struct Config {
     pub max_concurrent: usize,
     pub upload_expiry: Duration,
     pub max_upload_size: u64,
+    /// What an upload's decompressors may produce (`server.max_inflated_size`,
+    /// `server.max_inflation_ratio`).
+    pub inflation: crate::layout::InflationLimits,
     pub image: String,
     pub container_prefix: String,
     /// Limits of prechecks.
@@ -135,6 +138,8 @@ pub struct ProjectLimits {
     pub max_file_size: u64,
     /// Bytes in all of a project's files.
     pub max_project_size: u64,
+    /// Files in a project (and so in one import).
+    pub max_files: usize,
 }
 
 /// Resource limits applied to every run's container.
@@ -329,6 +334,7 @@ impl Default for RawBuilds {
 struct RawProjects {
     max_file_size: Size,
     max_project_size: Size,
+    max_files: usize,
 }
 
 impl Default for RawProjects {
@@ -336,6 +342,7 @@ impl Default for RawProjects {
         RawProjects {
             max_file_size: Size::Text("64MiB".into()),
             max_project_size: Size::Text("1GiB".into()),
+            max_files: 10_000,
         }
     }
 }
@@ -349,6 +356,8 @@ struct RawServer {
     max_concurrent: usize,
     upload_expiry_minutes: u64,
     max_upload_size: Size,
+    max_inflated_size: Size,
+    max_inflation_ratio: u64,
 }
 
 impl Default for RawServer {
@@ -360,6 +369,8 @@ impl Default for RawServer {
             max_concurrent: 1,
             upload_expiry_minutes: 15,
             max_upload_size: Size::Text("2GiB".into()),
+            max_inflated_size: Size::Text("8GiB".into()),
+            max_inflation_ratio: 200,
         }
     }
 }
@@ -476,6 +487,18 @@ impl RawConfig {
         if max_upload_size == 0 {
             bail!("server.max_upload_size: must be more than 0");
         }
+        let max_inflated = parse_size(&s.max_inflated_size, "server.max_inflated_size")?;
+        if max_inflated == 0 {
+            bail!("server.max_inflated_size: must be more than 0");
+        }
+        if s.max_inflation_ratio == 0 {
+            bail!("server.max_inflation_ratio: must be at least 1");
+        }
+        let inflation = crate::layout::InflationLimits {
+            max_inflated,
+            max_ratio: s.max_inflation_ratio,
+            ratio_floor: crate::layout::RATIO_FLOOR,
+        };
         let d = self.docker;
         let image = check_image(d.image, "docker.image")?;
         let prefix_ok = d
@@ -528,6 +551,9 @@ impl RawConfig {
         let max_project_size = parse_size(&p.max_project_size, "projects.max_project_size")?;
         if max_file_size == 0 || max_project_size < max_file_size {
             bail!("projects: max_file_size must be more than 0 and at most max_project_size");
+        }
+        if p.max_files == 0 {
+            bail!("projects.max_files: must be at least 1");
         }
         let w = self.webhooks;
         if w.secret.as_ref().is_some_and(|s| s.trim().len() < 16) {
@@ -586,6 +612,7 @@ impl RawConfig {
             max_concurrent: s.max_concurrent,
             upload_expiry: Duration::from_secs(s.upload_expiry_minutes * 60),
             max_upload_size,
+            inflation,
             image,
             container_prefix: d.container_prefix,
             limits,
@@ -614,6 +641,7 @@ impl RawConfig {
             projects: ProjectLimits {
                 max_file_size,
                 max_project_size,
+                max_files: p.max_files,
             },
         })
     }
@@ -838,6 +866,43 @@ mod tests {
             defaults.simulation_limits.timeout
         );
         assert_eq!(example.images.simulation, defaults.images.simulation);
+        assert_eq!(example.inflation, defaults.inflation);
+        assert_eq!(example.projects.max_files, defaults.projects.max_files);
+    }
+
+    #[test]
+    fn bounds_on_inflation_and_file_counts() {
+        let c = parse("").unwrap();
+        assert_eq!(c.inflation, crate::layout::InflationLimits::default());
+        assert_eq!(c.inflation.max_inflated, 8 << 30);
+        assert_eq!(c.inflation.max_ratio, 200);
+        assert_eq!(c.projects.max_files, 10_000);
+        let c = parse(
+            "[server]\nmax_inflated_size = \"1GiB\"\nmax_inflation_ratio = 50\n[projects]\nmax_files = 7",
+        )
+        .unwrap();
+        assert_eq!(c.inflation.max_inflated, 1 << 30);
+        assert_eq!(c.inflation.max_ratio, 50);
+        assert_eq!(c.projects.max_files, 7);
+        for (text, needle) in [
+            (
+                "[server]\nmax_inflated_size = 0",
+                "server.max_inflated_size",
+            ),
+            (
+                "[server]\nmax_inflated_size = \"lots\"",
+                "server.max_inflated_size",
+            ),
+            (
+                "[server]\nmax_inflation_ratio = 0",
+                "server.max_inflation_ratio",
+            ),
+            ("[server]\nmax_inflation_ratio = -1", "max_inflation_ratio"),
+            ("[projects]\nmax_files = 0", "projects.max_files"),
+        ] {
+            let e = error(text);
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

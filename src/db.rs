@@ -295,6 +295,8 @@ pub enum PutFile {
     },
     /// The project would hold more than its limit: the bytes it would hold.
     ProjectTooLarge(u64),
+    /// The project would hold more files than its limit: how many.
+    TooManyFiles(u64),
     NoProject,
 }
 
@@ -1195,12 +1197,13 @@ impl Db {
     }
 
     /// Stores (or replaces) files of a project, all or none, unless the project would then
-    /// hold more than `max_size` bytes.
+    /// hold more than `max_size` bytes or `max_files` files.
     pub async fn put_files(
         &self,
         id: Uuid,
         files: Vec<ProjectFile>,
         max_size: u64,
+        max_files: usize,
     ) -> Result<PutFile> {
         self.call(move |c| {
             let tx = c.transaction()?;
@@ -1239,13 +1242,16 @@ impl Db {
                 )?;
                 replaced.extend(old.filter(|old| *old != f.sha256));
             }
-            let total: i64 = tx.query_row(
-                "SELECT COALESCE(SUM(size), 0) FROM project_files WHERE project_id = ?1",
+            let (total, count): (i64, i64) = tx.query_row(
+                "SELECT COALESCE(SUM(size), 0), COUNT(*) FROM project_files WHERE project_id = ?1",
                 [id.to_string()],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             if total as u64 > max_size {
                 return Ok(PutFile::ProjectTooLarge(total as u64));
+            }
+            if count as u64 > max_files as u64 {
+                return Ok(PutFile::TooManyFiles(count as u64));
             }
             if let Some(f) = files.first() {
                 tx.execute(
@@ -1703,6 +1709,50 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_project_holds_at_most_max_files_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        let project = Project {
+            id: Uuid::new_v4(),
+            name: "p".into(),
+            description: String::new(),
+            owner: None,
+            created: now(),
+            updated: now(),
+            files: 0,
+            size: 0,
+        };
+        db.create_project(project.clone()).await.unwrap();
+        let file = |path: &str| ProjectFile {
+            path: path.into(),
+            size: 1,
+            sha256: "aa".into(),
+            modified: now(),
+        };
+        let put = |paths: &[&str]| {
+            db.put_files(project.id, paths.iter().map(|p| file(p)).collect(), 100, 2)
+        };
+        assert!(matches!(
+            put(&["a", "b"]).await.unwrap(),
+            PutFile::Stored { .. }
+        ));
+        // Replacing at the limit is fine; one more file is not, and nothing of it is stored.
+        assert!(matches!(put(&["b"]).await.unwrap(), PutFile::Stored { .. }));
+        assert!(matches!(
+            put(&["b", "c"]).await.unwrap(),
+            PutFile::TooManyFiles(3)
+        ));
+        let paths: Vec<String> = db
+            .project_files(project.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|f| f.path)
+            .collect();
+        assert_eq!(paths, ["a", "b"]);
+    }
+
+    #[tokio::test]
     async fn a_job_keeps_the_files_it_was_given() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
@@ -1723,7 +1773,7 @@ mod tests {
             sha256: sha.into(),
             modified: now(),
         };
-        db.put_files(project.id, vec![file("config.json", "aa")], 100)
+        db.put_files(project.id, vec![file("config.json", "aa")], 100, 10)
             .await
             .unwrap();
         let build = |config: &str| {
@@ -1756,7 +1806,7 @@ mod tests {
             .unwrap();
         assert_eq!(run.kind(), RunKind::Build);
         // Replaced, then the project deleted (the job is queued: it refuses, until the job ends).
-        db.put_files(project.id, vec![file("config.json", "bb")], 100)
+        db.put_files(project.id, vec![file("config.json", "bb")], 100, 10)
             .await
             .unwrap();
         assert_eq!(

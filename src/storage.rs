@@ -13,9 +13,12 @@
 //! ```
 //! Every path here is built from a UUID; no string from a client becomes part of a path.
 
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
@@ -24,7 +27,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::layout::{self, Layout, LayoutError};
+use crate::config::ProjectLimits;
+use crate::layout::{self, InflationLimits, Layout, LayoutError};
 
 /// The storage folder of one server.
 #[derive(Debug, Clone)]
@@ -97,13 +101,18 @@ impl Storage {
         self.run_dir(id).join("output").join("design.gds")
     }
 
-    /// Starts receiving an upload. Chunks go to a blocking thread that writes and hashes them.
-    pub fn upload_writer(&self, id: Uuid) -> UploadWriter {
+    /// Starts receiving an upload. Chunks go to a blocking thread that writes and hashes them,
+    /// while a second one reads the layout within `limits`. Dropped unfinished (the client went
+    /// away), the writer stops both at their next read.
+    pub fn upload_writer(&self, id: Uuid, limits: InflationLimits) -> UploadWriter {
         let part = self.root.join("tmp").join(format!("{id}.part"));
         let dest = self.upload_path(id);
         let (tx, rx) = mpsc::channel(8);
-        let task = tokio::task::spawn_blocking(move || write_upload(rx, &part, &dest));
-        UploadWriter { tx, task }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopping = stop.clone();
+        let task =
+            tokio::task::spawn_blocking(move || write_upload(rx, &part, &dest, limits, stopping));
+        UploadWriter { tx, task, stop }
     }
 
     /// A project file's content, named by its sha256.
@@ -124,14 +133,16 @@ impl Storage {
     }
 
     /// Unpacks a `.tar.gz` of source files streamed in: each regular file becomes a staged
-    /// blob under its (checked) path; folders are skipped; anything else is refused.
+    /// blob under its (checked) path; folders are skipped; anything else is refused. `existing`
+    /// are the paths the project holds: the import is refused before a file that would make
+    /// the project hold more than `limits.max_files` is staged.
     pub fn tar_gz_importer(
         &self,
-        max_file: u64,
-        max_total: u64,
+        limits: ProjectLimits,
+        existing: HashSet<String>,
     ) -> ChunkWriter<Vec<(String, StagedBlob)>> {
         let storage = self.clone();
-        ChunkWriter::reading(move |reader| import_tar_gz(reader, &storage, max_file, max_total))
+        ChunkWriter::reading(move |reader| import_tar_gz(reader, &storage, &limits, &existing))
     }
 
     /// Moves staged content to its blob (content already there is kept: it is the same).
@@ -259,10 +270,19 @@ pub enum UploadError {
 }
 
 /// A file being written from async code by a blocking thread, chunk by chunk. Dropping it
-/// without [`ChunkWriter::finish`] aborts the write (and removes the partial file).
+/// without [`ChunkWriter::finish`] aborts the write (and removes the partial file): the channel
+/// closes and the stop flag is set, which the layout reader looks at on every read.
 pub struct ChunkWriter<T> {
     tx: mpsc::Sender<Chunk>,
     task: JoinHandle<Result<T, UploadError>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl<T> Drop for ChunkWriter<T> {
+    fn drop(&mut self) {
+        // After `finish` the work is done and this changes nothing.
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// An upload being written: stored, hashed and read as a layout.
@@ -283,7 +303,11 @@ impl<T: Send + 'static> ChunkWriter<T> {
                 finished: false,
             })
         });
-        ChunkWriter { tx, task }
+        ChunkWriter {
+            tx,
+            task,
+            stop: Default::default(),
+        }
     }
 }
 
@@ -411,8 +435,10 @@ fn write_upload(
     mut rx: mpsc::Receiver<Chunk>,
     part: &Path,
     dest: &Path,
+    limits: InflationLimits,
+    stop: Arc<AtomicBool>,
 ) -> Result<Saved, UploadError> {
-    let result = store_upload(&mut rx, part, dest);
+    let result = store_upload(&mut rx, part, dest, limits, stop);
     if result.is_err() {
         let _ = std::fs::remove_file(part);
     }
@@ -425,15 +451,21 @@ fn store_upload(
     rx: &mut mpsc::Receiver<Chunk>,
     part: &Path,
     dest: &Path,
+    limits: InflationLimits,
+    stop: Arc<AtomicBool>,
 ) -> Result<Saved, UploadError> {
+    // However this thread ends (a write fails, the client goes away), the reader stops at its
+    // next read instead of inflating what it was handed already.
+    let _stop_reader = StopOnDrop(stop.clone());
     let (to_reader, chunks) = std::sync::mpsc::sync_channel::<Bytes>(16);
     let reader = std::thread::Builder::new()
         .name("layout".into())
         .spawn(move || {
-            layout::inspect(ChunkReader {
+            let chunks = ChunkReader {
                 rx: chunks,
                 chunk: Bytes::new(),
-            })
+            };
+            layout::inspect_within(chunks, limits, &stop)
         })?;
     let mut file = BufWriter::with_capacity(256 * 1024, File::create(part)?);
     let mut hasher = Sha256::new();
@@ -481,15 +513,26 @@ fn store_upload(
     })
 }
 
-/// At most this many files come from one tarball.
-const MAX_IMPORT_FILES: usize = 100_000;
+/// Sets a stop flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
 
 fn import_tar_gz(
     reader: impl Read,
     storage: &Storage,
-    max_file: u64,
-    max_total: u64,
+    limits: &ProjectLimits,
+    existing: &HashSet<String>,
 ) -> Result<Vec<(String, StagedBlob)>, UploadError> {
+    let (max_file, max_total, max_files) = (
+        limits.max_file_size,
+        limits.max_project_size,
+        limits.max_files,
+    );
     let mut gz = io::BufReader::new(reader);
     if !io::BufRead::fill_buf(&mut gz)?.starts_with(&[0x1f, 0x8b]) {
         return Err(UploadError::Rejected(
@@ -498,6 +541,11 @@ fn import_tar_gz(
     }
     let mut archive = tar::Archive::new(flate2::bufread::MultiGzDecoder::new(gz));
     let mut files: Vec<(String, StagedBlob)> = vec![];
+    // Where each path is in `files` (a path given twice keeps its last content).
+    let mut index: HashMap<String, usize> = HashMap::new();
+    // Paths the project does not hold yet.
+    let mut new_paths = 0usize;
+    let mut folders = 0usize;
     let mut total = 0u64;
     let entries = archive.entries().map_err(tar_error)?;
     for entry in entries {
@@ -508,6 +556,13 @@ fn import_tar_gz(
             .to_string();
         let kind = entry.header().entry_type();
         if kind.is_dir() {
+            // Folders cost nothing to store, but reading a million of them would.
+            folders += 1;
+            if folders > max_files {
+                return Err(UploadError::Oversize(format!(
+                    "the tarball holds more than {max_files} folders, the limit of files a project (projects.max_files)"
+                )));
+            }
             continue;
         }
         if !kind.is_file() {
@@ -535,6 +590,19 @@ fn import_tar_gz(
                 crate::config::human_bytes(max_file)
             )));
         }
+        if !index.contains_key(path) && !existing.contains(path) {
+            new_paths += 1;
+            if existing.len() + new_paths > max_files {
+                let held = if existing.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (it holds {} already)", existing.len())
+                };
+                return Err(UploadError::Oversize(format!(
+                    "the import would give the project more than the limit of {max_files} files{held} (projects.max_files)"
+                )));
+            }
+        }
         total += size;
         if total > max_total {
             return Err(UploadError::Oversize(format!(
@@ -544,12 +612,12 @@ fn import_tar_gz(
         }
         let path = path.to_string();
         let staged = stage_blob(entry, storage.blob_part())?;
-        files.retain(|(p, _)| *p != path);
-        files.push((path, staged));
-        if files.len() > MAX_IMPORT_FILES {
-            return Err(UploadError::Oversize(format!(
-                "the tarball holds more than {MAX_IMPORT_FILES} files"
-            )));
+        match index.get(&path) {
+            Some(&i) => files[i].1 = staged,
+            None => {
+                index.insert(path.clone(), files.len());
+                files.push((path, staged));
+            }
         }
     }
     Ok(files)
@@ -944,7 +1012,7 @@ mod tests {
         let mut bytes = gds.finish();
         // Padding after ENDLIB is kept as sent.
         bytes.extend([0u8; 100]);
-        let mut w = storage.upload_writer(id);
+        let mut w = storage.upload_writer(id, Default::default());
         let (a, b) = bytes.split_at(37);
         w.write(Bytes::copy_from_slice(a)).await.unwrap();
         w.write(Bytes::copy_from_slice(b)).await.unwrap();
@@ -960,7 +1028,7 @@ mod tests {
 
         // A file that is not a layout is refused and leaves nothing.
         let id = Uuid::new_v4();
-        let mut w = storage.upload_writer(id);
+        let mut w = storage.upload_writer(id, Default::default());
         let _ = w.write(Bytes::from_static(b"hello world")).await;
         let e = w.finish().await.unwrap_err();
         assert!(matches!(e, UploadError::Layout(_)), "{e}");
@@ -968,7 +1036,7 @@ mod tests {
 
         // A fault stops the upload at once: the chunks after it are refused, not stored.
         let id = Uuid::new_v4();
-        let mut w = storage.upload_writer(id);
+        let mut w = storage.upload_writer(id, Default::default());
         let mut bad = bytes.clone();
         bad[64] = 0x7f;
         let mut refused = None;
@@ -994,7 +1062,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(dir.path()).unwrap();
         let id = Uuid::new_v4();
-        let mut w = storage.upload_writer(id);
+        let mut w = storage.upload_writer(id, Default::default());
         w.write(Bytes::from_static(b"partial")).await.unwrap();
         drop(w);
         let tmp = dir.path().join("tmp");

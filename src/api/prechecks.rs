@@ -411,7 +411,9 @@ async fn upload_build(state: &AppState, caller: &Caller, job: &str) -> Result<Uu
     };
     let file = tokio::fs::File::from_std(file);
     let upload_id = Uuid::new_v4();
-    let mut writer = state.storage.upload_writer(upload_id);
+    let mut writer = state
+        .storage
+        .upload_writer(upload_id, state.config.inflation);
     let mut chunks = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(anyhow::Error::from)?;

@@ -307,7 +307,7 @@ pub async fn files(
         (status = 200, description = "Replaced.", body = FileBody),
         (status = 400, description = "A bad path, or the body could not be read.", body = Message),
         (status = 404, description = "No such project (or another key's).", body = Message),
-        (status = 413, description = "Larger than `projects.max_file_size`, or the project would be larger than `projects.max_project_size`.", body = Message),
+        (status = 413, description = "Larger than `projects.max_file_size`, or the project would be larger than `projects.max_project_size` or hold more than `projects.max_files` files.", body = Message),
         (status = 507, description = "The server's disk is full.", body = Message),
     )
 )]
@@ -376,7 +376,7 @@ pub struct Imported {
         (status = 200, description = "Imported.", body = Imported),
         (status = 400, description = "Not a `.tar.gz`, a bad path, a link, or the body could not be read.", body = Message),
         (status = 404, description = "No such project (or another key's).", body = Message),
-        (status = 413, description = "The tarball, a file or the project would be larger than `projects.max_project_size` or `projects.max_file_size`.", body = Message),
+        (status = 413, description = "The tarball, a file or the project would be larger than `projects.max_project_size` or `projects.max_file_size`, or the project would hold more than `projects.max_files` files.", body = Message),
         (status = 507, description = "The server's disk is full.", body = Message),
     )
 )]
@@ -409,9 +409,16 @@ async fn import_tarball(
             human_bytes(limits.max_project_size)
         ))
     };
-    let importer = state
-        .storage
-        .tar_gz_importer(limits.max_file_size, limits.max_project_size);
+    // The paths it holds, so that the importer can refuse as soon as the tarball holds more new
+    // files than the project has room for (commit checks again, with the rows).
+    let existing = state
+        .db
+        .project_files(id)
+        .await?
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    let importer = state.storage.tar_gz_importer(limits.clone(), existing);
     let staged = feed(body, &headers, importer, limits.max_project_size, too_large).await?;
     let files = commit(&state, id, staged).await?;
     tracing::info!(project_id = %id, files = files.len(), "tarball imported");
@@ -473,7 +480,12 @@ async fn commit(
     }
     let stored = state
         .db
-        .put_files(id, files.clone(), state.config.projects.max_project_size)
+        .put_files(
+            id,
+            files.clone(),
+            state.config.projects.max_project_size,
+            state.config.projects.max_files,
+        )
         .await?;
     let new_blobs = || files.iter().map(|f| f.sha256.clone()).collect();
     match stored {
@@ -487,6 +499,13 @@ async fn commit(
                 "the project would hold {}, more than its limit of {} (projects.max_project_size): delete files first",
                 human_bytes(total),
                 human_bytes(state.config.projects.max_project_size)
+            )))
+        }
+        PutFile::TooManyFiles(count) => {
+            release_blobs(state, new_blobs()).await?;
+            Err(ApiError::TooLarge(format!(
+                "the project would hold {count} files, more than its limit of {} (projects.max_files): delete files first",
+                state.config.projects.max_files
             )))
         }
         PutFile::NoProject => {

@@ -138,7 +138,7 @@ const SNIFF_LEN: usize = 16;
     request_body(content = inline(UploadForm), content_type = "multipart/form-data"),
     responses(
         (status = 201, description = "Stored.", body = UploadBody),
-        (status = 400, description = "No multipart body or no `file` field, or not a layout, truncated or corrupt.", body = Message),
+        (status = 400, description = "No multipart body or no `file` field, or not a layout, truncated or corrupt, or its compressed data inflates past `server.max_inflated_size` or `server.max_inflation_ratio`.", body = Message),
         (status = 413, description = "Larger than `server.max_upload_size`.", body = Message),
         (status = 507, description = "The server's disk is full.", body = Message),
     )
@@ -226,7 +226,7 @@ async fn receive(
         }
 
         let id = Uuid::new_v4();
-        let mut writer = state.storage.upload_writer(id);
+        let mut writer = state.storage.upload_writer(id, state.config.inflation);
         let mut size = 0u64;
         let mut chunks = buffered.into_iter();
         loop {

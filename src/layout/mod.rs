@@ -15,8 +15,10 @@ pub mod write;
 #[cfg(test)]
 pub(crate) use gds::tests::Writer as GdsWriter;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::model::LayoutFormat;
 
@@ -27,6 +29,35 @@ pub const EXPECTED_DBU_MICRONS: f64 = 0.001;
 pub const MAX_CELLS: usize = 1_000_000;
 /// At most this many bytes of cell names in all.
 pub const MAX_NAME_BYTES: usize = 64 << 20;
+
+/// By default the ratio bound applies only once this many bytes have been inflated: a small
+/// file may compress far better than a big one (a few cells of repeated boxes), and inflating
+/// this much costs a fraction of a second.
+pub const RATIO_FLOOR: u64 = 64 << 20;
+
+/// Bounds on what decompressors may produce while one layout is read: the gzip stream of a
+/// `.gds.gz`, all the CBLOCKs of an OASIS file together (`server.max_inflated_size` and
+/// `server.max_inflation_ratio`; docs/decisions.md, "Inputs that cost without limit").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InflationLimits {
+    /// At most this many inflated bytes in all.
+    pub max_inflated: u64,
+    /// At most this many inflated bytes for each compressed byte read, once past
+    /// `ratio_floor`.
+    pub max_ratio: u64,
+    /// Inflated bytes below which the ratio is not looked at ([`RATIO_FLOOR`]).
+    pub ratio_floor: u64,
+}
+
+impl Default for InflationLimits {
+    fn default() -> Self {
+        InflationLimits {
+            max_inflated: 8 << 30,
+            max_ratio: 200,
+            ratio_floor: RATIO_FLOOR,
+        }
+    }
+}
 
 /// The facts the server checks before a precheck may use a layout.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,21 +97,47 @@ pub enum LayoutError {
         format: &'static str,
         detail: String,
     },
+    /// Its compressed data inflates past a bound of [`InflationLimits`] (the message names the
+    /// config key).
+    #[error("{0}")]
+    Inflation(String),
+    /// Reading was stopped from outside (the client went away).
+    #[error("the layout was not read to its end: its upload was abandoned")]
+    Abandoned,
     /// Reading failed for a reason of the source's own.
     #[error("cannot read the layout: {0}")]
     Io(io::Error),
 }
 
-/// Reads a whole layout from `reader` and says what it holds.
+/// Reads a whole layout from `reader` and says what it holds, within the default
+/// [`InflationLimits`].
 pub fn inspect(reader: impl Read) -> Result<Layout, LayoutError> {
-    let mut reader = BufReader::with_capacity(64 * 1024, reader);
+    inspect_within(reader, InflationLimits::default(), &AtomicBool::new(false))
+}
+
+/// Reads a whole layout from `reader` within `limits`; stops with [`LayoutError::Abandoned`] at
+/// its next read once `stop` is set (every read of the source and of inflated data looks).
+pub fn inspect_within(
+    reader: impl Read,
+    limits: InflationLimits,
+    stop: &AtomicBool,
+) -> Result<Layout, LayoutError> {
+    let meter = Meter::new(limits, stop);
+    let mut reader = BufReader::with_capacity(
+        64 * 1024,
+        Source {
+            inner: reader,
+            stop,
+        },
+    );
     let head = fill_head(&mut reader)?;
     match sniff(&head) {
         Some(LayoutFormat::Gds) => gds::read(reader, GDS)?.into_layout(LayoutFormat::Gds, GDS),
         Some(LayoutFormat::GdsGz) => {
+            let decoder = flate2::bufread::MultiGzDecoder::new(meter.compressed(reader));
             let mut inflated = BufReader::with_capacity(
                 64 * 1024,
-                GzipErrors(flate2::bufread::MultiGzDecoder::new(reader)),
+                meter.inflated(GzipErrors(decoder), "the gzip'd GDSII"),
             );
             let head = fill_head(&mut inflated).map_err(|e| match e {
                 LayoutError::Io(e) => io_error(e, GDS_GZ, "at its start"),
@@ -94,7 +151,9 @@ pub fn inspect(reader: impl Read) -> Result<Layout, LayoutError> {
             }
             gds::read(inflated, GDS_GZ)?.into_layout(LayoutFormat::GdsGz, GDS_GZ)
         }
-        Some(LayoutFormat::Oasis) => oasis::read(reader)?.into_layout(LayoutFormat::Oasis, OASIS),
+        Some(LayoutFormat::Oasis) => {
+            oasis::read(reader, &meter)?.into_layout(LayoutFormat::Oasis, OASIS)
+        }
         None => Err(LayoutError::NotALayout(describe_start(&head))),
     }
 }
@@ -107,6 +166,12 @@ const OASIS: &str = "OASIS";
 /// Turns a read error into a layout error: the end of the data is truncation (`context` says
 /// where, e.g. "inside record 12 at byte 300"), a gzip failure is gzip's, the rest is I/O.
 fn io_error(e: io::Error, format: &'static str, context: &str) -> LayoutError {
+    if let Some(stop) = stopped(&e) {
+        return match stop {
+            Stop::Limit(message) => LayoutError::Inflation(message.clone()),
+            Stop::Abandoned => LayoutError::Abandoned,
+        };
+    }
     if e.get_ref().is_some_and(|inner| inner.is::<GzipError>()) {
         return if e.kind() == io::ErrorKind::UnexpectedEof {
             LayoutError::Truncated {
@@ -166,8 +231,167 @@ fn fill_head(reader: &mut impl BufRead) -> Result<Vec<u8>, LayoutError> {
         match reader.fill_buf() {
             Ok(buf) => return Ok(buf[..buf.len().min(16)].to_vec()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if stopped(&e).is_some() => return Err(io_error(e, "", "")),
             Err(e) => return Err(LayoutError::Io(e)),
         }
+    }
+}
+
+/// Why [`Meter`] or [`Source`] stopped a read (carried inside an `io::Error`).
+#[derive(Debug)]
+enum Stop {
+    /// Past a bound; the message says which and names its config key.
+    Limit(String),
+    /// The stop flag was set.
+    Abandoned,
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Limit(message) => f.write_str(message),
+            Stop::Abandoned => f.write_str("abandoned"),
+        }
+    }
+}
+
+impl std::error::Error for Stop {}
+
+/// The [`Stop`] an error carries, if it is one.
+fn stopped(e: &io::Error) -> Option<&Stop> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<Stop>())
+}
+
+fn abandoned(stop: &AtomicBool) -> io::Result<()> {
+    if stop.load(Ordering::Relaxed) {
+        return Err(io::Error::other(Stop::Abandoned));
+    }
+    Ok(())
+}
+
+/// The layout's bytes as they arrive, read only while the stop flag is unset.
+struct Source<'a, R> {
+    inner: R,
+    stop: &'a AtomicBool,
+}
+
+impl<R: Read> Read for Source<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        abandoned(self.stop)?;
+        self.inner.read(buf)
+    }
+}
+
+/// Counts what goes into decompressors and what comes out, and stops a read that inflates past
+/// the [`InflationLimits`] or that comes after the stop flag was set. One meter serves every
+/// decompressor of a file (all the CBLOCKs of an OASIS file share it).
+struct Meter<'a> {
+    limits: InflationLimits,
+    stop: &'a AtomicBool,
+    compressed: Cell<u64>,
+    inflated: Cell<u64>,
+}
+
+impl<'a> Meter<'a> {
+    fn new(limits: InflationLimits, stop: &'a AtomicBool) -> Self {
+        Meter {
+            limits,
+            stop,
+            compressed: Cell::new(0),
+            inflated: Cell::new(0),
+        }
+    }
+
+    /// Counts the bytes a decompressor consumes from `inner`.
+    fn compressed<R>(&self, inner: R) -> Compressed<'_, 'a, R> {
+        Compressed { inner, meter: self }
+    }
+
+    /// Counts and bounds the bytes a decompressor produces; `what` names them in messages ("the
+    /// gzip'd GDSII").
+    fn inflated<R>(&self, inner: R, what: &'static str) -> Inflated<'_, 'a, R> {
+        Inflated {
+            inner,
+            meter: self,
+            what,
+        }
+    }
+
+    /// Adds `n` inflated bytes; fails once past a bound.
+    fn add_inflated(&self, n: u64, what: &str) -> io::Result<()> {
+        let inflated = self.inflated.get().saturating_add(n);
+        self.inflated.set(inflated);
+        let InflationLimits {
+            max_inflated,
+            max_ratio,
+            ratio_floor,
+        } = self.limits;
+        let compressed = self.compressed.get();
+        let human = crate::config::human_bytes;
+        let message = if inflated > max_inflated {
+            format!(
+                "{what} inflates to more than {}, the server's limit (server.max_inflated_size)",
+                human(max_inflated)
+            )
+        } else if inflated > ratio_floor && inflated > compressed.saturating_mul(max_ratio) {
+            format!(
+                "{what} inflates to more than {max_ratio} times its compressed size ({} from {}): \
+                 refused as a decompression bomb (server.max_inflation_ratio)",
+                human(inflated),
+                human(compressed)
+            )
+        } else {
+            return Ok(());
+        };
+        Err(io::Error::other(Stop::Limit(message)))
+    }
+}
+
+struct Compressed<'m, 'a, R> {
+    inner: R,
+    meter: &'m Meter<'a>,
+}
+
+impl<R> Compressed<'_, '_, R> {
+    fn count(&self, n: usize) {
+        let meter = self.meter;
+        meter
+            .compressed
+            .set(meter.compressed.get().saturating_add(n as u64));
+    }
+}
+
+impl<R: Read> Read for Compressed<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count(n);
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Compressed<'_, '_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.count(amt);
+        self.inner.consume(amt);
+    }
+}
+
+struct Inflated<'m, 'a, R> {
+    inner: R,
+    meter: &'m Meter<'a>,
+    what: &'static str,
+}
+
+impl<R: Read> Read for Inflated<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        abandoned(self.meter.stop)?;
+        let n = self.inner.read(buf)?;
+        self.meter.add_inflated(n as u64, self.what)?;
+        Ok(n)
     }
 }
 
@@ -188,7 +412,9 @@ impl std::error::Error for GzipError {}
 impl<R: Read> Read for GzipErrors<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         self.0.read(buf).map_err(|e| {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
+            if stopped(&e).is_some() {
+                e
+            } else if e.kind() == io::ErrorKind::UnexpectedEof {
                 io::Error::new(io::ErrorKind::UnexpectedEof, GzipError(e))
             } else {
                 io::Error::other(GzipError(e))
@@ -456,6 +682,169 @@ mod tests {
         std::io::Write::write_all(&mut gz, b"just some text").unwrap();
         let e = inspect(&gz.finish().unwrap()[..]).unwrap_err().to_string();
         assert!(e.contains("gzip data that is not GDSII"), "{e}");
+    }
+
+    /// A [`write::Repeated`] layout as a reader: counts what it hands out, and sets `stop` once
+    /// it has handed out `stop_after` bytes (then counts the reads that still come).
+    struct Wire<'a> {
+        chunks: Box<dyn Iterator<Item = bytes::Bytes> + 'a>,
+        current: bytes::Bytes,
+        pulled: u64,
+        stop: Option<(u64, &'a AtomicBool)>,
+        reads_after_stop: &'a std::cell::Cell<u64>,
+    }
+
+    impl<'a> Wire<'a> {
+        fn new(layout: &write::Repeated, reads_after_stop: &'a std::cell::Cell<u64>) -> Self {
+            Wire {
+                chunks: Box::new(layout.chunks()),
+                current: bytes::Bytes::new(),
+                pulled: 0,
+                stop: None,
+                reads_after_stop,
+            }
+        }
+    }
+
+    impl Read for Wire<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if let Some((after, stop)) = self.stop {
+                if stop.load(Ordering::Relaxed) {
+                    self.reads_after_stop.set(self.reads_after_stop.get() + 1);
+                } else if self.pulled >= after {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+            while self.current.is_empty() {
+                match self.chunks.next() {
+                    Some(chunk) => self.current = chunk,
+                    None => return Ok(0),
+                }
+            }
+            let n = buf.len().min(self.current.len());
+            buf[..n].copy_from_slice(&self.current.split_to(n));
+            self.pulled += n as u64;
+            Ok(n)
+        }
+    }
+
+    /// Inspects `layout` within `limits`; returns the result and the bytes read from the wire.
+    fn inspect_repeated(
+        layout: &write::Repeated,
+        limits: InflationLimits,
+    ) -> (Result<Layout, LayoutError>, u64) {
+        let unused = std::cell::Cell::new(0);
+        let mut wire = Wire::new(layout, &unused);
+        let result = inspect_within(&mut wire, limits, &AtomicBool::new(false));
+        (result, wire.pulled)
+    }
+
+    fn bombs() -> [(&'static str, write::Repeated); 2] {
+        use write::{Filling::Zeros, Repeated};
+        // 1 MiB bodies repeated to 64 GiB.
+        [
+            ("gds.gz", Repeated::gds_gz(Zeros, 1 << 20, 65536).unwrap()),
+            ("oasis", Repeated::oasis(Zeros, 1 << 20, 65536).unwrap()),
+        ]
+    }
+
+    /// The defaults with a floor of 1 MiB, so that tests need not inflate 64 MiB to show it.
+    fn low_floor() -> InflationLimits {
+        InflationLimits {
+            ratio_floor: 1 << 20,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn bombs_are_stopped_by_the_ratio_once_past_its_floor() {
+        for (name, bomb) in bombs() {
+            assert!(bomb.inflated() > 60 << 30, "{name}: {}", bomb.inflated());
+            let ratio = bomb.body_inflated / bomb.body.len() as u64;
+            assert!(ratio > 500, "{name}: a bomb compresses {ratio} times");
+            let (result, pulled) = inspect_repeated(&bomb, low_floor());
+            let e = result.unwrap_err();
+            assert!(matches!(e, LayoutError::Inflation(_)), "{name}: {e:?}");
+            let e = e.to_string();
+            assert!(
+                e.contains("more than 200 times its compressed size")
+                    && e.contains("(server.max_inflation_ratio)"),
+                "{name}: {e}"
+            );
+            // Refused once past the floor: after about 1 KiB of the 64 MiB sent (and what the
+            // readers buffer).
+            assert!(pulled < 256 << 10, "{name}: read {pulled} bytes");
+        }
+        // With the default floor, after about 64 KiB (the integration tests do OASIS).
+        let (result, pulled) = inspect_repeated(&bombs()[0].1, InflationLimits::default());
+        assert!(
+            matches!(result, Err(LayoutError::Inflation(_))),
+            "{result:?}"
+        );
+        assert!(pulled < 1 << 20, "read {pulled} bytes");
+    }
+
+    #[test]
+    fn small_files_may_compress_better_than_the_ratio() {
+        use write::{Filling::Zeros, Repeated};
+        // 1 MiB from about 1 KiB: a thousand times, but below the floor.
+        for bomb in [
+            Repeated::gds_gz(Zeros, 100 << 10, 4).unwrap(),
+            Repeated::oasis(Zeros, 100 << 10, 4).unwrap(),
+        ] {
+            assert!(bomb.inflated() < low_floor().ratio_floor);
+            let (layout, _) = inspect_repeated(&bomb, low_floor());
+            assert_eq!(layout.unwrap().top_cells, ["chip_top"]);
+        }
+    }
+
+    #[test]
+    fn real_geometry_past_the_floor_passes_and_the_absolute_bound_holds() {
+        use write::{Filling::Boxes, Repeated};
+        // 8 MiB of boxes, past the floor, compressed about 5 times.
+        for layout in [
+            Repeated::gds_gz(Boxes, 1 << 20, 8).unwrap(),
+            Repeated::oasis(Boxes, 1 << 20, 8).unwrap(),
+        ] {
+            let ratio = layout.inflated() as f64 / layout.size() as f64;
+            assert!(
+                layout.inflated() > low_floor().ratio_floor && ratio < 20.0,
+                "{ratio}"
+            );
+            let (found, _) = inspect_repeated(&layout, low_floor());
+            let found = found.unwrap_or_else(|e| panic!("ratio {ratio:.1}: {e}"));
+            assert_eq!(found.top_cells, ["chip_top"]);
+            let small = InflationLimits {
+                max_inflated: 4 << 20,
+                ..low_floor()
+            };
+            let (refused, _) = inspect_repeated(&layout, small);
+            let e = refused.unwrap_err().to_string();
+            assert!(
+                e.contains("inflates to more than 4 MiB")
+                    && e.contains("(server.max_inflated_size)"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_stop_flag_ends_reading_at_the_next_read() {
+        let unbounded = InflationLimits {
+            max_inflated: u64::MAX,
+            max_ratio: u64::MAX,
+            ratio_floor: 0,
+        };
+        for (name, bomb) in bombs() {
+            let stop = AtomicBool::new(false);
+            let reads_after_stop = std::cell::Cell::new(0);
+            let mut wire = Wire::new(&bomb, &reads_after_stop);
+            wire.stop = Some((16 << 10, &stop));
+            let e = inspect_within(&mut wire, unbounded, &stop).unwrap_err();
+            assert!(matches!(e, LayoutError::Abandoned), "{name}: {e:?}");
+            assert_eq!(reads_after_stop.get(), 0, "{name}");
+            assert!(wire.pulled < 1 << 20, "{name}: read {}", wire.pulled);
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::io::{self, BufRead, BufReader, Read};
 
 use flate2::read::DeflateDecoder;
 
-use super::{CellGraph, CellKey, Found, LayoutError, OASIS, io_error};
+use super::{CellGraph, CellKey, Found, LayoutError, Meter, OASIS, io_error, stopped};
 
 pub(super) const MAGIC: &[u8] = b"%SEMI-OASIS\r\n";
 
@@ -68,10 +68,11 @@ fn record_name(id: u64) -> &'static str {
 }
 
 /// Reads an OASIS file from its magic to its END record.
-pub(super) fn read(reader: impl BufRead) -> Result<Found, LayoutError> {
+/// Every CBLOCK's data is inflated through `meter`.
+pub(super) fn read(reader: impl BufRead, meter: &Meter<'_>) -> Result<Found, LayoutError> {
     let mut source = Counted::new(reader);
     let mut parser = Parser::default();
-    match parser.file(&mut source) {
+    match parser.file(&mut source, meter) {
         Ok(dbu_microns) => Ok(Found {
             dbu_microns,
             graph: parser.graph,
@@ -179,7 +180,7 @@ impl std::fmt::Display for Place {
 
 impl Parser {
     /// Reads the magic and every record up to END; returns the database unit in micrometres.
-    fn file<R: Read>(&mut self, r: &mut Counted<R>) -> Res<f64> {
+    fn file<R: Read>(&mut self, r: &mut Counted<R>, meter: &Meter<'_>) -> Res<f64> {
         magic(r)?;
         let mut dbu = None;
         loop {
@@ -210,7 +211,7 @@ impl Parser {
                         .map(|()| d)
                         .map_err(|f| self.locate(f, n, id, place));
                 }
-                (34, Some(_)) => self.cblock(r, at),
+                (34, Some(_)) => self.cblock(r, at, meter),
                 _ => self.record(id, r),
             };
             result.map_err(|f| self.locate(f, n, id, place))?;
@@ -275,8 +276,8 @@ impl Parser {
 
     /// CBLOCK starting at byte `at`: inflates its data and reads the records in it. The whole
     /// compressed span is consumed whatever happens inside, and the data must inflate to exactly
-    /// the size the CBLOCK declares.
-    fn cblock<R: Read>(&mut self, r: &mut Counted<R>, at: u64) -> Res<()> {
+    /// the size the CBLOCK declares, unless the meter stops it (then nothing more is read).
+    fn cblock<R: Read>(&mut self, r: &mut Counted<R>, at: u64, meter: &Meter<'_>) -> Res<()> {
         let method = uint(r)?;
         if method != 0 {
             return bad(format!(
@@ -285,9 +286,12 @@ impl Parser {
         }
         let size = uint(r)?;
         let compressed = uint(r)?;
-        let mut span = r.by_ref().take(compressed);
+        let mut span = meter.compressed(r.by_ref().take(compressed));
         let result = {
-            let decoder = BufReader::new(DeflateDecoder::new(&mut span));
+            let decoder = BufReader::new(meter.inflated(
+                DeflateDecoder::new(&mut span),
+                "the OASIS file's CBLOCK data",
+            ));
             let mut inflated = Counted::new(decoder.take(size));
             let mut result = self.inflated_records(&mut inflated, at);
             if result.is_ok() {
@@ -307,8 +311,13 @@ impl Parser {
             }
             result
         };
+        if let Err(Fail::Io(e)) = &result
+            && stopped(e).is_some()
+        {
+            return result;
+        }
         io::copy(&mut span, &mut io::sink())?;
-        if span.limit() > 0 {
+        if span.inner.limit() > 0 {
             // The file ends inside the compressed bytes: truncation, whatever the records said.
             return Err(eof());
         }
@@ -1215,7 +1224,9 @@ mod tests {
         );
         corrupt(&bytes, "a second START record");
         // A wrong magic, read directly (inspect would not take it for OASIS).
-        let wrong = super::read(&b"%SEMI-OASIS\r\r\x01"[..]);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let meter = super::Meter::new(Default::default(), &stop);
+        let wrong = super::read(&b"%SEMI-OASIS\r\r\x01"[..], &meter);
         assert!(matches!(wrong, Err(LayoutError::Corrupt { .. })));
     }
 

@@ -1025,6 +1025,154 @@ fn offset_rect([l, b, r, t]: [i64; 4], by: i64) -> [i64; 4] {
     [l + by, b + by, r + by, t + by]
 }
 
+/// What a [`Repeated`] layout's compressed data holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filling {
+    /// Nearly all zeros (polygons of 8 190 points at the origin, OASIS PAD records): what a
+    /// decompression bomb holds, about 1 000 times smaller compressed.
+    Zeros,
+    /// Boxes on a grid: compresses about 5 times, like real geometry.
+    Boxes,
+    /// One tiny box at the origin over and over: about 300 times smaller compressed, and the
+    /// most records for each byte (the costliest to read).
+    Dots,
+}
+
+/// A valid layout of one cell, `chip_top`, made to inflate to far more than it is sent as: its
+/// bytes are `head`, then `body` `repeats` times, then `tail`, so a file that inflates to many
+/// GiB streams from three small buffers (the tests of decompression bombs and
+/// docs/decisions.md, "Inputs that cost without limit").
+#[derive(Debug, Clone)]
+pub struct Repeated {
+    pub head: bytes::Bytes,
+    pub body: bytes::Bytes,
+    pub repeats: u64,
+    pub tail: bytes::Bytes,
+    /// What one `body`'s compressed data inflates to.
+    pub body_inflated: u64,
+}
+
+impl Repeated {
+    /// A `.gds.gz` of gzip members (a reader of gzip reads them as one stream): the header and
+    /// the cell's start, then `repeats` members each of about `body_bytes` of elements, then the
+    /// cell's and the library's end.
+    pub fn gds_gz(filling: Filling, body_bytes: u64, repeats: u64) -> io::Result<Repeated> {
+        use flate2::{Compression, write::GzEncoder};
+        let member = || GzEncoder::new(Vec::new(), Compression::best());
+        let mut head = GdsWriter::new(member(), 0.001)?;
+        head.begin_cell("chip_top")?;
+        let mut body = GdsWriter {
+            out: member(),
+            written: 0,
+        };
+        let mut i = 0i64;
+        while body.written < body_bytes.max(1) {
+            match filling {
+                Filling::Zeros => body.shape(&Shape::Polygon {
+                    layer: Layer(0, 0),
+                    points: vec![(0, 0); 8190],
+                })?,
+                Filling::Boxes => {
+                    let (x, y) = (i % 1000 * 2000, i / 1000 * 2000);
+                    body.rect(Layer(1, 0), [x, y, x + 1000, y + 1000])?;
+                }
+                Filling::Dots => body.rect(Layer(1, 0), [0, 0, 1, 1])?,
+            }
+            i += 1;
+        }
+        let body_inflated = body.written;
+        let mut tail = GdsWriter {
+            out: member(),
+            written: 0,
+        };
+        tail.end_cell()?;
+        let tail = tail.finish()?;
+        Ok(Repeated {
+            head: head.out.finish()?.into(),
+            body: body.out.finish()?.into(),
+            repeats,
+            tail: tail.finish()?.into(),
+            body_inflated,
+        })
+    }
+
+    /// An OASIS file whose cell holds `repeats` CBLOCKs, each inflating to about `body_bytes`.
+    pub fn oasis(filling: Filling, body_bytes: u64, repeats: u64) -> io::Result<Repeated> {
+        use flate2::{Compression, write::DeflateEncoder};
+        let mut head = OasisWriter::new(Vec::new(), 0.001)?;
+        head.begin_cell("chip_top")?;
+        let mut records = OasisWriter {
+            out: DeflateEncoder::new(Vec::new(), Compression::best()),
+            written: 0,
+        };
+        let mut i = 0i64;
+        while records.written < body_bytes.max(1) {
+            match filling {
+                Filling::Zeros => records.raw(&[0; 64 * 1024])?,
+                Filling::Boxes => {
+                    let (x, y) = (i % 1000 * 2000, i / 1000 * 2000);
+                    records.shape(&Shape::Box {
+                        layer: Layer(1, 0),
+                        rect: [x, y, x + 1000, y + 1000],
+                    })?;
+                }
+                Filling::Dots => records.shape(&Shape::Box {
+                    layer: Layer(1, 0),
+                    rect: [0, 0, 1, 1],
+                })?,
+            }
+            i += 1;
+        }
+        let body_inflated = records.written;
+        let deflated = records.out.finish()?;
+        let mut body = OasisWriter {
+            out: Vec::new(),
+            written: 0,
+        };
+        body.unsigned(34)?;
+        body.unsigned(0)?;
+        body.unsigned(body_inflated)?;
+        body.unsigned(deflated.len() as u64)?;
+        body.raw(&deflated)?;
+        let tail = OasisWriter {
+            out: Vec::new(),
+            written: 0,
+        };
+        Ok(Repeated {
+            head: head.out.into(),
+            body: body.out.into(),
+            repeats,
+            tail: tail.finish()?.into(),
+            body_inflated,
+        })
+    }
+
+    /// Bytes on the wire.
+    pub fn size(&self) -> u64 {
+        (self.head.len() + self.tail.len()) as u64 + self.body.len() as u64 * self.repeats
+    }
+
+    /// Bytes the repeated bodies inflate to.
+    pub fn inflated(&self) -> u64 {
+        self.body_inflated.saturating_mul(self.repeats)
+    }
+
+    /// The file's bytes in order, sharing the three buffers.
+    pub fn chunks(&self) -> impl Iterator<Item = bytes::Bytes> + Send + 'static {
+        let body = self.body.clone();
+        std::iter::once(self.head.clone())
+            .chain((0..self.repeats).map(move |_| body.clone()))
+            .chain(std::iter::once(self.tail.clone()))
+    }
+
+    pub fn write_to(&self, mut out: impl Write) -> io::Result<()> {
+        for chunk in self.chunks() {
+            out.write_all(&chunk)?;
+        }
+        out.flush()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one module per area, each test running the real server.
 
 mod auth;
+mod bombs;
 mod cli;
 mod client;
 mod config;
