@@ -721,3 +721,48 @@ async fn serve_and_the_admin_commands_find_the_config_alike() {
     );
     fails(ran, 1, &["cannot read config file /nowhere.toml"]);
 }
+
+/// `precheck-server runs inspect ID | head`: the reader closes the pipe before the command has
+/// printed; every printing command then exits quietly (141, as if killed by SIGPIPE), never
+/// with Rust's "failed printing to stdout" panic.
+#[tokio::test]
+async fn commands_whose_reader_closes_the_pipe_exit_quietly() {
+    let server = TestServer::start("");
+    let run = precheck(&server, "chip_top").await;
+    wait(&server, &run).await;
+    let layout = server.storage.parent().unwrap().join("chip_top.gds");
+    std::fs::write(&layout, gds_bytes("chip_top")).unwrap();
+    let layout = layout.to_str().unwrap().to_string();
+    let config = server.config_path.to_str().unwrap().to_string();
+    let c = config.as_str();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["runs", "inspect", &run, "--config", c],
+        vec!["runs", "list", "--config", c],
+        vec!["runs", "list", "--json", "--config", c],
+        vec!["apikey", "list", "--config", c],
+        vec!["apikey", "list", "--json", "--config", c],
+        vec!["status", "--config", c],
+        vec!["inspect", &layout],
+        vec!["inspect", "--json", &layout],
+    ];
+    for args in commands {
+        let mut child = Command::new(server_bin())
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run precheck-server");
+        // The reader goes away at once, before the command has written anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait for precheck-server");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        assert!(
+            matches!(out.status.code(), Some(0 | 141)),
+            "{args:?}: {:?}: {stderr}",
+            out.status
+        );
+        assert!(stderr.is_empty(), "{args:?} said: {stderr}");
+    }
+    server.assert_no_containers();
+}
