@@ -353,6 +353,9 @@ impl Engine {
             std::fs::create_dir_all(&dest)?;
             let mut archive = tar::Archive::new(bridge);
             archive.set_preserve_permissions(false);
+            // `unpack` sets each file's mode from the archive: keep them the server's own, as
+            // the umask does for everything else it creates (0700 folders, 0600 files).
+            archive.set_mask(0o077);
             archive.set_overwrite(true);
             // `unpack` refuses entries that would land outside `dest`.
             archive.unpack(&dest)?;

@@ -330,6 +330,9 @@ fn load_config(given: Option<&Path>) -> Result<Config> {
 }
 
 fn serve(config: Config) -> Result<()> {
+    // Everything the server creates (the storage folder, the database, uploads, logs, what
+    // containers hand back) is its own: 0700 folders, 0600 files. Set before any thread starts.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let served = runtime.block_on(async move {
         let addr = (config.host, config.port);

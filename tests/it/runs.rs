@@ -430,3 +430,67 @@ async fn a_missing_image_is_reported_by_health_and_fails_runs_with_the_pull_comm
     );
     server.assert_no_containers();
 }
+
+/// The storage folder is the server's alone: 0700 folders and 0600 files, for the database, an
+/// upload, a run's folder, log and checked layout (copied out of its container, where it was
+/// 0644), though the tests start the server with the usual umask 022.
+#[tokio::test]
+async fn the_storage_folder_and_its_files_are_the_servers_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start("");
+    let upload = client::upload(
+        &server,
+        "chip_top.gds",
+        crate::support::gds_bytes("chip_top"),
+    )
+    .await;
+    let run = client::create(&server, &upload, "chip_top").await["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(wait(&server, &run).await["StatusCode"], 0);
+    let mode = |path: std::path::PathBuf| {
+        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        (path, meta.permissions().mode() & 0o777)
+    };
+    let storage = &server.storage;
+    let runs = storage.join("runs").join(&run);
+    let mut checked = vec![
+        mode(storage.to_path_buf()),
+        mode(storage.join("runs")),
+        mode(storage.join("uploads")),
+        mode(runs.clone()),
+        mode(runs.join("output")),
+    ];
+    for (path, m) in &checked {
+        assert_eq!(*m, 0o700, "folder {} is {m:o}", path.display());
+    }
+    checked = vec![
+        mode(storage.join("precheck.sqlite")),
+        mode(storage.join("uploads").join(&upload)),
+        mode(runs.join("logs.txt")),
+        mode(runs.join("output").join("design.gds")),
+    ];
+    for (path, m) in &checked {
+        assert_eq!(*m, 0o600, "file {} is {m:o}", path.display());
+    }
+    // Nothing anywhere in the folder is open to others.
+    let mut stack = vec![storage.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            assert_eq!(
+                meta.permissions().mode() & 0o077,
+                0,
+                "{} is {:o}",
+                entry.path().display(),
+                meta.permissions().mode() & 0o777
+            );
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    server.assert_no_containers();
+}
