@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::mpsc;
 
 use anyhow::{Context, Result, anyhow};
+use rusqlite::types::Value;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
@@ -191,14 +192,15 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_due ON deliveries (next_attempt)
     WHERE delivered_at IS NULL AND given_up_at IS NULL;
 "#,
+    // A key's page of its runs walks its own runs newest first, not everyone's.
+    r#"
+CREATE INDEX runs_by_owner ON runs (owner, seq);
+"#,
 ];
 
 const RUN_COLUMNS: &str =
     "id, created, upload_id, top_cell, die_id, slot, cob, image, image_id, status,
-    exit_code, error, oom_killed, started_at, finished_at, owner,
-    CASE WHEN status = 'queued'
-        THEN (SELECT COUNT(*) FROM runs q WHERE q.status = 'queued' AND q.seq <= runs.seq) END,
-    CASE WHEN status = 'queued' THEN (SELECT COUNT(*) FROM runs q WHERE q.status = 'queued') END,
+    exit_code, error, oom_killed, started_at, finished_at, owner, seq, NULL,
     kind, project_id, tool, top, sources, config, progress_step, progress_name, progress_count,
     notify_url";
 
@@ -215,6 +217,10 @@ pub struct RunFilter {
     pub kinds: Vec<RunKind>,
     /// Only this project's jobs.
     pub project_id: Option<Uuid>,
+    /// Only runs older than this one (created before it): the cursor of the next page.
+    pub before: Option<Uuid>,
+    /// At most this many (all when `None`).
+    pub limit: Option<usize>,
 }
 
 impl Default for RunFilter {
@@ -224,6 +230,8 @@ impl Default for RunFilter {
             scope: Scope::All,
             kinds: vec![],
             project_id: None,
+            before: None,
+            limit: None,
         }
     }
 }
@@ -640,7 +648,11 @@ impl Db {
         .await
     }
 
-    /// The runs that pass `filter`, newest first.
+    /// The runs that pass `filter`, newest first, with their queue positions.
+    ///
+    /// The conditions are written out (no `?1 IS NULL OR ...`) so that SQLite can walk an index
+    /// in `seq` order and stop after `limit` rows; the queue positions of the page's queued runs
+    /// come from one pass over the queue ([`fill_queue`]), not a count per row.
     pub async fn runs_where(&self, filter: RunFilter) -> Result<Vec<Run>> {
         self.call(move |c| {
             let RunFilter {
@@ -648,27 +660,50 @@ impl Db {
                 scope,
                 kinds,
                 project_id,
+                before,
+                limit,
             } = filter;
-            let mut filter = String::from(
-                "WHERE (?1 IS NULL OR owner = ?1) AND (?2 IS NULL OR project_id = ?2)",
-            );
+            let mut conditions: Vec<String> = Vec::new();
+            let mut values: Vec<Value> = Vec::new();
+            if let Some(owner) = scope.owner() {
+                values.push(Value::Text(owner.to_string()));
+                conditions.push(format!("owner = ?{}", values.len()));
+            }
+            if let Some(project) = project_id {
+                values.push(Value::Text(project.to_string()));
+                conditions.push(format!("project_id = ?{}", values.len()));
+            }
             if !kinds.is_empty() {
                 let list: Vec<String> = kinds.iter().map(|k| format!("'{}'", k.as_str())).collect();
-                filter.push_str(&format!(" AND kind IN ({})", list.join(", ")));
+                conditions.push(format!("kind IN ({})", list.join(", ")));
             }
             if !statuses.is_empty() {
                 let list: Vec<String> = statuses
                     .iter()
                     .map(|s| format!("'{}'", s.as_str()))
                     .collect();
-                filter.push_str(&format!(" AND status IN ({})", list.join(", ")));
+                conditions.push(format!("status IN ({})", list.join(", ")));
             }
-            let mut stmt = c.prepare(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs {filter} ORDER BY seq DESC"
-            ))?;
-            let project_id = project_id.map(|p| p.to_string());
-            stmt.query_map(params![scope.owner(), project_id], run_from_row)?
-                .collect()
+            if let Some(before) = before {
+                values.push(Value::Text(before.to_string()));
+                conditions.push(format!(
+                    "seq < (SELECT seq FROM runs b WHERE b.id = ?{})",
+                    values.len()
+                ));
+            }
+            let filter = match conditions.is_empty() {
+                true => String::new(),
+                false => format!("WHERE {}", conditions.join(" AND ")),
+            };
+            let limit = match limit {
+                Some(n) => format!("LIMIT {}", n.min(i64::MAX as usize)),
+                None => String::new(),
+            };
+            select_runs(
+                c,
+                &format!("SELECT {RUN_COLUMNS} FROM runs {filter} ORDER BY seq DESC {limit}"),
+                rusqlite::params_from_iter(values),
+            )
         })
         .await
     }
@@ -799,11 +834,14 @@ impl Db {
     /// two: enough to tell a unique prefix from an ambiguous one.
     pub async fn runs_by_prefix(&self, digits: String) -> Result<Vec<Run>> {
         self.call(move |c| {
-            let mut stmt = c.prepare(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs
-                 WHERE substr(replace(id, '-', ''), 1, length(?1)) = ?1 ORDER BY seq LIMIT 2"
-            ))?;
-            stmt.query_map([digits], run_from_row)?.collect()
+            select_runs(
+                c,
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs
+                     WHERE substr(replace(id, '-', ''), 1, length(?1)) = ?1 ORDER BY seq LIMIT 2"
+                ),
+                [digits],
+            )
         })
         .await
     }
@@ -854,15 +892,15 @@ impl Db {
                 .filter(|s| s.is_terminal())
                 .map(|s| format!("'{}'", s.as_str()))
                 .collect();
-            let mut stmt = tx.prepare(&format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ({}) AND (?1 IS NULL OR finished_at < ?1)
-                 ORDER BY seq",
-                list.join(", ")
-            ))?;
-            let runs = stmt
-                .query_map([before.map(micros)], run_from_row)?
-                .collect::<rusqlite::Result<Vec<Run>>>()?;
-            drop(stmt);
+            let runs = select_runs(
+                &tx,
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE status IN ({}) AND (?1 IS NULL OR finished_at < ?1)
+                     ORDER BY seq",
+                    list.join(", ")
+                ),
+                [before.map(micros)],
+            )?;
             if !dry_run {
                 for run in &runs {
                     tx.execute("DELETE FROM runs WHERE id = ?1", [run.id.to_string()])?;
@@ -1442,15 +1480,15 @@ fn queue_delivery(c: &Connection, id: Uuid, now: OffsetDateTime) -> rusqlite::Re
 
 /// The run an owner created with this idempotency key.
 fn run_by_key(c: &Connection, owner: Option<&str>, key: &str) -> rusqlite::Result<Option<Run>> {
-    c.query_row(
+    let runs = select_runs(
+        c,
         &format!(
             "SELECT {RUN_COLUMNS} FROM runs
              WHERE COALESCE(owner, '') = COALESCE(?1, '') AND idempotency_key = ?2"
         ),
         params![owner, key],
-        run_from_row,
-    )
-    .optional()
+    )?;
+    Ok(runs.into_iter().next())
 }
 
 /// The time a `SELECT MIN(...)` of a time column gives, if any row has one.
@@ -1460,17 +1498,65 @@ fn earliest(c: &Connection, sql: &str) -> rusqlite::Result<Option<OffsetDateTime
 }
 
 fn select_run(c: &Connection, id: Uuid) -> rusqlite::Result<Option<Run>> {
-    c.query_row(
+    let runs = select_runs(
+        c,
         &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
         [id.to_string()],
-        run_from_row,
-    )
-    .optional()
+    )?;
+    Ok(runs.into_iter().next())
 }
 
+/// The runs a `SELECT {RUN_COLUMNS} ...` finds, in its order, with their queue positions.
+fn select_runs(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<Run>> {
+    let mut stmt = c.prepare_cached(sql)?;
+    let mut rows = stmt
+        .query_map(params, |r| Ok((run_from_row(r)?, r.get::<_, i64>(16)?)))?
+        .collect::<rusqlite::Result<Vec<(Run, i64)>>>()?;
+    fill_queue(c, &mut rows)?;
+    Ok(rows.into_iter().map(|(run, _)| run).collect())
+}
+
+/// Sets the queue position (1 = next to start) and the queue's length of each queued run in
+/// `runs` (each with its `seq`), in one pass over the queue whatever the number of runs: the
+/// queued runs between one of them and the next are counted once, as a range of the
+/// `runs_by_status` index.
+fn fill_queue(c: &Connection, runs: &mut [(Run, i64)]) -> rusqlite::Result<()> {
+    let mut queued: Vec<(i64, usize)> = runs
+        .iter()
+        .enumerate()
+        .filter(|(_, (run, _))| run.status == RunStatus::Queued)
+        .map(|(i, (_, seq))| (*seq, i))
+        .collect();
+    if queued.is_empty() {
+        return Ok(());
+    }
+    queued.sort_unstable();
+    let mut count = c.prepare_cached(
+        "SELECT COUNT(*) FROM runs WHERE status = 'queued' AND seq > ?1 AND seq <= ?2",
+    )?;
+    let mut between = |after: i64, upto: i64| -> rusqlite::Result<u64> {
+        Ok(count.query_row([after, upto], |r| r.get::<_, i64>(0))? as u64)
+    };
+    let (mut position, mut previous) = (0u64, i64::MIN);
+    let mut positions = Vec::with_capacity(queued.len());
+    for &(seq, i) in &queued {
+        position += between(previous, seq)?;
+        positions.push((i, position));
+        previous = seq;
+    }
+    let length = position + between(previous, i64::MAX)?;
+    for (i, position) in positions {
+        runs[i].0.queue = Some((position, length));
+    }
+    Ok(())
+}
+
+/// A run from a row of [`RUN_COLUMNS`], without its queue position (see [`fill_queue`]).
 fn run_from_row(r: &Row) -> rusqlite::Result<Run> {
-    let position: Option<i64> = r.get(16)?;
-    let length: Option<i64> = r.get(17)?;
     let kind: RunKind = r.get::<_, String>(18)?.parse().map_err(bad_value)?;
     let project_id = || parse_uuid(&r.get::<_, String>(19)?);
     let params = match kind {
@@ -1524,7 +1610,7 @@ fn run_from_row(r: &Row) -> rusqlite::Result<Run> {
         started_at: r.get::<_, Option<i64>>(13)?.map(from_micros).transpose()?,
         finished_at: r.get::<_, Option<i64>>(14)?.map(from_micros).transpose()?,
         owner: r.get(15)?,
-        queue: position.zip(length).map(|(p, l)| (p as u64, l as u64)),
+        queue: None,
     })
 }
 

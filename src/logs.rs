@@ -17,8 +17,8 @@ use time::format_description::well_known::Rfc3339;
 /// One line of a log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Line {
-    /// Seconds since the Unix epoch (microsecond precision).
-    pub timestamp: f64,
+    /// Nanoseconds since the Unix epoch, exactly as stamped (0 for a line without a stamp).
+    pub nanos: i64,
     /// The raw timestamp as stored.
     pub stamp: String,
     pub text: String,
@@ -27,8 +27,9 @@ pub struct Line {
 /// Which lines to read.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Filter {
-    /// Only lines strictly after this time (seconds since the epoch).
-    pub since: Option<f64>,
+    /// Only lines stamped at or after this time (nanoseconds since the epoch), as Docker's
+    /// `since`.
+    pub since: Option<i64>,
     /// Only the last N lines (of those after `since`).
     pub tail: Option<usize>,
 }
@@ -46,15 +47,15 @@ pub fn parse_line(raw: &str) -> Line {
     if let Some((stamp, text)) = raw.split_once(' ')
         && let Ok(t) = OffsetDateTime::parse(stamp, &Rfc3339)
     {
-        let us = t.unix_timestamp_nanos() / 1000;
+        let nanos = i64::try_from(t.unix_timestamp_nanos()).unwrap_or(i64::MAX);
         return Line {
-            timestamp: us as f64 / 1e6,
+            nanos,
             stamp: stamp.to_string(),
             text: text.to_string(),
         };
     }
     Line {
-        timestamp: 0.0,
+        nanos: 0,
         stamp: String::new(),
         text: raw.to_string(),
     }
@@ -83,18 +84,18 @@ pub fn start_offset(path: &Path, filter: Filter) -> io::Result<u64> {
     let after_since = match filter.since {
         // The lines after `since` are a suffix of the file: find where it starts, so the tail
         // counts only those.
-        Some(since) => first_line_after(&mut file, len, micros(since))?,
+        Some(since) => first_line_from(&mut file, len, since)?,
         None => 0,
     };
     Ok(tail_offset(&mut file, len, n)?.max(after_since))
 }
 
 /// Reads the complete lines from `offset` on (a line still being written is left for the next
-/// call), skipping those not after `since`. Returns the offset after the last line read.
+/// call), skipping those stamped before `since`. Returns the offset after the last line read.
 pub fn read_lines(
     path: &Path,
     offset: u64,
-    since: Option<f64>,
+    since: Option<i64>,
     mut f: impl FnMut(Line) -> io::Result<()>,
 ) -> io::Result<u64> {
     let mut file = match File::open(path) {
@@ -102,7 +103,6 @@ pub fn read_lines(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(offset),
         Err(e) => return Err(e),
     };
-    let since = since.map(micros);
     file.seek(SeekFrom::Start(offset))?;
     let mut reader = BufReader::with_capacity(64 * 1024, file);
     let mut raw = Vec::new();
@@ -115,7 +115,7 @@ pub fn read_lines(
         }
         offset += n as u64;
         let line = parse_line(&String::from_utf8_lossy(&raw));
-        if since.is_some_and(|since| micros(line.timestamp) <= since) {
+        if since.is_some_and(|since| line.nanos < since) {
             continue;
         }
         f(line)?;
@@ -193,8 +193,42 @@ pub fn complete_lines(path: &Path) -> io::Result<(usize, u64)> {
     Ok((lines, end))
 }
 
-fn micros(seconds: f64) -> i64 {
-    (seconds * 1e6).round() as i64
+/// Reads a `since`: Unix seconds with up to nine digits of fraction (`1795523829.123456789`,
+/// Docker's form, read exactly: no floating point), an RFC 3339 time (the stamp a line carries
+/// with `timestamps=true`), or, for older clients, any other non-negative number (`1e9`, read as
+/// a float). Returns nanoseconds since the epoch.
+pub fn parse_since(text: &str) -> Option<i64> {
+    let (seconds, fraction) = text.split_once('.').unwrap_or((text, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if digits(seconds) && (fraction.is_empty() || digits(fraction)) && !text.ends_with('.') {
+        if fraction.len() > 9 {
+            return None;
+        }
+        let seconds: i64 = seconds.parse().ok()?;
+        let nanos: i64 = format!("{fraction:0<9}").parse().ok()?;
+        return seconds.checked_mul(1_000_000_000)?.checked_add(nanos);
+    }
+    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
+        return i64::try_from(t.unix_timestamp_nanos())
+            .ok()
+            .filter(|n| *n >= 0);
+    }
+    let seconds: f64 = text.parse().ok()?;
+    (seconds.is_finite() && (0.0..9.2e9).contains(&seconds)).then(|| (seconds * 1e9).round() as i64)
+}
+
+/// Writes nanoseconds since the epoch as Unix seconds, exactly, without trailing zeros:
+/// `1795523829.1234`, `1795523829`.
+pub fn seconds_text(nanos: i64) -> String {
+    let (seconds, fraction) = (
+        nanos.div_euclid(1_000_000_000),
+        nanos.rem_euclid(1_000_000_000),
+    );
+    if fraction == 0 {
+        return seconds.to_string();
+    }
+    let fraction = format!("{fraction:09}");
+    format!("{seconds}.{}", fraction.trim_end_matches('0'))
 }
 
 /// The offset where the last `n` lines of the file start.
@@ -231,15 +265,15 @@ fn tail_offset(file: &mut File, len: u64, n: usize) -> io::Result<u64> {
     Ok(0)
 }
 
-/// The offset of the first line stamped after `since` (microseconds), by binary search over
-/// line starts: lines are appended in time order.
-fn first_line_after(file: &mut File, len: u64, since: i64) -> io::Result<u64> {
+/// The offset of the first line stamped at or after `since` (nanoseconds), by binary search
+/// over line starts: lines are appended in time order.
+fn first_line_from(file: &mut File, len: u64, since: i64) -> io::Result<u64> {
     let (mut lo, mut hi) = (0u64, len);
     while lo < hi {
         let mid = lo + (hi - lo) / 2;
         let (start, line) = line_at_or_after(file, mid, len)?;
         match line {
-            Some(line) if micros(line.timestamp) <= since => lo = start.max(mid) + 1,
+            Some(line) if line.nanos < since => lo = start.max(mid) + 1,
             _ => hi = mid,
         }
     }
@@ -336,43 +370,110 @@ mod tests {
     }
 
     #[test]
-    fn since_is_strictly_after() {
+    fn since_is_at_or_after_to_the_nanosecond() {
         let f = write_log(3000);
         // line 1500 is at 12:00:01.500000
         let t = OffsetDateTime::parse("2026-11-24T12:00:01.5Z", &Rfc3339).unwrap();
-        let since = (t.unix_timestamp_nanos() / 1000) as f64 / 1e6;
-        let after = read(
-            f.path(),
-            Filter {
-                since: Some(since),
-                tail: None,
-            },
+        let since = t.unix_timestamp_nanos() as i64;
+        let from = |since: i64, tail: Option<usize>| {
+            read(
+                f.path(),
+                Filter {
+                    since: Some(since),
+                    tail,
+                },
+            )
+        };
+        let after = from(since, None);
+        assert_eq!(after.first().unwrap(), "line 1500");
+        assert_eq!(after.len(), 1500);
+        assert_eq!(from(since, Some(5000)).len(), 1500);
+        assert_eq!(
+            from(since, Some(3)),
+            vec!["line 2997", "line 2998", "line 2999"]
         );
-        assert_eq!(after.first().unwrap(), "line 1501");
-        assert_eq!(after.len(), 1499);
-        let tail = read(
-            f.path(),
-            Filter {
-                since: Some(since),
-                tail: Some(5000),
-            },
+        // One nanosecond later, line 1500 is left out.
+        assert_eq!(from(since + 1, None).first().unwrap(), "line 1501");
+        assert_eq!(from(since - 1, None).first().unwrap(), "line 1500");
+    }
+
+    #[test]
+    fn lines_nanoseconds_apart_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs.txt");
+        let stamps = [
+            "2026-11-24T12:00:01.123456789Z",
+            "2026-11-24T12:00:01.12345679Z",
+            "2026-11-24T12:00:01.123456791Z",
+            "2026-11-24T12:00:01.123457Z",
+        ];
+        let text: String = stamps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{s} line {i}\n"))
+            .collect();
+        std::fs::write(&path, text).unwrap();
+        for (i, stamp) in stamps.iter().enumerate() {
+            let t = OffsetDateTime::parse(stamp, &Rfc3339).unwrap();
+            let unix = seconds_text(t.unix_timestamp_nanos() as i64);
+            for since in [stamp.to_string(), unix] {
+                let since = parse_since(&since).unwrap();
+                for tail in [None, Some(100)] {
+                    let got = read(
+                        &path,
+                        Filter {
+                            since: Some(since),
+                            tail,
+                        },
+                    );
+                    let want: Vec<String> =
+                        (i..stamps.len()).map(|j| format!("line {j}")).collect();
+                    assert_eq!(got, want, "since {since} tail {tail:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn since_is_read_exactly() {
+        assert_eq!(
+            parse_since("1795523829.123456789"),
+            Some(1_795_523_829_123_456_789)
         );
-        assert_eq!(tail.len(), 1499);
-        let tail = read(
-            f.path(),
-            Filter {
-                since: Some(since),
-                tail: Some(3),
-            },
+        assert_eq!(parse_since("1795523829.1"), Some(1_795_523_829_100_000_000));
+        assert_eq!(parse_since("1795523829"), Some(1_795_523_829_000_000_000));
+        assert_eq!(parse_since("0"), Some(0));
+        assert_eq!(parse_since("1e9"), Some(1_000_000_000_000_000_000));
+        assert_eq!(
+            parse_since("2026-11-24T12:00:01.123456789Z"),
+            parse_since("1795521601.123456789")
         );
-        assert_eq!(tail, vec!["line 2997", "line 2998", "line 2999"]);
+        for bad in [
+            "",
+            "x",
+            "-1",
+            "-0.5",
+            "1.1234567891",
+            "inf",
+            "NaN",
+            "1e30",
+            "1,5",
+        ] {
+            assert_eq!(parse_since(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            seconds_text(1_795_523_829_123_456_789),
+            "1795523829.123456789"
+        );
+        assert_eq!(seconds_text(1_795_523_829_120_000_000), "1795523829.12");
+        assert_eq!(seconds_text(1_795_523_829_000_000_000), "1795523829");
     }
 
     #[test]
     fn odd_lines_survive() {
         let line = parse_line("no timestamp here\n");
         assert_eq!(line.text, "no timestamp here");
-        assert_eq!(line.timestamp, 0.0);
+        assert_eq!(line.nanos, 0);
         let line = parse_line("2026-11-24T12:00:00.000000001Z  indented\r\n");
         assert_eq!(line.text, " indented");
         assert!(read(Path::new("/nonexistent/logs.txt"), Filter::default()).is_empty());

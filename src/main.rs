@@ -40,6 +40,10 @@ fn main() -> std::process::ExitCode {
                 .map_or(1, |exit| exit.0);
             std::process::ExitCode::from(code)
         }
+        // The reader of stdout has gone (`| head`): nothing to say, and no one to say it to.
+        Err(e) if precheck_server::cli::is_broken_pipe(&e) => {
+            std::process::ExitCode::from(precheck_server::cli::BROKEN_PIPE_EXIT)
+        }
         Err(e) => {
             eprintln!("precheck-server: {e:#}");
             std::process::ExitCode::FAILURE

@@ -33,6 +33,30 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
 }
 
+/// Keys without `auth.required` are checked when sent but not needed: anyone reaches the API
+/// without one, which an operator who made keys rarely means. Says so at start.
+async fn warn_of_unused_keys(config: &Config, db: &Db) -> Result<()> {
+    if config.auth.required {
+        return Ok(());
+    }
+    let stored = db
+        .api_keys()
+        .await?
+        .iter()
+        .filter(|k| k.revoked.is_none())
+        .count();
+    let in_config = config.auth.api_keys.len();
+    if in_config + stored > 0 {
+        tracing::warn!(
+            config_keys = in_config,
+            stored_keys = stored,
+            "API keys exist ({in_config} in the config, {stored} made with `apikey generate`) but auth.required is false: \
+             every client reaches the API without a key; set auth.required = true to require one"
+        );
+    }
+    Ok(())
+}
+
 /// Serves the API on `listener` until `shutdown` completes.
 pub async fn serve(
     config: Config,
@@ -45,6 +69,7 @@ pub async fn serve(
         let path = storage.db_path();
         tokio::task::spawn_blocking(move || Db::open(&path)).await??
     };
+    warn_of_unused_keys(&config, &db).await?;
     let engine = Engine::connect().await?;
     let version = engine.version().await?;
     tracing::info!(engine = %version.version, api = %version.api_version, "connected to the Docker engine");

@@ -16,6 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +55,10 @@ impl Storage {
             std::fs::create_dir_all(&path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
         }
+        // Only the server's user may enter the folder, whatever made it before (files made
+        // before keep their modes, behind it; new ones are 0600 by the server's umask).
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private (mode 0700)", root.display()))?;
         let storage = Storage::at(root);
         for entry in std::fs::read_dir(root.join("tmp"))? {
             let path = entry?.path();

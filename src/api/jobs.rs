@@ -14,6 +14,7 @@ use uuid::Uuid;
 use super::error::Message;
 use super::logs::{LogParams, LogsBody, logs_of};
 use super::openapi::{Binary, nullable_string_enum, string_enum};
+use super::page::{Page, unknown_before};
 use super::prechecks::{
     RunBody, WaitBody, cancel_run, notify_url, noun, query_pairs, tar_gz_response, wait_for,
 };
@@ -341,7 +342,7 @@ fn declares_module(source: impl std::io::BufRead, name: &str) -> std::io::Result
 
 /// List a project's jobs
 ///
-/// Newest first.
+/// Newest first, a page at a time (`limit`, `before`), as the precheck list.
 #[utoipa::path(
     get,
     path = "/api/v1/projects/{id}/jobs",
@@ -351,10 +352,13 @@ fn declares_module(source: impl std::io::BufRead, name: &str) -> std::io::Result
         ("id" = Uuid, Path, description = "The project's id."),
         ("status" = Option<Vec<RunStatus>>, Query, explode, description = "Only jobs with one of these statuses (repeatable)."),
         ("kind" = inline(Option<Vec<JobKind>>), Query, explode, description = "Only jobs of these kinds (repeatable)."),
+        ("limit" = Option<usize>, Query, nullable = false, minimum = 1, maximum = 1000, description = "At most this many jobs (default 100)."),
+        ("before" = Option<Uuid>, Query, nullable = false, description = "Only jobs created before this one: the `X-Next-Before` of the previous page."),
     ),
     responses(
-        (status = 200, description = "The jobs the key may see.", body = Vec<RunBody>),
-        (status = 400, description = "An unknown status, kind or query parameter.", body = Message),
+        (status = 200, description = "A page of the project's jobs, newest first.", body = Vec<RunBody>,
+            headers(("X-Next-Before" = Uuid, description = "Present when older jobs follow: the `before` of the next page."))),
+        (status = 400, description = "An unknown status or kind, a bad `limit` or `before`, or an unknown query parameter.", body = Message),
         (status = 404, description = "No such project (or another key's).", body = Message),
     )
 )]
@@ -363,15 +367,18 @@ pub async fn list(
     caller: Caller,
     Path(project): Path<String>,
     RawQuery(query): RawQuery,
-) -> Result<Json<Vec<RunBody>>, ApiError> {
+) -> Result<Response, ApiError> {
     let project = find_project(&state, &caller, &project).await?;
     let mut filter = RunFilter {
-        scope: caller.scope,
+        scope: caller.scope.clone(),
         project_id: Some(project.id),
-        kinds: vec![],
-        statuses: vec![],
+        ..RunFilter::default()
     };
+    let mut page = Page::default();
     for (key, value) in query_pairs(query.as_deref())? {
+        if page.take(&key, &value, "job")? {
+            continue;
+        }
         match key.as_str() {
             "status" => filter.statuses.push(
                 value
@@ -388,13 +395,23 @@ pub async fn list(
             },
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?}: use status or kind"
+                    "unknown query parameter {other:?}: use status, kind, limit or before"
                 )));
             }
         }
     }
-    let runs = state.db.runs_where(filter).await?;
-    Ok(Json(runs.iter().map(RunBody::from).collect()))
+    if let Some(before) = page.before {
+        match state.db.run(before).await? {
+            Some(run)
+                if caller.scope.sees(run.owner.as_deref())
+                    && run.kind() != RunKind::Precheck
+                    && run.params.project_id() == Some(project.id) => {}
+            _ => return Err(unknown_before("job", before)),
+        }
+    }
+    filter.before = page.before;
+    filter.limit = Some(page.fetch());
+    Ok(page.respond(state.db.runs_where(filter).await?))
 }
 
 /// Inspect a job

@@ -36,9 +36,10 @@ use crate::storage::ChunkSender;
 pub(super) struct LogsBody {
     /// The lines, oldest first (with their RFC 3339 timestamp in front when `timestamps`).
     lines: Vec<String>,
-    /// The `since` asked for (0 without).
+    /// The `since` asked for, in Unix seconds (0 without).
     since: f64,
-    /// The Unix time of the last line sent (`since` when none): the next call's `since`.
+    /// The first microsecond after the last line sent (`since` when none): the next call's
+    /// `since`, for the lines that came after.
     last_timestamp: f64,
     /// Whether the run may still add lines (it has not finished).
     has_more: bool,
@@ -67,9 +68,11 @@ impl ToSchema for Tail {}
 #[into_params(parameter_in = Query)]
 #[allow(dead_code)]
 pub(super) struct LogParams {
-    /// Only lines after this Unix time in seconds, e.g. the previous answer's `last_timestamp`.
-    #[param(minimum = 0)]
-    since: Option<f64>,
+    /// Only lines stamped at or after this time, as Docker's `since`: Unix seconds with up to
+    /// nine digits of fraction (`1795523829.123456789`, read exactly), or an RFC 3339 time such as
+    /// a line's stamp with `timestamps=true`. E.g. the previous answer's `last_timestamp`.
+    #[param(value_type = Option<String>, example = "1795523829.123456789")]
+    since: Option<String>,
     /// Only the last N lines, or `all` (the default).
     #[param(value_type = Option<Tail>, inline)]
     tail: Option<String>,
@@ -97,9 +100,9 @@ fn parse_query(query: Option<&str>) -> Result<LogQuery, ApiError> {
     for (key, value) in query_pairs(query)? {
         match key.as_str() {
             "since" => {
-                let since = value.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).ok_or_else(|| {
+                let since = logs::parse_since(&value).ok_or_else(|| {
                     ApiError::BadRequest(format!(
-                        "since: {value:?} must be a Unix time in seconds, e.g. the last_timestamp of the previous answer"
+                        "since: {value:?} must be a Unix time in seconds (up to 9 decimals, e.g. the last_timestamp of the previous answer) or an RFC 3339 time (e.g. a line's stamp with timestamps=true)"
                     ))
                 })?;
                 q.filter.since = Some(since);
@@ -200,8 +203,8 @@ fn write_json(
     has_more: bool,
     out: &mut impl Write,
 ) -> std::io::Result<()> {
-    let since = q.filter.since.unwrap_or(0.0);
-    let mut last = since;
+    let since = q.filter.since.unwrap_or(0);
+    let mut last: Option<i64> = None;
     let mut first = true;
     out.write_all(b"{\"lines\":[")?;
     logs::for_each_line(path, q.filter, |line| {
@@ -209,24 +212,24 @@ fn write_json(
             out.write_all(b",")?;
         }
         first = false;
-        if line.timestamp > last {
-            last = line.timestamp;
-        }
+        last = last.max(Some(line.nanos));
         serde_json::to_writer(&mut *out, &render(&line, q.timestamps))?;
         Ok(())
     })?;
+    // The next `since`: the first whole microsecond after the last line, which a client that
+    // reads JSON numbers as doubles gets back exactly (a nanosecond time it would round).
+    let next = match last {
+        Some(nanos) => (nanos.div_euclid(1000) + 1) * 1000,
+        None => since,
+    };
     write!(
         out,
         "],\"since\":{},\"last_timestamp\":{},\"has_more\":{}}}",
-        json_f64(since),
-        json_f64(last),
+        logs::seconds_text(since),
+        logs::seconds_text(next),
         has_more
     )?;
     out.flush()
-}
-
-fn json_f64(v: f64) -> String {
-    serde_json::Number::from_f64(v).map_or_else(|| "0".into(), |n| n.to_string())
 }
 
 fn render(line: &Line, timestamps: bool) -> String {
@@ -312,7 +315,7 @@ mod tests {
             "2026-11-24T12:37:09.000000001Z first \"line\"\n2026-11-24T12:37:10Z second\n",
         )
         .unwrap();
-        for query in ["", "tail=1&timestamps=true", "since=1e12"] {
+        for query in ["", "tail=1&timestamps=true", "since=9e9"] {
             let q = parse_query(Some(query)).unwrap();
             let mut out = Vec::new();
             write_json(&path, &q, true, &mut out).unwrap();
@@ -321,7 +324,7 @@ mod tests {
             assert!(body.has_more);
             match query {
                 "" => assert_eq!(body.lines, ["first \"line\"", "second"]),
-                "since=1e12" => assert!(body.lines.is_empty() && body.since == 1e12),
+                "since=9e9" => assert!(body.lines.is_empty() && body.since == 9e9),
                 _ => assert_eq!(body.lines, ["2026-11-24T12:37:10Z second"]),
             }
         }

@@ -7,6 +7,7 @@ mod events;
 mod jobs;
 mod logs;
 mod openapi;
+mod page;
 mod prechecks;
 mod projects;
 mod system;

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::error::Message;
 use super::openapi::{Binary, nullable_string_enum, string_enum};
+use super::page::{Page, unknown_before};
 use super::uploads::{record, upload_error};
 use super::{ApiError, Caller, Json, parse_id, rfc3339};
 use crate::db::{Cancel, CreateRunError, Created, NewRun, RunFilter};
@@ -520,7 +521,9 @@ fn check_top_cell(top: String) -> Result<String, ApiError> {
 
 /// List prechecks
 ///
-/// Newest first.
+/// Newest first, a page at a time: `limit` runs (default 100), and the runs older than
+/// `before`. The answer is a JSON array; when older runs follow, `X-Next-Before` holds the
+/// `before` of the next page.
 #[utoipa::path(
     get,
     path = "/api/v1/prechecks",
@@ -528,19 +531,26 @@ fn check_top_cell(top: String) -> Result<String, ApiError> {
     tag = "prechecks",
     params(
         ("status" = Option<Vec<RunStatus>>, Query, explode, description = "Only runs with one of these statuses (repeatable)."),
+        ("limit" = Option<usize>, Query, nullable = false, minimum = 1, maximum = 1000, description = "At most this many runs (default 100)."),
+        ("before" = Option<Uuid>, Query, nullable = false, description = "Only runs created before this one: the `X-Next-Before` of the previous page."),
     ),
     responses(
-        (status = 200, description = "The prechecks the key may see.", body = Vec<RunBody>),
-        (status = 400, description = "An unknown status or query parameter.", body = Message),
+        (status = 200, description = "A page of the prechecks the key may see, newest first.", body = Vec<RunBody>,
+            headers(("X-Next-Before" = Uuid, description = "Present when older prechecks follow: the `before` of the next page."))),
+        (status = 400, description = "An unknown status, a bad `limit` or `before`, or an unknown query parameter.", body = Message),
     )
 )]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     RawQuery(query): RawQuery,
-) -> Result<Json<Vec<RunBody>>, ApiError> {
+) -> Result<Response, ApiError> {
     let mut statuses = Vec::new();
+    let mut page = Page::default();
     for (key, value) in query_pairs(query.as_deref())? {
+        if page.take(&key, &value, "precheck")? {
+            continue;
+        }
         match key.as_str() {
             "status" => statuses.push(
                 value
@@ -549,9 +559,16 @@ pub async fn list(
             ),
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?}: use status"
+                    "unknown query parameter {other:?}: use status, limit or before"
                 )));
             }
+        }
+    }
+    if let Some(before) = page.before {
+        match state.db.run(before).await? {
+            Some(run)
+                if caller.scope.sees(run.owner.as_deref()) && run.kind() == RunKind::Precheck => {}
+            _ => return Err(unknown_before("precheck", before)),
         }
     }
     let runs = state
@@ -561,9 +578,11 @@ pub async fn list(
             scope: caller.scope,
             kinds: vec![RunKind::Precheck],
             project_id: None,
+            before: page.before,
+            limit: Some(page.fetch()),
         })
         .await?;
-    Ok(Json(runs.iter().map(RunBody::from).collect()))
+    Ok(page.respond(runs))
 }
 
 /// Inspect a precheck

@@ -26,12 +26,12 @@ pub fn run(file: &Path, output: Output) -> Result<()> {
             layout.dbu_microns
         )
     };
-    println!("File:       {}", file.display());
-    println!("Format:     {}", layout.format.as_str());
-    println!("Unit:       {unit}");
-    println!("Cells:      {}", layout.cells.len());
-    println!("Top cells:  {}", layout.top_cells.join(", "));
-    println!("Precheck:   {}", verdict(&layout));
+    outln!("File:       {}", file.display())?;
+    outln!("Format:     {}", layout.format.as_str())?;
+    outln!("Unit:       {unit}")?;
+    outln!("Cells:      {}", layout.cells.len())?;
+    outln!("Top cells:  {}", layout.top_cells.join(", "))?;
+    outln!("Precheck:   {}", verdict(&layout))?;
     Ok(())
 }
 

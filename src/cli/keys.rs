@@ -66,7 +66,7 @@ async fn generate(
             created: rfc3339(now),
         });
     }
-    println!("{key}");
+    outln!("{key}")?;
     eprintln!(
         "Generated {}API key {name:?}. This is the only time it is shown: store it now.",
         if is_admin { "admin " } else { "" }
@@ -139,8 +139,7 @@ async fn list(admin: &Admin, output: Output) -> Result<()> {
     table::print(
         &["NAME", "SOURCE", "ADMIN", "CREATED", "LAST USED", "REVOKED"],
         &rows,
-    );
-    Ok(())
+    )
 }
 
 /// A key from either source, before it is printed.
@@ -183,12 +182,12 @@ async fn revoke(admin: &Admin, name: &str, output: Output) -> Result<()> {
         });
     }
     if revoked_now {
-        println!("Revoked API key {name:?}: it fails from its next request on.");
+        outln!("Revoked API key {name:?}: it fails from its next request on.")?;
     } else {
-        println!(
+        outln!(
             "API key {name:?} was revoked already, {}.",
             table::ago(revoked, now)
-        );
+        )?;
     }
     Ok(())
 }

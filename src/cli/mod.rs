@@ -2,6 +2,14 @@
 //! the server (safe while it runs: SQLite in WAL mode with a busy timeout, and containers found
 //! by this server's labels).
 
+/// `println!` that returns the error instead of panicking ("failed printing to stdout") when
+/// stdout is closed, as by `precheck-server runs list | head`: see [`is_broken_pipe`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_line(format_args!($($arg)*))
+    };
+}
+
 mod inspect;
 mod keys;
 mod runs;
@@ -121,6 +129,9 @@ pub enum RunsCommand {
         /// Show whole ids.
         #[arg(long)]
         no_trunc: bool,
+        /// Only the newest N runs (all by default).
+        #[arg(long, short = 'n', value_name = "N")]
+        limit: Option<usize>,
         #[command(flatten)]
         output: Output,
     },
@@ -271,9 +282,32 @@ impl Admin {
 const ENGINE_WAIT: Duration = Duration::from_secs(10);
 
 /// Prints `value` as indented JSON on stdout.
+/// Writes one line to stdout (see `outln!`).
+pub(crate) fn write_line(args: std::fmt::Arguments) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .context("cannot write to stdout")
+}
+
+/// Whether `e` is stdout (or another pipe) closed by its reader: `runs list | head` has read
+/// what it wanted. The command then exits quietly with 141, as if killed by SIGPIPE (Rust
+/// ignores the signal and reports EPIPE instead).
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// The exit code of a command whose output was cut off by its reader (128 + SIGPIPE).
+pub const BROKEN_PIPE_EXIT: u8 = 141;
+
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value).context("cannot write JSON")?;
-    println!("{text}");
+    outln!("{text}")?;
     Ok(())
 }
 
@@ -296,6 +330,9 @@ fn load_config(given: Option<&Path>) -> Result<Config> {
 }
 
 fn serve(config: Config) -> Result<()> {
+    // Everything the server creates (the storage folder, the database, uploads, logs, what
+    // containers hand back) is its own: 0700 folders, 0600 files. Set before any thread starts.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     let served = runtime.block_on(async move {
         let addr = (config.host, config.port);

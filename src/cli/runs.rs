@@ -8,8 +8,8 @@ use uuid::Uuid;
 use super::{Admin, Output, RunsCommand, print_json, table};
 use crate::api::RunBody;
 use crate::config::human_bytes;
-use crate::db::DeleteRun;
-use crate::model::{Run, RunParams, RunStatus, Scope};
+use crate::db::{DeleteRun, RunFilter};
+use crate::model::{Run, RunParams, RunStatus};
 use crate::recovery::storage_label;
 use crate::runner::RUN_LABEL;
 
@@ -21,8 +21,9 @@ pub async fn run(admin: &Admin, command: RunsCommand) -> Result<()> {
         RunsCommand::List {
             statuses,
             no_trunc,
+            limit,
             output,
-        } => list(admin, statuses, no_trunc, output).await,
+        } => list(admin, statuses, no_trunc, limit, output).await,
         RunsCommand::Inspect { id, output: _ } => {
             print_json(&RunBody::from(&resolve(admin, &id).await?))
         }
@@ -40,9 +41,17 @@ async fn list(
     admin: &Admin,
     statuses: Vec<RunStatus>,
     no_trunc: bool,
+    limit: Option<usize>,
     output: Output,
 ) -> Result<()> {
-    let runs = admin.db.runs(statuses, Scope::All).await?;
+    let runs = admin
+        .db
+        .runs_where(RunFilter {
+            statuses,
+            limit,
+            ..RunFilter::default()
+        })
+        .await?;
     if output.json {
         return print_json(&runs.iter().map(RunBody::from).collect::<Vec<_>>());
     }
@@ -67,8 +76,7 @@ async fn list(
     table::print(
         &["RUN ID", "KIND", "SUBJECT", "STATUS", "CREATED", "OWNER"],
         &rows,
-    );
-    Ok(())
+    )
 }
 
 /// What a run works on: a precheck's top cell, a simulation's testbench, a build's config.
@@ -207,12 +215,12 @@ async fn delete(admin: &Admin, id: &str, force: bool, output: Output) -> Result<
     } else {
         ""
     };
-    println!(
+    outln!(
         "Deleted run {} ({}{stopped}, {} of files)",
         run.id,
         run.status,
         human_bytes(space_reclaimed)
-    );
+    )?;
     Ok(())
 }
 
@@ -274,12 +282,12 @@ async fn prune(
                 .map(|t| format!(", finished {}", table::ago(t, now)))
                 .unwrap_or_default();
             let verb = if dry_run { "Would delete" } else { "Deleted" };
-            println!(
+            outln!(
                 "{verb} run {} ({}{finished}, {})",
                 run.id,
                 run.status,
                 human_bytes(size)
-            );
+            )?;
         }
     }
     if output.json {
@@ -294,6 +302,6 @@ async fn prune(
     } else {
         "Total reclaimed space"
     };
-    println!("{total}: {}", human_bytes(space_reclaimed));
+    outln!("{total}: {}", human_bytes(space_reclaimed))?;
     Ok(())
 }

@@ -113,7 +113,7 @@ pub async fn status(admin: &Admin, output: Output) -> Result<()> {
     if output.json {
         print_json(&status)?;
     } else {
-        print_status(&status);
+        print_status(&status)?;
     }
     if let Some(e) = &status.server.error {
         bail!("the server is {e}");
@@ -124,7 +124,7 @@ pub async fn status(admin: &Admin, output: Output) -> Result<()> {
     Ok(())
 }
 
-fn print_status(s: &Status) {
+fn print_status(s: &Status) -> Result<()> {
     let server = match (&s.server.url, &s.server.error) {
         (_, Some(e)) => e.clone(),
         (url, None) => {
@@ -149,14 +149,18 @@ fn print_status(s: &Status) {
     };
     let r = &s.runs;
     let d = &s.disk;
-    println!("Server:     {server}");
-    println!("Engine:     {engine}");
-    println!("Image:      {}", s.image);
-    println!(
+    outln!("Server:     {server}")?;
+    outln!("Engine:     {engine}")?;
+    outln!("Image:      {}", s.image)?;
+    outln!(
         "Runs:       {} queued, {} running, {} completed, {} failed, {} cancelled",
-        r.queued, r.running, r.completed, r.failed, r.cancelled
-    );
-    println!(
+        r.queued,
+        r.running,
+        r.completed,
+        r.failed,
+        r.cancelled
+    )?;
+    outln!(
         "Disk used:  {} in {} (uploads {}, runs {}, projects {}, database {})",
         human_bytes(d.total),
         d.path,
@@ -164,7 +168,7 @@ fn print_status(s: &Status) {
         human_bytes(d.runs),
         human_bytes(d.projects),
         human_bytes(d.database)
-    );
+    )
 }
 
 async fn server_status(admin: &Admin) -> ServerStatus {
@@ -251,10 +255,11 @@ pub async fn cleanup(admin: &Admin, dry_run: bool, output: Output) -> Result<()>
         }
         if !output.json {
             let run = container.labels.get(RUN_LABEL).map_or("-", String::as_str);
-            println!(
+            outln!(
                 "{verb} container {} (run {run}, {}): no running run owns it",
-                container.name, container.state
-            );
+                container.name,
+                container.state
+            )?;
         }
         cleaned.containers_deleted.push(container.id);
     }
@@ -280,7 +285,7 @@ pub async fn cleanup(admin: &Admin, dry_run: bool, output: Output) -> Result<()>
                 EntryKind::Run => "no run has this id",
                 EntryKind::Blob => "no project file has this content",
             };
-            println!("{verb} {relative} ({}): {what}", human_bytes(entry.size));
+            outln!("{verb} {relative} ({}): {what}", human_bytes(entry.size))?;
         }
         cleaned.space_reclaimed += entry.size;
         cleaned.files_deleted.push(relative);
@@ -289,14 +294,14 @@ pub async fn cleanup(admin: &Admin, dry_run: bool, output: Output) -> Result<()>
         return print_json(&cleaned);
     }
     if cleaned.containers_deleted.is_empty() && cleaned.files_deleted.is_empty() {
-        println!("Nothing to clean up.");
+        outln!("Nothing to clean up.")?;
     } else {
         let total = if dry_run {
             "Total space that would be reclaimed"
         } else {
             "Total reclaimed space"
         };
-        println!("{total}: {}", human_bytes(cleaned.space_reclaimed));
+        outln!("{total}: {}", human_bytes(cleaned.space_reclaimed))?;
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 use time::OffsetDateTime;
 
 /// Prints `header` and `rows` in columns three spaces apart.
-pub fn print(header: &[&str], rows: &[Vec<String>]) {
+pub fn print(header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -19,12 +19,13 @@ pub fn print(header: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{cell:<w$}   "));
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end())
     };
-    line(header.to_vec());
+    line(header.to_vec())?;
     for row in rows {
-        line(row.iter().map(String::as_str).collect());
+        line(row.iter().map(String::as_str).collect())?;
     }
+    Ok(())
 }
 
 /// How long ago `t` was, as Docker says it: "5 minutes ago".

@@ -206,3 +206,29 @@ async fn addresses_outside_allowed_ips_get_403_and_forwarded_for_is_believed_onl
         StatusCode::OK
     );
 }
+
+/// Keys in the config without `auth.required`: anyone reaches the API without one, which the
+/// server says at start; with `required` (or without keys) it says nothing of the kind.
+#[test]
+fn keys_without_auth_required_are_warned_of_at_start() {
+    const WARNING: &str = "but auth.required is false";
+    let keys = format!("[[auth.api_keys]]\nname = \"alice\"\nkey = \"{ALICE}\"\n");
+    let open = TestServer::builder()
+        .toml(&format!("[auth]\nrequired = false\n{keys}"))
+        .start();
+    let log = open.stderr_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains(WARNING))
+        .unwrap_or_else(|| panic!("no warning of keys that are not required:\n{log}"));
+    assert!(
+        line.contains("WARN") && line.contains("1 in the config"),
+        "{line}"
+    );
+    drop(open);
+    for config in [format!("[auth]\nrequired = true\n{keys}"), String::new()] {
+        let server = TestServer::builder().toml(&config).start();
+        let log = server.stderr_text();
+        assert!(!log.contains(WARNING), "{config:?}:\n{log}");
+    }
+}

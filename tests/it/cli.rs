@@ -396,6 +396,83 @@ async fn runs_list_inspect_delete_and_prune_while_the_server_runs() {
     server.assert_no_containers();
 }
 
+/// `runs delete --force` while someone else removes the same container: the server (a cancel
+/// through the API stops and removes it) or an operator (`docker rm -f`). Whoever gets there
+/// first, the CLI exits 0 and the run, its files and its container are gone. Each try starts
+/// the other remover a little earlier or later, so that the CLI's stop and remove land before,
+/// during and after the other removal.
+#[tokio::test]
+async fn runs_delete_force_while_the_container_is_being_removed_exits_0() {
+    const TRIES: u64 = 12;
+    let server = TestServer::builder().max_concurrent(1).start();
+    for i in 0..TRIES {
+        let run = precheck(&server, "chip_sleep120").await;
+        let label = format!("label=precheck-server.run-id={run}");
+        wait_until_async(Duration::from_secs(60), "the run's container runs", || {
+            let label = label.clone();
+            async move {
+                !docker_ok(&["ps", "-q", "--filter", &label, "--filter", "status=running"])
+                    .is_empty()
+            }
+        })
+        .await;
+        let container = docker_ok(&["ps", "-q", "--filter", &label])
+            .trim()
+            .to_string();
+        let by_server = i % 2 == 0;
+        let other = if by_server {
+            let url = server.api(&format!("/api/v1/prechecks/{run}"));
+            tokio::spawn(async move {
+                let _ = client::http().delete(url).send().await;
+            })
+        } else {
+            let container = container.clone();
+            tokio::task::spawn_blocking(move || {
+                let _ = docker(&["rm", "-f", &container]);
+            })
+        };
+        tokio::time::sleep(Duration::from_millis((i / 2) % 3 * 40)).await;
+        let config = server.config_path.clone();
+        let id = run.clone();
+        let ran = tokio::task::spawn_blocking(move || {
+            cli_at(&config, &[], &["runs", "delete", "--force", &id])
+        })
+        .await
+        .unwrap();
+        other.await.unwrap();
+        let who = if by_server {
+            "the server"
+        } else {
+            "docker rm -f"
+        };
+        assert_eq!(
+            ran.code, 0,
+            "try {i}: runs delete --force while {who} removes the container:\n{}{}",
+            ran.stdout, ran.stderr
+        );
+        assert!(
+            ran.stdout.starts_with(&format!("Deleted run {run}")),
+            "{}",
+            ran.stdout
+        );
+        let (status, _) = client::get_json(&server, &format!("/api/v1/prechecks/{run}")).await;
+        assert_eq!(status, 404, "try {i}: the run is still there");
+        let dir = server.storage.join("runs").join(&run);
+        wait_until_async(
+            Duration::from_secs(30),
+            "the run's files and container are gone",
+            || {
+                let (dir, label) = (dir.clone(), label.clone());
+                async move {
+                    !dir.exists() && docker_ok(&["ps", "-aq", "--filter", &label]).is_empty()
+                }
+            },
+        )
+        .await;
+    }
+    server.assert_no_containers();
+}
+
 #[tokio::test]
 async fn api_keys_generated_listed_and_revoked_without_a_restart() {
     const BOSS: &str = "ws_key_boss_boss_boss_boss_boss_boss";
@@ -720,4 +797,49 @@ async fn serve_and_the_admin_commands_find_the_config_alike() {
         &["status"],
     );
     fails(ran, 1, &["cannot read config file /nowhere.toml"]);
+}
+
+/// `precheck-server runs inspect ID | head`: the reader closes the pipe before the command has
+/// printed; every printing command then exits quietly (141, as if killed by SIGPIPE), never
+/// with Rust's "failed printing to stdout" panic.
+#[tokio::test]
+async fn commands_whose_reader_closes_the_pipe_exit_quietly() {
+    let server = TestServer::start("");
+    let run = precheck(&server, "chip_top").await;
+    wait(&server, &run).await;
+    let layout = server.storage.parent().unwrap().join("chip_top.gds");
+    std::fs::write(&layout, gds_bytes("chip_top")).unwrap();
+    let layout = layout.to_str().unwrap().to_string();
+    let config = server.config_path.to_str().unwrap().to_string();
+    let c = config.as_str();
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["runs", "inspect", &run, "--config", c],
+        vec!["runs", "list", "--config", c],
+        vec!["runs", "list", "--json", "--config", c],
+        vec!["apikey", "list", "--config", c],
+        vec!["apikey", "list", "--json", "--config", c],
+        vec!["status", "--config", c],
+        vec!["inspect", &layout],
+        vec!["inspect", "--json", &layout],
+    ];
+    for args in commands {
+        let mut child = Command::new(server_bin())
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run precheck-server");
+        // The reader goes away at once, before the command has written anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().expect("wait for precheck-server");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+        assert!(
+            matches!(out.status.code(), Some(0 | 141)),
+            "{args:?}: {:?}: {stderr}",
+            out.status
+        );
+        assert!(stderr.is_empty(), "{args:?} said: {stderr}");
+    }
+    server.assert_no_containers();
 }

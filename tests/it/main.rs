@@ -18,6 +18,7 @@ mod projects;
 mod realwork;
 mod restart;
 mod runs;
+mod scale;
 mod simulation;
 mod smoke;
 mod submit;

@@ -321,6 +321,80 @@ async fn since_returns_only_newer_lines() {
     server.assert_no_containers();
 }
 
+/// A line's stamp (with `timestamps=true`) passed back as `since`, as Unix seconds to the
+/// nanosecond or as the RFC 3339 stamp itself, gives that line and every later one (Docker's
+/// `since` is inclusive): none is dropped by rounding to microseconds or through a float.
+#[tokio::test]
+async fn since_a_lines_nanosecond_stamp_starts_at_that_line() {
+    let server = TestServer::start("");
+    let run = precheck(&server, "chip_top").await;
+    wait(&server, &run).await;
+    let stamped = lines(&logs(&server, &run, "?timestamps=true").await);
+    assert!(stamped.len() > 10, "{stamped:?}");
+    let stamps: Vec<(String, i128)> = stamped
+        .iter()
+        .map(|line| {
+            let stamp = line.split_once(' ').unwrap().0.to_string();
+            let t =
+                time::OffsetDateTime::parse(&stamp, &time::format_description::well_known::Rfc3339)
+                    .unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            (stamp, t.unix_timestamp_nanos())
+        })
+        .collect();
+    // Lines of one write are stamped microseconds apart or less: some share a microsecond.
+    for (k, (stamp, nanos)) in stamps.iter().enumerate() {
+        // The first line stamped at this time (stamps can repeat).
+        let first = stamps.iter().position(|(_, n)| n == nanos).unwrap();
+        let expected = &stamped[first..];
+        let unix = format!("{}.{:09}", nanos / 1_000_000_000, nanos % 1_000_000_000);
+        let rfc = stamp.replace(':', "%3A").replace('+', "%2B");
+        for since in [unix.as_str(), rfc.as_str()] {
+            let got = logs(&server, &run, &format!("?timestamps=true&since={since}")).await;
+            assert_eq!(
+                lines(&got),
+                expected,
+                "since={since} (line {k}, {stamp}) must start at that line"
+            );
+            let tail = logs(
+                &server,
+                &run,
+                &format!("?timestamps=true&tail=2&since={since}"),
+            )
+            .await;
+            assert_eq!(lines(&tail), expected[expected.len().saturating_sub(2)..]);
+        }
+        // One nanosecond later, the line is not sent.
+        let after = format!(
+            "{}.{:09}",
+            (nanos + 1) / 1_000_000_000,
+            (nanos + 1) % 1_000_000_000
+        );
+        let got = logs(&server, &run, &format!("?timestamps=true&since={after}")).await;
+        let later = stamps
+            .iter()
+            .position(|(_, n)| *n > *nanos)
+            .unwrap_or(stamps.len());
+        assert_eq!(lines(&got), &stamped[later..], "since={after}");
+    }
+    // Followed, the same.
+    let (stamp, _) = &stamps[stamps.len() / 2];
+    let first = stamps.iter().position(|(s, _)| s == stamp).unwrap();
+    let url = server.api(&format!(
+        "/api/v1/prechecks/{run}/logs?follow=true&timestamps=true&since={}",
+        stamp.replace(':', "%3A")
+    ));
+    let text = client::http()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text.lines().collect::<Vec<_>>(), stamped[first..]);
+    server.assert_no_containers();
+}
+
 #[tokio::test]
 async fn a_missing_image_is_reported_by_health_and_fails_runs_with_the_pull_command() {
     // A registry on a closed loopback port: the pull fails at once and no traffic leaves the host.
@@ -354,5 +428,69 @@ async fn a_missing_image_is_reported_by_health_and_fails_runs_with_the_pull_comm
         message.contains(image) && message.contains(&format!("docker pull {image}")),
         "{message}"
     );
+    server.assert_no_containers();
+}
+
+/// The storage folder is the server's alone: 0700 folders and 0600 files, for the database, an
+/// upload, a run's folder, log and checked layout (copied out of its container, where it was
+/// 0644), though the tests start the server with the usual umask 022.
+#[tokio::test]
+async fn the_storage_folder_and_its_files_are_the_servers_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let server = TestServer::start("");
+    let upload = client::upload(
+        &server,
+        "chip_top.gds",
+        crate::support::gds_bytes("chip_top"),
+    )
+    .await;
+    let run = client::create(&server, &upload, "chip_top").await["Id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(wait(&server, &run).await["StatusCode"], 0);
+    let mode = |path: std::path::PathBuf| {
+        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        (path, meta.permissions().mode() & 0o777)
+    };
+    let storage = &server.storage;
+    let runs = storage.join("runs").join(&run);
+    let mut checked = vec![
+        mode(storage.to_path_buf()),
+        mode(storage.join("runs")),
+        mode(storage.join("uploads")),
+        mode(runs.clone()),
+        mode(runs.join("output")),
+    ];
+    for (path, m) in &checked {
+        assert_eq!(*m, 0o700, "folder {} is {m:o}", path.display());
+    }
+    checked = vec![
+        mode(storage.join("precheck.sqlite")),
+        mode(storage.join("uploads").join(&upload)),
+        mode(runs.join("logs.txt")),
+        mode(runs.join("output").join("design.gds")),
+    ];
+    for (path, m) in &checked {
+        assert_eq!(*m, 0o600, "file {} is {m:o}", path.display());
+    }
+    // Nothing anywhere in the folder is open to others.
+    let mut stack = vec![storage.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            assert_eq!(
+                meta.permissions().mode() & 0o077,
+                0,
+                "{} is {:o}",
+                entry.path().display(),
+                meta.permissions().mode() & 0o777
+            );
+            if meta.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
     server.assert_no_containers();
 }
