@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod config;
 mod errors;
+mod http_edge;
 mod image;
 mod jobs;
 mod klayout_image;
