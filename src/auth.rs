@@ -59,25 +59,26 @@ pub fn match_config_key<'a>(
 }
 
 /// The client's address: the TCP peer, or, when the peer is a trusted proxy, the last hop of
-/// `X-Forwarded-For` that is not itself a trusted proxy. `Err` when that hop is not an address.
-pub fn client_ip(
-    peer: IpAddr,
-    forwarded_for: Option<&str>,
-    trusted: &[IpNetwork],
-) -> Result<IpAddr, String> {
+/// `X-Forwarded-For` that is not itself a trusted proxy. `lines` are the header's lines in the
+/// order they came: together they are one list (RFC 9110, 5.3), each proxy appending its peer
+/// at the end, so a client's own lines come first and are reached only through trusted hops.
+/// Empty list elements are skipped. `Err` when the hop reached is not an address.
+pub fn client_ip(peer: IpAddr, lines: &[&[u8]], trusted: &[IpNetwork]) -> Result<IpAddr, String> {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(ip));
-    let Some(header) = forwarded_for else {
-        return Ok(peer);
-    };
-    if !is_trusted(peer) {
+    if lines.is_empty() || !is_trusted(peer) {
         return Ok(peer);
     }
-    for hop in header.rsplit(',').map(str::trim) {
-        let ip: IpAddr = hop
-            .parse()
-            .map_err(|_| format!("X-Forwarded-For: {hop:?} is not an IP address"))?;
-        if !is_trusted(ip) {
-            return Ok(ip);
+    for line in lines.iter().rev() {
+        let line = std::str::from_utf8(line)
+            .map_err(|_| "X-Forwarded-For: not ASCII: it must list IP addresses".to_string())?;
+        for hop in line.rsplit(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let ip: IpAddr = hop
+                .parse()
+                .map_err(|_| format!("X-Forwarded-For: {hop:?} is not an IP address"))?;
+            let ip = ip.to_canonical();
+            if !is_trusted(ip) {
+                return Ok(ip);
+            }
         }
     }
     Ok(peer)
@@ -126,20 +127,45 @@ mod tests {
         let trusted: Vec<IpNetwork> = vec!["10.0.0.0/8".parse().unwrap()];
         let peer: IpAddr = "10.0.0.1".parse().unwrap();
         let outsider: IpAddr = "192.0.2.7".parse().unwrap();
+        let ip = |peer, lines: &[&str]| {
+            let lines: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+            client_ip(peer, &lines, &trusted).map(|ip| ip.to_string())
+        };
         // A client that is not a trusted proxy cannot claim another address.
-        assert_eq!(
-            client_ip(outsider, Some("10.1.1.1"), &trusted).unwrap(),
-            outsider
-        );
+        assert_eq!(ip(outsider, &["10.1.1.1"]).unwrap(), "192.0.2.7");
         // Through a trusted proxy: the last hop that is not a trusted proxy.
         assert_eq!(
-            client_ip(peer, Some("198.51.100.1, 192.0.2.9, 10.0.0.2"), &trusted)
-                .unwrap()
-                .to_string(),
+            ip(peer, &["198.51.100.1, 192.0.2.9, 10.0.0.2"]).unwrap(),
             "192.0.2.9"
         );
-        assert_eq!(client_ip(peer, None, &trusted).unwrap(), peer);
-        assert_eq!(client_ip(peer, Some("10.0.0.3"), &trusted).unwrap(), peer);
-        assert!(client_ip(peer, Some("not-an-ip"), &trusted).is_err());
+        assert_eq!(client_ip(peer, &[], &trusted).unwrap(), peer);
+        assert_eq!(ip(peer, &["10.0.0.3"]).unwrap(), "10.0.0.1");
+        assert!(ip(peer, &["not-an-ip"]).is_err());
+        assert!(client_ip(peer, &[b"\xff"], &trusted).is_err());
+    }
+
+    #[test]
+    fn forwarded_for_lines_are_one_list_read_from_its_end() {
+        let trusted: Vec<IpNetwork> = vec!["10.0.0.0/8".parse().unwrap()];
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        let ip = |lines: &[&str]| {
+            let lines: Vec<&[u8]> = lines.iter().map(|l| l.as_bytes()).collect();
+            client_ip(peer, &lines, &trusted).map(|ip| ip.to_string())
+        };
+        // The client's own line comes first; the proxy's, with the real client, last.
+        assert_eq!(ip(&["192.0.2.7", "198.51.100.1"]).unwrap(), "198.51.100.1");
+        assert_eq!(
+            ip(&["192.0.2.7, 10.0.0.9", "198.51.100.1, 10.0.0.2"]).unwrap(),
+            "198.51.100.1"
+        );
+        // Trusted hops are passed over across lines.
+        assert_eq!(
+            ip(&["198.51.100.1", "10.0.0.2, 10.0.0.3"]).unwrap(),
+            "198.51.100.1"
+        );
+        // Empty elements are no hops; a bad hop beyond the answer is never read.
+        assert_eq!(ip(&["junk", ",198.51.100.1,", ""]).unwrap(), "198.51.100.1");
+        // IPv4-mapped IPv6 is the IPv4 address.
+        assert_eq!(ip(&["::ffff:192.0.2.1"]).unwrap(), "192.0.2.1");
     }
 }

@@ -38,6 +38,22 @@ pub struct Config {
     pub images: Images,
     pub builds: Builds,
     pub webhooks: Webhooks,
+    pub http: Http,
+}
+
+/// The `[http]` table: how long a connection may hold the server without sending a request, and
+/// how many may be open at once.
+#[derive(Debug, Clone)]
+pub struct Http {
+    /// A request's head (request line and headers) must arrive in full this long after its
+    /// first byte.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight (none being answered, no answer streaming) is
+    /// closed after this long.
+    pub idle_timeout: Duration,
+    /// At most this many connections are open at once; a new one waits in the listen backlog
+    /// until another closes.
+    pub max_connections: usize,
 }
 
 /// The `[webhooks]` table: the POSTs a run's `notify_url` gets when it ends.
@@ -273,6 +289,25 @@ struct RawConfig {
     images: RawImages,
     builds: RawBuilds,
     webhooks: RawWebhooks,
+    http: RawHttp,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHttp {
+    header_read_timeout: DurationText,
+    idle_timeout: DurationText,
+    max_connections: usize,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            header_read_timeout: DurationText::Text("30s".into()),
+            idle_timeout: DurationText::Text("2m".into()),
+            max_connections: 1024,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -580,6 +615,24 @@ impl RawConfig {
                     .map_err(|e| anyhow!("webhooks.default_url: {e}"))?,
             );
         }
+        let h = self.http;
+        let http = Http {
+            header_read_timeout: parse_duration(
+                &h.header_read_timeout,
+                "http.header_read_timeout",
+            )?,
+            idle_timeout: parse_duration(&h.idle_timeout, "http.idle_timeout")?,
+            max_connections: h.max_connections,
+        };
+        if http.header_read_timeout.is_zero() {
+            bail!("http.header_read_timeout: must be more than 0 (e.g. \"30s\")");
+        }
+        if http.idle_timeout.is_zero() {
+            bail!("http.idle_timeout: must be more than 0 (e.g. \"2m\")");
+        }
+        if http.max_connections == 0 {
+            bail!("http.max_connections: must be more than 0 (e.g. 1024)");
+        }
         let a = self.auth;
         let allowed_ips = parse_networks(&a.allowed_ips, "auth.allowed_ips")?;
         let trusted_proxies = parse_networks(&a.trusted_proxies, "auth.trusted_proxies")?;
@@ -624,6 +677,7 @@ impl RawConfig {
                 pdk_variant: b.pdk_variant,
             },
             webhooks,
+            http,
             auth: Auth {
                 required: a.required,
                 allowed_ips,
@@ -868,6 +922,12 @@ mod tests {
         assert_eq!(example.images.simulation, defaults.images.simulation);
         assert_eq!(example.inflation, defaults.inflation);
         assert_eq!(example.projects.max_files, defaults.projects.max_files);
+        assert_eq!(example.http.idle_timeout, defaults.http.idle_timeout);
+        assert_eq!(
+            example.http.header_read_timeout,
+            defaults.http.header_read_timeout
+        );
+        assert_eq!(example.http.max_connections, defaults.http.max_connections);
     }
 
     #[test]
@@ -952,6 +1012,17 @@ mod tests {
             parse("[limits]\ntimeout = 30").unwrap().limits.timeout,
             Duration::from_secs(30)
         );
+        let http = parse("").unwrap().http;
+        assert_eq!(http.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(http.idle_timeout, Duration::from_secs(120));
+        assert_eq!(http.max_connections, 1024);
+        let http =
+            parse("[http]\nheader_read_timeout = \"2s\"\nidle_timeout = 5\nmax_connections = 3")
+                .unwrap()
+                .http;
+        assert_eq!(http.header_read_timeout, Duration::from_secs(2));
+        assert_eq!(http.idle_timeout, Duration::from_secs(5));
+        assert_eq!(http.max_connections, 3);
     }
 
     #[test]
@@ -976,6 +1047,14 @@ mod tests {
             ("[builds]\npdk = \"/\"", "builds.pdk"),
             ("[builds]\npdk_variant = \"--rm\"", "builds.pdk_variant"),
             ("[webhooks]\nsecret = \"short\"", "webhooks.secret"),
+            (
+                "[http]\nheader_read_timeout = 0",
+                "http.header_read_timeout",
+            ),
+            ("[http]\nidle_timeout = \"0s\"", "http.idle_timeout"),
+            ("[http]\nidle_timeout = \"soon\"", "http.idle_timeout"),
+            ("[http]\nmax_connections = 0", "http.max_connections"),
+            ("[http]\nkeepalive = 1", "keepalive"),
             (
                 "[webhooks]\nsecret = \"0123456789abcdef\"\ndefault_url = \"ftp://ci/x\"\nallowed_hosts = [\"ci\"]",
                 "webhooks.default_url",

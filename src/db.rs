@@ -196,6 +196,12 @@ CREATE INDEX deliveries_due ON deliveries (next_attempt)
     r#"
 CREATE INDEX runs_by_owner ON runs (owner, seq);
 "#,
+    // What an idempotency key was used for: the sha256 of the create's canonical request, so that
+    // the key sent again with another request is refused. Null for runs made before: those keys
+    // return their run whatever the request, as they did.
+    r#"
+ALTER TABLE runs ADD COLUMN idempotency_request TEXT;
+"#,
 ];
 
 const RUN_COLUMNS: &str =
@@ -246,8 +252,33 @@ pub struct NewRun {
     /// Where its end is POSTed.
     pub notify_url: Option<String>,
     /// A client's key for the create: the same key (of the same owner) returns the same run.
-    pub idempotency_key: Option<String>,
+    pub idempotency: Option<Idempotency>,
     pub created: OffsetDateTime,
+}
+
+/// A client's `Idempotency-Key` and the request it came with.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub key: String,
+    /// The create's canonical request (the same for requests that ask the same); its sha256 is
+    /// stored with the run.
+    pub request: String,
+}
+
+impl Idempotency {
+    fn request_sha256(&self) -> String {
+        use sha2::{Digest, Sha256};
+        format!("{:x}", Sha256::digest(self.request.as_bytes()))
+    }
+}
+
+/// What an idempotency key already names.
+#[derive(Debug)]
+pub enum KeyUse {
+    /// The run an identical request made.
+    Same(Box<Run>),
+    /// The key was used for another request.
+    Different,
 }
 
 /// A created run, or the one an earlier request with the same idempotency key created.
@@ -272,6 +303,8 @@ pub struct Delivery {
 pub enum CreateRunError {
     UnknownUpload,
     UploadExpired,
+    /// The idempotency key was used for another request.
+    KeyReused,
 }
 
 /// What deleting an upload did.
@@ -515,15 +548,21 @@ impl Db {
                 image,
                 owner,
                 notify_url,
-                idempotency_key,
+                idempotency,
                 created: now,
             } = new;
             let tx = c.transaction()?;
-            if let Some(key) = &idempotency_key
-                && let Some(run) = run_by_key(&tx, owner.as_deref(), key)?
-            {
-                return Ok(Ok(Created { run, new: false }));
+            if let Some(key) = &idempotency {
+                match key_use(&tx, owner.as_deref(), key)? {
+                    Some(KeyUse::Same(run)) => return Ok(Ok(Created { run: *run, new: false })),
+                    Some(KeyUse::Different) => return Ok(Err(CreateRunError::KeyReused)),
+                    None => {}
+                }
             }
+            let (idempotency_key, idempotency_request) = match &idempotency {
+                Some(i) => (Some(i.key.clone()), Some(i.request_sha256())),
+                None => (None, None),
+            };
             let upload = tx
                 .query_row(
                     &format!("SELECT {UPLOAD_COLUMNS} FROM uploads WHERE id = ?1"),
@@ -543,8 +582,8 @@ impl Db {
             )?;
             tx.execute(
                 "INSERT INTO runs (id, kind, created, upload_id, top_cell, die_id, slot, cob, image, owner,
-                    notify_url, idempotency_key, status)
-                 VALUES (?1, 'precheck', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 'queued')",
+                    notify_url, idempotency_key, idempotency_request, status)
+                 VALUES (?1, 'precheck', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'queued')",
                 params![
                     id.to_string(),
                     micros(now),
@@ -557,6 +596,7 @@ impl Db {
                     owner,
                     notify_url,
                     idempotency_key,
+                    idempotency_request,
                 ],
             )?;
             let run = select_run(&tx, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
@@ -566,14 +606,14 @@ impl Db {
         .await
     }
 
-    /// The run an earlier create with this idempotency key made for this owner.
-    pub async fn run_by_idempotency_key(
+    /// What this owner's idempotency key already names, if anything: the run an identical
+    /// request made, or another request.
+    pub async fn idempotency_key_use(
         &self,
         owner: Option<String>,
-        key: String,
-    ) -> Result<Option<Run>> {
-        self.call(move |c| run_by_key(c, owner.as_deref(), &key))
-            .await
+        key: Idempotency,
+    ) -> Result<Option<KeyUse>> {
+        self.call(move |c| key_use(c, owner.as_deref(), &key)).await
     }
 
     /// Up to `limit` webhooks due now, oldest first.
@@ -1478,17 +1518,29 @@ fn queue_delivery(c: &Connection, id: Uuid, now: OffsetDateTime) -> rusqlite::Re
     Ok(())
 }
 
-/// The run an owner created with this idempotency key.
-fn run_by_key(c: &Connection, owner: Option<&str>, key: &str) -> rusqlite::Result<Option<Run>> {
-    let runs = select_runs(
-        c,
-        &format!(
-            "SELECT {RUN_COLUMNS} FROM runs
-             WHERE COALESCE(owner, '') = COALESCE(?1, '') AND idempotency_key = ?2"
-        ),
-        params![owner, key],
-    )?;
-    Ok(runs.into_iter().next())
+/// What an owner's idempotency key names: the run it made, if the request is the same.
+fn key_use(
+    c: &Connection,
+    owner: Option<&str>,
+    key: &Idempotency,
+) -> rusqlite::Result<Option<KeyUse>> {
+    let found: Option<(String, Option<String>)> = c
+        .query_row(
+            "SELECT id, idempotency_request FROM runs
+             WHERE COALESCE(owner, '') = COALESCE(?1, '') AND idempotency_key = ?2",
+            params![owner, key.key],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let Some((id, request)) = found else {
+        return Ok(None);
+    };
+    // A run made before requests were recorded answers any request, as it did.
+    if request.is_some_and(|r| r != key.request_sha256()) {
+        return Ok(Some(KeyUse::Different));
+    }
+    let run = select_run(c, parse_uuid(&id)?)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+    Ok(Some(KeyUse::Same(Box::new(run))))
 }
 
 /// The time a `SELECT MIN(...)` of a time column gives, if any row has one.
@@ -1691,7 +1743,7 @@ mod tests {
             image: "img".into(),
             owner: None,
             notify_url: None,
-            idempotency_key: None,
+            idempotency: None,
             created: now(),
         }
     }
@@ -1964,5 +2016,57 @@ mod tests {
         drop(db);
         let db = Db::open(&path).unwrap();
         assert!(db.upload(old.id).await.unwrap().unwrap().expired);
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_answers_only_the_request_it_was_used_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        let u = upload(time::Duration::minutes(5));
+        db.insert_upload(u.clone()).await.unwrap();
+        let keyed = |request: &str| NewRun {
+            idempotency: Some(Idempotency {
+                key: "k".into(),
+                request: request.into(),
+            }),
+            ..new_run()
+        };
+        let first = db
+            .create_run(Uuid::new_v4(), params(u.id), Scope::All, keyed("a"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(first.new);
+        let again = db
+            .create_run(Uuid::new_v4(), params(u.id), Scope::All, keyed("a"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!again.new);
+        assert_eq!(again.run.id, first.run.id);
+        let other = db
+            .create_run(Uuid::new_v4(), params(u.id), Scope::All, keyed("b"))
+            .await
+            .unwrap();
+        assert_eq!(other.unwrap_err(), CreateRunError::KeyReused);
+        let key = |request: &str| Idempotency {
+            key: "k".into(),
+            request: request.into(),
+        };
+        assert!(matches!(
+            db.idempotency_key_use(None, key("a")).await.unwrap(),
+            Some(KeyUse::Same(run)) if run.id == first.run.id
+        ));
+        assert!(matches!(
+            db.idempotency_key_use(None, key("b")).await.unwrap(),
+            Some(KeyUse::Different)
+        ));
+        // Another owner's key of the same name is another key.
+        assert!(
+            db.idempotency_key_use(Some("bob".into()), key("b"))
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -116,6 +116,7 @@ pub async fn serve(
     };
     crate::api::webhooks::start(state.clone());
     let url_file = state.storage.server_url_path();
+    let http = state.config.http.clone();
     let app = crate::api::router(state);
     let addr = listener.local_addr()?;
     let local = if addr.ip().is_unspecified() {
@@ -139,27 +140,25 @@ pub async fn serve(
         .with_context(|| format!("cannot write {}", url_file.display()))?;
     tracing::info!("listening on http://{addr}");
     println!("listening on http://{addr}");
-    let stopping = stop.clone();
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down");
-        stop.cancel();
-    });
     // In-flight requests get a moment to finish (a `/wait` answers at once with the run as it
     // is, a followed log ends); an upload that is still coming in is cut off. Running containers
     // are left alone: the next start reattaches them.
-    let served = tokio::select! {
-        served = server => served.context("the HTTP server failed"),
-        _ = async { stopping.cancelled().await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {
-            tracing::info!("requests still open after {} s: closing them", SHUTDOWN_GRACE.as_secs());
-            Ok(())
-        }
-    };
+    crate::api::serve(
+        listener,
+        app,
+        http,
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down");
+            stop.cancel();
+        },
+        SHUTDOWN_GRACE,
+    )
+    .await;
     // The image's self-test, if one is going, removes its container before the process ends.
     let _ = tokio::time::timeout(Duration::from_secs(10), watcher).await;
     let _ = tokio::fs::remove_file(&url_file).await;
-    served
+    Ok(())
 }
 
 /// How long open requests may go on after a shutdown signal.

@@ -68,11 +68,14 @@ async fn admit(
     }
     let auth = &state.config.auth;
     if !auth.allowed_ips.is_empty() {
-        let forwarded = request
+        // Every line of the header, in order: a client's own line must not hide a proxy's.
+        let forwarded: Vec<&[u8]> = request
             .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok());
-        let ip = client_ip(peer.ip().to_canonical(), forwarded, &auth.trusted_proxies)
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        let ip = client_ip(peer.ip().to_canonical(), &forwarded, &auth.trusted_proxies)
             .map_err(ApiError::BadRequest)?;
         if !auth.allowed_ips.iter().any(|net| net.contains(ip)) {
             return Err(ApiError::Forbidden(format!(

@@ -2,7 +2,7 @@
 
 use axum::Json;
 use axum::extract::multipart::MultipartError;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -29,6 +29,8 @@ pub enum ApiError {
     Gone(String),
     #[error("{0}")]
     TooLarge(String),
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("{0}")]
     InsufficientStorage(String),
     #[error("{0}")]
@@ -57,6 +59,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -126,6 +129,22 @@ impl From<JsonRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         ApiError::BadRequest(format!("bad query string: {}", rejection.body_text()))
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        use axum::extract::path::ErrorKind;
+        let message = match &rejection {
+            PathRejection::FailedToDeserializePathParams(e) => match e.kind() {
+                ErrorKind::InvalidUtf8InPathParam { key } => format!(
+                    "the path's {key} is not UTF-8 once percent-decoded: percent-encode UTF-8 bytes only (e.g. %C3%A9 for \u{e9})"
+                ),
+                _ => format!("bad path: {}", rejection.body_text()),
+            },
+            _ => format!("bad path: {}", rejection.body_text()),
+        };
+        ApiError::BadRequest(message)
     }
 }
 

@@ -1,8 +1,9 @@
 //! `/api/v1/projects/{id}/jobs`: a project's simulations and builds. Jobs are runs: the same
 //! queue, states, `/wait`, logs and cancel as prechecks; their results are artefacts.
 
+use super::Path;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -122,7 +123,7 @@ pub async fn create(
                 image: state.config.image_for(kind).to_string(),
                 owner: caller.name,
                 notify_url,
-                idempotency_key: None,
+                idempotency: None,
                 created: OffsetDateTime::now_utc(),
             },
         )

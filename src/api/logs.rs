@@ -7,8 +7,9 @@
 use std::io::Write;
 use std::time::Duration;
 
+use super::Path;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;

@@ -2,6 +2,7 @@
 //! PascalCase DTOs live here and nowhere else.
 
 mod auth;
+mod conn;
 mod error;
 mod events;
 mod jobs;
@@ -25,6 +26,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 pub use auth::Caller;
+pub use conn::serve;
 pub use error::ApiError;
 pub use prechecks::RunBody;
 pub use uploads::LayoutBody;
@@ -150,6 +152,12 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct Json<T>(pub T);
+
+/// `axum::extract::Path` whose rejection is an [`ApiError`], so a path segment that is not UTF-8
+/// once percent-decoded (`/api/v1/prechecks/%FF`) gets `{"message"}`.
+#[derive(axum::extract::FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct Path<T>(pub T);
 
 impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
     fn into_response(self) -> axum::response::Response {

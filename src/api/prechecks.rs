@@ -4,8 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::Path;
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
@@ -22,7 +23,7 @@ use super::openapi::{Binary, nullable_string_enum, string_enum};
 use super::page::{Page, unknown_before};
 use super::uploads::{record, upload_error};
 use super::{ApiError, Caller, Json, parse_id, rfc3339};
-use crate::db::{Cancel, CreateRunError, Created, NewRun, RunFilter};
+use crate::db::{Cancel, CreateRunError, Created, Idempotency, KeyUse, NewRun, RunFilter};
 use crate::layout::{EXPECTED_DBU_MICRONS, Layout};
 use crate::model::{PrecheckParams, Run, RunKind, RunParams, RunStatus, SLOTS};
 use crate::runner::final_gds;
@@ -59,6 +60,9 @@ pub struct CreatePrecheck {
     #[schema(format = "uri")]
     notify_url: Option<String>,
 }
+
+const DEFAULT_DIE_ID: &str = "FFFFFFFF";
+const DEFAULT_SLOT: &str = "1x1";
 
 fn slot_schema() -> Object {
     let mut slot = nullable_string_enum(SLOTS);
@@ -233,7 +237,7 @@ impl From<&Run> for RunBody {
     tag = "prechecks",
     params(
         ("Idempotency-Key" = Option<String>, Header, nullable = false, min_length = 1, max_length = 255, pattern = "^[!-~]{1,255}$",
-            description = "A client's name for this create (1 to 255 printable ASCII characters without spaces, e.g. a UUID): sending it again returns the run it made (200) instead of making another."),
+            description = "A client's name for this create (1 to 255 printable ASCII characters without spaces, e.g. a UUID): sending it again with the same request returns the run it made (200) instead of making another; with a different request it is refused (422)."),
     ),
     request_body(content = CreatePrecheck, content_type = "application/json"),
     responses(
@@ -243,6 +247,7 @@ impl From<&Run> for RunBody {
         (status = 404, description = "No such upload or build job (or another key's).", body = Message),
         (status = 409, description = "The build job has not completed, or has no single final layout.", body = Message),
         (status = 410, description = "The upload has expired.", body = Message),
+        (status = 422, description = "The `Idempotency-Key` was used for a different request.", body = Message),
         (status = 507, description = "The server's disk is full (storing a build's layout).", body = Message),
     )
 )]
@@ -252,24 +257,30 @@ pub async fn create(
     headers: HeaderMap,
     Json(body): Json<CreatePrecheck>,
 ) -> Result<(StatusCode, Json<RunBody>), ApiError> {
-    let idempotency_key = idempotency_key(&headers)?;
-    if let Some(key) = &idempotency_key
-        && let Some(run) = state
+    let idempotency = idempotency_key(&headers)?.map(|key| Idempotency {
+        key,
+        request: body.canonical(),
+    });
+    if let Some(key) = &idempotency {
+        match state
             .db
-            .run_by_idempotency_key(caller.name.clone(), key.clone())
+            .idempotency_key_use(caller.name.clone(), key.clone())
             .await?
-    {
-        return Ok((StatusCode::OK, Json(RunBody::from(&run))));
+        {
+            Some(KeyUse::Same(run)) => return Ok((StatusCode::OK, Json(RunBody::from(&*run)))),
+            Some(KeyUse::Different) => return Err(key_reused(&key.key)),
+            None => {}
+        }
     }
     let notify_url = notify_url(&state, body.notify_url)?;
     // Checked first: a build's layout becomes an upload only for a request that can succeed.
-    let die_id = body.die_id.unwrap_or_else(|| "FFFFFFFF".into());
+    let die_id = body.die_id.unwrap_or_else(|| DEFAULT_DIE_ID.into());
     if die_id.len() != 8 || !die_id.chars().all(|c| c.is_ascii_alphanumeric()) {
         return Err(ApiError::BadRequest(format!(
             "die_id: {die_id:?} must be exactly 8 letters or digits (default FFFFFFFF)"
         )));
     }
-    let slot = body.slot.unwrap_or_else(|| "1x1".into());
+    let slot = body.slot.unwrap_or_else(|| DEFAULT_SLOT.into());
     if !SLOTS.contains(&slot.as_str()) {
         return Err(ApiError::BadRequest(format!(
             "slot: {slot:?} is not a slot size: use one of {}",
@@ -310,6 +321,7 @@ pub async fn create(
         slot,
         cob: body.cob.unwrap_or(false),
     };
+    let key = idempotency.as_ref().map(|i| i.key.clone());
     let id = Uuid::new_v4();
     let created = state
         .db
@@ -321,7 +333,7 @@ pub async fn create(
                 image: state.config.image.clone(),
                 owner: caller.name,
                 notify_url,
-                idempotency_key,
+                idempotency,
                 created: OffsetDateTime::now_utc(),
             },
         )
@@ -332,6 +344,7 @@ pub async fn create(
             "upload {upload_id} has expired (uploads are kept {} minutes until a precheck uses them): upload the layout again",
             state.config.upload_expiry.as_secs() / 60
         )),
+        CreateRunError::KeyReused => key_reused(key.as_deref().unwrap_or_default()),
     })?;
     let Created { run, new } = run;
     if !new {
@@ -340,6 +353,37 @@ pub async fn create(
     state.queue.created(&run);
     tracing::info!(run_id = %run.id, %upload_id, "precheck queued");
     Ok((StatusCode::CREATED, Json(RunBody::from(&run))))
+}
+
+/// The refusal of an `Idempotency-Key` sent again with another request.
+fn key_reused(key: &str) -> ApiError {
+    ApiError::Unprocessable(format!(
+        "Idempotency-Key {key:?} was used for a different request: send the same request to get the run it made, or use a new key for this one"
+    ))
+}
+
+impl CreatePrecheck {
+    /// The request as the server reads it, defaults filled in: two bodies that ask the same give
+    /// the same text, whatever their spacing, order of fields or spelling of an id.
+    fn canonical(&self) -> String {
+        let id = |given: &Option<String>| {
+            given.as_ref().map(|g| match Uuid::parse_str(g) {
+                Ok(id) => id.to_string(),
+                Err(_) => g.clone(),
+            })
+        };
+        serde_json::json!({
+            "upload_id": id(&self.upload_id),
+            "job_id": id(&self.job_id),
+            "top_cell": self.top_cell,
+            "die_id": self.die_id.as_deref().unwrap_or(DEFAULT_DIE_ID),
+            "slot": self.slot.as_deref().unwrap_or(DEFAULT_SLOT),
+            "cob": self.cob.unwrap_or(false),
+            "force": self.force.unwrap_or(false),
+            "notify_url": self.notify_url,
+        })
+        .to_string()
+    }
 }
 
 /// The `Idempotency-Key` header: a client's name for one create, so that sending the request

@@ -2,8 +2,9 @@
 //! named by its sha256 and never changed, so replacing a file never changes what a job that
 //! already took it reads.
 
+use super::Path;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;

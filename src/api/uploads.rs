@@ -1,6 +1,7 @@
 //! `/api/v1/uploads`: layouts streamed to disk while their sha256 is computed.
 
-use axum::extract::{Multipart, Path, State};
+use super::Path;
+use axum::extract::{Multipart, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;

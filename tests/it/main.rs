@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod errors;
 mod hostile;
+mod http_edge;
 mod image;
 mod jobs;
 mod klayout_image;
