@@ -15,6 +15,7 @@ mod openapi;
 mod projects;
 mod realwork;
 mod restart;
+mod run_ends;
 mod runs;
 mod simulation;
 mod smoke;
