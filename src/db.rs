@@ -10,7 +10,9 @@ use std::sync::mpsc;
 
 use anyhow::{Context, Result, anyhow};
 use rusqlite::types::Value;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use rusqlite::{
+    Connection, ErrorCode, OpenFlags, OptionalExtension, Row, TransactionBehavior, params,
+};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use uuid::Uuid;
@@ -22,6 +24,37 @@ use crate::model::{
 };
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// How long a statement waits for another process's write lock before it fails.
+pub const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Why a database call failed, when it is the disk's or another process's doing rather than a
+/// fault: a caller can say what to do, or try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trouble {
+    /// The disk (or the database's size limit) is full.
+    Full,
+    /// Another process held the lock for longer than [`BUSY_TIMEOUT`].
+    Busy,
+    /// The file or its file system cannot be written.
+    ReadOnly,
+}
+
+/// The [`Trouble`] behind an error from [`Db`], if any.
+pub fn trouble(e: &anyhow::Error) -> Option<Trouble> {
+    e.chain().find_map(|cause| {
+        if let Some(rusqlite::Error::SqliteFailure(f, _)) = cause.downcast_ref::<rusqlite::Error>()
+        {
+            return match f.code {
+                ErrorCode::DiskFull => Some(Trouble::Full),
+                ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => Some(Trouble::Busy),
+                ErrorCode::ReadOnly => Some(Trouble::ReadOnly),
+                _ => None,
+            };
+        }
+        None
+    })
+}
 
 /// A handle to the database thread.
 #[derive(Clone)]
@@ -202,6 +235,17 @@ CREATE INDEX runs_by_owner ON runs (owner, seq);
     r#"
 ALTER TABLE runs ADD COLUMN idempotency_request TEXT;
 "#,
+    // When the server asked the engine to start a run's container: a run whose container is
+    // still `created` after a stop was either never started (and can start over) or is being
+    // started by the engine (and must not be started twice). `health` is the row `/health`
+    // writes to know that writes work.
+    r#"
+ALTER TABLE runs ADD COLUMN start_sent_at INTEGER;
+CREATE TABLE health (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    checked INTEGER NOT NULL
+) STRICT;
+"#,
 ];
 
 const RUN_COLUMNS: &str =
@@ -379,7 +423,19 @@ impl Db {
     }
 
     fn start(mut conn: Connection, path: &Path) -> Result<Db> {
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // SQLite opens a file it may not write read-only without a word; every write would
+        // then fail while reads work.
+        if conn.is_readonly(rusqlite::MAIN_DB)? {
+            return Err(anyhow!(
+                "the database {} is read-only: make it (and its folder) writable by the server's user",
+                path.display()
+            ));
+        }
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        // Every transaction takes the write lock when it begins: one that read first and
+        // then wrote could not wait for another writer (SQLite answers "database is locked"
+        // at once rather than let a stale read go on to write).
+        conn.set_transaction_behavior(TransactionBehavior::Immediate);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -415,8 +471,46 @@ impl Db {
         answer.context("database error")
     }
 
-    pub async fn ping(&self) -> Result<()> {
-        self.call(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    /// Writes one row: a database that answers reads may still refuse writes (a read-only
+    /// file system, a full disk, another process's lock).
+    pub async fn check_writable(&self, now: OffsetDateTime) -> Result<()> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO health (id, checked) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET checked = excluded.checked",
+                [micros(now)],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// Records that the server is about to ask the engine to start the run's container.
+    /// False if the run is no longer running (deleted while its container was prepared).
+    pub async fn mark_start_sent(&self, id: Uuid, now: OffsetDateTime) -> Result<bool> {
+        self.call(move |c| {
+            let n = c.execute(
+                "UPDATE runs SET start_sent_at = ?2 WHERE id = ?1 AND status = 'running'",
+                params![id.to_string(), micros(now)],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Whether the server asked the engine to start the run's container (since it was last
+    /// queued).
+    pub async fn start_sent(&self, id: Uuid) -> Result<bool> {
+        self.call(move |c| {
+            c.query_row(
+                "SELECT start_sent_at IS NOT NULL FROM runs WHERE id = ?1",
+                [id.to_string()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(|v| v.unwrap_or(false))
+        })
+        .await
     }
 
     pub async fn insert_upload(&self, upload: Upload) -> Result<()> {
@@ -485,19 +579,10 @@ impl Db {
     pub async fn delete_upload(&self, id: Uuid) -> Result<DeleteUpload> {
         self.call(move |c| {
             let tx = c.transaction()?;
-            let id = id.to_string();
-            let user: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM runs WHERE upload_id = ?1 AND status IN ('queued', 'running')
-                     ORDER BY seq LIMIT 1",
-                    [&id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            if let Some(run) = user {
-                return Ok(DeleteUpload::InUse(parse_uuid(&run)?));
+            if let Some(run) = run_using_upload(&tx, id)? {
+                return Ok(DeleteUpload::InUse(run));
             }
-            let n = tx.execute("DELETE FROM uploads WHERE id = ?1", [&id])?;
+            let n = tx.execute("DELETE FROM uploads WHERE id = ?1", [id.to_string()])?;
             tx.commit()?;
             Ok(if n == 0 {
                 DeleteUpload::NotFound
@@ -506,6 +591,11 @@ impl Db {
             })
         })
         .await
+    }
+
+    /// The first queued or running run that uses the upload.
+    pub async fn upload_in_use(&self, id: Uuid) -> Result<Option<Uuid>> {
+        self.call(move |c| run_using_upload(c, id)).await
     }
 
     /// Marks uploads past their expiry (and used by no run) as expired; returns their ids so
@@ -861,7 +951,8 @@ impl Db {
     pub async fn requeue_run(&self, id: Uuid) -> Result<bool> {
         self.call(move |c| {
             let n = c.execute(
-                "UPDATE runs SET status = 'queued', started_at = NULL, image_id = NULL
+                "UPDATE runs SET status = 'queued', started_at = NULL, image_id = NULL,
+                     start_sent_at = NULL
                  WHERE id = ?1 AND status = 'running'",
                 [id.to_string()],
             )?;
@@ -1496,6 +1587,18 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;
     }
     Ok(tx.commit()?)
+}
+
+fn run_using_upload(c: &Connection, id: Uuid) -> rusqlite::Result<Option<Uuid>> {
+    let run: Option<String> = c
+        .query_row(
+            "SELECT id FROM runs WHERE upload_id = ?1 AND status IN ('queued', 'running')
+             ORDER BY seq LIMIT 1",
+            [id.to_string()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    run.map(|r| parse_uuid(&r)).transpose()
 }
 
 /// Uploads are kept while runs use them; once none does, they expire like unused ones.

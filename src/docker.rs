@@ -281,6 +281,21 @@ impl Engine {
         }
     }
 
+    /// The container's state (`created`, `running`, `exited`, ...), `None` if it is gone. The
+    /// engine answers once a start it is making has ended.
+    pub async fn state(&self, container: &str) -> Result<Option<String>> {
+        match quick(self.docker.inspect_container(container, None)).await {
+            Ok(info) => Ok(Some(
+                info.state
+                    .and_then(|s| s.status)
+                    .map(|s| s.to_string())
+                    .unwrap_or_default(),
+            )),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Exit code and whether the kernel killed it for memory.
     pub async fn exit(&self, container: &str) -> Result<Exit> {
         let info = quick(self.docker.inspect_container(container, None)).await?;

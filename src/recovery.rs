@@ -18,7 +18,9 @@ use crate::db::Db;
 use crate::docker::{Engine, Labelled};
 use crate::logs;
 use crate::model::{Outcome, Run, RunStatus, Scope, exit_code};
-use crate::runner::{Attach, PROBE_LABEL, RUN_LABEL, Runner, STORAGE_LABEL, finished_note, note};
+use crate::runner::{
+    Attach, PROBE_LABEL, RUN_LABEL, Runner, STORAGE_LABEL, finished_note, note, read_ending,
+};
 use crate::storage::{Entry, EntryKind, Storage};
 
 /// Why a run without a container failed.
@@ -31,7 +33,14 @@ pub async fn recover(runner: &Runner) -> Result<Vec<(Run, Attach)>> {
     let running = runner.db.runs(vec![RunStatus::Running], Scope::All).await?;
     let mut resumed = vec![];
     for run in running {
-        let Some(container) = containers.iter().find(|c| run_of(c) == Some(run.id)) else {
+        let start_sent = runner.db.start_sent(run.id).await?;
+        let container = containers.iter().find(|c| run_of(c) == Some(run.id));
+        let Some(container) = container else {
+            if !start_sent {
+                // Stopped before its container was made: nothing has run yet.
+                requeue(runner, &run, "it was stopped before its container was made").await?;
+                continue;
+            }
             tracing::warn!(run_id = %run.id, "{LOST}");
             let outcome = Outcome::failed(exit_code::NOT_RUN, LOST);
             let _ = note(&runner.storage.log_path(run.id), &finished_note(&outcome)).await;
@@ -41,21 +50,54 @@ pub async fn recover(runner: &Runner) -> Result<Vec<(Run, Attach)>> {
                 .await?;
             continue;
         };
-        if container.state == "created" {
-            // Stopped while its container was being prepared: nothing has run yet, so the
-            // run starts over from its place in the queue, with a fresh log.
-            runner.engine.remove(&container.id).await?;
-            runner.storage.remove_run(run.id).await?;
-            runner.db.requeue_run(run.id).await?;
-            tracing::info!(run_id = %run.id, "its container never started: queued again");
-            continue;
+        let mut state = container.state.clone();
+        let mut restarted = false;
+        if state == "created" {
+            if !start_sent {
+                // Stopped while its container was being prepared: the engine was never asked
+                // to start it, so the run starts over from its place in the queue.
+                runner.engine.remove(&container.id).await?;
+                requeue(runner, &run, "its container never started").await?;
+                continue;
+            }
+            // Stopped just as it asked the engine to start it: the engine may be starting it
+            // now (inspecting waits for that start to end) or never got the request. Either
+            // way the container is started once: by the engine, or here.
+            state = runner
+                .engine
+                .state(&container.id)
+                .await?
+                .unwrap_or_default();
+            if state == "created" {
+                tracing::info!(run_id = %run.id, container = %container.id, "its start was never made: starting it now");
+                if let Err(e) = runner.engine.start(&container.id).await {
+                    let outcome = Outcome::failed(
+                        exit_code::NOT_RUN,
+                        format!("cannot start the container: {e:#}"),
+                    );
+                    let _ = note(&runner.storage.log_path(run.id), &finished_note(&outcome)).await;
+                    runner
+                        .db
+                        .finish_run(run.id, outcome, OffsetDateTime::now_utc())
+                        .await?;
+                    runner.engine.remove(&container.id).await?;
+                    continue;
+                }
+                state = "running".into();
+                restarted = true;
+            }
         }
         let path = runner.storage.log_path(run.id);
         let (skip, _) = tokio::task::spawn_blocking(move || logs::complete_lines(&path)).await??;
-        let stopped = matches!(container.state.as_str(), "exited" | "dead");
+        let stopped = matches!(state.as_str(), "exited" | "dead");
+        let ended = match stopped {
+            true => read_ending(&runner.storage.run_dir(run.id)).await,
+            false => None,
+        };
         let deadline = (!stopped).then(|| {
             let elapsed = run
                 .started_at
+                .filter(|_| !restarted)
                 .map(|t| OffsetDateTime::now_utc() - t)
                 .and_then(|d| Duration::try_from(d).ok())
                 .unwrap_or_default();
@@ -67,13 +109,14 @@ pub async fn recover(runner: &Runner) -> Result<Vec<(Run, Attach)>> {
                     .timeout
                     .saturating_sub(elapsed)
         });
-        tracing::info!(run_id = %run.id, container = %container.id, state = %container.state, "reattaching");
+        tracing::info!(run_id = %run.id, container = %container.id, state = %state, "reattaching");
         resumed.push((
             run,
             Attach {
                 container: container.id.clone(),
                 skip,
                 deadline,
+                ended,
             },
         ));
     }
@@ -83,6 +126,14 @@ pub async fn recover(runner: &Runner) -> Result<Vec<(Run, Attach)>> {
         runner.engine.remove(&container.id).await?;
     }
     Ok(resumed)
+}
+
+/// Puts a run that never started back in its place in the queue, with a fresh log.
+async fn requeue(runner: &Runner, run: &Run, why: &str) -> Result<()> {
+    runner.storage.remove_run(run.id).await?;
+    runner.db.requeue_run(run.id).await?;
+    tracing::info!(run_id = %run.id, "{why}: queued again");
+    Ok(())
 }
 
 /// The label (`name=value`) on every container of the server that uses this storage folder.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -85,6 +85,32 @@ pub struct Runner {
     pub metrics: Arc<Metrics>,
     /// The precheck image and its self-test.
     pub image: ImageWatch,
+    /// The container starts being made; a stop waits for them.
+    pub starts: StartGate,
+}
+
+/// The container starts the server is making, and whether it is stopping: a stop waits for
+/// the starts already asked for, and no start begins after it. So a stopped server leaves each
+/// run's container either started (with its start recorded) or never asked to start.
+#[derive(Clone, Default)]
+pub struct StartGate(Arc<tokio::sync::RwLock<bool>>);
+
+impl StartGate {
+    /// Lets a start begin, or waits for ever if the server is stopping (its task ends with the
+    /// process, leaving the container for the next start to find).
+    async fn enter(&self) -> tokio::sync::RwLockReadGuard<'_, bool> {
+        let closed = self.0.read().await;
+        if !*closed {
+            return closed;
+        }
+        drop(closed);
+        std::future::pending().await
+    }
+
+    /// Closes the gate once the starts in flight have ended.
+    pub async fn close(&self) {
+        *self.0.write().await = true;
+    }
 }
 
 /// The watch of the configured precheck image, whose self-test runs `python3 precheck.py --help`
@@ -126,6 +152,8 @@ pub struct Attach {
     pub skip: usize,
     /// When `limits.timeout` runs out; `None` if the container has stopped already.
     pub deadline: Option<Instant>,
+    /// How the run ended, if the server knew but could not record it before it stopped.
+    pub ended: Option<Outcome>,
 }
 
 impl Runner {
@@ -140,6 +168,12 @@ impl Runner {
     /// Watches the container of a run that was running when the server stopped, from where
     /// its log file ends, and finishes the run as [`Runner::execute`] would have.
     pub async fn resume(&self, run: &Run, active: &ActiveRun, attach: Attach) -> Outcome {
+        if let Some(outcome) = attach.ended {
+            // Its end is in the log and its results are in its folder already.
+            self.record_end(run, &outcome).await;
+            self.remove_container(run, &attach.container).await;
+            return outcome;
+        }
         let result = self
             .watch(run, active, &attach.container, attach.skip, attach.deadline)
             .await;
@@ -156,28 +190,68 @@ impl Runner {
     ) -> Outcome {
         let outcome = result.unwrap_or_else(|e| {
             tracing::warn!(run_id = %run.id, "run failed: {e:#}");
-            Outcome::failed(exit_code::NOT_RUN, format!("{e:#}"))
-        });
-        let _ = note(&self.storage.log_path(run.id), &finished_note(&outcome)).await;
-        let now = time::OffsetDateTime::now_utc();
-        match self.db.finish_run(run.id, outcome.clone(), now).await {
-            Ok(true) => self.metrics.run_finished(run, &outcome, now),
-            // Deleted while it ran (`runs delete --force`): its files go too.
-            Ok(false) => {
-                if let Ok(None) = self.db.run(run.id).await
-                    && let Err(e) = self.storage.remove_run(run.id).await
-                {
-                    tracing::warn!(run_id = %run.id, "cannot remove a deleted run's files: {e}");
-                }
+            if is_disk_full(&e) {
+                Outcome::failed(exit_code::NOT_RUN, DISK_FULL)
+            } else {
+                Outcome::failed(exit_code::NOT_RUN, format!("{e:#}"))
             }
-            Err(e) => tracing::error!(run_id = %run.id, "cannot record the end of the run: {e:#}"),
+        });
+        if let Err(e) = note(&self.storage.log_path(run.id), &finished_note(&outcome)).await {
+            tracing::warn!(run_id = %run.id, "cannot note the end of the run in its log: {e}");
         }
-        if let Some(id) = container
-            && let Err(e) = self.engine.remove(&id).await
-        {
-            tracing::error!(run_id = %run.id, container = %id, "cannot remove container: {e:#}");
+        self.record_end(run, &outcome).await;
+        if let Some(id) = container {
+            self.remove_container(run, &id).await;
         }
         outcome
+    }
+
+    /// Records how the run ended, trying again until the database takes it (another process
+    /// may hold its lock, the disk may be full). Meanwhile the outcome waits in the run's
+    /// folder and its container stays: a server stopped now finds both at its next start.
+    async fn record_end(&self, run: &Run, outcome: &Outcome) {
+        let ended = time::OffsetDateTime::now_utc();
+        let ending = self.storage.run_dir(run.id).join(ENDING);
+        let mut pending = false;
+        let mut wait = Duration::from_millis(250);
+        loop {
+            match self.db.finish_run(run.id, outcome.clone(), ended).await {
+                Ok(true) => {
+                    self.metrics.run_finished(run, outcome, ended);
+                    break;
+                }
+                // Deleted while it ran (`runs delete --force`): its files go too.
+                Ok(false) => {
+                    if let Ok(None) = self.db.run(run.id).await
+                        && let Err(e) = self.storage.remove_run(run.id).await
+                    {
+                        tracing::warn!(run_id = %run.id, "cannot remove a deleted run's files: {e}");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    if !pending {
+                        pending = true;
+                        tracing::error!(run_id = %run.id, "cannot record the end of the run, trying again until it is: {e:#}");
+                        if let Err(e) = write_ending(&ending, outcome).await {
+                            tracing::warn!(run_id = %run.id, "cannot keep the run's end in its folder: {e}");
+                        }
+                    }
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        if pending {
+            tracing::info!(run_id = %run.id, "the end of the run is recorded");
+            let _ = tokio::fs::remove_file(&ending).await;
+        }
+    }
+
+    async fn remove_container(&self, run: &Run, id: &str) {
+        if let Err(e) = self.engine.remove(id).await {
+            tracing::error!(run_id = %run.id, container = %id, "cannot remove container: {e:#}");
+        }
     }
 
     async fn run_container(
@@ -259,8 +333,18 @@ impl Runner {
         if cancelled.is_cancelled() {
             return Ok(Outcome::cancelled());
         }
+        // The start is recorded before it is asked for, and a stop waits for it to end: after
+        // any stop, a `created` container was either never asked to start or is being started
+        // by the engine, and recovery can tell which (docs/decisions.md, "A run's end").
+        let gate = self.starts.enter().await;
         // `runs delete --force` may have deleted it while its container was being prepared.
-        if self.db.run(run.id).await?.is_none() {
+        let marked = retry_busy(|| {
+            self.db
+                .mark_start_sent(run.id, time::OffsetDateTime::now_utc())
+        })
+        .await
+        .context("cannot record the container's start")?;
+        if !marked {
             return Ok(Outcome::failed(exit_code::NOT_RUN, "the run was deleted"));
         }
         self.engine
@@ -270,6 +354,7 @@ impl Runner {
                 self.metrics.start_failures.inc();
             })
             .context("cannot start the container")?;
+        drop(gate);
         let deadline = Instant::now() + limits.timeout;
         self.watch(run, active, &id, 0, Some(deadline)).await
     }
@@ -385,14 +470,27 @@ impl Runner {
         let run_dir = self.storage.run_dir(run.id);
         let log_path = self.storage.log_path(run.id);
         let tracker = self.tracker(run).await?;
-        let logs = tokio::spawn(append_logs(
-            self.engine.logs(id, true),
-            log_path.clone(),
-            active.log_len.clone(),
-            skip,
-            tracker.clone(),
-            self.metrics.log_bytes.clone(),
-        ));
+        // A log that cannot be written (a full disk) ends the run at once: what it prints
+        // would be lost, and its results could not be kept either.
+        let log_full = CancellationToken::new();
+        let logs = tokio::spawn({
+            let appended = append_logs(
+                self.engine.logs(id, true),
+                log_path.clone(),
+                active.log_len.clone(),
+                skip,
+                tracker.clone(),
+                self.metrics.log_bytes.clone(),
+            );
+            let log_full = log_full.clone();
+            async move {
+                let appended = appended.await;
+                if appended.as_ref().is_err_and(is_disk_full) {
+                    log_full.cancel();
+                }
+                appended
+            }
+        });
 
         let (limits, table) = self.config.limits_for(run.kind());
         let timeout = limits.timeout;
@@ -423,12 +521,17 @@ impl Runner {
                 self.engine.stop(id, STOP_GRACE).await?;
                 Some(Outcome::cancelled())
             }
+            _ = log_full.cancelled() => {
+                self.engine.kill(id).await?;
+                return Ok(log_not_written());
+            }
         };
         // The engine's followed stream can end before it has sent everything a fast printer
         // wrote (seen with 200 000 lines on Docker 20.10): once the container has stopped, the
         // rest is read from a plain, unfollowed log, skipping the messages already appended.
         let followed = match tokio::time::timeout(Duration::from_secs(30), logs).await {
             Ok(Ok(Ok(count))) => count,
+            Ok(Ok(Err(e))) if is_disk_full(&e) => return Ok(log_not_written()),
             Ok(Ok(Err(e))) => return Err(e.context("cannot follow the container's log")),
             Ok(Err(e)) => return Err(anyhow::Error::from(e).context("the log task failed")),
             Err(_) => {
@@ -450,7 +553,20 @@ impl Runner {
 
         // Results are copied out whatever the ending: a failed run's files are what its
         // designer needs to read.
-        self.collect(run, id, &run_dir).await?;
+        if let Err(e) = self.collect(run, id, &run_dir).await {
+            if !is_disk_full(&e) {
+                return Err(e);
+            }
+            // Half a layout is no result: nothing partial is served as the run's output, and
+            // what was copied goes, so that the run's end fits on the disk.
+            for partial in ["output", "work", "scratch", ARTIFACTS] {
+                remove_dir_if_any(&run_dir.join(partial)).await?;
+            }
+            return Ok(Outcome::failed(
+                exit_code::NOT_RUN,
+                format!("{DISK_FULL}: its results could not be copied out"),
+            ));
+        }
         if let Some(outcome) = ended {
             return Ok(outcome);
         }
@@ -566,6 +682,85 @@ impl Runner {
             progress,
         }))))
     }
+}
+
+/// How a run ended when the server's disk filled up under it.
+pub const DISK_FULL: &str =
+    "the server's disk is full; free space on it, then submit the run again";
+
+/// How a run ends whose log could not be written for a full disk.
+fn log_not_written() -> Outcome {
+    Outcome::failed(
+        exit_code::NOT_RUN,
+        format!("{DISK_FULL}: its log could not be written, so it was stopped"),
+    )
+}
+
+/// Whether an error is a full disk (a file write's or the database's).
+fn is_disk_full(e: &anyhow::Error) -> bool {
+    crate::db::trouble(e) == Some(crate::db::Trouble::Full)
+        || e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+        })
+}
+
+/// Tries a database write again while another process holds the lock (for up to a minute
+/// beyond the busy timeout); other errors are returned at once.
+async fn retry_busy<T, F, Fut>(mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        match f().await {
+            Err(e) if crate::db::trouble(&e).is_some() && Instant::now() < until => {
+                tracing::warn!("the database refused a write, trying again: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// The file in a run's folder that holds how it ended while the database would not take it.
+const ENDING: &str = "ending";
+
+/// Writes a run's outcome where recovery finds it: status, exit code, OOM, then the message.
+async fn write_ending(path: &Path, outcome: &Outcome) -> std::io::Result<()> {
+    let text = format!(
+        "{}\n{}\n{}\n{}",
+        outcome.status,
+        outcome.exit_code,
+        outcome.oom_killed,
+        outcome.error.as_deref().unwrap_or("")
+    );
+    let part = path.with_extension("part");
+    tokio::fs::write(&part, text).await?;
+    tokio::fs::rename(&part, path).await
+}
+
+/// The outcome [`write_ending`] kept in a run's folder, if there is one that reads back.
+pub async fn read_ending(run_dir: &Path) -> Option<Outcome> {
+    let text = tokio::fs::read_to_string(run_dir.join(ENDING)).await.ok()?;
+    let mut lines = text.splitn(4, '\n');
+    let status = lines.next()?.parse().ok()?;
+    let exit_code = lines.next()?.parse().ok()?;
+    let oom_killed = lines.next()?.parse().ok()?;
+    let error = lines.next().filter(|e| !e.is_empty()).map(str::to_string);
+    if status == crate::model::RunStatus::Completed && exit_code != 0 {
+        return None;
+    }
+    if status != crate::model::RunStatus::Completed && exit_code == 0 {
+        return None;
+    }
+    Some(Outcome {
+        status,
+        exit_code,
+        error,
+        oom_killed,
+    })
 }
 
 /// The folder in a run's folder that holds a job's artefacts.
@@ -902,69 +1097,19 @@ async fn append_logs(
         .append(true)
         .open(&path)
         .await?;
-    let mut len = file.metadata().await?.len();
-    let mut published = len;
-    let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, file);
-    let mut batches = std::pin::pin!(stream.ready_chunks(1024));
-    let mut seen = 0;
-    let mut replays = Replays::default();
-    let mut replayed = 0u64;
-    // Flushed at most every FLUSH_EVERY while lines pour in, and as soon as they pause: a
-    // flush per message would cost a blocking write each.
-    let mut dirty = false;
-    let mut last_flush = tokio::time::Instant::now();
-    loop {
-        let next = if dirty {
-            match tokio::time::timeout(FLUSH_EVERY, batches.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    out.flush().await?;
-                    log_bytes.inc_by(len - std::mem::replace(&mut published, len));
-                    log_len.send_replace(len);
-                    dirty = false;
-                    last_flush = tokio::time::Instant::now();
-                    continue;
-                }
-            }
-        } else {
-            batches.next().await
-        };
-        let Some(batch) = next else { break };
-        for message in batch {
-            let message = message?;
-            if !replays.is_new(&message) {
-                replayed += 1;
-                continue;
-            }
-            seen += 1;
-            if seen <= skip {
-                continue;
-            }
-            if let Some(tracker) = &tracker
-                && let Some((db, run_id, progress)) = track(tracker, &message)
-                && let Err(e) = db.set_progress(run_id, progress).await
-            {
-                tracing::warn!(%run_id, "cannot record the build's progress: {e:#}");
-            }
-            out.write_all(&message).await?;
-            len += message.len() as u64;
-            if !message.ends_with(b"\n") {
-                out.write_all(b"\n").await?;
-                len += 1;
-            }
-            dirty = true;
-        }
-        if dirty && last_flush.elapsed() >= FLUSH_EVERY {
-            out.flush().await?;
-            log_bytes.inc_by(len - std::mem::replace(&mut published, len));
-            log_len.send_replace(len);
-            dirty = false;
-            last_flush = tokio::time::Instant::now();
-        }
+    let mut log = LogFile {
+        durable: file.metadata().await?.len(),
+        out: tokio::io::BufWriter::with_capacity(64 * 1024, file),
+        log_len,
+        log_bytes,
+    };
+    let appended = log.append(stream, skip, tracker).await;
+    if appended.is_err() {
+        // A write that failed half-way (a full disk) leaves no half line behind: the file goes
+        // back to its last complete line, which the next note starts after.
+        let _ = log.out.get_ref().set_len(log.durable).await;
     }
-    out.flush().await?;
-    log_bytes.inc_by(len - std::mem::replace(&mut published, len));
-    log_len.send_replace(len);
+    let (seen, replayed) = appended?;
     if replayed > 0 {
         tracing::info!(
             log = %path.display(),
@@ -972,6 +1117,91 @@ async fn append_logs(
         );
     }
     Ok(seen.max(skip))
+}
+
+/// A run's log file as [`append_logs`] writes it.
+struct LogFile {
+    out: tokio::io::BufWriter<tokio::fs::File>,
+    /// The file's length after its last flush: whole lines only.
+    durable: u64,
+    log_len: watch::Sender<u64>,
+    log_bytes: IntCounter,
+}
+
+impl LogFile {
+    /// Writes what is buffered and tells followers.
+    async fn flush(&mut self, len: u64) -> Result<()> {
+        self.out.flush().await?;
+        self.log_bytes.inc_by(len - self.durable);
+        self.durable = len;
+        self.log_len.send_replace(len);
+        Ok(())
+    }
+
+    /// Returns how many messages the stream sent (replays left out) and how many replays.
+    async fn append(
+        &mut self,
+        stream: impl futures_util::Stream<Item = Result<bytes::Bytes>> + Send + 'static,
+        skip: usize,
+        tracker: Option<Tracker>,
+    ) -> Result<(usize, u64)> {
+        let mut len = self.durable;
+        let mut batches = std::pin::pin!(stream.ready_chunks(1024));
+        let mut seen = 0;
+        let mut replays = Replays::default();
+        let mut replayed = 0u64;
+        // Flushed at most every FLUSH_EVERY while lines pour in, and as soon as they pause: a
+        // flush per message would cost a blocking write each.
+        let mut dirty = false;
+        let mut last_flush = tokio::time::Instant::now();
+        loop {
+            let next = if dirty {
+                match tokio::time::timeout(FLUSH_EVERY, batches.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        self.flush(len).await?;
+                        dirty = false;
+                        last_flush = tokio::time::Instant::now();
+                        continue;
+                    }
+                }
+            } else {
+                batches.next().await
+            };
+            let Some(batch) = next else { break };
+            for message in batch {
+                let message = message?;
+                if !replays.is_new(&message) {
+                    replayed += 1;
+                    continue;
+                }
+                seen += 1;
+                if seen <= skip {
+                    continue;
+                }
+                if let Some(tracker) = &tracker
+                    && let Some((db, run_id, progress)) = track(tracker, &message)
+                    && let Err(e) = db.set_progress(run_id, progress).await
+                {
+                    tracing::warn!(%run_id, "cannot record the build's progress: {e:#}");
+                }
+                self.out.write_all(&message).await?;
+                len += message.len() as u64;
+                if !message.ends_with(b"\n") {
+                    self.out.write_all(b"\n").await?;
+                    len += 1;
+                }
+                dirty = true;
+            }
+            if dirty && last_flush.elapsed() >= FLUSH_EVERY {
+                self.flush(len).await?;
+                dirty = false;
+                last_flush = tokio::time::Instant::now();
+            }
+        }
+        self.flush(len).await?;
+        Ok((seen, replayed))
+    }
 }
 
 /// Tells a log message the engine sends again from one it sends for the first time. Docker
@@ -1046,9 +1276,22 @@ pub async fn note(path: &Path, text: &str) -> std::io::Result<()> {
     );
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(path)
         .await?;
+    // A note starts a line of its own, whatever the file ends with.
+    let len = file.metadata().await?.len();
+    let mut last = [b'\n'];
+    if len > 0 {
+        file.seek(std::io::SeekFrom::Start(len - 1)).await?;
+        file.read_exact(&mut last).await?;
+    }
+    let line = if last[0] == b'\n' {
+        line
+    } else {
+        format!("\n{line}")
+    };
     file.write_all(line.as_bytes()).await?;
     file.flush().await
 }

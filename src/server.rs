@@ -84,7 +84,9 @@ pub async fn serve(
         config: config.clone(),
         metrics: metrics.clone(),
         image: image.clone(),
+        starts: Default::default(),
     };
+    let starts = runner.starts.clone();
     let resumed = crate::recovery::recover(&runner)
         .await
         .context("cannot recover the runs that were running when the server stopped")?;
@@ -155,6 +157,15 @@ pub async fn serve(
         SHUTDOWN_GRACE,
     )
     .await;
+    // A container start that is being made ends, and no other begins: a run's container is
+    // never left half-way to its start, which the next start could not tell from one that
+    // never started.
+    if tokio::time::timeout(Duration::from_secs(60), starts.close())
+        .await
+        .is_err()
+    {
+        tracing::warn!("a container start did not end within 60 s");
+    }
     // The image's self-test, if one is going, removes its container before the process ends.
     let _ = tokio::time::timeout(Duration::from_secs(10), watcher).await;
     let _ = tokio::fs::remove_file(&url_file).await;

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::db::Trouble;
 use crate::storage::UploadError;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +37,7 @@ pub enum ApiError {
     #[error("{0}")]
     Unavailable(String),
     #[error("{0:#}")]
-    Internal(#[from] anyhow::Error),
+    Internal(anyhow::Error),
 }
 
 /// The body of every error response.
@@ -67,6 +68,32 @@ impl ApiError {
     }
 }
 
+/// The message of a 507: the disk is full.
+pub const DISK_FULL: &str = "the server's disk is full: nothing was changed; free space (delete uploads or old runs) or ask its operator, then try again";
+
+impl From<anyhow::Error> for ApiError {
+    /// A failure that is the disk's or another process's doing says so, with a status a client
+    /// can act on (507, 503); anything else is an internal error.
+    fn from(e: anyhow::Error) -> ApiError {
+        let disk_full = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+        });
+        match crate::db::trouble(&e) {
+            _ if disk_full => ApiError::InsufficientStorage(DISK_FULL.into()),
+            Some(Trouble::Full) => ApiError::InsufficientStorage(DISK_FULL.into()),
+            Some(Trouble::Busy) => ApiError::Unavailable(format!(
+                "the database is locked by another process (waited {} s): nothing was changed; try again",
+                crate::db::BUSY_TIMEOUT.as_secs()
+            )),
+            Some(Trouble::ReadOnly) => ApiError::Unavailable(
+                "the database cannot be written (a read-only file or file system): nothing was changed; ask the server's operator".into(),
+            ),
+            None => ApiError::Internal(e),
+        }
+    }
+}
+
 impl From<UploadError> for ApiError {
     fn from(e: UploadError) -> ApiError {
         match e {
@@ -74,9 +101,7 @@ impl From<UploadError> for ApiError {
             UploadError::Rejected(m) => ApiError::BadRequest(m),
             UploadError::Oversize(m) => ApiError::TooLarge(m),
             UploadError::Io(e) if e.kind() == std::io::ErrorKind::StorageFull => {
-                ApiError::InsufficientStorage(
-                    "the server's disk is full: try again later or ask its operator".into(),
-                )
+                ApiError::InsufficientStorage(DISK_FULL.into())
             }
             UploadError::Io(e) => {
                 ApiError::Internal(anyhow::Error::from(e).context("cannot store the data"))

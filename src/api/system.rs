@@ -48,7 +48,7 @@ struct DockerHealth {
     error: Option<String>,
 }
 
-/// The database: whether it answers, else why not.
+/// The database: whether it takes a write, else why not.
 #[derive(Serialize, ToSchema)]
 struct DatabaseHealth {
     ok: bool,
@@ -105,7 +105,7 @@ pub async fn metrics(State(state): State<AppState>) -> axum::response::Response 
 
 /// Health
 ///
-/// Healthy when the engine and the database answer and the image is there (or being pulled or
+/// Healthy when the engine answers, the database takes a write and the image is there (or being pulled or
 /// self-tested) and not broken. Looks for the image on the engine again at every call. Needs no key.
 #[utoipa::path(
     get,
@@ -132,7 +132,11 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
             error: Some(format!("{e:#}")),
         },
     };
-    let database = match state.db.ping().await {
+    let database = match state
+        .db
+        .check_writable(time::OffsetDateTime::now_utc())
+        .await
+    {
         Ok(()) => DatabaseHealth {
             ok: true,
             error: None,

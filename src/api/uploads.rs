@@ -351,7 +351,24 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let id = find(&state, &caller, &id).await?.id;
-    match state.db.delete_upload(id).await? {
+    let deleted = match state.db.delete_upload(id).await {
+        // A full disk may leave the database no room even to delete a row: the file goes
+        // first (if no run needs it), which frees its space, and the row after it.
+        Err(e) if crate::db::trouble(&e) == Some(crate::db::Trouble::Full) => {
+            if let Some(run) = state.db.upload_in_use(id).await? {
+                return Err(in_use(id, run));
+            }
+            tracing::warn!(upload_id = %id, "the disk is full: removing the upload's file before its row");
+            state
+                .storage
+                .remove_upload(id)
+                .await
+                .map_err(anyhow::Error::from)?;
+            state.db.delete_upload(id).await?
+        }
+        other => other?,
+    };
+    match deleted {
         DeleteUpload::Deleted => {
             state
                 .storage
@@ -361,10 +378,14 @@ pub async fn delete(
             Ok(StatusCode::NO_CONTENT)
         }
         DeleteUpload::NotFound => Err(not_found(id)),
-        DeleteUpload::InUse(run) => Err(ApiError::Conflict(format!(
-            "upload {id} is used by precheck {run}, which has not finished: cancel it or wait for it first"
-        ))),
+        DeleteUpload::InUse(run) => Err(in_use(id, run)),
     }
+}
+
+fn in_use(id: Uuid, run: Uuid) -> ApiError {
+    ApiError::Conflict(format!(
+        "upload {id} is used by precheck {run}, which has not finished: cancel it or wait for it first"
+    ))
 }
 
 /// An upload the caller may see: others' are "no such upload", like unknown ones.

@@ -18,6 +18,7 @@ mod openapi;
 mod projects;
 mod realwork;
 mod restart;
+mod run_ends;
 mod runs;
 mod scale;
 mod simulation;

@@ -190,6 +190,14 @@ async fn queued_runs_and_a_container_that_never_started_run_once_after_a_restart
     let args: Vec<&str> = create.iter().map(String::as_str).collect();
     let created = docker_ok(&args);
     assert_eq!(container_state(created.trim()), "created");
+    // ... and its start never asked for, as the server records before it asks.
+    let db = rusqlite::Connection::open(server.storage.join("precheck.sqlite")).unwrap();
+    db.execute(
+        "UPDATE runs SET start_sent_at = NULL WHERE id = ?1",
+        [first.as_str()],
+    )
+    .unwrap();
+    drop(db);
 
     server.restart();
     // The first run starts over (its log too), in a new container; the second follows.
