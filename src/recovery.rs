@@ -3,7 +3,9 @@
 //! At start, every run the database calls `running` is matched with its container by label
 //! (like Docker's live-restore): a container that is still running, or that finished while the
 //! server was down, is watched again from where the run's log file ends; one that never started
-//! is removed and its run goes back to its place in the queue; a run without a container fails.
+//! is removed and its run goes back to its place in the queue (unless its start was asked for:
+//! then it is started once, docs/decisions.md "A run's end"); a run without a container fails if
+//! its container was ever asked to start, and is queued again if not.
 //! The same labels tell `precheck-server cleanup` which containers and files nothing owns.
 
 use std::collections::HashSet;

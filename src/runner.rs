@@ -560,7 +560,7 @@ impl Runner {
             // Half a layout is no result: nothing partial is served as the run's output, and
             // what was copied goes, so that the run's end fits on the disk.
             for partial in ["output", "work", "scratch", ARTIFACTS] {
-                remove_dir_if_any(&run_dir.join(partial)).await?;
+                crate::storage::remove_tree(&run_dir.join(partial)).await?;
             }
             return Ok(Outcome::failed(
                 exit_code::NOT_RUN,
@@ -610,18 +610,18 @@ impl Runner {
             }
             RunParams::Simulation(_) => {
                 let scratch = run_dir.join("scratch");
-                remove_dir_if_any(&scratch).await?;
+                crate::storage::remove_tree(&scratch).await?;
                 copy(PROJECT_DIR, &scratch).await?;
                 let (from, to) = (scratch.join("project"), run_dir.join(ARTIFACTS));
                 tokio::task::spawn_blocking(move || keep_waveforms(&from, &to))
                     .await
                     .context("the copy thread failed")?
                     .context("cannot keep the simulation's waveforms")?;
-                remove_dir_if_any(&scratch).await?;
+                crate::storage::remove_tree(&scratch).await?;
             }
             RunParams::Build(p) => {
                 let scratch = run_dir.join("scratch");
-                remove_dir_if_any(&scratch).await?;
+                crate::storage::remove_tree(&scratch).await?;
                 let flow_dir = build_run_dir(run.id, p);
                 let copied = scratch.join(run.id.to_string());
                 // The run folder itself may have been skipped (a link): then nothing is kept.
@@ -631,10 +631,10 @@ impl Runner {
                         .is_ok_and(|m| m.is_dir())
                 {
                     let artifacts = run_dir.join(ARTIFACTS);
-                    remove_dir_if_any(&artifacts).await?;
+                    crate::storage::remove_tree(&artifacts).await?;
                     tokio::fs::rename(&copied, &artifacts).await?;
                 }
-                remove_dir_if_any(&scratch).await?;
+                crate::storage::remove_tree(&scratch).await?;
             }
         }
         if !skipped.is_empty() {
@@ -978,13 +978,6 @@ fn keep_waveforms(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn remove_dir_if_any(dir: &Path) -> std::io::Result<()> {
-    match tokio::fs::remove_dir_all(dir).await {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
 }
 
 /// A build's progress as its log goes by, recorded when it changes.

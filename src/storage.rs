@@ -57,8 +57,14 @@ impl Storage {
         }
         // Only the server's user may enter the folder, whatever made it before (files made
         // before keep their modes, behind it; new ones are 0600 by the server's umask).
-        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot make {} private (mode 0700)", root.display()))?;
+        let mode = std::fs::metadata(root)
+            .with_context(|| format!("cannot read {}", root.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o777 != 0o700 {
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot make {} private (mode 0700)", root.display()))?;
+        }
         let storage = Storage::at(root);
         for entry in std::fs::read_dir(root.join("tmp"))? {
             let path = entry?.path();
@@ -185,10 +191,7 @@ impl Storage {
 
     /// Removes a run's folder: its log, output and flow directory.
     pub async fn remove_run(&self, id: Uuid) -> io::Result<()> {
-        match tokio::fs::remove_dir_all(self.run_dir(id)).await {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        remove_tree(&self.run_dir(id)).await
     }
 
     /// Everything in `uploads/`, `runs/` and `blobs/`, with sizes (blocking: it walks the
@@ -238,6 +241,24 @@ pub enum EntryKind {
     Upload,
     Run,
     Blob,
+}
+
+/// Removes a folder and everything in it; one that is already gone is fine. Someone else may
+/// be writing into it meanwhile (a server copying a run's results out while the CLI deletes the
+/// run, each removing the folder once it knows the run is gone), so a folder that filled up
+/// again while it was emptied is emptied again, for up to 10 s.
+pub async fn remove_tree(dir: &Path) -> io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match tokio::fs::remove_dir_all(dir).await {
+            Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty && tries < 200 => {
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// Bytes in a file, or in everything below a folder (symlinks are not followed).
