@@ -40,9 +40,16 @@ pub enum Trouble {
     ReadOnly,
 }
 
-/// The [`Trouble`] behind an error from [`Db`], if any.
+/// The [`Trouble`] behind an error from [`Db`], if any; a file write's full disk is
+/// [`Trouble::Full`] too.
 pub fn trouble(e: &anyhow::Error) -> Option<Trouble> {
     e.chain().find_map(|cause| {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
+        {
+            return Some(Trouble::Full);
+        }
         if let Some(rusqlite::Error::SqliteFailure(f, _)) = cause.downcast_ref::<rusqlite::Error>()
         {
             return match f.code {
@@ -237,10 +244,13 @@ ALTER TABLE runs ADD COLUMN idempotency_request TEXT;
 "#,
     // When the server asked the engine to start a run's container: a run whose container is
     // still `created` after a stop was either never started (and can start over) or is being
-    // started by the engine (and must not be started twice). `health` is the row `/health`
-    // writes to know that writes work.
+    // started by the engine (and must not be started twice). A run that was running when the
+    // server was upgraded may have been started: it counts as started, so a lost container still
+    // fails it (as before the column) instead of running it again. `health` is the row
+    // `/health` writes to know that writes work.
     r#"
 ALTER TABLE runs ADD COLUMN start_sent_at INTEGER;
+UPDATE runs SET start_sent_at = started_at WHERE status = 'running';
 CREATE TABLE health (
     id      INTEGER PRIMARY KEY CHECK (id = 1),
     checked INTEGER NOT NULL
@@ -501,9 +511,15 @@ impl Db {
     /// Whether the server asked the engine to start the run's container (since it was last
     /// queued).
     pub async fn start_sent(&self, id: Uuid) -> Result<bool> {
+        self.run_is(id, "start_sent_at IS NOT NULL").await
+    }
+
+    /// Whether `condition` (an SQL expression over a run's columns, never a client's string)
+    /// holds for the run; false for a run that is not there.
+    async fn run_is(&self, id: Uuid, condition: &'static str) -> Result<bool> {
         self.call(move |c| {
             c.query_row(
-                "SELECT start_sent_at IS NOT NULL FROM runs WHERE id = ?1",
+                &format!("SELECT {condition} FROM runs WHERE id = ?1"),
                 [id.to_string()],
                 |r| r.get(0),
             )
@@ -935,16 +951,7 @@ impl Db {
     }
 
     pub async fn cancel_requested(&self, id: Uuid) -> Result<bool> {
-        self.call(move |c| {
-            c.query_row(
-                "SELECT cancel_requested FROM runs WHERE id = ?1",
-                [id.to_string()],
-                |r| r.get(0),
-            )
-            .optional()
-            .map(|v| v.unwrap_or(false))
-        })
-        .await
+        self.run_is(id, "cancel_requested").await
     }
 
     /// Puts a running run whose container never started back in the queue, in its old place.

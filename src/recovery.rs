@@ -22,6 +22,7 @@ use crate::logs;
 use crate::model::{Outcome, Run, RunStatus, Scope, exit_code};
 use crate::runner::{
     Attach, PROBE_LABEL, RUN_LABEL, Runner, STORAGE_LABEL, finished_note, note, read_ending,
+    remove_ending,
 };
 use crate::storage::{Entry, EntryKind, Storage};
 
@@ -43,13 +44,7 @@ pub async fn recover(runner: &Runner) -> Result<Vec<(Run, Attach)>> {
                 requeue(runner, &run, "it was stopped before its container was made").await?;
                 continue;
             }
-            tracing::warn!(run_id = %run.id, "{LOST}");
-            let outcome = Outcome::failed(exit_code::NOT_RUN, LOST);
-            let _ = note(&runner.storage.log_path(run.id), &finished_note(&outcome)).await;
-            runner
-                .db
-                .finish_run(run.id, outcome, OffsetDateTime::now_utc())
-                .await?;
+            lost(runner, &run).await?;
             continue;
         };
         let mut state = container.state.clone();
@@ -65,11 +60,11 @@ pub async fn recover(runner: &Runner) -> Result<Vec<(Run, Attach)>> {
             // Stopped just as it asked the engine to start it: the engine may be starting it
             // now (inspecting waits for that start to end) or never got the request. Either
             // way the container is started once: by the engine, or here.
-            state = runner
-                .engine
-                .state(&container.id)
-                .await?
-                .unwrap_or_default();
+            let Some(now) = runner.engine.state(&container.id).await? else {
+                lost(runner, &run).await?;
+                continue;
+            };
+            state = now;
             if state == "created" {
                 tracing::info!(run_id = %run.id, container = %container.id, "its start was never made: starting it now");
                 if let Err(e) = runner.engine.start(&container.id).await {
@@ -128,6 +123,27 @@ pub async fn recover(runner: &Runner) -> Result<Vec<(Run, Attach)>> {
         runner.engine.remove(&container.id).await?;
     }
     Ok(resumed)
+}
+
+/// Ends a run whose container is gone: with the outcome kept in its folder if the server knew
+/// how it ended but could not record it, as lost if not.
+async fn lost(runner: &Runner, run: &Run) -> Result<()> {
+    let run_dir = runner.storage.run_dir(run.id);
+    let outcome = match read_ending(&run_dir).await {
+        Some(kept) => kept,
+        None => {
+            tracing::warn!(run_id = %run.id, "{LOST}");
+            let outcome = Outcome::failed(exit_code::NOT_RUN, LOST);
+            let _ = note(&runner.storage.log_path(run.id), &finished_note(&outcome)).await;
+            outcome
+        }
+    };
+    runner
+        .db
+        .finish_run(run.id, outcome, OffsetDateTime::now_utc())
+        .await?;
+    remove_ending(&run_dir).await;
+    Ok(())
 }
 
 /// Puts a run that never started back in its place in the queue, with a fresh log.

@@ -93,23 +93,35 @@ pub struct Runner {
 /// the starts already asked for, and no start begins after it. So a stopped server leaves each
 /// run's container either started (with its start recorded) or never asked to start.
 #[derive(Clone, Default)]
-pub struct StartGate(Arc<tokio::sync::RwLock<bool>>);
+pub struct StartGate(Arc<GateState>);
+
+#[derive(Default)]
+pub struct GateState {
+    /// Set first at a stop, and never unset: no start begins after it, even if the wait for
+    /// those in flight gives up.
+    closed: std::sync::atomic::AtomicBool,
+    /// Held (read) by each start in flight; a stop waits for it (write).
+    in_flight: tokio::sync::RwLock<()>,
+}
 
 impl StartGate {
     /// Lets a start begin, or waits for ever if the server is stopping (its task ends with the
     /// process, leaving the container for the next start to find).
-    async fn enter(&self) -> tokio::sync::RwLockReadGuard<'_, bool> {
-        let closed = self.0.read().await;
-        if !*closed {
-            return closed;
+    async fn enter(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        let guard = self.0.in_flight.read().await;
+        if !self.0.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return guard;
         }
-        drop(closed);
+        drop(guard);
         std::future::pending().await
     }
 
-    /// Closes the gate once the starts in flight have ended.
+    /// Closes the gate, then waits for the starts in flight to end.
     pub async fn close(&self) {
-        *self.0.write().await = true;
+        self.0
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(self.0.in_flight.write().await);
     }
 }
 
@@ -244,8 +256,9 @@ impl Runner {
         }
         if pending {
             tracing::info!(run_id = %run.id, "the end of the run is recorded");
-            let _ = tokio::fs::remove_file(&ending).await;
         }
+        // Kept by this call, or by the server before a restart (a resumed run's `ended`).
+        remove_ending(&self.storage.run_dir(run.id)).await;
     }
 
     async fn remove_container(&self, run: &Run, id: &str) {
@@ -540,7 +553,7 @@ impl Runner {
                 ));
             }
         };
-        append_logs(
+        let rest = append_logs(
             self.engine.logs(id, false),
             log_path,
             active.log_len.clone(),
@@ -548,8 +561,12 @@ impl Runner {
             tracker.clone(),
             self.metrics.log_bytes.clone(),
         )
-        .await
-        .context("cannot read the rest of the container's log")?;
+        .await;
+        match rest {
+            Err(e) if is_disk_full(&e) => return Ok(log_not_written()),
+            Err(e) => return Err(e.context("cannot read the rest of the container's log")),
+            Ok(_) => {}
+        }
 
         // Results are copied out whatever the ending: a failed run's files are what its
         // designer needs to read.
@@ -699,10 +716,6 @@ fn log_not_written() -> Outcome {
 /// Whether an error is a full disk (a file write's or the database's).
 fn is_disk_full(e: &anyhow::Error) -> bool {
     crate::db::trouble(e) == Some(crate::db::Trouble::Full)
-        || e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
-        })
 }
 
 /// Tries a database write again while another process holds the lock (for up to a minute
@@ -715,7 +728,10 @@ where
     let until = Instant::now() + Duration::from_secs(60);
     loop {
         match f().await {
-            Err(e) if crate::db::trouble(&e).is_some() && Instant::now() < until => {
+            Err(e)
+                if crate::db::trouble(&e) == Some(crate::db::Trouble::Busy)
+                    && Instant::now() < until =>
+            {
                 tracing::warn!("the database refused a write, trying again: {e:#}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -741,6 +757,11 @@ async fn write_ending(path: &Path, outcome: &Outcome) -> std::io::Result<()> {
     tokio::fs::rename(&part, path).await
 }
 
+/// Removes the outcome [`write_ending`] kept, once the database has the run's end.
+pub async fn remove_ending(run_dir: &Path) {
+    let _ = tokio::fs::remove_file(run_dir.join(ENDING)).await;
+}
+
 /// The outcome [`write_ending`] kept in a run's folder, if there is one that reads back.
 pub async fn read_ending(run_dir: &Path) -> Option<Outcome> {
     let text = tokio::fs::read_to_string(run_dir.join(ENDING)).await.ok()?;
@@ -749,6 +770,9 @@ pub async fn read_ending(run_dir: &Path) -> Option<Outcome> {
     let exit_code = lines.next()?.parse().ok()?;
     let oom_killed = lines.next()?.parse().ok()?;
     let error = lines.next().filter(|e| !e.is_empty()).map(str::to_string);
+    if !crate::model::RunStatus::is_terminal(status) {
+        return None;
+    }
     if status == crate::model::RunStatus::Completed && exit_code != 0 {
         return None;
     }

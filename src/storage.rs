@@ -11,7 +11,9 @@
 //!   runs/<id>/work/          the flow directory the container wrote to /work
 //!   blobs/<sha256>           project files' contents, each stored once, never changed
 //! ```
-//! Every path here is built from a UUID; no string from a client becomes part of a path.
+//! Every path of this layout is built from a UUID or a sha256; no string from a client becomes
+//! part of one. Below a run's folder, the names are the container's (`unpack_tree` keeps only
+//! checked names of regular files and folders); a project's paths are only text in the database.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -30,6 +32,9 @@ use uuid::Uuid;
 
 use crate::config::ProjectLimits;
 use crate::layout::{self, InflationLimits, Layout, LayoutError};
+
+/// Where a precheck's checked layout is in its run's folder.
+pub const OUTPUT_LAYOUT: &str = "output/design.gds";
 
 /// The storage folder of one server.
 #[derive(Debug, Clone)]
@@ -109,7 +114,7 @@ impl Storage {
 
     /// The checked layout the precheck wrote to `/output/design.gds`.
     pub fn output_path(&self, id: Uuid) -> PathBuf {
-        self.run_dir(id).join("output").join("design.gds")
+        self.run_dir(id).join(OUTPUT_LAYOUT)
     }
 
     /// Starts receiving an upload. Chunks go to a blocking thread that writes and hashes them,
@@ -140,7 +145,7 @@ impl Storage {
 
     pub fn blob_writer(&self) -> BlobWriter {
         let part = self.blob_part();
-        ChunkWriter::reading(move |reader| Ok(stage_blob(reader, part)?))
+        ChunkWriter::reading(move |reader, _| Ok(stage_blob(reader, part)?))
     }
 
     /// Unpacks a `.tar.gz` of source files streamed in: each regular file becomes a staged
@@ -150,10 +155,14 @@ impl Storage {
     pub fn tar_gz_importer(
         &self,
         limits: ProjectLimits,
+        inflation: InflationLimits,
         existing: HashSet<String>,
     ) -> ChunkWriter<Vec<(String, StagedBlob)>> {
         let storage = self.clone();
-        ChunkWriter::reading(move |reader| import_tar_gz(reader, &storage, &limits, &existing))
+        ChunkWriter::reading(move |reader, stop| {
+            let meter = layout::Meter::new(inflation, stop);
+            import_tar_gz(reader, &storage, &limits, &existing, meter)
+        })
     }
 
     /// Moves staged content to its blob (content already there is kept: it is the same).
@@ -297,7 +306,8 @@ pub enum UploadError {
 
 /// A file being written from async code by a blocking thread, chunk by chunk. Dropping it
 /// without [`ChunkWriter::finish`] aborts the write (and removes the partial file): the channel
-/// closes and the stop flag is set, which the layout reader looks at on every read.
+/// closes and the stop flag is set, which the layout reader and the tarball's inflation look at
+/// on every read.
 pub struct ChunkWriter<T> {
     tx: mpsc::Sender<Chunk>,
     task: JoinHandle<Result<T, UploadError>>,
@@ -317,23 +327,23 @@ pub type UploadWriter = ChunkWriter<Saved>;
 pub type BlobWriter = ChunkWriter<StagedBlob>;
 
 impl<T: Send + 'static> ChunkWriter<T> {
-    /// Runs `consume` on a blocking thread over the chunks written, read as one stream.
+    /// Runs `consume` on a blocking thread over the chunks written, read as one stream, with
+    /// the flag that is set when the writer is dropped unfinished.
     fn reading(
-        consume: impl FnOnce(ChannelReader<'_>) -> Result<T, UploadError> + Send + 'static,
+        consume: impl FnOnce(ChannelReader<'_>, &AtomicBool) -> Result<T, UploadError> + Send + 'static,
     ) -> ChunkWriter<T> {
         let (tx, mut rx) = mpsc::channel(8);
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
         let task = tokio::task::spawn_blocking(move || {
-            consume(ChannelReader {
+            let reader = ChannelReader {
                 rx: &mut rx,
                 chunk: Bytes::new(),
                 finished: false,
-            })
+            };
+            consume(reader, &flag)
         });
-        ChunkWriter {
-            tx,
-            task,
-            stop: Default::default(),
-        }
+        ChunkWriter { tx, task, stop }
     }
 }
 
@@ -548,11 +558,14 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// Reads a project's tarball, its gzip stream inflated within `meter`'s bounds, and stages its
+/// files.
 fn import_tar_gz(
     reader: impl Read,
     storage: &Storage,
     limits: &ProjectLimits,
     existing: &HashSet<String>,
+    meter: layout::Meter<'_>,
 ) -> Result<Vec<(String, StagedBlob)>, UploadError> {
     let (max_file, max_total, max_files) = (
         limits.max_file_size,
@@ -565,12 +578,15 @@ fn import_tar_gz(
             "expected a .tar.gz of source files (the body is not gzip)".into(),
         ));
     }
-    let mut archive = tar::Archive::new(flate2::bufread::MultiGzDecoder::new(gz));
+    let gunzip = flate2::bufread::MultiGzDecoder::new(meter.compressed(gz));
+    let mut archive = tar::Archive::new(meter.inflated(gunzip, "the tarball"));
     let mut files: Vec<(String, StagedBlob)> = vec![];
     // Where each path is in `files` (a path given twice keeps its last content).
     let mut index: HashMap<String, usize> = HashMap::new();
     // Paths the project does not hold yet.
     let mut new_paths = 0usize;
+    // Files read, a path given twice counted twice: each costs a staged blob.
+    let mut file_entries = 0usize;
     let mut folders = 0usize;
     let mut total = 0u64;
     let entries = archive.entries().map_err(tar_error)?;
@@ -609,6 +625,7 @@ fn import_tar_gz(
         }
         crate::model::check_project_path(path)
             .map_err(|e| UploadError::Rejected(format!("tarball entry: {e}")))?;
+
         let size = entry.header().size().map_err(tar_error)?;
         if size > max_file {
             return Err(UploadError::Oversize(format!(
@@ -629,6 +646,12 @@ fn import_tar_gz(
                 )));
             }
         }
+        file_entries += 1;
+        if file_entries > max_files {
+            return Err(UploadError::Oversize(format!(
+                "the tarball holds more than {max_files} files, the limit of files a project (projects.max_files): a path given twice counts twice"
+            )));
+        }
         total += size;
         if total > max_total {
             return Err(UploadError::Oversize(format!(
@@ -637,7 +660,7 @@ fn import_tar_gz(
             )));
         }
         let path = path.to_string();
-        let staged = stage_blob(entry, storage.blob_part())?;
+        let staged = stage_blob(entry, storage.blob_part()).map_err(stop_error)?;
         match index.get(&path) {
             Some(&i) => files[i].1 = staged,
             None => {
@@ -651,10 +674,22 @@ fn import_tar_gz(
 
 /// A broken tarball or gzip stream is the client's to fix; the end of the data is truncation.
 fn tar_error(e: io::Error) -> UploadError {
-    if e.kind() == io::ErrorKind::ConnectionAborted {
-        return e.into();
+    if e.kind() == io::ErrorKind::ConnectionAborted || layout::stopped(&e).is_some() {
+        return stop_error(e);
     }
     UploadError::Rejected(format!("the tarball cannot be read: {e}"))
+}
+
+/// A read stopped by the tarball's [`layout::Meter`]: past a bound of inflation (the client's
+/// to fix, named in the message) or abandoned by the client.
+fn stop_error(e: io::Error) -> UploadError {
+    match layout::stopped(&e) {
+        Some(layout::Stop::Limit(message)) => UploadError::Rejected(message.clone()),
+        Some(layout::Stop::Abandoned) => {
+            io::Error::new(io::ErrorKind::ConnectionAborted, "upload aborted").into()
+        }
+        None => e.into(),
+    }
 }
 
 /// A [`Write`] that hands its bytes, in chunks, to an async consumer: how blocking producers

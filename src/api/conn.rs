@@ -10,6 +10,8 @@
 //! - a connection with no request in flight is closed after `idle_timeout`. A request is in flight
 //!   from its head until its answer's body has ended or been dropped, so a `/wait`, a followed
 //!   log, `/api/v1/events` or an upload that keeps coming in is never cut, however long it takes;
+//! - a request whose body the server is waiting for, and which sends none of it for
+//!   `idle_timeout`, is closed too: an upload that stalls holds no connection for ever;
 //! - the answers hyper writes by itself when it cannot read a request (400 for a request line or
 //!   header it cannot parse, such as raw non-ASCII bytes in the path, 414, 431) get a
 //!   `{"message"}` body like every other error.
@@ -153,8 +155,15 @@ impl Connection {
             replacement: None,
         });
         let requests = activity.clone();
-        let handler = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+        let handler = hyper::service::service_fn(move |request: Request<Incoming>| {
             let in_flight = InFlight::begin(&requests);
+            let mut request = request.map(|body| {
+                Body::new(Reading {
+                    body,
+                    activity: requests.clone(),
+                    waiting: false,
+                })
+            });
             request.extensions_mut().insert(ConnectInfo(peer));
             let answer = hyper::service::Service::call(&service, request);
             async move {
@@ -209,6 +218,9 @@ struct ActivityState {
     idle_since: Instant,
     /// When the first byte of a head arrived, while no request is in flight.
     head_started: Option<Instant>,
+    /// Request bodies the server is waiting for bytes of, and since when it last got one.
+    bodies_waiting: usize,
+    body_since: Instant,
 }
 
 impl Activity {
@@ -218,6 +230,8 @@ impl Activity {
                 in_flight: 0,
                 idle_since: Instant::now(),
                 head_started: None,
+                bodies_waiting: 0,
+                body_since: Instant::now(),
             }),
             changed: Notify::new(),
         }
@@ -244,8 +258,22 @@ impl Activity {
         self.state().in_flight > 0
     }
 
-    /// Completes when the connection has been idle for `idle_timeout`, or a head has taken
-    /// longer than `header_read_timeout`; says which.
+    /// A request body is waited for (`true`), or it gave a frame, ended or was dropped.
+    fn body_waiting(&self, waiting: bool) {
+        let mut state = self.state();
+        state.body_since = Instant::now();
+        if waiting {
+            state.bodies_waiting += 1;
+            drop(state);
+            self.changed.notify_one();
+        } else {
+            state.bodies_waiting -= 1;
+        }
+    }
+
+    /// Completes when the connection has been idle for `idle_timeout`, a head has taken longer
+    /// than `header_read_timeout`, or a request body has sent nothing for `idle_timeout`; says
+    /// which.
     async fn expired(&self, limits: &Http) -> &'static str {
         loop {
             let changed = self.changed.notified();
@@ -253,7 +281,12 @@ impl Activity {
             changed.as_mut().enable();
             let deadline = {
                 let state = self.state();
-                if state.in_flight > 0 {
+                if state.bodies_waiting > 0 {
+                    Some((
+                        state.body_since + limits.idle_timeout,
+                        "the request's body sent nothing for http.idle_timeout",
+                    ))
+                } else if state.in_flight > 0 {
                     None
                 } else if let Some(started) = state.head_started {
                     Some((
@@ -267,11 +300,14 @@ impl Activity {
                     ))
                 }
             };
+            // A body's bytes move its deadline without a notification (that would be one per
+            // chunk), so a deadline that passes is checked again.
             match deadline {
                 None => changed.await,
-                Some((deadline, why)) => tokio::select! {
+                Some((deadline, why)) if deadline <= Instant::now() => return why,
+                Some((deadline, _)) => tokio::select! {
                     _ = &mut changed => {}
-                    _ = tokio::time::sleep_until(deadline) => return why,
+                    _ = tokio::time::sleep_until(deadline) => {}
                 },
             }
         }
@@ -330,6 +366,48 @@ impl HttpBody for Tracked {
     }
 }
 
+/// A request's body, telling the connection's watchdog while the server waits for its bytes.
+struct Reading {
+    body: Incoming,
+    activity: Arc<Activity>,
+    /// The last poll found no bytes yet.
+    waiting: bool,
+}
+
+impl HttpBody for Reading {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let waiting = polled.is_pending();
+        if waiting != self.waiting {
+            self.waiting = waiting;
+            self.activity.body_waiting(waiting);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Reading {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.activity.body_waiting(false);
+        }
+    }
+}
+
 /// The connection's socket, noting when bytes come in and giving hyper's own error answers a
 /// `{"message"}` body.
 struct Watched {
@@ -359,9 +437,18 @@ impl Watched {
     /// Hyper's answer to a request it could not read, with a body instead of none.
     ///
     /// Hyper writes such an answer (a 4xx head with `content-length: 0`) only when no request is
-    /// in flight: it has read part of a head and cannot go on.
+    /// in flight: it has read part of a head and cannot go on. Every answer of the app carries
+    /// an `x-request-id` (`api/mod.rs`), so an empty 4xx of its own, written just after its
+    /// request stopped being in flight, is never taken for one of hyper's.
     fn replace(&mut self, buf: &[u8]) -> bool {
         if self.activity.in_flight() {
+            return false;
+        }
+        let has = |needle: &[u8]| {
+            buf.windows(needle.len())
+                .any(|w| w.eq_ignore_ascii_case(needle))
+        };
+        if has(b"\r\nx-request-id:") {
             return false;
         }
         let Some(status) = buf
@@ -373,11 +460,7 @@ impl Watched {
         else {
             return false;
         };
-        if !buf.ends_with(b"\r\n\r\n")
-            || !buf
-                .windows(b"\r\ncontent-length: 0\r\n".len())
-                .any(|w| w == b"\r\ncontent-length: 0\r\n")
-        {
+        if !buf.ends_with(b"\r\n\r\n") || !has(b"\r\ncontent-length: 0\r\n") {
             return false;
         }
         self.replacement = Some((error_answer(status), 0));
@@ -387,27 +470,20 @@ impl Watched {
 
 /// The whole answer to a request the server could not read, with `{"message"}`.
 fn error_answer(status: u16) -> Vec<u8> {
-    let (reason, message) = match status {
-        431 => (
-            "Request Header Fields Too Large",
-            format!(
-                "the request's headers are too large: at most {MAX_HEADERS} header lines and {} KiB in all",
-                MAX_HEAD_BYTES / 1024
-            ),
+    let message = match status {
+        431 => format!(
+            "the request's headers are too large: at most {MAX_HEADERS} header lines and {} KiB in all",
+            MAX_HEAD_BYTES / 1024
         ),
-        414 => (
-            "URI Too Long",
-            "the request's path and query are too long".to_string(),
-        ),
-        400 => (
-            "Bad Request",
-            "the request cannot be read as HTTP/1.1: its request line or a header holds bytes HTTP does not allow (a path must be ASCII: percent-encode other bytes, e.g. %C3%A9 for \u{e9})".to_string(),
-        ),
-        _ => (
-            "Bad Request",
-            "the request cannot be read as HTTP/1.1".to_string(),
-        ),
+        414 => "the request's path and query are too long".to_string(),
+        // A request line or header hyper cannot parse, a bad Content-Length or
+        // Transfer-Encoding: its 400.
+        _ => "the request cannot be read as HTTP/1.1: its request line or headers are malformed (a path must be ASCII: percent-encode other bytes, e.g. %C3%A9 for \u{e9})".to_string(),
     };
+    let reason = axum::http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Bad Request");
     let body = serde_json::json!({ "message": message }).to_string();
     format!(
         "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",

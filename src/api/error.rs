@@ -75,12 +75,7 @@ impl From<anyhow::Error> for ApiError {
     /// A failure that is the disk's or another process's doing says so, with a status a client
     /// can act on (507, 503); anything else is an internal error.
     fn from(e: anyhow::Error) -> ApiError {
-        let disk_full = e.chain().any(|c| {
-            c.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::StorageFull)
-        });
         match crate::db::trouble(&e) {
-            _ if disk_full => ApiError::InsufficientStorage(DISK_FULL.into()),
             Some(Trouble::Full) => ApiError::InsufficientStorage(DISK_FULL.into()),
             Some(Trouble::Busy) => ApiError::Unavailable(format!(
                 "the database is locked by another process (waited {} s): nothing was changed; try again",

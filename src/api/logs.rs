@@ -218,9 +218,14 @@ fn write_json(
         Ok(())
     })?;
     // The next `since`: the first whole microsecond after the last line, which a client that
-    // reads JSON numbers as doubles gets back exactly (a nanosecond time it would round).
+    // reads JSON numbers as doubles gets back exactly (a nanosecond time it would round). A
+    // line stamped in that same microsecond but appended after this read is not returned by
+    // the next one (docs/decisions.md, "Lists at scale and small edges").
     let next = match last {
-        Some(nanos) => (nanos.div_euclid(1000) + 1) * 1000,
+        Some(nanos) => nanos
+            .div_euclid(1000)
+            .saturating_add(1)
+            .saturating_mul(1000),
         None => since,
     };
     write!(

@@ -120,6 +120,7 @@ pub(super) fn finish(mut spec: OpenApi) -> OpenApi {
             if !public {
                 add_auth(operation);
             }
+            add_storage_errors(operation);
             add_request_id(operation);
         }
     }
@@ -154,6 +155,17 @@ fn message(description: &str) -> RefOr<utoipa::openapi::Response> {
         )
         .build()
         .into()
+}
+
+/// What any operation may answer when the database or the disk fails under it (`error.rs`).
+fn add_storage_errors(operation: &mut Operation) {
+    let responses = &mut operation.responses.responses;
+    responses.entry("503".into()).or_insert_with(|| {
+        message("The database is locked by another process past the busy timeout, or cannot be written: nothing was changed; try again.")
+    });
+    responses
+        .entry("507".into())
+        .or_insert_with(|| message("The server's disk is full: nothing was changed."));
 }
 
 /// What `auth.rs` does before any handler runs: the keys it takes and how it refuses.

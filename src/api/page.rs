@@ -73,9 +73,11 @@ impl Page {
         runs.truncate(self.limit);
         let body: Vec<RunBody> = runs.iter().map(RunBody::from).collect();
         let mut response = Json(body).into_response();
-        if more && let Some(last) = runs.last() {
-            let value = HeaderValue::from_str(&last.id.to_string())
-                .unwrap_or_else(|_| HeaderValue::from_static(""));
+        // A UUID's text is always a header value.
+        if more
+            && let Some(last) = runs.last()
+            && let Ok(value) = HeaderValue::from_str(&last.id.to_string())
+        {
             response.headers_mut().insert(NEXT_BEFORE, value);
         }
         response

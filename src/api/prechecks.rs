@@ -28,7 +28,7 @@ use crate::layout::{EXPECTED_DBU_MICRONS, Layout};
 use crate::model::{PrecheckParams, Run, RunKind, RunParams, RunStatus, SLOTS};
 use crate::runner::final_gds;
 use crate::server::AppState;
-use crate::storage::{ChunkSender, open_inside, open_regular, write_tar_gz};
+use crate::storage::{ChunkSender, OUTPUT_LAYOUT, open_inside, open_regular, write_tar_gz};
 
 /// A precheck to run: of an upload, or of the final layout of a completed build job (give one of
 /// `upload_id` and `job_id`).
@@ -847,7 +847,7 @@ pub async fn output(
     }
     // Opened without following a link: only the regular file the run copied out is served.
     let run_dir = state.storage.run_dir(run.id);
-    let opened = tokio::task::spawn_blocking(move || open_inside(&run_dir, "output/design.gds"))
+    let opened = tokio::task::spawn_blocking(move || open_inside(&run_dir, OUTPUT_LAYOUT))
         .await
         .map_err(|e| ApiError::Internal(e.into()))?
         .map_err(|e| {

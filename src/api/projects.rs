@@ -419,7 +419,9 @@ async fn import_tarball(
         .into_iter()
         .map(|f| f.path)
         .collect();
-    let importer = state.storage.tar_gz_importer(limits.clone(), existing);
+    let importer = state
+        .storage
+        .tar_gz_importer(limits.clone(), state.config.inflation, existing);
     let staged = feed(body, &headers, importer, limits.max_project_size, too_large).await?;
     let files = commit(&state, id, staged).await?;
     tracing::info!(project_id = %id, files = files.len(), "tarball imported");

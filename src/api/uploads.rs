@@ -353,7 +353,9 @@ pub async fn delete(
     let id = find(&state, &caller, &id).await?.id;
     let deleted = match state.db.delete_upload(id).await {
         // A full disk may leave the database no room even to delete a row: the file goes
-        // first (if no run needs it), which frees its space, and the row after it.
+        // first (if no run needs it), which frees its space, and the row after it. A run
+        // created between the check and the removal (it would have to find room on the same
+        // full disk) fails at its start for want of its layout.
         Err(e) if crate::db::trouble(&e) == Some(crate::db::Trouble::Full) => {
             if let Some(run) = state.db.upload_in_use(id).await? {
                 return Err(in_use(id, run));

@@ -281,7 +281,6 @@ impl Admin {
 /// How long an admin command waits for the Docker engine.
 const ENGINE_WAIT: Duration = Duration::from_secs(10);
 
-/// Prints `value` as indented JSON on stdout.
 /// Writes one line to stdout (see `outln!`).
 pub(crate) fn write_line(args: std::fmt::Arguments) -> Result<()> {
     use std::io::Write;
@@ -305,6 +304,7 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
 /// The exit code of a command whose output was cut off by its reader (128 + SIGPIPE).
 pub const BROKEN_PIPE_EXIT: u8 = 141;
 
+/// Prints `value` as indented JSON on stdout.
 fn print_json(value: &impl serde::Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value).context("cannot write JSON")?;
     outln!("{text}")?;

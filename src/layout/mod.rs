@@ -239,7 +239,7 @@ fn fill_head(reader: &mut impl BufRead) -> Result<Vec<u8>, LayoutError> {
 
 /// Why [`Meter`] or [`Source`] stopped a read (carried inside an `io::Error`).
 #[derive(Debug)]
-enum Stop {
+pub enum Stop {
     /// Past a bound; the message says which and names its config key.
     Limit(String),
     /// The stop flag was set.
@@ -258,7 +258,7 @@ impl std::fmt::Display for Stop {
 impl std::error::Error for Stop {}
 
 /// The [`Stop`] an error carries, if it is one.
-fn stopped(e: &io::Error) -> Option<&Stop> {
+pub fn stopped(e: &io::Error) -> Option<&Stop> {
     e.get_ref().and_then(|inner| inner.downcast_ref::<Stop>())
 }
 
@@ -284,8 +284,9 @@ impl<R: Read> Read for Source<'_, R> {
 
 /// Counts what goes into decompressors and what comes out, and stops a read that inflates past
 /// the [`InflationLimits`] or that comes after the stop flag was set. One meter serves every
-/// decompressor of a file (all the CBLOCKs of an OASIS file share it).
-struct Meter<'a> {
+/// decompressor of a file (all the CBLOCKs of an OASIS file share it; a project's tarball has
+/// one of its own).
+pub struct Meter<'a> {
     limits: InflationLimits,
     stop: &'a AtomicBool,
     compressed: Cell<u64>,
@@ -293,7 +294,7 @@ struct Meter<'a> {
 }
 
 impl<'a> Meter<'a> {
-    fn new(limits: InflationLimits, stop: &'a AtomicBool) -> Self {
+    pub fn new(limits: InflationLimits, stop: &'a AtomicBool) -> Self {
         Meter {
             limits,
             stop,
@@ -303,13 +304,13 @@ impl<'a> Meter<'a> {
     }
 
     /// Counts the bytes a decompressor consumes from `inner`.
-    fn compressed<R>(&self, inner: R) -> Compressed<'_, 'a, R> {
+    pub fn compressed<R>(&self, inner: R) -> Compressed<'_, 'a, R> {
         Compressed { inner, meter: self }
     }
 
     /// Counts and bounds the bytes a decompressor produces; `what` names them in messages ("the
     /// gzip'd GDSII").
-    fn inflated<R>(&self, inner: R, what: &'static str) -> Inflated<'_, 'a, R> {
+    pub fn inflated<R>(&self, inner: R, what: &'static str) -> Inflated<'_, 'a, R> {
         Inflated {
             inner,
             meter: self,
@@ -347,7 +348,8 @@ impl<'a> Meter<'a> {
     }
 }
 
-struct Compressed<'m, 'a, R> {
+/// A decompressor's input, counted by its [`Meter`].
+pub struct Compressed<'m, 'a, R> {
     inner: R,
     meter: &'m Meter<'a>,
 }
@@ -380,7 +382,8 @@ impl<R: BufRead> BufRead for Compressed<'_, '_, R> {
     }
 }
 
-struct Inflated<'m, 'a, R> {
+/// A decompressor's output, counted and bounded by its [`Meter`].
+pub struct Inflated<'m, 'a, R> {
     inner: R,
     meter: &'m Meter<'a>,
     what: &'static str,

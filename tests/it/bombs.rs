@@ -3,6 +3,7 @@
 //! more files than a project may hold. Every bomb is made here, streamed from a few buffers
 //! (`layout::write::Repeated`), never held whole.
 
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -282,6 +283,44 @@ async fn a_project_near_its_file_limit_refuses_what_would_pass_it() {
         .body("x");
     refused(send(put).await, 413, "(projects.max_files)");
     assert_eq!(project_paths(&server, &id).await, five);
+    wait_until(Duration::from_secs(10), "tmp/ is empty", || {
+        files_in(&server.storage.join("tmp")).is_empty()
+    });
+}
+
+#[tokio::test]
+async fn a_tarball_that_inflates_without_limit_is_refused() {
+    let server = TestServer::builder()
+        .toml("[projects]\nmax_file_size = \"1GiB\"\nmax_project_size = \"1GiB\"")
+        .start();
+    let id = new_project(&server).await;
+    let url = server.api(&format!("/api/v1/projects/{id}/files"));
+    // One path given 20 000 times makes one file, but costs 20 000 staged blobs: each counts.
+    let same = tar_gz((0..20_000).map(|_| "f.v".to_string()), b"");
+    refused(
+        send(http().post(&url).body(same)).await,
+        413,
+        "a path given twice counts twice",
+    );
+    // A file of 256 MiB of zeros is within every size limit here, but its gzip stream inflates
+    // past 200 times what it was sent.
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    let mut header = tar::Header::new_gnu();
+    header.set_size(256 << 20);
+    header.set_mode(0o644);
+    header.set_entry_type(tar::EntryType::Regular);
+    tar.append_data(&mut header, "zeros.v", std::io::repeat(0).take(256 << 20))
+        .unwrap();
+    let bomb = tar.into_inner().unwrap().finish().unwrap();
+    assert!(bomb.len() < 1 << 20, "{}", bomb.len());
+    refused(
+        send(http().post(&url).body(bomb)).await,
+        400,
+        "(server.max_inflation_ratio)",
+    );
+    assert!(project_paths(&server, &id).await.is_empty());
+    assert!(files_in(&server.storage.join("blobs")).is_empty());
     wait_until(Duration::from_secs(10), "tmp/ is empty", || {
         files_in(&server.storage.join("tmp")).is_empty()
     });

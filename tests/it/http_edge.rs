@@ -281,6 +281,62 @@ async fn idle_and_slow_header_sockets_are_closed_while_streams_and_slow_uploads_
     server.assert_no_containers();
 }
 
+/// A request whose body stops coming: an upload and a JSON body that send part of what their
+/// Content-Length promised and then nothing. Both connections are closed after `idle_timeout`
+/// without a byte, and the half upload leaves no file; an answer being read is not a stall.
+#[tokio::test]
+async fn a_request_body_that_stops_coming_is_closed_after_idle_timeout() {
+    let server = TestServer::builder()
+        .toml("[http]\nheader_read_timeout = \"60s\"\nidle_timeout = \"2s\"")
+        .start();
+    let boundary = "XSTALLX";
+    let upload = format!(
+        "POST /api/v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 1000000\r\n\r\n--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"chip_top.gds\"\r\n\r\n"
+    );
+    let mut upload_conn = TcpStream::connect(addr(&server)).await.unwrap();
+    upload_conn.write_all(upload.as_bytes()).await.unwrap();
+    upload_conn
+        .write_all(&gds_bytes("chip_top")[..512])
+        .await
+        .unwrap();
+    let mut json_conn = TcpStream::connect(addr(&server)).await.unwrap();
+    json_conn
+        .write_all(b"POST /api/v1/prechecks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"upload_id\":")
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    let tmp = server.storage.join("tmp");
+    crate::support::wait_until(
+        Duration::from_secs(10),
+        "the upload is being received",
+        || !crate::support::files_in(&tmp).is_empty(),
+    );
+    for (what, conn) in [("upload", &mut upload_conn), ("JSON body", &mut json_conn)] {
+        closed_within(conn, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|| panic!("the stalled {what} is still open after 30 s"));
+        let after = sent.elapsed();
+        assert!(
+            after >= Duration::from_secs(2),
+            "{what} closed after {after:?}"
+        );
+    }
+    eprintln!("stalled bodies closed after {:?}", sent.elapsed());
+    crate::support::wait_until(
+        Duration::from_secs(10),
+        "the half upload is removed",
+        || crate::support::files_in(&tmp).is_empty(),
+    );
+    let (status, body) = crate::client::get_json(&server, "/api/v1/uploads").await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!([]), "{body}");
+    // A /wait whose client sends no body at all is a request in flight, not a stalled body.
+    let run = precheck(&server, "chip_sleep10").await;
+    let waited = wait(&server, &run).await;
+    assert_eq!(waited["StatusCode"], 0, "{waited}");
+    server.assert_no_containers();
+}
+
 #[tokio::test]
 async fn connections_beyond_max_connections_wait_until_one_closes() {
     let server = TestServer::builder()

@@ -260,12 +260,49 @@ async fn a_run_that_ends_while_the_database_is_locked_is_recorded_once() {
     server.assert_no_containers();
 }
 
+/// The end kept in the run's folder outlives a killed server and a container removed while it
+/// was down: the next start records it, instead of failing the run as lost.
+#[tokio::test]
+async fn a_kept_end_is_recorded_after_a_restart_without_its_container() {
+    let mut server = TestServer::start("");
+    let run = precheck(&server, "chip_sleep3").await;
+    wait_for_line(&server, &run, "second 1 of 3").await;
+    let holder = hold_write_lock(&server, Duration::from_secs(20));
+    let ending = server.storage.join("runs").join(&run).join("ending");
+    crate::support::wait_until(Duration::from_secs(20), "the end is kept", || {
+        ending.exists()
+    });
+    server.kill();
+    for container in server.containers() {
+        crate::support::docker(&["rm", "-f", &container]);
+    }
+    holder.join().unwrap();
+    server.restart();
+    let result = wait(&server, &run).await;
+    assert_eq!(result["StatusCode"], 0, "{result}");
+    assert_eq!(status_of(&server, &run).await, "completed");
+    assert!(!ending.exists(), "the kept end is still there");
+    assert!(
+        !server
+            .stderr_text()
+            .contains(precheck_server::recovery::LOST),
+        "{}",
+        server.stderr_text()
+    );
+    server.assert_no_containers();
+}
+
 #[tokio::test]
 async fn a_full_disk_while_the_log_is_written_fails_the_run_with_disk_full() {
     let disk = Tmpfs::new("24m");
     let server = server_on(&disk);
     // The stand-in prints 200 000 lines (about 10 MB of log) into the last 2 MB.
     let run = precheck(&server, "chip_spam").await;
+    // Once the container runs (its start, recorded first, must fit), its log has the room left.
+    let log = server.storage.join("runs").join(&run).join("logs.txt");
+    crate::support::wait_until(Duration::from_secs(60), "the run's log is written", || {
+        std::fs::metadata(&log).is_ok_and(|m| m.len() > 0)
+    });
     let filler = disk.fill(2 << 20);
     let deadline = Instant::now() + Duration::from_secs(120);
     // The end may not fit in the database either: it waits until space is freed.
