@@ -5,11 +5,15 @@
 #   2. a good 1x1 die's precheck through the server (`precheck-server submit`, upload to result),
 #      and a dirty one's (DRC errors: exit 1), RUNS times each, median.
 # Usage: scripts/bench-klayout.sh [RUNS]   (default 3). Needs Docker, mmdebstrap; as root.
+# BENCH_PROFILE=dev uses the debug build the tests made (what `.ci/run` does, to stay within CI's
+# time: the container's work is the same, the server's share of the time is small either way).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-3}"
-cargo build --release --quiet --bins --examples
-bin=$PWD/target/release/precheck-server
+profile=${BENCH_PROFILE:-release}
+cargo build --profile "$profile" --quiet --bins --examples
+out=target/$([ "$profile" = dev ] && echo debug || echo "$profile")
+bin=$PWD/$out/precheck-server
 work=$(mktemp -d)
 base=precheck-server-bench/klayout-base:cold
 image=precheck-server-bench/klayout:cold
@@ -41,8 +45,8 @@ until grep -q 'listening on' "$work/out" 2>/dev/null; do
 done
 server=$(grep -o 'http://[0-9.:]*' "$work/out")
 until curl -sf "$server/health" | grep -q '"ready"'; do sleep 0.2; done
-./target/release/examples/layout "$work/chip_top.gds"
-./target/release/examples/layout --defect drc-space "$work/chip_dirty.gds"
+"$out/examples/layout" "$work/chip_top.gds"
+"$out/examples/layout" --defect drc-space "$work/chip_dirty.gds"
 for die in chip_top chip_dirty; do
   : >"$work/$die.ms"
   : >"$work/$die.codes"
