@@ -815,3 +815,90 @@ async fn final_gds_holds(server: &TestServer, project: &str, build: &str, design
     let layout = precheck_server::layout::inspect(gds.as_slice()).unwrap();
     assert_eq!(layout.top_cells, [design]);
 }
+
+/// A project's job list a page at a time (issue 13, item 13): 25 jobs, one running and 24 queued
+/// behind it, walked with `limit` and `before` newest first; the queued ones carry their place
+/// in the queue; a `before` of another list is refused.
+#[tokio::test]
+async fn a_projects_jobs_are_listed_a_page_at_a_time() {
+    let server = server(None, 1);
+    let project = new_project(&server).await;
+    let other = new_project(&server).await;
+    put(
+        &server,
+        &project,
+        "tb.v",
+        "module tb;\n  reg clk = 0;\n  always #1 clk = ~clk;\nendmodule\n",
+    )
+    .await;
+    let body = json!({"kind": "simulation", "top": "tb"});
+    let mut made = vec![];
+    for _ in 0..25 {
+        made.push(new_job(&server, &project, body.clone()).await);
+    }
+    let newest_first: Vec<String> = made.iter().rev().cloned().collect();
+    let mut listed = vec![];
+    let mut queued = vec![];
+    let mut before: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let cursor = before.map(|b| format!("&before={b}")).unwrap_or_default();
+        let url = format!("{}?limit=10{cursor}", jobs_url(&server, &project));
+        let resp = http().get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{url}");
+        let next = resp
+            .headers()
+            .get("x-next-before")
+            .map(|v| v.to_str().unwrap().to_string());
+        let page: Value = resp.json().await.unwrap();
+        let page = page.as_array().unwrap().clone();
+        pages += 1;
+        assert_eq!(page.len(), if pages < 3 { 10 } else { 5 }, "page {pages}");
+        for job in &page {
+            let id = job["Id"].as_str().unwrap().to_string();
+            if job["State"]["Status"] == "queued" {
+                let position = job["Queue"]["Position"]
+                    .as_u64()
+                    .expect("a queued job's place");
+                queued.push((position, id.clone(), job["Queue"]["Length"].clone()));
+            }
+            listed.push(id);
+        }
+        match next {
+            Some(next) => {
+                assert_eq!(page.last().unwrap()["Id"], next.as_str());
+                before = Some(next);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(listed, newest_first);
+    // One slot: at most the oldest runs; the rest are queued oldest first, from 1 on.
+    assert!(queued.len() >= 24, "{} queued", queued.len());
+    queued.sort_by_key(|(position, _, _)| *position);
+    let in_queue: Vec<&String> = queued.iter().map(|(_, id, _)| id).collect();
+    assert_eq!(
+        in_queue,
+        made[made.len() - queued.len()..].iter().collect::<Vec<_>>()
+    );
+    for (n, (position, _, length)) in queued.iter().enumerate() {
+        assert_eq!(*position, n as u64 + 1);
+        assert_eq!(length, &json!(queued.len()));
+    }
+    // Another project's job, or no job at all, is no cursor of this list.
+    let url = format!("{}?before={}", jobs_url(&server, &other), made[3]);
+    refused(send(http().get(url)).await, 400, "before: no such job");
+    let url = format!("{}?limit=0", jobs_url(&server, &project));
+    refused(send(http().get(url)).await, 400, "limit:");
+    for job in &made {
+        let _ = send(http().delete(job_url(&server, &project, job, ""))).await;
+    }
+    crate::support::wait_until_async(
+        Duration::from_secs(60),
+        "the jobs' containers are gone",
+        || async { server.containers().is_empty() },
+    )
+    .await;
+    server.assert_no_containers();
+}
