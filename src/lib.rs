@@ -17,6 +17,7 @@
 //! - [`auth`]: API keys (generate, hash, compare) and the client's address.
 //! - [`api`]: everything HTTP: routes, DTOs, errors, authentication.
 //! - [`cli`]: the command line.
+//! - [`units`]: sizes and durations as people write and read them.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -36,3 +37,4 @@ pub mod recovery;
 pub mod runner;
 pub mod server;
 pub mod storage;
+pub mod units;

@@ -6,6 +6,9 @@ use std::str::FromStr;
 use time::OffsetDateTime;
 
 use crate::layout::Layout;
+// The layout's format lives with the reader that recognises it (`layout` imports nothing of the
+// crate); named here too, with the other nouns of an upload.
+pub use crate::layout::LayoutFormat;
 use uuid::Uuid;
 
 /// A run's lifecycle status.
@@ -68,42 +71,6 @@ impl FromStr for RunStatus {
 
 /// Slot sizes the precheck knows.
 pub const SLOTS: [&str; 4] = ["1x1", "0p5x1", "1x0p5", "0p5x0p5"];
-
-/// The file formats a layout upload may have.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LayoutFormat {
-    Gds,
-    GdsGz,
-    Oasis,
-}
-
-impl LayoutFormat {
-    pub const ALL: [LayoutFormat; 3] =
-        [LayoutFormat::Gds, LayoutFormat::GdsGz, LayoutFormat::Oasis];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LayoutFormat::Gds => "gds",
-            LayoutFormat::GdsGz => "gds.gz",
-            LayoutFormat::Oasis => "oasis",
-        }
-    }
-
-    /// The file name the precheck container reads it as.
-    pub fn input_name(self) -> &'static str {
-        match self {
-            LayoutFormat::Gds => "design.gds",
-            LayoutFormat::GdsGz => "design.gds.gz",
-            LayoutFormat::Oasis => "design.oas",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<LayoutFormat> {
-        [LayoutFormat::Gds, LayoutFormat::GdsGz, LayoutFormat::Oasis]
-            .into_iter()
-            .find(|f| f.as_str() == s)
-    }
-}
 
 /// Whose uploads and runs a caller may see and touch.
 #[derive(Debug, Clone, PartialEq, Eq)]

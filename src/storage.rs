@@ -630,7 +630,7 @@ fn import_tar_gz(
         if size > max_file {
             return Err(UploadError::Oversize(format!(
                 "the tarball entry {path:?} is larger than the limit of {} a file (projects.max_file_size)",
-                crate::config::human_bytes(max_file)
+                crate::units::human_bytes(max_file)
             )));
         }
         if !index.contains_key(path) && !existing.contains(path) {
@@ -656,7 +656,7 @@ fn import_tar_gz(
         if total > max_total {
             return Err(UploadError::Oversize(format!(
                 "the tarball holds more than the limit of {} a project (projects.max_project_size)",
-                crate::config::human_bytes(max_total)
+                crate::units::human_bytes(max_total)
             )));
         }
         let path = path.to_string();

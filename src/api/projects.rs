@@ -16,11 +16,11 @@ use uuid::Uuid;
 use super::error::Message;
 use super::openapi::Binary;
 use super::{ApiError, Caller, Json, content_length, parse_id, rfc3339};
-use crate::config::human_bytes;
 use crate::db::{DeleteProject, PutFile};
 use crate::model::{Project, ProjectFile, check_project_path};
 use crate::server::AppState;
 use crate::storage::{ChunkWriter, StagedBlob, UploadError};
+use crate::units::human_bytes;
 
 /// A project: HDL files to simulate and build.
 #[derive(Serialize, ToSchema)]

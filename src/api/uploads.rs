@@ -15,12 +15,12 @@ use uuid::Uuid;
 use super::error::Message;
 use super::openapi::{Binary, string_enum};
 use super::{ApiError, Caller, Json, content_length, parse_id, rfc3339};
-use crate::config::human_bytes;
 use crate::db::DeleteUpload;
 use crate::layout::{self, Layout};
 use crate::model::{LayoutFormat, Upload};
 use crate::server::AppState;
 use crate::storage::{Saved, UploadError};
+use crate::units::human_bytes;
 
 /// An uploaded layout.
 #[derive(Serialize, ToSchema)]

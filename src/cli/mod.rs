@@ -200,7 +200,7 @@ pub struct Output {
 }
 
 fn parse_age(text: &str) -> Result<Duration, String> {
-    crate::config::duration_from_text(text)
+    crate::units::duration_from_text(text)
         .ok_or_else(|| format!("{text:?} is not an age: use e.g. 90s, 30m, 12h or 7d"))
 }
 

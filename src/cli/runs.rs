@@ -7,11 +7,11 @@ use uuid::Uuid;
 
 use super::{Admin, Output, RunsCommand, print_json, table};
 use crate::api::RunBody;
-use crate::config::human_bytes;
 use crate::db::{DeleteRun, RunFilter};
 use crate::model::{Run, RunParams, RunStatus};
 use crate::recovery::storage_label;
 use crate::runner::RUN_LABEL;
+use crate::units::human_bytes;
 
 /// How long a force-deleted run's container gets to stop before it is killed.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);

@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-use crate::config::human_bytes;
+use crate::units::human_bytes;
 
 /// Exit code when the server refuses the layout or the request, before any run.
 pub const REFUSED: u8 = 2;

@@ -6,11 +6,11 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 
 use super::{Admin, Output, print_json};
-use crate::config::human_bytes;
 use crate::model::RunStatus;
 use crate::recovery::{orphan_containers, orphan_files};
 use crate::runner::RUN_LABEL;
 use crate::storage::{EntryKind, disk_usage};
+use crate::units::human_bytes;
 
 /// How long `status` waits for the server's `/health`.
 const HEALTH_WAIT: Duration = Duration::from_secs(3);

@@ -298,7 +298,7 @@ impl<R: BufRead> Counted<R> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::super::inspect;
-    use crate::model::LayoutFormat;
+    use crate::layout::LayoutFormat;
 
     /// Writes GDSII for tests: a library of structures, each placing others by SREF or AREF.
     pub struct Writer {

@@ -20,7 +20,41 @@ use std::collections::HashMap;
 use std::io::{self, BufRead, BufReader, Read};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::model::LayoutFormat;
+/// The file formats a layout upload may have, told apart by content ([`sniff`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutFormat {
+    Gds,
+    GdsGz,
+    Oasis,
+}
+
+impl LayoutFormat {
+    pub const ALL: [LayoutFormat; 3] =
+        [LayoutFormat::Gds, LayoutFormat::GdsGz, LayoutFormat::Oasis];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayoutFormat::Gds => "gds",
+            LayoutFormat::GdsGz => "gds.gz",
+            LayoutFormat::Oasis => "oasis",
+        }
+    }
+
+    /// The file name the precheck container reads it as.
+    pub fn input_name(self) -> &'static str {
+        match self {
+            LayoutFormat::Gds => "design.gds",
+            LayoutFormat::GdsGz => "design.gds.gz",
+            LayoutFormat::Oasis => "design.oas",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<LayoutFormat> {
+        [LayoutFormat::Gds, LayoutFormat::GdsGz, LayoutFormat::Oasis]
+            .into_iter()
+            .find(|f| f.as_str() == s)
+    }
+}
 
 /// The database unit the gf180mcu precheck expects: 1 nm.
 pub const EXPECTED_DBU_MICRONS: f64 = 0.001;
@@ -328,7 +362,7 @@ impl<'a> Meter<'a> {
             ratio_floor,
         } = self.limits;
         let compressed = self.compressed.get();
-        let human = crate::config::human_bytes;
+        let human = crate::units::human_bytes;
         let message = if inflated > max_inflated {
             format!(
                 "{what} inflates to more than {}, the server's limit (server.max_inflated_size)",

@@ -756,7 +756,7 @@ mod tests {
 
     use super::super::{Layout, LayoutError, inspect};
     use super::MAGIC;
-    use crate::model::LayoutFormat;
+    use crate::layout::LayoutFormat;
 
     /// Writes OASIS bytes, field by field.
     #[derive(Default)]

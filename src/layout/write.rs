@@ -1176,8 +1176,8 @@ impl Repeated {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::LayoutFormat;
     use crate::layout::inspect;
-    use crate::model::LayoutFormat;
 
     /// A hierarchy with every kind of shape and placement, odd names and two top cells.
     fn odd_library(dbu_microns: f64) -> Library {
