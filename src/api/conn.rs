@@ -12,6 +12,9 @@
 //!   log, `/api/v1/events` or an upload that keeps coming in is never cut, however long it takes;
 //! - a request whose body the server is waiting for, and which sends none of it for
 //!   `idle_timeout`, is closed too: an upload that stalls holds no connection for ever;
+//! - while a request is in flight, the socket's error is looked at every [`RESET_CHECK`]: a client that
+//!   reset the connection (went away) has its request dropped at once, even while the handler
+//!   reads nothing of it (an upload whose layout reader is behind), so its work stops;
 //! - the answers hyper writes by itself when it cannot read a request (400 for a request line or
 //!   header it cannot parse, such as raw non-ASCII bytes in the path, 414, 431) get a
 //!   `{"message"}` body like every other error.
@@ -49,6 +52,9 @@ const MAX_HEADERS: usize = 100;
 /// The most bytes of a request's head hyper buffers (its default: 8 KiB and 4 KiB per header
 /// line); a longer head gets 431.
 const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
+
+/// How often a connection with a request in flight is checked for a reset by its client.
+const RESET_CHECK: Duration = Duration::from_millis(200);
 
 /// Serves `app` on `listener` until `shutdown` completes, then gives open requests `grace`.
 pub async fn serve(
@@ -148,6 +154,10 @@ impl Connection {
             closing,
             dropping,
         } = self;
+        // A second descriptor of the socket, to look at while hyper owns the stream.
+        let peek = std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned().ok();
+        let mut reset_check = tokio::time::interval(RESET_CHECK);
+        reset_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let activity = Arc::new(Activity::new());
         let io = TokioIo::new(Watched {
             inner: stream,
@@ -195,6 +205,13 @@ impl Connection {
                     tracing::debug!(%peer, "closing the connection: {why}");
                     return;
                 }
+                // (A condition here would be read once, when the select starts.)
+                _ = reset_check.tick(), if peek.is_some() => {
+                    if let Some(fd) = &peek && activity.in_flight() && was_reset(fd) {
+                        tracing::debug!(%peer, "the client reset the connection: dropping its request");
+                        return;
+                    }
+                }
                 _ = closing.cancelled(), if !shutting_down => {
                     shutting_down = true;
                     connection.as_mut().graceful_shutdown();
@@ -203,6 +220,14 @@ impl Connection {
             }
         }
     }
+}
+
+/// Whether the peer reset the connection: the socket has a pending error. A read would only
+/// report it once the bytes the kernel holds for the socket are read, which for an upload
+/// waiting on its layout reader may be seconds away. (A peer's FIN is no error: a client may
+/// close its side and wait for the answer.)
+fn was_reset(fd: &std::os::fd::OwnedFd) -> bool {
+    matches!(rustix::net::sockopt::socket_error(fd), Ok(Err(_)))
 }
 
 /// What a connection is doing, for its watchdog ([`Activity::expired`]).
