@@ -573,14 +573,23 @@ impl TestServer {
     }
 
     /// Panics, describing them, if any container of this server exists but the image's
-    /// self-test, which a running server may be doing at any time.
+    /// self-test, which a running server may be doing at any time. A run's container is removed
+    /// just after its end is recorded (which a `/wait` answers), and the engine may take a moment
+    /// to remove it (`removing`): containers get 30 s to go.
     pub fn assert_no_containers(&self) {
-        let listed = self.list().unwrap_or_else(|e| panic!("{e}"));
-        let ids: Vec<String> = listed
-            .into_iter()
-            .filter(|(_, probe)| !probe)
-            .map(|(id, _)| id)
-            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ids = loop {
+            let listed = self.list().unwrap_or_else(|e| panic!("{e}"));
+            let ids: Vec<String> = listed
+                .into_iter()
+                .filter(|(_, probe)| !probe)
+                .map(|(id, _)| id)
+                .collect();
+            if ids.is_empty() || Instant::now() > deadline {
+                break ids;
+            }
+            thread::sleep(POLL_INTERVAL);
+        };
         if !ids.is_empty() {
             panic!(
                 "the server left containers behind:\n{}",
