@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::db::{Cancel, Db};
 use crate::model::{Outcome, Run, RunKind, RunStatus};
-use crate::runner::{ActiveRun, Attach, Runner};
+use crate::runner::{ActiveRun, Attach, Due, Record, Runner};
 
 /// A run changed state (the database already says so).
 #[derive(Debug, Clone)]
@@ -110,9 +110,13 @@ impl Queue {
             .await?;
         match &answer {
             Cancel::Cancelled(run) => {
+                // The cancel recorded it; a run that never started has no log to note it in.
                 let cancelled = Outcome::cancelled();
-                let now = OffsetDateTime::now_utc();
-                self.inner.runner.metrics.run_finished(run, &cancelled, now);
+                let due = Due {
+                    note: false,
+                    record: Record::Done,
+                };
+                self.inner.runner.ends().ended(run, &cancelled, due).await?;
                 self.publish(run, RunStatus::Cancelled, Some(cancelled.exit_code), false);
             }
             Cancel::Running => {

@@ -21,13 +21,19 @@ use crate::docker::{Engine, Labelled};
 use crate::logs;
 use crate::model::{Outcome, Run, RunStatus, Scope, exit_code};
 use crate::runner::{
-    Attach, PROBE_LABEL, RUN_LABEL, Runner, STORAGE_LABEL, finished_note, note, read_ending,
-    remove_ending,
+    Attach, Due, PROBE_LABEL, RUN_LABEL, Record, Runner, STORAGE_LABEL, read_ending,
 };
 use crate::storage::{Entry, EntryKind, Storage};
 
 /// Why a run without a container failed.
 pub const LOST: &str = "container lost while the server was down";
+
+/// How recovery ends a run: noted in its log, and recorded once; a database that will not take
+/// it fails the server's start, and the next start finds the run as this one did.
+const AT_START: Due = Due {
+    note: true,
+    record: Record::Once,
+};
 
 /// Matches the running runs with their containers (see the module's text) and removes the
 /// containers no running run owns. Returns the runs to watch again.
@@ -72,11 +78,7 @@ pub async fn recover(runner: &Runner) -> Result<Vec<(Run, Attach)>> {
                         exit_code::NOT_RUN,
                         format!("cannot start the container: {e:#}"),
                     );
-                    let _ = note(&runner.storage.log_path(run.id), &finished_note(&outcome)).await;
-                    runner
-                        .db
-                        .finish_run(run.id, outcome, OffsetDateTime::now_utc())
-                        .await?;
+                    runner.ends().ended(&run, &outcome, AT_START).await?;
                     runner.engine.remove(&container.id).await?;
                     continue;
                 }
@@ -128,22 +130,21 @@ pub async fn recover(runner: &Runner) -> Result<Vec<(Run, Attach)>> {
 /// Ends a run whose container is gone: with the outcome kept in its folder if the server knew
 /// how it ended but could not record it, as lost if not.
 async fn lost(runner: &Runner, run: &Run) -> Result<()> {
-    let run_dir = runner.storage.run_dir(run.id);
-    let outcome = match read_ending(&run_dir).await {
-        Some(kept) => kept,
+    let (outcome, due) = match read_ending(&runner.storage.run_dir(run.id)).await {
+        // Noted in the log when the server first knew it.
+        Some(kept) => (
+            kept,
+            Due {
+                note: false,
+                ..AT_START
+            },
+        ),
         None => {
             tracing::warn!(run_id = %run.id, "{LOST}");
-            let outcome = Outcome::failed(exit_code::NOT_RUN, LOST);
-            let _ = note(&runner.storage.log_path(run.id), &finished_note(&outcome)).await;
-            outcome
+            (Outcome::failed(exit_code::NOT_RUN, LOST), AT_START)
         }
     };
-    runner
-        .db
-        .finish_run(run.id, outcome, OffsetDateTime::now_utc())
-        .await?;
-    remove_ending(&run_dir).await;
-    Ok(())
+    runner.ends().ended(run, &outcome, due).await
 }
 
 /// Puts a run that never started back in its place in the queue, with a fresh log.

@@ -24,9 +24,6 @@ use ipnetwork::IpNetwork;
 use crate::layout::InflationLimits;
 use crate::model::RunKind;
 
-// Kept so that `runner.rs` needs no change; the other modules use `crate::units` directly.
-pub use crate::units::human_bytes;
-
 /// The validated configuration of one server.
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -161,6 +161,20 @@ async fn a_run_whose_container_was_removed_fails_as_lost() {
         "container lost while the server was down"
     );
     assert_eq!(inspect(&server, &run).await["State"]["Status"], "failed");
+    // Ended at start, it is counted as any run that ends is.
+    let metrics = client::http()
+        .get(server.api("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let failed = "precheck_runs_finished_total{kind=\"precheck\",status=\"failed\"} 1";
+    assert!(
+        metrics.lines().any(|l| l == failed),
+        "no {failed} in\n{metrics}"
+    );
     server.assert_no_containers();
 }
 

@@ -104,7 +104,7 @@ fn icarus_in_the_test_image_passes_fails_and_reports_syntax_errors() {
 }
 
 /// A Verilator simulation job's script, as the server runs it (`simulation_command` in
-/// src/runner.rs): `sh -c SCRIPT sh TOP FILE...`. It holds no single quote.
+/// src/runner/simulation.rs): `sh -c SCRIPT sh TOP FILE...`. It holds no single quote.
 const VERILATOR_JOB: &str = "top=$1; shift; verilator --binary --timing --trace -j 0 -I/project -Mdir /tmp/verilator --top-module \"$top\" -o simulation \"$@\" && exec /tmp/verilator/simulation";
 
 #[test]

@@ -1,0 +1,561 @@
+//! Runs one run in its container, from create to remove, and says how it ended.
+//!
+//! The lifecycle follows the wafer.space platform and is the same for every kind: create, copy
+//! the run's files in through the archive API, start, follow the logs into the run's log file,
+//! wait (racing the timeout and a cancel), copy the results out, remove the container. Whatever
+//! happens in between, the container is removed and the run gets an [`Outcome`] that a person
+//! can act on.
+//!
+//! What differs by kind (the command, the files in and out, how an exit code reads) is in the
+//! kind's own file, behind `kind::Kind`: `precheck.rs`, `simulation.rs`, `build.rs`. A run's end
+//! goes through [`Ends::ended`] (`ending.rs`), shared with the queue and recovery; the log file is
+//! `log_file.rs`.
+
+mod build;
+mod checkers;
+mod ending;
+mod kind;
+mod log_file;
+mod precheck;
+mod simulation;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::docker::{ContainerSpec, Engine};
+use crate::image::ImageWatch;
+use crate::metrics::Metrics;
+use crate::model::{Outcome, Run, RunParams, exit_code};
+use crate::storage::Storage;
+use crate::units::human_bytes;
+
+pub use build::final_gds;
+pub use ending::{Due, Ends, Record, read_ending};
+pub use kind::{ARTIFACTS, PROBE_LABEL, RUN_LABEL, STORAGE_LABEL};
+pub use log_file::{finished_note, note};
+pub use precheck::precheck_image_watch;
+
+use build::Build;
+use kind::{CopyOut, Ctx, Kind};
+use log_file::append_logs;
+use precheck::Precheck;
+use simulation::Simulation;
+
+/// How long a cancelled container gets to stop before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// What the rest of the server can see of a run while it executes.
+pub struct ActiveRun {
+    pub cancel: CancellationToken,
+    /// Bytes written to the log file so far; log followers wait on changes.
+    pub log_len: watch::Sender<u64>,
+}
+
+impl ActiveRun {
+    pub fn new() -> ActiveRun {
+        ActiveRun {
+            cancel: CancellationToken::new(),
+            log_len: watch::Sender::new(0),
+        }
+    }
+}
+
+impl Default for ActiveRun {
+    fn default() -> Self {
+        ActiveRun::new()
+    }
+}
+
+/// Executes runs. Cheap to clone.
+#[derive(Clone)]
+pub struct Runner {
+    pub engine: Engine,
+    pub db: Db,
+    pub storage: Storage,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    /// The precheck image and its self-test.
+    pub image: ImageWatch,
+    /// The container starts being made; a stop waits for them.
+    pub starts: StartGate,
+}
+
+/// The container starts the server is making, and whether it is stopping: a stop waits for
+/// the starts already asked for, and no start begins after it. So a stopped server leaves each
+/// run's container either started (with its start recorded) or never asked to start.
+#[derive(Clone, Default)]
+pub struct StartGate(Arc<GateState>);
+
+#[derive(Default)]
+pub struct GateState {
+    /// Set first at a stop, and never unset: no start begins after it, even if the wait for
+    /// those in flight gives up.
+    closed: std::sync::atomic::AtomicBool,
+    /// Held (read) by each start in flight; a stop waits for it (write).
+    in_flight: tokio::sync::RwLock<()>,
+}
+
+impl StartGate {
+    /// Lets a start begin, or waits for ever if the server is stopping (its task ends with the
+    /// process, leaving the container for the next start to find).
+    async fn enter(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
+        let guard = self.0.in_flight.read().await;
+        if !self.0.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return guard;
+        }
+        drop(guard);
+        std::future::pending().await
+    }
+
+    /// Closes the gate, then waits for the starts in flight to end.
+    pub async fn close(&self) {
+        self.0
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(self.0.in_flight.write().await);
+    }
+}
+
+/// A container that was running (or had finished) when the server stopped, to watch to the end.
+#[derive(Debug, Clone)]
+pub struct Attach {
+    pub container: String,
+    /// How many of the container's log messages the log file already holds.
+    pub skip: usize,
+    /// When `limits.timeout` runs out; `None` if the container has stopped already.
+    pub deadline: Option<Instant>,
+    /// How the run ended, if the server knew but could not record it before it stopped.
+    pub ended: Option<Outcome>,
+}
+
+impl Runner {
+    /// Executes a run that the queue has claimed, records how it ended and removes its
+    /// container.
+    pub async fn execute(&self, run: &Run, active: &ActiveRun) -> Outcome {
+        self.lifecycle(run, active, None).await
+    }
+
+    /// Watches the container of a run that was running when the server stopped, from where
+    /// its log file ends, and finishes the run as [`Runner::execute`] would have.
+    pub async fn resume(&self, run: &Run, active: &ActiveRun, attach: Attach) -> Outcome {
+        if let Some(outcome) = attach.ended {
+            // Its end is in the log and its results are in its folder already.
+            let due = Due {
+                note: false,
+                record: Record::UntilTaken,
+            };
+            // Recorded until taken: this never fails.
+            let _ = self.ends().ended(run, &outcome, due).await;
+            self.remove_container(run, &attach.container).await;
+            return outcome;
+        }
+        self.lifecycle(run, active, Some(attach)).await
+    }
+
+    /// The one step every run's end goes through (see [`Ends`]), on this runner's handles.
+    pub fn ends(&self) -> Ends<'_> {
+        Ends {
+            db: &self.db,
+            storage: &self.storage,
+            metrics: &self.metrics,
+        }
+    }
+
+    /// Every kind of run, each with its container's rules in its own file: a new kind is
+    /// registered here.
+    async fn lifecycle(&self, run: &Run, active: &ActiveRun, attach: Option<Attach>) -> Outcome {
+        match &run.params {
+            RunParams::Precheck(p) => self.run_as(&Precheck(p), run, active, attach).await,
+            RunParams::Simulation(p) => self.run_as(&Simulation(p), run, active, attach).await,
+            RunParams::Build(p) => self.run_as(&Build(p), run, active, attach).await,
+        }
+    }
+
+    /// Makes and starts the run's container (or, after a restart, takes the one it had), watches
+    /// it to its end and finishes the run.
+    async fn run_as<K: Kind>(
+        &self,
+        kind: &K,
+        run: &Run,
+        active: &ActiveRun,
+        attach: Option<Attach>,
+    ) -> Outcome {
+        let mut container = None;
+        let result = match attach {
+            None => self.run_container(kind, run, active, &mut container).await,
+            Some(attach) => {
+                container = Some(attach.container.clone());
+                let (id, skip) = (&attach.container, attach.skip);
+                self.watch(kind, run, active, id, skip, attach.deadline)
+                    .await
+            }
+        };
+        self.finish(run, result, container).await
+    }
+
+    /// Notes the outcome in the log, records it, then removes the container: a server stopped
+    /// in between finds either a running run with its container or a finished one.
+    async fn finish(
+        &self,
+        run: &Run,
+        result: Result<Outcome>,
+        container: Option<String>,
+    ) -> Outcome {
+        let outcome = result.unwrap_or_else(|e| {
+            tracing::warn!(run_id = %run.id, "run failed: {e:#}");
+            if is_disk_full(&e) {
+                Outcome::failed(exit_code::NOT_RUN, DISK_FULL)
+            } else {
+                Outcome::failed(exit_code::NOT_RUN, format!("{e:#}"))
+            }
+        });
+        let due = Due {
+            note: true,
+            record: Record::UntilTaken,
+        };
+        // Recorded until taken: this never fails.
+        let _ = self.ends().ended(run, &outcome, due).await;
+        if let Some(id) = container {
+            self.remove_container(run, &id).await;
+        }
+        outcome
+    }
+
+    async fn remove_container(&self, run: &Run, id: &str) {
+        if let Err(e) = self.engine.remove(id).await {
+            tracing::error!(run_id = %run.id, container = %id, "cannot remove container: {e:#}");
+        }
+    }
+
+    /// What a kind's rules may use.
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            db: &self.db,
+            storage: &self.storage,
+            engine: &self.engine,
+            config: &self.config,
+        }
+    }
+
+    async fn run_container<K: Kind>(
+        &self,
+        kind: &K,
+        run: &Run,
+        active: &ActiveRun,
+        container: &mut Option<String>,
+    ) -> Result<Outcome> {
+        let cancelled = &active.cancel;
+        let run_dir = self.storage.run_dir(run.id);
+        tokio::fs::create_dir_all(&run_dir)
+            .await
+            .with_context(|| format!("cannot create {}", run_dir.display()))?;
+
+        let image = &run.image;
+        // A precheck of the configured image waits for its self-test and fails at once if the
+        // image is broken.
+        let probed = K::PROBED && *image == self.image.image();
+        let Some(image_id) = self.engine.image_id(image).await? else {
+            if probed {
+                self.image.missing();
+            }
+            return Ok(Outcome::failed(
+                exit_code::NOT_RUN,
+                format!(
+                    "the image {image} is not on the Docker engine: run `docker pull {image}` on the engine's host, then submit again"
+                ),
+            ));
+        };
+        self.db.set_image_id(run.id, image_id.clone()).await?;
+        if probed {
+            let verdict = tokio::select! {
+                verdict = self.image.verdict(&image_id) => verdict,
+                _ = cancelled.cancelled() => return Ok(Outcome::cancelled()),
+            };
+            if let Err(why) = verdict {
+                return Ok(Outcome::failed(exit_code::NOT_RUN, why));
+            }
+        }
+
+        let plan = match kind.plan(&self.ctx(), run).await? {
+            Ok(plan) => plan,
+            Err(refused) => return Ok(refused),
+        };
+        let (limits, _) = self.config.limits_for(run.kind());
+        let spec = ContainerSpec {
+            name: format!("{}{}", self.config.container_prefix, run.id),
+            image: image.clone(),
+            cmd: plan.cmd,
+            working_dir: plan.working_dir.into(),
+            env: plan.env,
+            labels: HashMap::from([
+                (RUN_LABEL.to_string(), run.id.to_string()),
+                (
+                    STORAGE_LABEL.to_string(),
+                    self.storage.root().display().to_string(),
+                ),
+            ]),
+            limits: limits.clone(),
+            mounts: plan.mounts,
+        };
+        if cancelled.is_cancelled() {
+            return Ok(Outcome::cancelled());
+        }
+        let id = self
+            .engine
+            .create(&spec)
+            .await
+            .inspect_err(|_| {
+                self.metrics.start_failures.inc();
+            })
+            .context("cannot create the container")?;
+        *container = Some(id.clone());
+        let dirs: Vec<&str> = plan.dirs.iter().map(String::as_str).collect();
+        tokio::select! {
+            staged = self.engine.stage(&id, &dirs, &plan.files) => staged?,
+            _ = cancelled.cancelled() => return Ok(Outcome::cancelled()),
+        }
+        if cancelled.is_cancelled() {
+            return Ok(Outcome::cancelled());
+        }
+        // The start is recorded before it is asked for, and a stop waits for it to end: after
+        // any stop, a `created` container was either never asked to start or is being started
+        // by the engine, and recovery can tell which (docs/decisions.md, "A run's end").
+        let gate = self.starts.enter().await;
+        // `runs delete --force` may have deleted it while its container was being prepared.
+        let marked = retry_busy(|| {
+            self.db
+                .mark_start_sent(run.id, time::OffsetDateTime::now_utc())
+        })
+        .await
+        .context("cannot record the container's start")?;
+        if !marked {
+            return Ok(Outcome::failed(exit_code::NOT_RUN, "the run was deleted"));
+        }
+        self.engine
+            .start(&id)
+            .await
+            .inspect_err(|_| {
+                self.metrics.start_failures.inc();
+            })
+            .context("cannot start the container")?;
+        drop(gate);
+        let deadline = Instant::now() + limits.timeout;
+        self.watch(kind, run, active, &id, 0, Some(deadline)).await
+    }
+
+    /// Follows a started container's log into the run's log file (after the first `skip`
+    /// messages), waits for it to stop (racing the deadline and a cancel), copies its results
+    /// out and says how it ended.
+    async fn watch<K: Kind>(
+        &self,
+        kind: &K,
+        run: &Run,
+        active: &ActiveRun,
+        id: &str,
+        skip: usize,
+        deadline: Option<Instant>,
+    ) -> Result<Outcome> {
+        let ctx = self.ctx();
+        let run_dir = self.storage.run_dir(run.id);
+        let log_path = self.storage.log_path(run.id);
+        let tracker = kind.tracker(&ctx, run).await?;
+        // A log that cannot be written (a full disk) ends the run at once: what it prints
+        // would be lost, and its results could not be kept either.
+        let log_full = CancellationToken::new();
+        let logs = tokio::spawn({
+            let appended = append_logs(
+                self.engine.logs(id, true),
+                log_path.clone(),
+                active.log_len.clone(),
+                skip,
+                tracker.clone(),
+                self.metrics.log_bytes.clone(),
+            );
+            let log_full = log_full.clone();
+            async move {
+                let appended = appended.await;
+                if appended.as_ref().is_err_and(is_disk_full) {
+                    log_full.cancel();
+                }
+                appended
+            }
+        });
+
+        let (limits, table) = self.config.limits_for(run.kind());
+        let timeout = limits.timeout;
+        // Without a deadline the container has stopped already: neither a timeout nor a
+        // cancel can change how it ended.
+        let expired = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        let cancelled = async {
+            match deadline {
+                Some(_) => active.cancel.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let ended = tokio::select! {
+            waited = self.engine.wait(id) => { waited?; None }
+            _ = expired => {
+                self.engine.kill(id).await?;
+                Some(Outcome::failed(exit_code::TIMED_OUT, format!(
+                    "timed out after {} s ({table}.timeout): the container was killed",
+                    timeout.as_secs()
+                )))
+            }
+            _ = cancelled => {
+                self.engine.stop(id, STOP_GRACE).await?;
+                Some(Outcome::cancelled())
+            }
+            _ = log_full.cancelled() => {
+                self.engine.kill(id).await?;
+                return Ok(log_not_written());
+            }
+        };
+        // The engine's followed stream can end before it has sent everything a fast printer
+        // wrote (seen with 200 000 lines on Docker 20.10): once the container has stopped, the
+        // rest is read from a plain, unfollowed log, skipping the messages already appended.
+        let followed = match tokio::time::timeout(Duration::from_secs(30), logs).await {
+            Ok(Ok(Ok(count))) => count,
+            Ok(Ok(Err(e))) if is_disk_full(&e) => return Ok(log_not_written()),
+            Ok(Ok(Err(e))) => return Err(e.context("cannot follow the container's log")),
+            Ok(Err(e)) => return Err(anyhow::Error::from(e).context("the log task failed")),
+            Err(_) => {
+                return Err(anyhow::anyhow!(
+                    "the container's log did not end after it stopped"
+                ));
+            }
+        };
+        let rest = append_logs(
+            self.engine.logs(id, false),
+            log_path,
+            active.log_len.clone(),
+            followed,
+            tracker.clone(),
+            self.metrics.log_bytes.clone(),
+        )
+        .await;
+        match rest {
+            Err(e) if is_disk_full(&e) => return Ok(log_not_written()),
+            Err(e) => return Err(e.context("cannot read the rest of the container's log")),
+            Ok(_) => {}
+        }
+
+        // Results are copied out whatever the ending: a failed run's files are what its
+        // designer needs to read.
+        if let Err(e) = self.collect(kind, run, id, &run_dir).await {
+            if !is_disk_full(&e) {
+                return Err(e);
+            }
+            // Half a layout is no result: nothing partial is served as the run's output, and
+            // what was copied goes, so that the run's end fits on the disk.
+            for partial in K::RESULTS {
+                crate::storage::remove_tree(&run_dir.join(partial)).await?;
+            }
+            return Ok(Outcome::failed(
+                exit_code::NOT_RUN,
+                format!("{DISK_FULL}: its results could not be copied out"),
+            ));
+        }
+        if let Some(outcome) = ended {
+            return Ok(outcome);
+        }
+
+        let exit = self.engine.exit(id).await?;
+        if exit.oom_killed {
+            return Ok(Outcome {
+                oom_killed: true,
+                ..Outcome::failed(
+                    exit.code,
+                    format!(
+                        "out of memory (limit {}): the container was killed; raise {table}.memory if the run needs more",
+                        human_bytes(limits.memory)
+                    ),
+                )
+            });
+        }
+        let progress = match tracker {
+            Some(tracker) => tracker.lock().map(|t| t.progress.clone()).ok(),
+            None => None,
+        };
+        Ok(kind.judge(&ctx, run, exit.code, progress).await)
+    }
+
+    /// Copies a stopped container's results into the run's folder, as its kind says. Only
+    /// regular files and folders are kept; what was skipped is noted in the run's log
+    /// (docs/decisions.md, "What containers hand back").
+    async fn collect<K: Kind>(&self, kind: &K, run: &Run, id: &str, run_dir: &Path) -> Result<()> {
+        let mut out = CopyOut::new(&self.engine, id);
+        kind.collect(&self.ctx(), run, run_dir, &mut out).await?;
+        let skipped = out.skipped;
+        if !skipped.is_empty() {
+            let count = skipped.skipped.len() as u64 + skipped.unnamed;
+            let mut lines = vec![format!(
+                "{count} entries were not copied out of the container: only regular files and folders are, and links are never followed (docs/decisions.md, \"What containers hand back\")"
+            )];
+            lines.extend(skipped.skipped);
+            if skipped.unnamed > 0 {
+                lines.push(format!("and {} more skipped", skipped.unnamed));
+            }
+            let log = self.storage.log_path(run.id);
+            for line in &lines {
+                if let Err(e) = note(&log, line).await {
+                    tracing::warn!(run_id = %run.id, "cannot note a skipped entry in the log: {e}");
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a run ended when the server's disk filled up under it.
+pub const DISK_FULL: &str =
+    "the server's disk is full; free space on it, then submit the run again";
+
+/// How a run ends whose log could not be written for a full disk.
+fn log_not_written() -> Outcome {
+    Outcome::failed(
+        exit_code::NOT_RUN,
+        format!("{DISK_FULL}: its log could not be written, so it was stopped"),
+    )
+}
+
+/// Whether an error is a full disk (a file write's or the database's).
+fn is_disk_full(e: &anyhow::Error) -> bool {
+    crate::db::trouble(e) == Some(crate::db::Trouble::Full)
+}
+
+/// Tries a database write again while another process holds the lock (for up to a minute
+/// beyond the busy timeout); other errors are returned at once.
+async fn retry_busy<T, F, Fut>(mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        match f().await {
+            Err(e)
+                if crate::db::trouble(&e) == Some(crate::db::Trouble::Busy)
+                    && Instant::now() < until =>
+            {
+                tracing::warn!("the database refused a write, trying again: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            other => return other,
+        }
+    }
+}
