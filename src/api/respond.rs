@@ -1,6 +1,7 @@
 //! How answers are written that are not one JSON body: a file as a download, a folder as a
 //! streamed `.tar.gz`; and how the API writes a time.
 
+use anyhow::Context;
 use axum::body::Body;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -41,7 +42,7 @@ pub async fn tar_gz_response(
 ) -> Result<Response, ApiError> {
     tokio::fs::create_dir_all(&dir)
         .await
-        .map_err(anyhow::Error::from)?;
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let (writer, rx) = ChunkSender::new();
     let disposition = format!("attachment; filename=\"{prefix}.tar.gz\"");
     tokio::task::spawn_blocking(move || {
