@@ -6,6 +6,7 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 
 use super::{Admin, Output, print_json};
+use crate::api::Health;
 use crate::config::human_bytes;
 use crate::model::RunStatus;
 use crate::recovery::{orphan_containers, orphan_files};
@@ -35,7 +36,7 @@ struct ServerStatus {
     url: Option<String>,
     reachable: bool,
     /// The server's `/health` answer.
-    health: Option<serde_json::Value>,
+    health: Option<Health>,
     error: Option<String>,
 }
 
@@ -132,8 +133,7 @@ fn print_status(s: &Status) -> Result<()> {
                 .server
                 .health
                 .as_ref()
-                .and_then(|h| h["status"].as_str())
-                .unwrap_or("unknown");
+                .map_or("unknown", |h| h.status.as_str());
             format!(
                 "running at {} (health: {health})",
                 url.as_deref().unwrap_or("?")
@@ -185,7 +185,7 @@ async fn server_status(admin: &Admin) -> ServerStatus {
     let answer = async {
         let client = reqwest::Client::builder().timeout(HEALTH_WAIT).build()?;
         let resp = client.get(format!("{url}/health")).send().await?;
-        resp.json::<serde_json::Value>().await
+        resp.json::<Health>().await
     };
     match answer.await {
         Ok(health) => ServerStatus {
