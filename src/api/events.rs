@@ -229,3 +229,34 @@ pub async fn events(
     )
         .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_read_or_refused_by_name() {
+        let id = Uuid::new_v4();
+        let filter: Filter =
+            query::parse(Some(&format!("type=finished&run={id}&type=cancelled"))).unwrap();
+        let actions: Vec<&str> = filter.actions.iter().flatten().map(|a| a.0).collect();
+        assert_eq!(actions, ["finished", "cancelled"]);
+        assert_eq!(filter.run.as_deref().map(<[RunId]>::len), Some(1));
+        for (query, message) in [
+            (
+                "type=died",
+                "type: \"died\" is not an event: use one of created, started, finished, cancelled",
+            ),
+            ("run=abc", "run: \"abc\" is not a run id"),
+            (
+                "since=1",
+                "unknown query parameter \"since\": use run or type",
+            ),
+        ] {
+            let refused = query::parse::<Filter>(Some(query))
+                .err()
+                .map(|e| e.to_string());
+            assert_eq!(refused.as_deref(), Some(message), "{query}");
+        }
+    }
+}

@@ -695,3 +695,36 @@ mod tests {
         assert!(check_module(None).is_err());
     }
 }
+
+/// The list's query, read without a server.
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    #[test]
+    fn list_queries_are_read_or_refused_by_name() {
+        let q: ListParams = query::parse(Some("kind=build&status=failed&kind=simulation")).unwrap();
+        let kinds: Vec<RunKind> = q.kind.into_iter().flatten().map(|JobKind(k)| k).collect();
+        assert_eq!(kinds, [RunKind::Build, RunKind::Simulation]);
+        assert_eq!(q.status, Some(vec![RunStatus::Failed]));
+        for (query, message) in [
+            (
+                "kind=precheck",
+                "kind: \"precheck\" is not a kind of job: use simulation or build",
+            ),
+            (
+                "before=x",
+                "before: \"x\" is not a job id: give the X-Next-Before of the previous page",
+            ),
+            (
+                "tool=icarus",
+                "unknown query parameter \"tool\": use status, kind, limit or before",
+            ),
+        ] {
+            let refused = query::parse::<ListParams>(Some(query))
+                .err()
+                .map(|e| e.to_string());
+            assert_eq!(refused.as_deref(), Some(message), "{query}");
+        }
+    }
+}

@@ -45,7 +45,7 @@ pub struct LogsBody {
 }
 
 /// `tail`: a number of lines, or `all`.
-pub struct Tail(Option<usize>);
+struct Tail(Option<usize>);
 
 impl PartialSchema for Tail {
     fn schema() -> RefOr<Schema> {
@@ -308,5 +308,40 @@ mod tests {
                 _ => assert_eq!(body.lines, ["2026-11-24T12:37:10Z second"]),
             }
         }
+    }
+
+    #[test]
+    fn log_queries_are_read_or_refused_by_name() {
+        let q = parse_query(Some("since=1.5&tail=3&timestamps=yes&follow=")).unwrap();
+        assert_eq!(q.filter.since, Some(1_500_000_000));
+        assert_eq!(q.filter.tail, Some(3));
+        assert!(q.timestamps && !q.follow);
+        let q = parse_query(Some("tail=all&follow=1")).unwrap();
+        assert_eq!(q.filter.tail, None);
+        assert!(q.follow && !q.timestamps);
+        for (query, message) in [
+            (
+                "tail=abc",
+                "tail: \"abc\" must be a number of lines or \"all\"",
+            ),
+            (
+                "tail=-5",
+                "tail: \"-5\" must be a number of lines or \"all\"",
+            ),
+            ("follow=maybe", "follow: \"maybe\" must be true or false"),
+            ("timestamps=2", "timestamps: \"2\" must be true or false"),
+            (
+                "lines=5",
+                "unknown query parameter \"lines\": use since, tail, timestamps or follow",
+            ),
+        ] {
+            let refused = parse_query(Some(query)).err().map(|e| e.to_string());
+            assert_eq!(refused.as_deref(), Some(message), "{query}");
+        }
+        let refused = parse_query(Some("since=x")).err().map(|e| e.to_string());
+        assert!(
+            refused.is_some_and(|m| m.starts_with("since: \"x\" must be a Unix time")),
+            "since=x"
+        );
     }
 }

@@ -698,3 +698,50 @@ mod tests {
         assert!(check_top_cell("gf180mcu_ws_ip__logo".into()).is_ok());
     }
 }
+
+/// The list's query, read without a server.
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    #[test]
+    fn list_queries_are_read_or_refused_by_name() {
+        let id = Uuid::new_v4();
+        let q: ListParams = query::parse(Some(&format!(
+            "status=queued&limit=5&status=running&before={id}"
+        )))
+        .unwrap();
+        assert_eq!(q.status, Some(vec![RunStatus::Queued, RunStatus::Running]));
+        let page = Page::new(q.limit, q.before);
+        assert_eq!((page.limit, page.before), (5, Some(id)));
+        let page = Page::new(None, None);
+        assert_eq!((page.limit, page.before), (100, None));
+        for (query, message) in [
+            (
+                "status=queued&status=done",
+                "status: unknown status \"done\": use one of queued, running, completed, failed, cancelled",
+            ),
+            (
+                "limit=0",
+                "limit: \"0\" must be a number of runs from 1 to 1000 (default 100)",
+            ),
+            (
+                "limit=1001",
+                "limit: \"1001\" must be a number of runs from 1 to 1000 (default 100)",
+            ),
+            (
+                "before=yesterday",
+                "before: \"yesterday\" is not a precheck id: give the X-Next-Before of the previous page",
+            ),
+            (
+                "page=2",
+                "unknown query parameter \"page\": use status, limit or before",
+            ),
+        ] {
+            let refused = query::parse::<ListParams>(Some(query))
+                .err()
+                .map(|e| e.to_string());
+            assert_eq!(refused.as_deref(), Some(message), "{query}");
+        }
+    }
+}

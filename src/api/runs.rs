@@ -330,3 +330,49 @@ pub async fn cancel_run(state: &AppState, run: &Run) -> Result<Json<RunBody>, Ap
         Cancel::NotFound => Err(not_found(id)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_queries_are_read_or_refused_by_name() {
+        let timeout = |q: &str| {
+            query::parse::<WaitParams>(Some(q))
+                .map(|p| p.timeout.map(|Timeout(t)| t))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(timeout(""), Ok(None));
+        assert_eq!(
+            timeout("condition=next-exit&timeout=1.5"),
+            Ok(Some(Duration::from_millis(1500)))
+        );
+        assert_eq!(timeout("timeout=86400"), Ok(Some(MAX_WAIT)));
+        for value in ["abc", "-1", "", "86401", "inf", "NaN"] {
+            assert_eq!(
+                timeout(&format!("timeout={value}")),
+                Err(format!(
+                    "timeout: {value:?} must be a number of seconds from 0 to 86400"
+                ))
+            );
+        }
+        assert_eq!(
+            timeout("timout=5"),
+            Err("unknown query parameter \"timout\": use timeout or condition".into())
+        );
+    }
+
+    /// A run's body reads back as what it was written from, for the CLI and webhook receivers.
+    #[test]
+    fn statuses_and_kinds_read_back() {
+        for status in RunStatus::ALL {
+            let text = serde_json::to_string(&status).unwrap();
+            assert_eq!(serde_json::from_str::<RunStatus>(&text).unwrap(), status);
+        }
+        for kind in RunKind::ALL {
+            let text = serde_json::to_string(&kind).unwrap();
+            assert_eq!(serde_json::from_str::<RunKind>(&text).unwrap(), kind);
+        }
+        assert!(serde_json::from_str::<RunStatus>("\"done\"").is_err());
+    }
+}
