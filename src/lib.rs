@@ -14,6 +14,7 @@
 //! - [`recovery`]: after a restart, runs matched with their containers; what nothing owns.
 //! - [`queue`]: FIFO scheduling under `max_concurrent`, cancel, waiting for a run to end.
 //! - [`server`]: `serve(config, listener, shutdown)`, start-up and background tasks.
+//! - [`webhooks`]: the signed POSTs of finished runs, retried with backoff.
 //! - [`auth`]: API keys (generate, hash, compare) and the client's address.
 //! - [`api`]: everything HTTP: routes, DTOs, errors, authentication.
 //! - [`cli`]: the command line.
@@ -38,3 +39,4 @@ pub mod runner;
 pub mod server;
 pub mod storage;
 pub mod units;
+pub mod webhooks;

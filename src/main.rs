@@ -1,11 +1,15 @@
 #![forbid(unsafe_code)]
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use clap::error::ErrorKind;
 
-use precheck_server::cli::Cli;
+use precheck_server::cli::{BROKEN_PIPE_EXIT, Cli, is_broken_pipe};
 
-fn main() -> std::process::ExitCode {
+/// Parses the command line and runs the command, whose exit code it is; an error is printed
+/// here, on one line, as exit code 1.
+fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e)
@@ -24,29 +28,17 @@ fn main() -> std::process::ExitCode {
             let first = rendered.lines().next().unwrap_or("bad arguments");
             let reason = first.strip_prefix("error: ").unwrap_or(first);
             eprintln!("precheck-server: {reason} (see precheck-server --help)");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
     cli.init_logging();
     match cli.run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        // `submit` has said why already.
-        Err(e)
-            if e.downcast_ref::<precheck_server::cli::submit::Exit>()
-                .is_some() =>
-        {
-            let code = e
-                .downcast_ref::<precheck_server::cli::submit::Exit>()
-                .map_or(1, |exit| exit.0);
-            std::process::ExitCode::from(code)
-        }
+        Ok(code) => code,
         // The reader of stdout has gone (`| head`): nothing to say, and no one to say it to.
-        Err(e) if precheck_server::cli::is_broken_pipe(&e) => {
-            std::process::ExitCode::from(precheck_server::cli::BROKEN_PIPE_EXIT)
-        }
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(BROKEN_PIPE_EXIT),
         Err(e) => {
             eprintln!("precheck-server: {e:#}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }

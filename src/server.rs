@@ -1,5 +1,7 @@
 //! The server as a function of (config, listener, shutdown): `main` passes a bound port and
-//! Ctrl-C; tests pass port 0 and their own signal. One code path for both.
+//! Ctrl-C; tests pass port 0 and their own signal. One code path for both. It builds the
+//! parts, hands them to the API as its `AppState`, and starts the background tasks (queue,
+//! webhooks, upload sweeper).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,29 +11,15 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::AppState;
 use crate::auth::{ConfigKey, hash_key};
 use crate::config::Config;
 use crate::db::Db;
 use crate::docker::Engine;
-use crate::image::ImageWatch;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::runner::Runner;
 use crate::storage::Storage;
-
-/// Everything a request handler may use.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub db: Db,
-    pub storage: Storage,
-    pub engine: Engine,
-    pub queue: Queue,
-    pub image: ImageWatch,
-    /// The config file's API keys, hashed once at start.
-    pub config_keys: Arc<Vec<ConfigKey>>,
-    pub metrics: Arc<Metrics>,
-}
 
 /// Keys without `auth.required` are checked when sent but not needed: anyone reaches the API
 /// without one, which an operator who made keys rarely means. Says so at start.
@@ -116,7 +104,7 @@ pub async fn serve(
         config_keys: Arc::new(config_keys),
         metrics,
     };
-    crate::api::webhooks::start(state.clone());
+    crate::webhooks::start(state.config.clone(), state.db.clone(), state.queue.clone());
     let url_file = state.storage.server_url_path();
     let http = state.config.http.clone();
     let app = crate::api::router(state);

@@ -4,43 +4,23 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::HeaderMap;
-use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::Response;
 use time::OffsetDateTime;
 
-use super::ApiError;
+use super::error::ApiError;
+use super::extract::Caller;
+use super::state::AppState;
 use crate::auth::{client_ip, hash_key, match_config_key};
 use crate::model::Scope;
-use crate::server::AppState;
-
-/// Who is calling, as far as ownership goes.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// The key's name, recorded as the owner of what it creates; none without authentication.
-    pub name: Option<String>,
-    pub scope: Scope,
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Caller, ApiError> {
-        parts
-            .extensions
-            .get::<Caller>()
-            .cloned()
-            .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("the request was not authenticated")))
-    }
-}
 
 /// The routes anyone may read, without a key and from any address: the health check and the
 /// API's OpenAPI document (which says so for every other route).
-pub(super) const PUBLIC: [&str; 2] = ["/health", "/api/v1/openapi.json"];
+pub const PUBLIC: [&str; 2] = ["/health", "/api/v1/openapi.json"];
 
-pub(super) fn is_public(path: &str) -> bool {
+pub fn is_public(path: &str) -> bool {
     PUBLIC.contains(&path)
 }
 

@@ -1,12 +1,17 @@
 //! The one error type of the HTTP layer: every failure becomes a status and `{"message": ...}`.
+//!
+//! An internal error (a fault of the server's: its database, its files) tells the client only
+//! that it happened and under which request id; the detail, which may name the storage folder's
+//! paths or quote SQLite, goes to the server's log under that id.
 
 use axum::Json;
 use axum::extract::multipart::MultipartError;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::request_id;
 use crate::db::Trouble;
 use crate::storage::UploadError;
 
@@ -41,7 +46,7 @@ pub enum ApiError {
 }
 
 /// The body of every error response.
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Message {
     /// What went wrong, and what to do about it.
     #[schema(example = "no such precheck: 40b2eaa4-5a55-4a44-9d3c-2c5f0f4c9a9e")]
@@ -123,8 +128,11 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let message = match &self {
             ApiError::Internal(e) => {
-                tracing::error!("internal error: {e:#}");
-                format!("internal error: {e:#}")
+                // Made while the request is answered, inside its trace span: the log line
+                // carries the request's id too.
+                let id = request_id::current().unwrap_or_else(|| "-".into());
+                tracing::error!("internal error (request {id}): {e:#}");
+                format!("internal error (request {id})")
             }
             other => other.to_string(),
         };

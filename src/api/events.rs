@@ -8,26 +8,27 @@ use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::wrappers::ReceiverStream;
-use utoipa::ToSchema;
 use utoipa::openapi::schema::Object;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::error::Message;
+use super::error::{ApiError, Message};
+use super::extract::Caller;
 use super::openapi::string_enum;
-use super::prechecks::query_pairs;
-use super::{ApiError, Caller, rfc3339};
+use super::query;
+use super::respond::rfc3339;
+use super::state::AppState;
 use crate::model::RunStatus;
 use crate::queue::RunEvent;
-use crate::server::AppState;
 
 /// What happened to a run: its event's `Action`.
 const ACTIONS: [&str; 4] = ["created", "started", "finished", "cancelled"];
 
-/// An event's `Action`, as the `type` filter names it. Only its schema is used.
-enum EventAction {}
+/// An event's `Action`, as the `type` filter names it.
+struct EventAction(&'static str);
 
 impl utoipa::PartialSchema for EventAction {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
@@ -36,6 +37,36 @@ impl utoipa::PartialSchema for EventAction {
 }
 
 impl ToSchema for EventAction {}
+
+impl<'de> Deserialize<'de> for EventAction {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<EventAction, D::Error> {
+        query::text(d, |value| {
+            ACTIONS
+                .into_iter()
+                .find(|a| *a == value)
+                .map(EventAction)
+                .ok_or_else(|| {
+                    format!(
+                        "{value:?} is not an event: use one of {}",
+                        ACTIONS.join(", ")
+                    )
+                })
+        })
+    }
+}
+
+/// A run's id, as the `run` filter names it.
+struct RunId(Uuid);
+
+impl<'de> Deserialize<'de> for RunId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<RunId, D::Error> {
+        query::text(d, |value| {
+            Uuid::parse_str(value)
+                .map(RunId)
+                .map_err(|_| format!("{value:?} is not a run id"))
+        })
+    }
+}
 
 fn action(status: RunStatus) -> &'static str {
     match status {
@@ -117,46 +148,27 @@ impl From<&RunEvent> for EventBody {
     }
 }
 
-/// Which events a client asked for: any of these runs and any of these actions (all when empty).
+/// The query of `GET /api/v1/events`: which events a client asked for, any of these runs and
+/// any of these actions (all when left out).
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct Filter {
-    runs: Vec<Uuid>,
-    actions: Vec<&'static str>,
+    /// Only these runs' events (repeatable); all runs when left out.
+    #[param(value_type = Option<Vec<Uuid>>, explode)]
+    run: Option<Vec<RunId>>,
+    /// Only these events (repeatable); all when left out.
+    #[param(inline, explode)]
+    #[serde(rename = "type")]
+    actions: Option<Vec<EventAction>>,
 }
 
 impl Filter {
-    fn parse(query: Option<&str>) -> Result<Filter, ApiError> {
-        let mut filter = Filter {
-            runs: vec![],
-            actions: vec![],
-        };
-        for (key, value) in query_pairs(query)? {
-            match key.as_str() {
-                "run" => filter.runs.push(Uuid::parse_str(&value).map_err(|_| {
-                    ApiError::BadRequest(format!("run: {value:?} is not a run id"))
-                })?),
-                "type" => {
-                    filter
-                        .actions
-                        .push(ACTIONS.into_iter().find(|a| *a == value).ok_or_else(|| {
-                            ApiError::BadRequest(format!(
-                                "type: {value:?} is not an event: use one of {}",
-                                ACTIONS.join(", ")
-                            ))
-                        })?)
-                }
-                other => {
-                    return Err(ApiError::BadRequest(format!(
-                        "unknown query parameter {other:?}: use run or type"
-                    )));
-                }
-            }
-        }
-        Ok(filter)
-    }
-
     fn passes(&self, e: &RunEvent) -> bool {
-        (self.runs.is_empty() || self.runs.contains(&e.run_id))
-            && (self.actions.is_empty() || self.actions.contains(&action(e.status)))
+        let runs = self.run.as_deref().unwrap_or_default();
+        let actions = self.actions.as_deref().unwrap_or_default();
+        (runs.is_empty() || runs.iter().any(|RunId(id)| *id == e.run_id))
+            && (actions.is_empty() || actions.iter().any(|EventAction(a)| *a == action(e.status)))
     }
 }
 
@@ -170,10 +182,7 @@ impl Filter {
     path = "/api/v1/events",
     operation_id = "events",
     tag = "events",
-    params(
-        ("run" = Option<Vec<Uuid>>, Query, explode, description = "Only these runs' events (repeatable); all runs when left out."),
-        ("type" = inline(Option<Vec<EventAction>>), Query, explode, description = "Only these events (repeatable); all when left out."),
-    ),
+    params(Filter),
     responses(
         (status = 200, description = "The events, one JSON document a line, streamed.", body = EventLine, content_type = "application/x-ndjson"),
         (status = 400, description = "A bad filter: `run` not a UUID, `type` not an event, or an unknown parameter.", body = Message),
@@ -184,7 +193,7 @@ pub async fn events(
     caller: Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let filter = Filter::parse(query.as_deref())?;
+    let filter: Filter = query::parse(query.as_deref())?;
     let mut events = state.queue.subscribe();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(64);
     tokio::spawn(async move {
@@ -219,4 +228,35 @@ pub async fn events(
         Body::from_stream(ReceiverStream::new(rx)),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_are_read_or_refused_by_name() {
+        let id = Uuid::new_v4();
+        let filter: Filter =
+            query::parse(Some(&format!("type=finished&run={id}&type=cancelled"))).unwrap();
+        let actions: Vec<&str> = filter.actions.iter().flatten().map(|a| a.0).collect();
+        assert_eq!(actions, ["finished", "cancelled"]);
+        assert_eq!(filter.run.as_deref().map(<[RunId]>::len), Some(1));
+        for (query, message) in [
+            (
+                "type=died",
+                "type: \"died\" is not an event: use one of created, started, finished, cancelled",
+            ),
+            ("run=abc", "run: \"abc\" is not a run id"),
+            (
+                "since=1",
+                "unknown query parameter \"since\": use run or type",
+            ),
+        ] {
+            let refused = query::parse::<Filter>(Some(query))
+                .err()
+                .map(|e| e.to_string());
+            assert_eq!(refused.as_deref(), Some(message), "{query}");
+        }
+    }
 }

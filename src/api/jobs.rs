@@ -1,33 +1,31 @@
 //! `/api/v1/projects/{id}/jobs`: a project's simulations and builds. Jobs are runs: the same
 //! queue, states, `/wait`, logs and cancel as prechecks; their results are artefacts.
 
-use super::Path;
-use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Deserializer};
 use time::OffsetDateTime;
-use utoipa::ToSchema;
 use utoipa::openapi::schema::Object;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::error::Message;
+use super::error::{ApiError, Message};
+use super::extract::{Caller, Json, Path, parse_id};
 use super::logs::{LogParams, LogsBody, logs_of};
 use super::openapi::{Binary, nullable_string_enum, string_enum};
-use super::page::{Page, unknown_before};
-use super::prechecks::{
-    RunBody, WaitBody, cancel_run, notify_url, noun, query_pairs, tar_gz_response, wait_for,
-};
+use super::page::{Limit, Page, before};
 use super::projects::find as find_project;
-use super::{ApiError, Caller, Json, parse_id};
+use super::query;
+use super::respond::{attachment, tar_gz_response};
+use super::runs::{RunBody, WaitBody, WaitParams, cancel_run, notify_url, noun, wait_for};
+use super::state::AppState;
 use crate::db::{CreateJobError, NewRun, RunFilter};
 use crate::model::{
     BuildParams, ProjectFile, Run, RunKind, RunParams, RunStatus, SimulationParams, SimulationTool,
     check_project_path,
 };
 use crate::runner::ARTIFACTS;
-use crate::server::AppState;
 use crate::storage::open_inside;
 
 /// The kinds of job, as `NewJob.kind` and the `kind` filter name them.
@@ -43,8 +41,8 @@ fn tool() -> Object {
     tool
 }
 
-/// A job's kind, as the `kind` filter names it. Only its schema is used.
-enum JobKind {}
+/// A job's kind, as the `kind` filter names it.
+struct JobKind(RunKind);
 
 impl utoipa::PartialSchema for JobKind {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
@@ -53,6 +51,17 @@ impl utoipa::PartialSchema for JobKind {
 }
 
 impl ToSchema for JobKind {}
+
+impl<'de> Deserialize<'de> for JobKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<JobKind, D::Error> {
+        query::text(d, |value| match value.parse::<RunKind>() {
+            Ok(kind) if JOB_KINDS.contains(&kind) => Ok(JobKind(kind)),
+            _ => Err(format!(
+                "{value:?} is not a kind of job: use simulation or build"
+            )),
+        })
+    }
+}
 
 /// A job: a simulation (`kind`, `top`, `tool`?, `files`?) or a build (`kind`, `config`), each
 /// with `notify_url`?. A field of the other kind is refused.
@@ -341,6 +350,30 @@ fn declares_module(source: impl std::io::BufRead, name: &str) -> std::io::Result
     Ok((!word.is_empty() || too_long) && finish(&mut word, &mut too_long))
 }
 
+/// The query of `GET /api/v1/projects/{id}/jobs`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListParams {
+    /// Only jobs with one of these statuses (repeatable).
+    #[param(explode)]
+    status: Option<Vec<RunStatus>>,
+    /// Only jobs of these kinds (repeatable).
+    #[param(inline, explode)]
+    kind: Option<Vec<JobKind>>,
+    /// At most this many jobs (default 100).
+    #[param(value_type = Option<usize>, minimum = 1, maximum = 1000)]
+    limit: Option<Limit>,
+    /// Only jobs created before this one: the `X-Next-Before` of the previous page.
+    #[param(value_type = Option<Uuid>)]
+    #[serde(default, deserialize_with = "before_job")]
+    before: Option<Uuid>,
+}
+
+fn before_job<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Uuid>, D::Error> {
+    before(d, "job")
+}
+
 /// List a project's jobs
 ///
 /// Newest first, a page at a time (`limit`, `before`), as the precheck list.
@@ -351,10 +384,7 @@ fn declares_module(source: impl std::io::BufRead, name: &str) -> std::io::Result
     tag = "jobs",
     params(
         ("id" = Uuid, Path, description = "The project's id."),
-        ("status" = Option<Vec<RunStatus>>, Query, explode, description = "Only jobs with one of these statuses (repeatable)."),
-        ("kind" = inline(Option<Vec<JobKind>>), Query, explode, description = "Only jobs of these kinds (repeatable)."),
-        ("limit" = Option<usize>, Query, nullable = false, minimum = 1, maximum = 1000, description = "At most this many jobs (default 100)."),
-        ("before" = Option<Uuid>, Query, nullable = false, description = "Only jobs created before this one: the `X-Next-Before` of the previous page."),
+        ListParams,
     ),
     responses(
         (status = 200, description = "A page of the project's jobs, newest first.", body = Vec<RunBody>,
@@ -370,48 +400,25 @@ pub async fn list(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let project = find_project(&state, &caller, &project).await?;
-    let mut filter = RunFilter {
-        scope: caller.scope.clone(),
+    let params: ListParams = query::parse(query.as_deref())?;
+    let page = Page::new(params.limit, params.before);
+    page.check_before(&state.db, &caller.scope, "job", |run| {
+        run.kind() != RunKind::Precheck && run.params.project_id() == Some(project.id)
+    })
+    .await?;
+    let filter = RunFilter {
+        statuses: params.status.unwrap_or_default(),
+        kinds: params
+            .kind
+            .into_iter()
+            .flatten()
+            .map(|JobKind(k)| k)
+            .collect(),
+        scope: caller.scope,
         project_id: Some(project.id),
-        ..RunFilter::default()
+        before: page.before,
+        limit: Some(page.fetch()),
     };
-    let mut page = Page::default();
-    for (key, value) in query_pairs(query.as_deref())? {
-        if page.take(&key, &value, "job")? {
-            continue;
-        }
-        match key.as_str() {
-            "status" => filter.statuses.push(
-                value
-                    .parse::<RunStatus>()
-                    .map_err(|e| ApiError::BadRequest(format!("status: {e}")))?,
-            ),
-            "kind" => match value.parse::<RunKind>() {
-                Ok(kind) if kind != RunKind::Precheck => filter.kinds.push(kind),
-                _ => {
-                    return Err(ApiError::BadRequest(format!(
-                        "kind: {value:?} is not a kind of job: use simulation or build"
-                    )));
-                }
-            },
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?}: use status, kind, limit or before"
-                )));
-            }
-        }
-    }
-    if let Some(before) = page.before {
-        match state.db.run(before).await? {
-            Some(run)
-                if caller.scope.sees(run.owner.as_deref())
-                    && run.kind() != RunKind::Precheck
-                    && run.params.project_id() == Some(project.id) => {}
-            _ => return Err(unknown_before("job", before)),
-        }
-    }
-    filter.before = page.before;
-    filter.limit = Some(page.fetch());
     Ok(page.respond(state.db.runs_where(filter).await?))
 }
 
@@ -477,8 +484,7 @@ pub async fn cancel(
     params(
         ("id" = Uuid, Path, description = "The project's id."),
         ("job" = Uuid, Path, description = "The job's id."),
-        ("timeout" = Option<f64>, Query, nullable = false, minimum = 0, maximum = 86400, description = "How long to wait, in seconds (default 300)."),
-        ("condition" = Option<String>, Query, nullable = false, description = "Accepted for Docker clients, and ignored: the wait is always for the run's end."),
+        WaitParams,
     ),
     responses(
         (status = 200, description = "The job has ended.", body = WaitBody),
@@ -612,20 +618,7 @@ pub async fn artifact(
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         .collect();
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, len.to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{filename}\""),
-            ),
-        ],
-        Body::from_stream(tokio_util::io::ReaderStream::new(
-            tokio::fs::File::from_std(file),
-        )),
-    )
-        .into_response())
+    Ok(attachment(file, len, &filename))
 }
 
 /// A job whose artefacts are complete: it has finished.
@@ -700,5 +693,38 @@ mod tests {
             assert!(check_module(Some(bad.into())).is_err(), "{bad:?}");
         }
         assert!(check_module(None).is_err());
+    }
+}
+
+/// The list's query, read without a server.
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    #[test]
+    fn list_queries_are_read_or_refused_by_name() {
+        let q: ListParams = query::parse(Some("kind=build&status=failed&kind=simulation")).unwrap();
+        let kinds: Vec<RunKind> = q.kind.into_iter().flatten().map(|JobKind(k)| k).collect();
+        assert_eq!(kinds, [RunKind::Build, RunKind::Simulation]);
+        assert_eq!(q.status, Some(vec![RunStatus::Failed]));
+        for (query, message) in [
+            (
+                "kind=precheck",
+                "kind: \"precheck\" is not a kind of job: use simulation or build",
+            ),
+            (
+                "before=x",
+                "before: \"x\" is not a job id: give the X-Next-Before of the previous page",
+            ),
+            (
+                "tool=icarus",
+                "unknown query parameter \"tool\": use status, kind, limit or before",
+            ),
+        ] {
+            let refused = query::parse::<ListParams>(Some(query))
+                .err()
+                .map(|e| e.to_string());
+            assert_eq!(refused.as_deref(), Some(message), "{query}");
+        }
     }
 }

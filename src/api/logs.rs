@@ -1,4 +1,5 @@
-//! `/api/v1/prechecks/{id}/logs`: served from the run's log file, so logs outlive the container.
+//! A run's log over HTTP (`GET .../logs` of prechecks and jobs alike): served from the run's log
+//! file, so logs outlive the container.
 //!
 //! Without `follow`, a JSON document `{"lines", "since", "last_timestamp", "has_more"}` streamed
 //! as it is read; with `follow=true`, plain text lines, then new ones as the container prints
@@ -7,25 +8,22 @@
 use std::io::Write;
 use std::time::Duration;
 
-use super::Path;
 use axum::body::Body;
-use axum::extract::{RawQuery, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use tokio_stream::wrappers::ReceiverStream;
 use utoipa::openapi::RefOr;
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
-use utoipa::{PartialSchema, ToSchema};
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 use uuid::Uuid;
 
-use super::error::Message;
+use super::error::ApiError;
 use super::openapi::string_enum;
-use super::prechecks::{find, query_pairs};
-use super::{ApiError, Caller};
+use super::query;
+use super::state::AppState;
 use crate::logs::{self, Filter, Line};
 use crate::model::Run;
-use crate::server::AppState;
 use crate::storage::ChunkSender;
 
 // `write_json` streams this document without holding it; this type is its schema, and its test
@@ -34,7 +32,7 @@ use crate::storage::ChunkSender;
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
-pub(super) struct LogsBody {
+pub struct LogsBody {
     /// The lines, oldest first (with their RFC 3339 timestamp in front when `timestamps`).
     lines: Vec<String>,
     /// The `since` asked for, in Unix seconds (0 without).
@@ -46,8 +44,8 @@ pub(super) struct LogsBody {
     has_more: bool,
 }
 
-/// `tail`: a number of lines, or `all`. Only its schema is used.
-pub(super) enum Tail {}
+/// `tail`: a number of lines, or `all`.
+struct Tail(Option<usize>);
 
 impl PartialSchema for Tail {
     fn schema() -> RefOr<Schema> {
@@ -63,118 +61,94 @@ impl PartialSchema for Tail {
 
 impl ToSchema for Tail {}
 
-/// The query of `GET .../logs`, for prechecks and jobs alike. Only its parameters' schema is
-/// used: [`parse_query`] reads the query, saying what is wrong with it.
-#[derive(utoipa::IntoParams)]
+impl<'de> Deserialize<'de> for Tail {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Tail, D::Error> {
+        query::text(d, |value| match value {
+            "all" => Ok(Tail(None)),
+            n => n
+                .parse::<usize>()
+                .map(|n| Tail(Some(n)))
+                .map_err(|_| format!("{value:?} must be a number of lines or \"all\"")),
+        })
+    }
+}
+
+/// `since`: a time, as [`logs::parse_since`] reads it.
+struct Since(i64);
+
+impl<'de> Deserialize<'de> for Since {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Since, D::Error> {
+        query::text(d, |value| {
+            logs::parse_since(value).map(Since).ok_or_else(|| {
+                format!(
+                    "{value:?} must be a Unix time in seconds (up to 9 decimals, e.g. the last_timestamp of the previous answer) or an RFC 3339 time (e.g. a line's stamp with timestamps=true)"
+                )
+            })
+        })
+    }
+}
+
+/// A yes or no: `true`, `1`, `yes`; `false`, `0`, `no` or nothing.
+struct Flag(bool);
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Flag, D::Error> {
+        query::text(d, |value| match value {
+            "true" | "1" | "yes" => Ok(Flag(true)),
+            "false" | "0" | "no" | "" => Ok(Flag(false)),
+            _ => Err(format!("{value:?} must be true or false")),
+        })
+    }
+}
+
+/// The query of `GET .../logs`, for prechecks and jobs alike.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-#[allow(dead_code)]
-pub(super) struct LogParams {
+pub struct LogParams {
     /// Only lines stamped at or after this time, as Docker's `since`: Unix seconds with up to
     /// nine digits of fraction (`1795523829.123456789`, read exactly), or an RFC 3339 time such as
     /// a line's stamp with `timestamps=true`. E.g. the previous answer's `last_timestamp`.
     #[param(value_type = Option<String>, example = "1795523829.123456789")]
-    since: Option<String>,
+    since: Option<Since>,
     /// Only the last N lines, or `all` (the default).
-    #[param(value_type = Option<Tail>, inline)]
-    tail: Option<String>,
+    #[param(inline)]
+    tail: Option<Tail>,
     /// Put each line's RFC 3339 timestamp in front of it (`1`, `yes`, `0` and `no` too).
-    #[param(default = false)]
-    timestamps: Option<bool>,
+    #[param(value_type = Option<bool>, default = false)]
+    timestamps: Option<Flag>,
     /// Send text lines, then new ones as the container prints them, until the run ends (`1`,
     /// `yes`, `0` and `no` too).
-    #[param(default = false)]
-    follow: Option<bool>,
+    #[param(value_type = Option<bool>, default = false)]
+    follow: Option<Flag>,
 }
 
+/// What a log request asks for.
 struct LogQuery {
     filter: Filter,
     timestamps: bool,
     follow: bool,
 }
 
-fn parse_query(query: Option<&str>) -> Result<LogQuery, ApiError> {
-    let mut q = LogQuery {
-        filter: Filter::default(),
-        timestamps: false,
-        follow: false,
-    };
-    for (key, value) in query_pairs(query)? {
-        match key.as_str() {
-            "since" => {
-                let since = logs::parse_since(&value).ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "since: {value:?} must be a Unix time in seconds (up to 9 decimals, e.g. the last_timestamp of the previous answer) or an RFC 3339 time (e.g. a line's stamp with timestamps=true)"
-                    ))
-                })?;
-                q.filter.since = Some(since);
-            }
-            "tail" => {
-                q.filter.tail = match value.as_str() {
-                    "all" => None,
-                    n => Some(n.parse::<usize>().map_err(|_| {
-                        ApiError::BadRequest(format!(
-                            "tail: {value:?} must be a number of lines or \"all\""
-                        ))
-                    })?),
-                }
-            }
-            "timestamps" => q.timestamps = parse_bool("timestamps", &value)?,
-            "follow" => q.follow = parse_bool("follow", &value)?,
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?}: use since, tail, timestamps or follow"
-                )));
-            }
+impl From<LogParams> for LogQuery {
+    fn from(p: LogParams) -> LogQuery {
+        LogQuery {
+            filter: Filter {
+                since: p.since.map(|Since(t)| t),
+                tail: p.tail.and_then(|Tail(n)| n),
+            },
+            timestamps: p.timestamps.is_some_and(|Flag(f)| f),
+            follow: p.follow.is_some_and(|Flag(f)| f),
         }
     }
-    Ok(q)
 }
 
-fn parse_bool(key: &str, value: &str) -> Result<bool, ApiError> {
-    match value {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" | "" => Ok(false),
-        _ => Err(ApiError::BadRequest(format!(
-            "{key}: {value:?} must be true or false"
-        ))),
-    }
-}
-
-/// A precheck's logs
-///
-/// Served from the run's log file, so they outlive the container. Without `follow`, one JSON
-/// document; with `follow=true`, plain text lines, then new ones as the container prints them,
-/// until the run ends.
-#[utoipa::path(
-    get,
-    path = "/api/v1/prechecks/{id}/logs",
-    operation_id = "precheck_logs",
-    tag = "prechecks",
-    params(
-        ("id" = Uuid, Path, description = "The precheck's id."),
-        LogParams,
-    ),
-    responses(
-        (status = 200, description = "The log: JSON, or with `follow=true` text lines streamed until the run ends.", content(
-            (LogsBody = "application/json"),
-            (String = "text/plain; charset=utf-8"),
-        )),
-        (status = 400, description = "A bad parameter.", body = Message),
-        (status = 404, description = "No such precheck (or another key's).", body = Message),
-    )
-)]
-pub async fn logs(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    let run = find(&state, &caller, &id).await?;
-    logs_of(state, run, query).await
+fn parse_query(query: Option<&str>) -> Result<LogQuery, ApiError> {
+    query::parse::<LogParams>(query).map(LogQuery::from)
 }
 
 /// A run's log, as `GET .../logs` answers for prechecks and jobs alike.
-pub(super) async fn logs_of(
+pub async fn logs_of(
     state: AppState,
     run: Run,
     query: Option<String>,
@@ -334,5 +308,40 @@ mod tests {
                 _ => assert_eq!(body.lines, ["2026-11-24T12:37:10Z second"]),
             }
         }
+    }
+
+    #[test]
+    fn log_queries_are_read_or_refused_by_name() {
+        let q = parse_query(Some("since=1.5&tail=3&timestamps=yes&follow=")).unwrap();
+        assert_eq!(q.filter.since, Some(1_500_000_000));
+        assert_eq!(q.filter.tail, Some(3));
+        assert!(q.timestamps && !q.follow);
+        let q = parse_query(Some("tail=all&follow=1")).unwrap();
+        assert_eq!(q.filter.tail, None);
+        assert!(q.follow && !q.timestamps);
+        for (query, message) in [
+            (
+                "tail=abc",
+                "tail: \"abc\" must be a number of lines or \"all\"",
+            ),
+            (
+                "tail=-5",
+                "tail: \"-5\" must be a number of lines or \"all\"",
+            ),
+            ("follow=maybe", "follow: \"maybe\" must be true or false"),
+            ("timestamps=2", "timestamps: \"2\" must be true or false"),
+            (
+                "lines=5",
+                "unknown query parameter \"lines\": use since, tail, timestamps or follow",
+            ),
+        ] {
+            let refused = parse_query(Some(query)).err().map(|e| e.to_string());
+            assert_eq!(refused.as_deref(), Some(message), "{query}");
+        }
+        let refused = parse_query(Some("since=x")).err().map(|e| e.to_string());
+        assert!(
+            refused.is_some_and(|m| m.starts_with("since: \"x\" must be a Unix time")),
+            "since=x"
+        );
     }
 }

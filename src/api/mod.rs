@@ -1,42 +1,51 @@
-//! Everything HTTP: the router, the error type and one module per resource. Docker-style
+//! Everything HTTP: the router and one module per resource, over the parts they share. Docker-style
 //! PascalCase DTOs live here and nowhere else.
+//!
+//! This file is the top: it assembles the router from its children, and no child uses what is
+//! defined here. What children share has a module of its own: `state` (what a handler may use),
+//! `error` (the one error type), `extract` (the caller, `Json`, `Path`), `query` (typed query
+//! strings), `respond` (downloads, tarballs, times), `request_id`, `page` (run lists), `runs`
+//! (what prechecks and jobs share: the run's body, `/wait`, cancel) and `logs` (a run's log).
 
 mod auth;
 mod conn;
 mod error;
 mod events;
+mod extract;
 mod jobs;
 mod logs;
 mod openapi;
 mod page;
 mod prechecks;
 mod projects;
+mod query;
+mod request_id;
+mod respond;
+mod runs;
+mod state;
 mod system;
 mod uploads;
-pub mod webhooks;
 
-use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
-use axum::extract::{DefaultBodyLimit, FromRequest};
-use axum::http::{HeaderValue, Method, Uri};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::http::{Method, Uri};
+use axum::{Extension, Router};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
-use uuid::Uuid;
 
-pub use auth::Caller;
 pub use conn::serve;
-pub use error::ApiError;
-pub use prechecks::RunBody;
-pub use uploads::LayoutBody;
-
-use crate::server::AppState;
+pub use error::{ApiError, Message};
+pub use respond::rfc3339;
+pub use runs::{RunBody, WaitBody};
+pub use state::AppState;
+pub use system::Health;
+pub use uploads::{LayoutBody, UploadBody};
 
 /// The whole API: [`routes`] behind the key check, the request's trace span and its id.
 pub fn router(state: AppState) -> Router {
-    let (routes, _) = routes();
+    let (routes, spec) = routes();
     routes
+        .layer(Extension(openapi::Document::new(&spec)))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::authenticate,
@@ -46,7 +55,7 @@ pub fn router(state: AppState) -> Router {
                 .make_span_with(|req: &Request| {
                     let id = req
                         .headers()
-                        .get(REQUEST_ID)
+                        .get(request_id::HEADER)
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or_default();
                     tracing::info_span!(
@@ -61,7 +70,7 @@ pub fn router(state: AppState) -> Router {
                     tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO),
                 ),
         )
-        .layer(axum::middleware::from_fn(request_id))
+        .layer(axum::middleware::from_fn(request_id::middleware))
         .with_state(state)
 }
 
@@ -84,7 +93,7 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(prechecks::create, prechecks::list))
         .routes(routes!(prechecks::inspect, prechecks::cancel))
         .routes(routes!(prechecks::wait))
-        .routes(routes!(logs::logs))
+        .routes(routes!(prechecks::logs))
         .routes(routes!(prechecks::output))
         .routes(routes!(prechecks::debug))
         .routes(routes!(projects::create, projects::list))
@@ -109,31 +118,6 @@ pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     (router, openapi::finish(spec))
 }
 
-/// The header that carries a request's id, both ways.
-const REQUEST_ID: &str = "x-request-id";
-
-/// Gives every request an id, the client's `X-Request-Id` if it is a plain token of at most 128
-/// characters (else a new UUID), which every log line of the request carries and the answer
-/// echoes.
-async fn request_id(mut req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| {
-            (1..=128).contains(&v.len())
-                && v.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
-        })
-        .map(String::from);
-    let id = given.unwrap_or_else(|| Uuid::new_v4().to_string());
-    let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"));
-    req.headers_mut().insert(REQUEST_ID, value.clone());
-    let mut response = next.run(req).await;
-    response.headers_mut().insert(REQUEST_ID, value);
-    response
-}
-
 async fn no_route(method: Method, uri: Uri) -> ApiError {
     ApiError::NotFound(format!(
         "no route for {method} {}: see the API table in README.md",
@@ -146,41 +130,4 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
         "{method} is not allowed on {}: see the API table in README.md",
         uri.path()
     ))
-}
-
-/// `axum::Json` whose rejection is an [`ApiError`], so a malformed body gets `{"message"}`.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct Json<T>(pub T);
-
-/// `axum::extract::Path` whose rejection is an [`ApiError`], so a path segment that is not UTF-8
-/// once percent-decoded (`/api/v1/prechecks/%FF`) gets `{"message"}`.
-#[derive(axum::extract::FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct Path<T>(pub T);
-
-impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
-    fn into_response(self) -> axum::response::Response {
-        axum::Json(self.0).into_response()
-    }
-}
-
-/// A path id: anything that is not a UUID names nothing, so it is a 404 like an unknown id.
-fn parse_id(id: &str, what: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id)
-        .map_err(|_| ApiError::NotFound(format!("no such {what}: {id:?} (ids are UUIDs)")))
-}
-
-/// The length a request declares for its body, if it does.
-fn content_length(headers: &axum::http::HeaderMap) -> Option<u64> {
-    headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-}
-
-/// A time as the API writes it: RFC 3339, UTC.
-pub fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }

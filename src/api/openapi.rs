@@ -6,10 +6,12 @@
 //! the code that does it: the key check of `auth.rs` (which routes need a key, and its 400, 401,
 //! 403 and 500) and the request id; and it writes axum's catch-all `{*path}` as OpenAPI's `{path}`.
 
-use std::sync::LazyLock;
+use std::sync::Arc;
 
+use axum::Extension;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn, PathItem};
 use utoipa::openapi::response::ResponseBuilder;
@@ -24,16 +26,13 @@ use utoipa::openapi::{
 };
 use utoipa::{PartialSchema, ToSchema};
 
-use super::ApiError;
 use super::auth::is_public;
-use super::error::Message;
+use super::error::{ApiError, Message};
+use super::request_id;
 
 /// The security schemes' names.
 const BEARER: &str = "bearer";
 const API_KEY: &str = "apiKey";
-
-/// The header that carries a request's id, both ways (see `super::request_id`).
-const REQUEST_ID: &str = "X-Request-Id";
 
 const DESCRIPTION: &str = "\
 Runs the gf180mcu precheck on uploaded chip layouts (GDSII, gzip'd GDSII or OASIS) in isolated \
@@ -51,7 +50,7 @@ most 128 letters, digits and `-_.:`, else a new UUID. Every answer echoes it, an
 server logs about the request carries it.";
 
 /// The document before the routes add their paths and schemas.
-pub(super) fn base() -> OpenApi {
+pub fn base() -> OpenApi {
     let bearer = HttpBuilder::new()
         .scheme(HttpAuthScheme::Bearer)
         .description(Some("An API key: `Authorization: Bearer <key>`."))
@@ -108,7 +107,7 @@ pub(super) fn base() -> OpenApi {
 
 /// Adds what every route shares, from the middleware that does it, and writes axum's
 /// catch-all `{*name}` as `{name}`.
-pub(super) fn finish(mut spec: OpenApi) -> OpenApi {
+pub fn finish(mut spec: OpenApi) -> OpenApi {
     let paths = std::mem::take(&mut spec.paths.paths);
     spec.paths.paths = paths
         .into_iter()
@@ -194,9 +193,9 @@ fn add_auth(operation: &mut Operation) {
     responses.entry("403".into()).or_insert_with(|| {
         message("The client's address is not in the server's `auth.allowed_ips`.")
     });
-    responses
-        .entry("500".into())
-        .or_insert_with(|| message("The server failed (its database, say); the message says how."));
+    responses.entry("500".into()).or_insert_with(|| {
+        message("The server failed (its database, say): the message is `internal error (request <id>)`, and the server's log has the detail under that request id.")
+    });
 }
 
 /// What `request_id` does for every request: reads the client's id, echoes it in the answer.
@@ -208,7 +207,7 @@ fn add_request_id(operation: &mut Operation) {
             .build()
     };
     let parameter = ParameterBuilder::new()
-        .name(REQUEST_ID)
+        .name(request_id::HEADER_NAME)
         .parameter_in(ParameterIn::Header)
         .required(Required::False)
         .description(Some(
@@ -223,7 +222,7 @@ fn add_request_id(operation: &mut Operation) {
     for response in operation.responses.responses.values_mut() {
         if let RefOr::T(response) = response {
             response.headers.insert(
-                REQUEST_ID.into(),
+                request_id::HEADER_NAME.into(),
                 HeaderBuilder::new()
                     .schema(token())
                     .description(Some("The request's id."))
@@ -234,7 +233,7 @@ fn add_request_id(operation: &mut Operation) {
 }
 
 /// A string that is one of `values`.
-pub(super) fn string_enum<'a>(values: impl IntoIterator<Item = &'a str>) -> Object {
+pub fn string_enum<'a>(values: impl IntoIterator<Item = &'a str>) -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .enum_values(Some(values))
@@ -242,7 +241,7 @@ pub(super) fn string_enum<'a>(values: impl IntoIterator<Item = &'a str>) -> Obje
 }
 
 /// An optional field that is one of `values`, or null (as for any `Option` field).
-pub(super) fn nullable_string_enum<'a>(values: impl IntoIterator<Item = &'a str>) -> Object {
+pub fn nullable_string_enum<'a>(values: impl IntoIterator<Item = &'a str>) -> Object {
     let values = values
         .into_iter()
         .map(serde_json::Value::from)
@@ -267,9 +266,18 @@ impl PartialSchema for Binary {
 
 impl ToSchema for Binary {}
 
-/// The document as served, made once.
-static SPEC: LazyLock<Result<String, String>> =
-    LazyLock::new(|| super::routes().1.to_json().map_err(|e| e.to_string()));
+/// The document as served: written once, when the router is made (`super::router`, which
+/// puts it on every request), from the same routes.
+#[derive(Clone)]
+pub struct Document(Arc<Result<Bytes, String>>);
+
+impl Document {
+    pub fn new(spec: &OpenApi) -> Document {
+        Document(Arc::new(
+            spec.to_json().map(Bytes::from).map_err(|e| e.to_string()),
+        ))
+    }
+}
 
 /// This document.
 #[utoipa::path(
@@ -282,9 +290,14 @@ static SPEC: LazyLock<Result<String, String>> =
         (status = 500, description = "The document could not be written.", body = Message),
     )
 )]
-pub async fn spec() -> Result<Response, ApiError> {
-    let json = SPEC.as_ref().map_err(|e| {
+pub async fn spec(document: Option<Extension<Document>>) -> Result<Response, ApiError> {
+    let Some(Extension(Document(json))) = document else {
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "the router was made without the OpenAPI document"
+        )));
+    };
+    let json = json.as_ref().as_ref().map_err(|e| {
         ApiError::Internal(anyhow::anyhow!("cannot write the OpenAPI document: {e}"))
     })?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], json.as_str()).into_response())
+    Ok(([(header::CONTENT_TYPE, "application/json")], json.clone()).into_response())
 }

@@ -2,13 +2,17 @@
 //! runs, newest first, and `before=<id>` for the runs older than that one. The answer stays a
 //! bare JSON array (as the Python server's); the next page's cursor is in `X-Next-Before`.
 
-use axum::Json;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Deserializer};
 use uuid::Uuid;
 
-use super::{ApiError, RunBody};
-use crate::model::Run;
+use super::error::ApiError;
+use super::extract::Json;
+use super::query;
+use super::runs::RunBody;
+use crate::db::Db;
+use crate::model::{Run, Scope};
 
 /// How many runs a page holds unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -18,47 +22,68 @@ pub const MAX_LIMIT: usize = 1000;
 /// The header that holds the next page's `before`, present when there are older runs.
 pub const NEXT_BEFORE: HeaderName = HeaderName::from_static("x-next-before");
 
+/// A list's `limit`: from 1 to [`MAX_LIMIT`] runs.
+pub struct Limit(usize);
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Limit, D::Error> {
+        query::text(d, |value| {
+            value
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_LIMIT).contains(n))
+                .map(Limit)
+                .ok_or_else(|| {
+                    format!(
+                        "{value:?} must be a number of runs from 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})"
+                    )
+                })
+        })
+    }
+}
+
+/// A list's `before`: the id of a run of the list. `what` names the listed runs in messages
+/// ("precheck", "job"); for a `deserialize_with` of the list's parameters.
+pub fn before<'de, D: Deserializer<'de>>(d: D, what: &str) -> Result<Option<Uuid>, D::Error> {
+    query::text(d, |value| {
+        Uuid::parse_str(value).map(Some).map_err(|_| {
+            format!("{value:?} is not a {what} id: give the X-Next-Before of the previous page")
+        })
+    })
+}
+
 /// Which page of a list to answer.
 pub struct Page {
     pub limit: usize,
     pub before: Option<Uuid>,
 }
 
-impl Default for Page {
-    fn default() -> Self {
+impl Page {
+    /// The page a list's `limit` and `before` ask for.
+    pub fn new(limit: Option<Limit>, before: Option<Uuid>) -> Page {
         Page {
-            limit: DEFAULT_LIMIT,
-            before: None,
+            limit: limit.map_or(DEFAULT_LIMIT, |Limit(n)| n),
+            before,
         }
     }
-}
 
-impl Page {
-    /// Reads `limit` and `before` of a list's query; false for any other key. `what` names the
-    /// listed runs in messages ("precheck", "job").
-    pub fn take(&mut self, key: &str, value: &str, what: &str) -> Result<bool, ApiError> {
-        match key {
-            "limit" => {
-                self.limit = value
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|n| (1..=MAX_LIMIT).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(format!(
-                            "limit: {value:?} must be a number of runs from 1 to {MAX_LIMIT} (default {DEFAULT_LIMIT})"
-                        ))
-                    })?;
-                Ok(true)
-            }
-            "before" => {
-                self.before = Some(Uuid::parse_str(value).map_err(|_| {
-                    ApiError::BadRequest(format!(
-                        "before: {value:?} is not a {what} id: give the X-Next-Before of the previous page"
-                    ))
-                })?);
-                Ok(true)
-            }
-            _ => Ok(false),
+    /// Refuses a `before` that is not a run of the list (`of_list`) the caller may see: another
+    /// key's, another project's, deleted meanwhile. `what` names the listed runs.
+    pub async fn check_before(
+        &self,
+        db: &Db,
+        scope: &Scope,
+        what: &str,
+        of_list: impl FnOnce(&Run) -> bool,
+    ) -> Result<(), ApiError> {
+        let Some(before) = self.before else {
+            return Ok(());
+        };
+        match db.run(before).await? {
+            Some(run) if scope.sees(run.owner.as_deref()) && of_list(&run) => Ok(()),
+            _ => Err(ApiError::BadRequest(format!(
+                "before: no such {what}: {before} (it may have been deleted meanwhile: start again from the first page)"
+            ))),
         }
     }
 
@@ -82,12 +107,4 @@ impl Page {
         }
         response
     }
-}
-
-/// The refusal of a `before` that is not a run of the list (another key's, another project's,
-/// deleted meanwhile).
-pub fn unknown_before(what: &str, id: Uuid) -> ApiError {
-    ApiError::BadRequest(format!(
-        "before: no such {what}: {id} (it may have been deleted meanwhile: start again from the first page)"
-    ))
 }

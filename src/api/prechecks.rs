@@ -1,34 +1,31 @@
-//! `/api/v1/prechecks`: create, list, inspect, wait, cancel, the checked layout and the debug
-//! tarball.
+//! `/api/v1/prechecks`: create, list, inspect, wait, cancel, logs, the checked layout and the
+//! debug tarball.
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
-use super::Path;
-use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use time::OffsetDateTime;
-use tokio_stream::wrappers::ReceiverStream;
-use utoipa::openapi::RefOr;
-use utoipa::openapi::schema::{Object, Schema};
-use utoipa::{PartialSchema, ToSchema};
+use utoipa::openapi::schema::Object;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::error::Message;
-use super::openapi::{Binary, nullable_string_enum, string_enum};
-use super::page::{Page, unknown_before};
+use super::error::{ApiError, Message};
+use super::extract::{Caller, Json, Path, parse_id};
+use super::logs::{LogParams, LogsBody, logs_of};
+use super::openapi::{Binary, nullable_string_enum};
+use super::page::{Limit, Page, before};
+use super::query;
+use super::respond::{attachment, tar_gz_response};
+use super::runs::{RunBody, WaitBody, WaitParams, cancel_run, notify_url, wait_for};
+use super::state::AppState;
 use super::uploads::{record, upload_error};
-use super::{ApiError, Caller, Json, parse_id, rfc3339};
-use crate::db::{Cancel, CreateRunError, Created, Idempotency, KeyUse, NewRun, RunFilter};
+use crate::db::{CreateRunError, Created, Idempotency, KeyUse, NewRun, RunFilter};
 use crate::layout::{EXPECTED_DBU_MICRONS, Layout};
-use crate::model::{PrecheckParams, Run, RunKind, RunParams, RunStatus, SLOTS};
+use crate::model::{PrecheckParams, Run, RunKind, RunStatus, SLOTS};
 use crate::runner::final_gds;
-use crate::server::AppState;
-use crate::storage::{ChunkSender, OUTPUT_LAYOUT, open_inside, open_regular, write_tar_gz};
+use crate::storage::{OUTPUT_LAYOUT, open_inside, open_regular};
 
 /// A precheck to run: of an upload, or of the final layout of a completed build job (give one of
 /// `upload_id` and `job_id`).
@@ -68,163 +65,6 @@ fn slot_schema() -> Object {
     let mut slot = nullable_string_enum(SLOTS);
     slot.default = Some("1x1".into());
     slot
-}
-
-/// A run: a precheck, or a project's simulation or build job.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "PascalCase")]
-pub struct RunBody {
-    id: Uuid,
-    kind: RunKind,
-    /// RFC 3339.
-    created: String,
-    /// The `sha256:` id of the image that ran (or runs) it.
-    #[schema(required = true)]
-    image: Option<String>,
-    state: RunState,
-    config: RunConfig,
-    /// The name of the API key that created it (none without authentication).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    owner: Option<String>,
-    /// Where it stands in the queue, while it is queued.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    queue: Option<QueueBody>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "PascalCase")]
-struct RunState {
-    status: RunStatus,
-    /// Once it has finished: 0 passed, 1 a check failed, 2 bad arguments, 124 timed out,
-    /// 125 not run (or lost), 130 cancelled, 137 killed (e.g. out of memory).
-    #[schema(required = true)]
-    exit_code: Option<i64>,
-    /// Why it did not pass, in a sentence a person can act on.
-    #[schema(required = true)]
-    error: Option<String>,
-    /// RFC 3339.
-    #[schema(required = true)]
-    started_at: Option<String>,
-    /// RFC 3339.
-    #[schema(required = true)]
-    finished_at: Option<String>,
-    #[serde(rename = "OOMKilled")]
-    oom_killed: bool,
-    /// A build's LibreLane step, read from its log.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(nullable = false)]
-    progress: Option<ProgressBody>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "PascalCase")]
-struct ProgressBody {
-    step: u32,
-    name: String,
-    /// How many steps the flow has, once known (see docs/decisions.md).
-    #[schema(required = true)]
-    count: Option<u32>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "PascalCase")]
-struct RunConfig {
-    /// The image's name.
-    image: String,
-    /// A precheck's `upload_id`, `top_cell`, `die_id`, `slot` and `cob`; a simulation's
-    /// `project_id`, `tool`, `top` and `files`; a build's `project_id` and `config`.
-    labels: BTreeMap<&'static str, String>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "PascalCase")]
-struct QueueBody {
-    /// 1 for the next to start.
-    position: u64,
-    length: u64,
-}
-
-/// What a run is.
-impl PartialSchema for RunKind {
-    fn schema() -> RefOr<Schema> {
-        string_enum(RunKind::ALL.map(RunKind::as_str)).into()
-    }
-}
-
-impl ToSchema for RunKind {}
-
-/// Where a run stands.
-impl PartialSchema for RunStatus {
-    fn schema() -> RefOr<Schema> {
-        string_enum(RunStatus::ALL.map(RunStatus::as_str)).into()
-    }
-}
-
-impl ToSchema for RunStatus {}
-
-impl Serialize for RunKind {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl Serialize for RunStatus {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl From<&Run> for RunBody {
-    fn from(run: &Run) -> RunBody {
-        let labels = match &run.params {
-            RunParams::Precheck(p) => BTreeMap::from([
-                ("upload_id", p.upload_id.to_string()),
-                ("top_cell", p.top_cell.clone()),
-                ("die_id", p.die_id.clone()),
-                ("slot", p.slot.clone()),
-                ("cob", p.cob.to_string()),
-            ]),
-            RunParams::Simulation(p) => BTreeMap::from([
-                ("project_id", p.project_id.to_string()),
-                ("tool", p.tool.as_str().to_string()),
-                ("top", p.top.clone()),
-                ("files", p.sources.join(" ")),
-            ]),
-            RunParams::Build(p) => BTreeMap::from([
-                ("project_id", p.project_id.to_string()),
-                ("config", p.config.clone()),
-            ]),
-        };
-        RunBody {
-            id: run.id,
-            kind: run.kind(),
-            created: rfc3339(run.created),
-            image: run.image_id.clone(),
-            state: RunState {
-                status: run.status,
-                exit_code: run.exit_code,
-                error: run.error.clone(),
-                started_at: run.started_at.map(rfc3339),
-                finished_at: run.finished_at.map(rfc3339),
-                oom_killed: run.oom_killed,
-                progress: run.progress.as_ref().map(|p| ProgressBody {
-                    step: p.step,
-                    name: p.name.clone(),
-                    count: p.count,
-                }),
-            },
-            config: RunConfig {
-                image: run.image.clone(),
-                labels,
-            },
-            owner: run.owner.clone(),
-            queue: run
-                .queue
-                .map(|(position, length)| QueueBody { position, length }),
-        }
-    }
 }
 
 /// Create a precheck
@@ -403,21 +243,6 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// A run's webhook: the one asked for (checked against the config), or the config's default.
-pub(super) fn notify_url(
-    state: &AppState,
-    given: Option<String>,
-) -> Result<Option<String>, ApiError> {
-    let hooks = &state.config.webhooks;
-    match given {
-        Some(url) => hooks
-            .check_url(&url)
-            .map(|u| Some(u.to_string()))
-            .map_err(|e| ApiError::BadRequest(format!("notify_url: {e}"))),
-        None => Ok(hooks.default_url.as_ref().map(|u| u.to_string())),
-    }
-}
-
 /// Makes the final layout of a completed build job an upload (inspected like any), for a
 /// precheck of it.
 async fn upload_build(state: &AppState, caller: &Caller, job: &str) -> Result<Uuid, ApiError> {
@@ -563,6 +388,27 @@ fn check_top_cell(top: String) -> Result<String, ApiError> {
     }
 }
 
+/// The query of `GET /api/v1/prechecks`.
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ListParams {
+    /// Only runs with one of these statuses (repeatable).
+    #[param(explode)]
+    status: Option<Vec<RunStatus>>,
+    /// At most this many runs (default 100).
+    #[param(value_type = Option<usize>, minimum = 1, maximum = 1000)]
+    limit: Option<Limit>,
+    /// Only runs created before this one: the `X-Next-Before` of the previous page.
+    #[param(value_type = Option<Uuid>)]
+    #[serde(default, deserialize_with = "before_precheck")]
+    before: Option<Uuid>,
+}
+
+fn before_precheck<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Uuid>, D::Error> {
+    before(d, "precheck")
+}
+
 /// List prechecks
 ///
 /// Newest first, a page at a time: `limit` runs (default 100), and the runs older than
@@ -573,11 +419,7 @@ fn check_top_cell(top: String) -> Result<String, ApiError> {
     path = "/api/v1/prechecks",
     operation_id = "precheck_list",
     tag = "prechecks",
-    params(
-        ("status" = Option<Vec<RunStatus>>, Query, explode, description = "Only runs with one of these statuses (repeatable)."),
-        ("limit" = Option<usize>, Query, nullable = false, minimum = 1, maximum = 1000, description = "At most this many runs (default 100)."),
-        ("before" = Option<Uuid>, Query, nullable = false, description = "Only runs created before this one: the `X-Next-Before` of the previous page."),
-    ),
+    params(ListParams),
     responses(
         (status = 200, description = "A page of the prechecks the key may see, newest first.", body = Vec<RunBody>,
             headers(("X-Next-Before" = Uuid, description = "Present when older prechecks follow: the `before` of the next page."))),
@@ -589,36 +431,16 @@ pub async fn list(
     caller: Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let mut statuses = Vec::new();
-    let mut page = Page::default();
-    for (key, value) in query_pairs(query.as_deref())? {
-        if page.take(&key, &value, "precheck")? {
-            continue;
-        }
-        match key.as_str() {
-            "status" => statuses.push(
-                value
-                    .parse::<RunStatus>()
-                    .map_err(|e| ApiError::BadRequest(format!("status: {e}")))?,
-            ),
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?}: use status, limit or before"
-                )));
-            }
-        }
-    }
-    if let Some(before) = page.before {
-        match state.db.run(before).await? {
-            Some(run)
-                if caller.scope.sees(run.owner.as_deref()) && run.kind() == RunKind::Precheck => {}
-            _ => return Err(unknown_before("precheck", before)),
-        }
-    }
+    let params: ListParams = query::parse(query.as_deref())?;
+    let page = Page::new(params.limit, params.before);
+    page.check_before(&state.db, &caller.scope, "precheck", |run| {
+        run.kind() == RunKind::Precheck
+    })
+    .await?;
     let runs = state
         .db
         .runs_where(RunFilter {
-            statuses,
+            statuses: params.status.unwrap_or_default(),
             scope: caller.scope,
             kinds: vec![RunKind::Precheck],
             project_id: None,
@@ -650,26 +472,6 @@ pub async fn inspect(
     Ok(Json(RunBody::from(&run)))
 }
 
-/// How a run ended, as Docker's `/wait` says it.
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "PascalCase")]
-pub struct WaitBody {
-    /// 0 passed; see `State.ExitCode` of a run.
-    status_code: i64,
-    /// Why it did not pass; null when it passed.
-    #[schema(required = true)]
-    error: Option<WaitError>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "PascalCase")]
-struct WaitError {
-    message: String,
-}
-
-/// How long `/wait` may be asked to wait.
-const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
-
 /// Wait for a precheck
 ///
 /// Blocks until the run ends, and answers the moment it does.
@@ -680,8 +482,7 @@ const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
     tag = "prechecks",
     params(
         ("id" = Uuid, Path, description = "The precheck's id."),
-        ("timeout" = Option<f64>, Query, nullable = false, minimum = 0, maximum = 86400, description = "How long to wait, in seconds (default 300)."),
-        ("condition" = Option<String>, Query, nullable = false, description = "Accepted for Docker clients, and ignored: the wait is always for the run's end."),
+        WaitParams,
     ),
     responses(
         (status = 200, description = "The run has ended.", body = WaitBody),
@@ -700,74 +501,6 @@ pub async fn wait(
     let run = find(&state, &caller, &id).await?;
     wait_for(&state, &run, query).await
 }
-
-/// What a run is called in messages: `precheck`, `simulation job`, `build job`.
-pub(super) fn noun(kind: RunKind) -> &'static str {
-    match kind {
-        RunKind::Precheck => "precheck",
-        RunKind::Simulation => "simulation job",
-        RunKind::Build => "build job",
-    }
-}
-
-/// Blocks until a run is terminal, as `POST .../wait` answers for prechecks and jobs alike.
-pub(super) async fn wait_for(
-    state: &AppState,
-    run: &Run,
-    query: Option<String>,
-) -> Result<Json<WaitBody>, ApiError> {
-    let (id, what) = (run.id, noun(run.kind()));
-    let mut timeout = Duration::from_secs(300);
-    for (key, value) in query_pairs(query.as_deref())? {
-        match key.as_str() {
-            "timeout" => {
-                timeout = value
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|t| t.is_finite() && *t >= 0.0)
-                    .map(Duration::from_secs_f64)
-                    .filter(|t| *t <= MAX_WAIT)
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(format!(
-                            "timeout: {value:?} must be a number of seconds from 0 to {}",
-                            MAX_WAIT.as_secs()
-                        ))
-                    })?
-            }
-            "condition" => {}
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown query parameter {other:?}: use timeout"
-                )));
-            }
-        }
-    }
-    let run = state
-        .queue
-        .wait(id, timeout)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no such {what}: {id}")))?;
-    if !run.status.is_terminal() && state.queue.is_stopping() {
-        return Err(ApiError::Unavailable(format!(
-            "the server is shutting down; {what} {id} is still {} and goes on: call /wait again once the server is back",
-            run.status
-        )));
-    }
-    if !run.status.is_terminal() {
-        return Err(ApiError::Timeout(format!(
-            "{what} {id} is still {} after {} s: call /wait again",
-            run.status,
-            timeout.as_secs_f64()
-        )));
-    }
-    Ok(Json(WaitBody {
-        status_code: run.exit_code.unwrap_or(crate::model::exit_code::NOT_RUN),
-        error: run.error.map(|message| WaitError { message }),
-    }))
-}
-
-/// How long a cancel waits for the container to be stopped and the run recorded.
-const CANCEL_WAIT: Duration = Duration::from_secs(30);
 
 /// Cancel a precheck
 ///
@@ -793,27 +526,38 @@ pub async fn cancel(
     cancel_run(&state, &run).await
 }
 
-/// Cancels a run, as `DELETE` answers for prechecks and jobs alike.
-pub(super) async fn cancel_run(state: &AppState, run: &Run) -> Result<Json<RunBody>, ApiError> {
-    let (id, what) = (run.id, noun(run.kind()));
-    let not_found = |id| ApiError::NotFound(format!("no such {what}: {id}"));
-    match state.queue.cancel(id).await? {
-        Cancel::Cancelled(run) => Ok(Json(RunBody::from(&*run))),
-        Cancel::Running => {
-            let run = state
-                .queue
-                .wait(id, CANCEL_WAIT)
-                .await?
-                .ok_or_else(|| not_found(id))?;
-            Ok(Json(RunBody::from(&run)))
-        }
-        Cancel::AlreadyFinished(status) => Err(ApiError::Conflict(format!(
-            "{what} {id} has already finished ({status}): there is nothing to cancel"
-        ))),
-        Cancel::NotFound => Err(not_found(id)),
-    }
+/// A precheck's logs
+///
+/// Served from the run's log file, so they outlive the container. Without `follow`, one JSON
+/// document; with `follow=true`, plain text lines, then new ones as the container prints them,
+/// until the run ends.
+#[utoipa::path(
+    get,
+    path = "/api/v1/prechecks/{id}/logs",
+    operation_id = "precheck_logs",
+    tag = "prechecks",
+    params(
+        ("id" = Uuid, Path, description = "The precheck's id."),
+        LogParams,
+    ),
+    responses(
+        (status = 200, description = "The log: JSON, or with `follow=true` text lines streamed until the run ends.", content(
+            (LogsBody = "application/json"),
+            (String = "text/plain; charset=utf-8"),
+        )),
+        (status = 400, description = "A bad parameter.", body = Message),
+        (status = 404, description = "No such precheck (or another key's).", body = Message),
+    )
+)]
+pub async fn logs(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let run = find(&state, &caller, &id).await?;
+    logs_of(state, run, query).await
 }
-
 /// The checked layout
 ///
 /// The layout a completed precheck wrote, named after the upload (`chip_top.checked.gds`).
@@ -859,24 +603,12 @@ pub async fn output(
             run.id
         )));
     };
-    let file = tokio::fs::File::from_std(file);
     let upload = match run.precheck() {
         Some(p) => state.db.upload(p.upload_id).await?,
         None => None,
     };
     let filename = output_name(upload.as_ref().map(|u| u.name.as_str()));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, len.to_string()),
-            (
-                header::CONTENT_DISPOSITION,
-                format!("attachment; filename=\"{filename}\""),
-            ),
-        ],
-        Body::from_stream(tokio_util::io::ReaderStream::new(file)),
-    )
-        .into_response())
+    Ok(attachment(file, len, &filename))
 }
 
 /// The debug tarball
@@ -911,35 +643,8 @@ pub async fn debug(
     tar_gz_response(dir, format!("precheck-{}", run.id)).await
 }
 
-/// A folder as a streamed `.tar.gz` download whose entries start with `prefix/`.
-pub(super) async fn tar_gz_response(
-    dir: std::path::PathBuf,
-    prefix: String,
-) -> Result<Response, ApiError> {
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(anyhow::Error::from)?;
-    let (writer, rx) = ChunkSender::new();
-    let disposition = format!("attachment; filename=\"{prefix}.tar.gz\"");
-    tokio::task::spawn_blocking(move || {
-        let mut writer = writer;
-        if let Err(e) = write_tar_gz(&dir, &prefix, &mut writer) {
-            tracing::warn!("the tarball of {} failed: {e}", dir.display());
-            writer.fail(e);
-        }
-    });
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/gzip".to_string()),
-            (header::CONTENT_DISPOSITION, disposition),
-        ],
-        Body::from_stream(ReceiverStream::new(rx)),
-    )
-        .into_response())
-}
-
 /// A run the caller may see: others' are "no such precheck", like unknown ones.
-pub(super) async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<Run, ApiError> {
+async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<Run, ApiError> {
     let id = parse_id(id, "precheck")?;
     match state.db.run(id).await? {
         Some(run) if caller.scope.sees(run.owner.as_deref()) && run.kind() == RunKind::Precheck => {
@@ -949,13 +654,8 @@ pub(super) async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<
     }
 }
 
-pub(super) fn not_found(id: Uuid) -> ApiError {
+fn not_found(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no such precheck: {id}"))
-}
-
-pub(super) fn query_pairs(query: Option<&str>) -> Result<Vec<(String, String)>, ApiError> {
-    serde_urlencoded::from_str(query.unwrap_or(""))
-        .map_err(|e| ApiError::BadRequest(format!("bad query string: {e}")))
 }
 
 /// `chip_top.gds` -> `chip_top.checked.gds`; only characters safe in a header survive.
@@ -996,5 +696,52 @@ mod tests {
         }
         assert!(check_top_cell("chip_top".into()).is_ok());
         assert!(check_top_cell("gf180mcu_ws_ip__logo".into()).is_ok());
+    }
+}
+
+/// The list's query, read without a server.
+#[cfg(test)]
+mod query_tests {
+    use super::*;
+
+    #[test]
+    fn list_queries_are_read_or_refused_by_name() {
+        let id = Uuid::new_v4();
+        let q: ListParams = query::parse(Some(&format!(
+            "status=queued&limit=5&status=running&before={id}"
+        )))
+        .unwrap();
+        assert_eq!(q.status, Some(vec![RunStatus::Queued, RunStatus::Running]));
+        let page = Page::new(q.limit, q.before);
+        assert_eq!((page.limit, page.before), (5, Some(id)));
+        let page = Page::new(None, None);
+        assert_eq!((page.limit, page.before), (100, None));
+        for (query, message) in [
+            (
+                "status=queued&status=done",
+                "status: unknown status \"done\": use one of queued, running, completed, failed, cancelled",
+            ),
+            (
+                "limit=0",
+                "limit: \"0\" must be a number of runs from 1 to 1000 (default 100)",
+            ),
+            (
+                "limit=1001",
+                "limit: \"1001\" must be a number of runs from 1 to 1000 (default 100)",
+            ),
+            (
+                "before=yesterday",
+                "before: \"yesterday\" is not a precheck id: give the X-Next-Before of the previous page",
+            ),
+            (
+                "page=2",
+                "unknown query parameter \"page\": use status, limit or before",
+            ),
+        ] {
+            let refused = query::parse::<ListParams>(Some(query))
+                .err()
+                .map(|e| e.to_string());
+            assert_eq!(refused.as_deref(), Some(message), "{query}");
+        }
     }
 }

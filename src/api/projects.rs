@@ -2,7 +2,6 @@
 //! named by its sha256 and never changed, so replacing a file never changes what a job that
 //! already took it reads.
 
-use super::Path;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -13,14 +12,15 @@ use time::OffsetDateTime;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::error::Message;
+use super::error::{ApiError, Message};
+use super::extract::{Caller, Json, Path, content_length, parse_id};
 use super::openapi::Binary;
-use super::{ApiError, Caller, Json, content_length, parse_id, rfc3339};
+use super::respond::rfc3339;
+use super::state::AppState;
+use crate::units::human_bytes;
 use crate::db::{DeleteProject, PutFile};
 use crate::model::{Project, ProjectFile, check_project_path};
-use crate::server::AppState;
 use crate::storage::{ChunkWriter, StagedBlob, UploadError};
-use crate::units::human_bytes;
 
 /// A project: HDL files to simulate and build.
 #[derive(Serialize, ToSchema)]
@@ -608,7 +608,7 @@ async fn release_blobs(state: &AppState, blobs: Vec<String>) -> Result<(), ApiEr
     Ok(())
 }
 
-pub(super) async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<Project, ApiError> {
+pub async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<Project, ApiError> {
     let id = parse_id(id, "project")?;
     match state.db.project(id).await? {
         Some(p) if caller.scope.sees(p.owner.as_deref()) => Ok(p),

@@ -2,27 +2,27 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa::openapi::schema::Object;
 
-use super::error::Message;
+use super::error::{ApiError, Message};
+use super::extract::Json;
 use super::openapi::string_enum;
-use super::{ApiError, Json};
+use super::state::AppState;
 use crate::image::ImageStatus;
-use crate::server::AppState;
 
 /// The server's health: it is healthy when the engine and the database answer and the image is
 /// there (or being pulled or self-tested) and not broken.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 pub struct Health {
     #[schema(schema_with = health_status)]
-    status: &'static str,
+    pub status: String,
     /// The server's version.
-    version: &'static str,
-    docker: DockerHealth,
-    database: DatabaseHealth,
-    image: ImageHealth,
+    pub version: String,
+    pub docker: DockerHealth,
+    pub database: DatabaseHealth,
+    pub image: ImageHealth,
 }
 
 fn health_status() -> Object {
@@ -34,46 +34,46 @@ fn image_status() -> Object {
 }
 
 /// The Docker engine: its version when it answers, else why not.
-#[derive(Serialize, ToSchema)]
-struct DockerHealth {
-    reachable: bool,
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct DockerHealth {
+    pub reachable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    version: Option<String>,
+    pub version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    api_version: Option<String>,
+    pub api_version: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    error: Option<String>,
+    pub error: Option<String>,
 }
 
 /// The database: whether it takes a write, else why not.
-#[derive(Serialize, ToSchema)]
-struct DatabaseHealth {
-    ok: bool,
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct DatabaseHealth {
+    pub ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    error: Option<String>,
+    pub error: Option<String>,
 }
 
 /// The precheck image: `ready` (its self-test passed), `probing` (its self-test is running),
 /// `pulling`, `missing` (and why), or `broken` (its self-test failed: why, and its last log lines).
-#[derive(Serialize, ToSchema)]
-struct ImageHealth {
-    name: String,
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct ImageHealth {
+    pub name: String,
     #[schema(schema_with = image_status)]
-    status: &'static str,
+    pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    id: Option<String>,
+    pub id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    error: Option<String>,
+    pub error: Option<String>,
     /// The self-test's last log lines, when it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    log: Option<Vec<String>>,
+    pub log: Option<Vec<String>>,
 }
 
 /// Prometheus metrics
@@ -153,7 +153,7 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
     };
     let image = ImageHealth {
         name: state.image.image().to_string(),
-        status: status.as_str(),
+        status: status.as_str().to_string(),
         id: status.id().map(str::to_string),
         error: match &status {
             ImageStatus::Missing { error } | ImageStatus::Broken { error, .. } => {
@@ -166,15 +166,16 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
             _ => None,
         },
     };
-    let healthy = docker.reachable && database.ok && !matches!(image.status, "missing" | "broken");
+    let healthy =
+        docker.reachable && database.ok && !matches!(image.status.as_str(), "missing" | "broken");
     let code = if healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     let body = Health {
-        status: if healthy { "healthy" } else { "unhealthy" },
-        version: env!("CARGO_PKG_VERSION"),
+        status: if healthy { "healthy" } else { "unhealthy" }.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
         docker,
         database,
         image,

@@ -1,10 +1,9 @@
 //! `/api/v1/uploads`: layouts streamed to disk while their sha256 is computed.
 
-use super::Path;
 use axum::extract::{Multipart, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use time::OffsetDateTime;
@@ -12,46 +11,47 @@ use utoipa::ToSchema;
 use utoipa::openapi::schema::Object;
 use uuid::Uuid;
 
-use super::error::Message;
+use super::error::{ApiError, Message};
+use super::extract::{Caller, Json, Path, content_length, parse_id};
 use super::openapi::{Binary, string_enum};
-use super::{ApiError, Caller, Json, content_length, parse_id, rfc3339};
+use super::respond::rfc3339;
+use super::state::AppState;
+use crate::units::human_bytes;
 use crate::db::DeleteUpload;
 use crate::layout::{self, Layout};
 use crate::model::{LayoutFormat, Upload};
-use crate::server::AppState;
 use crate::storage::{Saved, UploadError};
-use crate::units::human_bytes;
 
 /// An uploaded layout.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 pub struct UploadBody {
-    id: Uuid,
+    pub id: Uuid,
     /// The client's file name, without folders or control characters.
-    name: String,
+    pub name: String,
     /// Bytes.
-    size: u64,
+    pub size: u64,
     /// RFC 3339.
-    created: String,
-    checksums: Checksums,
-    state: UploadState,
-    layout: LayoutBody,
+    pub created: String,
+    pub checksums: Checksums,
+    pub state: UploadState,
+    pub layout: LayoutBody,
 }
 
-#[derive(Serialize, ToSchema)]
-struct Checksums {
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct Checksums {
     /// Hex.
-    sha256: String,
+    pub sha256: String,
 }
 
 /// An upload is kept until `ExpiresAt` unless a precheck uses it.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
-struct UploadState {
-    expired: bool,
+pub struct UploadState {
+    pub expired: bool,
     /// RFC 3339.
     #[schema(required = true)]
-    expires_at: Option<String>,
+    pub expires_at: Option<String>,
 }
 
 fn layout_format() -> Object {
@@ -59,25 +59,25 @@ fn layout_format() -> Object {
 }
 
 /// What the layout holds, read while it was uploaded.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "PascalCase")]
 pub struct LayoutBody {
     /// Recognised by content.
     #[schema(schema_with = layout_format)]
-    format: &'static str,
+    pub format: String,
     /// The cells no other cell places. This, `DbuMicrons` and `Cells` are missing only for
     /// uploads stored before the server inspected layouts.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    top_cells: Option<Vec<String>>,
+    pub top_cells: Option<Vec<String>>,
     /// The database unit in µm (the precheck needs 0.001).
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    dbu_microns: Option<f64>,
+    pub dbu_microns: Option<f64>,
     /// Every cell's name.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
-    cells: Option<Vec<String>>,
+    pub cells: Option<Vec<String>>,
 }
 
 /// The multipart form of an upload.
@@ -93,7 +93,7 @@ impl LayoutBody {
     /// A layout's facts as the API shows them (only the format for uploads never inspected).
     pub fn new(format: LayoutFormat, layout: Option<&Layout>) -> LayoutBody {
         LayoutBody {
-            format: format.as_str(),
+            format: format.as_str().to_string(),
             top_cells: layout.map(|l| l.top_cells.clone()),
             dbu_microns: layout.map(|l| l.dbu_microns),
             cells: layout.map(|l| l.cells.clone()),

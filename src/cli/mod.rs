@@ -13,11 +13,12 @@ macro_rules! outln {
 mod inspect;
 mod keys;
 mod runs;
-pub mod submit;
+mod submit;
 mod system;
 mod table;
 
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -205,10 +206,15 @@ fn parse_age(text: &str) -> Result<Duration, String> {
 }
 
 impl Cli {
-    pub fn run(self) -> Result<()> {
+    /// Runs the command; its exit code, or the error `main` prints (and exits 1 with).
+    pub fn run(self) -> Result<ExitCode> {
         let command = match self.command {
-            Command::Serve => return serve(load_config(self.config.as_deref())?),
-            Command::Inspect { file, output } => return inspect::run(&file, output),
+            Command::Serve => {
+                return serve(load_config(self.config.as_deref())?).map(|()| ExitCode::SUCCESS);
+            }
+            Command::Inspect { file, output } => {
+                return inspect::run(&file, output).map(|()| ExitCode::SUCCESS);
+            }
             Command::Submit(args) => {
                 return tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
@@ -225,16 +231,18 @@ impl Cli {
             .enable_all()
             .build()
             .context("cannot start the async runtime")?;
-        runtime.block_on(async move {
-            match command {
-                AdminCommand::Status(output) => system::status(&admin, output).await,
-                AdminCommand::Cleanup { dry_run, output } => {
-                    system::cleanup(&admin, dry_run, output).await
+        runtime
+            .block_on(async move {
+                match command {
+                    AdminCommand::Status(output) => system::status(&admin, output).await,
+                    AdminCommand::Cleanup { dry_run, output } => {
+                        system::cleanup(&admin, dry_run, output).await
+                    }
+                    AdminCommand::Runs(command) => runs::run(&admin, command).await,
+                    AdminCommand::Apikey(command) => keys::run(&admin, command).await,
                 }
-                AdminCommand::Runs(command) => runs::run(&admin, command).await,
-                AdminCommand::Apikey(command) => keys::run(&admin, command).await,
-            }
-        })
+            })
+            .map(|()| ExitCode::SUCCESS)
     }
 }
 

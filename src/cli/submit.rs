@@ -8,15 +8,18 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use futures_util::StreamExt;
 use reqwest::{Method, RequestBuilder, StatusCode};
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
+use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
+use crate::api::{Message, RunBody, UploadBody, WaitBody};
 use crate::units::human_bytes;
 
 /// Exit code when the server refuses the layout or the request, before any run.
@@ -31,17 +34,41 @@ pub const INTERRUPTED: u8 = 130;
 /// How long one step keeps retrying while the server is unreachable.
 const RETRY_FOR: Duration = Duration::from_secs(300);
 
-/// The exit code `submit` ends with, once it has said why.
-#[derive(Debug)]
-pub struct Exit(pub u8);
+/// Why `submit` stops before the run's end: with an exit code, having said why, or with an
+/// error for `main` to print.
+enum Stop {
+    Exit(u8),
+    Error(anyhow::Error),
+}
 
-impl std::fmt::Display for Exit {
+/// As the debug tarball's failed download says it (after the failure itself, for an exit).
+impl std::fmt::Display for Stop {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit code {}", self.0)
+        match self {
+            Stop::Exit(code) => write!(f, "exit code {code}"),
+            Stop::Error(e) if f.alternate() => write!(f, "{e:#}"),
+            Stop::Error(e) => write!(f, "{e}"),
+        }
     }
 }
 
-impl std::error::Error for Exit {}
+impl From<anyhow::Error> for Stop {
+    fn from(e: anyhow::Error) -> Stop {
+        Stop::Error(e)
+    }
+}
+
+impl From<std::io::Error> for Stop {
+    fn from(e: std::io::Error) -> Stop {
+        Stop::Error(e.into())
+    }
+}
+
+impl From<reqwest::Error> for Stop {
+    fn from(e: reqwest::Error) -> Stop {
+        Stop::Error(e.into())
+    }
+}
 
 #[derive(clap::Args, Debug)]
 pub struct SubmitArgs {
@@ -76,7 +103,7 @@ pub struct SubmitArgs {
 /// A call that did not succeed: worth trying again, or not.
 enum Failure {
     Retry(String),
-    Fatal(anyhow::Error),
+    Fatal(Stop),
 }
 
 struct Client {
@@ -96,7 +123,7 @@ impl Client {
 
     /// Calls `attempt` until it succeeds or fails for good, waiting 0.5 s, 1 s, 2 s ... (at
     /// most 10 s) between tries, for at most [`RETRY_FOR`].
-    async fn retry<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T>
+    async fn retry<T, F, Fut>(&self, what: &str, mut attempt: F) -> Result<T, Stop>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
@@ -110,7 +137,7 @@ impl Client {
                 Err(Failure::Retry(why)) => {
                     if started.elapsed() + wait > RETRY_FOR {
                         eprintln!("precheck-server: {what}: {why}; giving up");
-                        return Err(Exit(UNREACHABLE).into());
+                        return Err(Stop::Exit(UNREACHABLE));
                     }
                     eprintln!(
                         "precheck-server: {what}: {why}; retrying in {:.1} s",
@@ -123,18 +150,35 @@ impl Client {
         }
     }
 
-    /// Sends a request and returns its JSON answer; 5xx and network errors are retried, other
-    /// errors are refusals (the server's message is printed, exit code [`REFUSED`]).
-    async fn json(&self, what: &str, build: impl Fn() -> RequestBuilder) -> Result<Value> {
+    /// Sends a request and returns its answer, as the server's type for it; 5xx and network
+    /// errors are retried, other errors are refusals (the server's message is printed, exit code
+    /// [`REFUSED`]).
+    async fn json<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<T, Stop> {
         self.retry(what, || async {
             let resp = build().send().await.map_err(network)?;
-            let resp = check(resp).await?;
-            resp.json::<Value>()
-                .await
-                .map_err(|e| Failure::Retry(format!("cannot read the answer: {e}")))
+            answer(check(resp).await?, what).await
         })
         .await
     }
+}
+
+/// A successful answer's body as `T`. A body cut off is worth asking for again; one that is not
+/// a `T` (a server of another version, say) is not.
+async fn answer<T: DeserializeOwned>(resp: reqwest::Response, what: &str) -> Result<T, Failure> {
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| Failure::Retry(format!("cannot read the answer: {e}")))?;
+    serde_json::from_slice(&body).map_err(|e| {
+        Failure::Fatal(Stop::Error(anyhow!(
+            "{what}: the server's answer is not what this client reads ({e}): {}",
+            String::from_utf8_lossy(&body)
+        )))
+    })
 }
 
 fn network(e: reqwest::Error) -> Failure {
@@ -148,27 +192,34 @@ async fn check(resp: reqwest::Response) -> Result<reqwest::Response, Failure> {
         return Ok(resp);
     }
     let message = resp
-        .json::<Value>()
+        .json::<Message>()
         .await
-        .ok()
-        .and_then(|v| v["message"].as_str().map(String::from))
-        .unwrap_or_else(|| status.to_string());
+        .map_or_else(|_| status.to_string(), |m| m.message);
     if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
         return Err(Failure::Retry(format!(
             "the server answered {status}: {message}"
         )));
     }
     eprintln!("precheck-server: refused ({}): {message}", status.as_u16());
-    Err(Failure::Fatal(Exit(REFUSED).into()))
+    Err(Failure::Fatal(Stop::Exit(REFUSED)))
 }
 
-pub async fn run(args: SubmitArgs) -> Result<()> {
+/// Submits the layout; the exit code is the run's `StatusCode`, or why there is none (the
+/// constants above), once it has said why.
+pub async fn run(args: SubmitArgs) -> Result<ExitCode> {
+    match submit(args).await {
+        Ok(code) | Err(Stop::Exit(code)) => Ok(ExitCode::from(code)),
+        Err(Stop::Error(e)) => Err(e),
+    }
+}
+
+async fn submit(args: SubmitArgs) -> Result<u8, Stop> {
     let key = std::env::var("PRECHECK_API_KEY")
         .ok()
         .filter(|k| !k.is_empty());
     let base = args.server.trim_end_matches('/').to_string();
     if !base.starts_with("http://") && !base.starts_with("https://") {
-        bail!("--server: {base:?} is not an http:// or https:// URL");
+        return Err(anyhow!("--server: {base:?} is not an http:// or https:// URL").into());
     }
     let client = Client {
         http: reqwest::Client::builder()
@@ -196,17 +247,17 @@ pub async fn run(args: SubmitArgs) -> Result<()> {
         _ = tokio::signal::ctrl_c() => {
             eprintln!("precheck-server: interrupted: cancelling precheck {run_id}");
             cancel(&client, &run_id).await;
-            return Err(Exit(INTERRUPTED).into());
+            return Err(Stop::Exit(INTERRUPTED));
         }
         _ = timeout => {
             eprintln!(
                 "precheck-server: --timeout ran out: cancelling precheck {run_id}"
             );
             cancel(&client, &run_id).await;
-            return Err(Exit(TIMED_OUT).into());
+            return Err(Stop::Exit(TIMED_OUT));
         }
     };
-    let code = ended["StatusCode"].as_i64().unwrap_or(1);
+    let code = ended.status_code;
     if code == 0 {
         let path = download(
             &client,
@@ -219,9 +270,12 @@ pub async fn run(args: SubmitArgs) -> Result<()> {
             "precheck-server: precheck {run_id} passed; the checked layout is {}",
             path.display()
         );
-        return Ok(());
+        return Ok(0);
     }
-    let error = ended["Error"]["Message"].as_str().unwrap_or("failed");
+    let error = ended
+        .error
+        .as_ref()
+        .map_or("failed", |e| e.message.as_str());
     eprintln!("precheck-server: precheck {run_id} failed (exit code {code}): {error}");
     let default = format!("precheck-{run_id}.tar.gz");
     match download(
@@ -235,11 +289,11 @@ pub async fn run(args: SubmitArgs) -> Result<()> {
         Ok(path) => eprintln!("precheck-server: the debug tarball is {}", path.display()),
         Err(e) => eprintln!("precheck-server: cannot download the debug tarball: {e:#}"),
     }
-    Err(Exit(code.clamp(1, 255) as u8).into())
+    Ok(code.clamp(1, 255) as u8)
 }
 
 /// Uploads the layout, streamed from the file, with progress; returns the upload's body.
-async fn upload(client: &Client, file: &Path, size: u64) -> Result<Value> {
+async fn upload(client: &Client, file: &Path, size: u64) -> Result<UploadBody, Stop> {
     let name = file
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -248,9 +302,9 @@ async fn upload(client: &Client, file: &Path, size: u64) -> Result<Value> {
     let upload = client
         .retry("upload", || async {
             progress.restart();
-            let source = tokio::fs::File::open(file)
-                .await
-                .map_err(|e| Failure::Fatal(anyhow!("cannot read {}: {e}", file.display())))?;
+            let source = tokio::fs::File::open(file).await.map_err(|e| {
+                Failure::Fatal(Stop::Error(anyhow!("cannot read {}: {e}", file.display())))
+            })?;
             let counter = progress.clone();
             let stream = tokio_util::io::ReaderStream::with_capacity(source, 256 * 1024).inspect(
                 move |chunk| {
@@ -271,23 +325,17 @@ async fn upload(client: &Client, file: &Path, size: u64) -> Result<Value> {
                 .send()
                 .await
                 .map_err(network)?;
-            let resp = check(resp).await?;
-            resp.json::<Value>()
-                .await
-                .map_err(|e| Failure::Retry(format!("cannot read the answer: {e}")))
+            answer(check(resp).await?, "upload").await
         })
         .await;
     progress.finish();
-    let upload = upload?;
-    let layout = &upload["Layout"];
-    let tops: Vec<&str> = layout["TopCells"]
-        .as_array()
-        .map(|t| t.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+    let upload: UploadBody = upload?;
+    let layout = &upload.layout;
+    let tops = layout.top_cells.as_deref().unwrap_or_default();
     eprintln!(
         "precheck-server: uploaded {name} ({}, {}), top cells: {}",
         human_bytes(size),
-        layout["Format"].as_str().unwrap_or("layout"),
+        layout.format,
         if tops.is_empty() {
             "none".to_string()
         } else {
@@ -299,8 +347,8 @@ async fn upload(client: &Client, file: &Path, size: u64) -> Result<Value> {
 
 /// Starts the precheck; returns its id. The idempotency key makes a retried create return
 /// the run the first one made.
-async fn create(client: &Client, args: &SubmitArgs, upload: &Value) -> Result<String> {
-    let mut body = json!({"upload_id": upload["Id"]});
+async fn create(client: &Client, args: &SubmitArgs, upload: &UploadBody) -> Result<String, Stop> {
+    let mut body = json!({"upload_id": upload.id});
     for (field, value) in [
         ("top_cell", &args.top),
         ("die_id", &args.id),
@@ -314,7 +362,7 @@ async fn create(client: &Client, args: &SubmitArgs, upload: &Value) -> Result<St
         body["cob"] = json!(true);
     }
     let key = Uuid::new_v4().to_string();
-    let run = client
+    let run: RunBody = client
         .json("create the precheck", || {
             client
                 .request(Method::POST, "/api/v1/prechecks")
@@ -322,14 +370,11 @@ async fn create(client: &Client, args: &SubmitArgs, upload: &Value) -> Result<St
                 .json(&body)
         })
         .await?;
-    let id = run["Id"]
-        .as_str()
-        .ok_or_else(|| anyhow!("the server's answer has no Id: {run}"))?
-        .to_string();
-    match run["Queue"]["Position"].as_u64() {
-        Some(p) => eprintln!(
-            "precheck-server: precheck {id} queued ({p} of {})",
-            run["Queue"]["Length"]
+    let id = run.id.to_string();
+    match run.queue {
+        Some(q) => eprintln!(
+            "precheck-server: precheck {id} queued ({} of {})",
+            q.position, q.length
         ),
         None => eprintln!("precheck-server: precheck {id} started"),
     }
@@ -338,7 +383,7 @@ async fn create(client: &Client, args: &SubmitArgs, upload: &Value) -> Result<St
 
 /// Prints the run's log as it is written, until the run ends, reconnecting (from the last
 /// line printed) when the connection drops; returns `/wait`'s answer.
-async fn follow_and_wait(client: &Client, run_id: &str) -> Result<Value> {
+async fn follow_and_wait(client: &Client, run_id: &str) -> Result<WaitBody, Stop> {
     let mut last: Option<(f64, usize)> = None;
     let mut out = std::io::stdout();
     loop {
@@ -389,13 +434,12 @@ async fn follow_and_wait(client: &Client, run_id: &str) -> Result<Value> {
             let _ = out.flush();
         }
         // The stream ends when the run does, or when the connection or the server goes.
-        let run = client
+        let run: RunBody = client
             .json("inspect the precheck", || {
                 client.request(Method::GET, &format!("/api/v1/prechecks/{run_id}"))
             })
             .await?;
-        let status = run["State"]["Status"].as_str().unwrap_or_default();
-        if matches!(status, "completed" | "failed" | "cancelled") {
+        if run.state.status.is_terminal() {
             break;
         }
     }
@@ -442,7 +486,7 @@ async fn download(
     path: &str,
     to: Option<&Path>,
     default: Option<&str>,
-) -> Result<PathBuf> {
+) -> Result<PathBuf, Stop> {
     let resp = client
         .retry("download", || async {
             let resp = client

@@ -6,11 +6,12 @@ use anyhow::{Result, bail};
 use serde::Serialize;
 
 use super::{Admin, Output, print_json};
+use crate::api::Health;
+use crate::units::human_bytes;
 use crate::model::RunStatus;
 use crate::recovery::{orphan_containers, orphan_files};
 use crate::runner::RUN_LABEL;
 use crate::storage::{EntryKind, disk_usage};
-use crate::units::human_bytes;
 
 /// How long `status` waits for the server's `/health`.
 const HEALTH_WAIT: Duration = Duration::from_secs(3);
@@ -35,7 +36,7 @@ struct ServerStatus {
     url: Option<String>,
     reachable: bool,
     /// The server's `/health` answer.
-    health: Option<serde_json::Value>,
+    health: Option<Health>,
     error: Option<String>,
 }
 
@@ -132,8 +133,7 @@ fn print_status(s: &Status) -> Result<()> {
                 .server
                 .health
                 .as_ref()
-                .and_then(|h| h["status"].as_str())
-                .unwrap_or("unknown");
+                .map_or("unknown", |h| h.status.as_str());
             format!(
                 "running at {} (health: {health})",
                 url.as_deref().unwrap_or("?")
@@ -185,7 +185,7 @@ async fn server_status(admin: &Admin) -> ServerStatus {
     let answer = async {
         let client = reqwest::Client::builder().timeout(HEALTH_WAIT).build()?;
         let resp = client.get(format!("{url}/health")).send().await?;
-        resp.json::<serde_json::Value>().await
+        resp.json::<Health>().await
     };
     match answer.await {
         Ok(health) => ServerStatus {

@@ -893,3 +893,47 @@ async fn runs_in_the_wrong_state_and_bad_parameters_are_refused() {
     assert_eq!(resp.status().as_u16(), 204);
     server.assert_no_containers();
 }
+
+/// A fault of the server's own (here a run's folder that has become a file, so the debug
+/// tarball cannot be made) answers 500 with nothing but the request's id: no path of the
+/// storage folder, no OS or SQLite message. The detail is in the server's log, under that id.
+#[tokio::test]
+async fn an_internal_error_tells_the_client_only_its_request_id() {
+    let server = TestServer::start("");
+    let client = Client::new();
+    let upload = upload(&client, &server, "chip_top").await;
+    let id = id_of(&create_run(&client, &server, &id_of(&upload), "chip_top").await);
+    assert_eq!(wait_run(&client, &server, &id).await["StatusCode"], 0);
+    // The run's end is recorded and its container removed: nothing writes its folder any more.
+    wait_until_async(
+        Duration::from_secs(60),
+        "the run's container is gone",
+        || async { server.containers().is_empty() },
+    )
+    .await;
+    let dir = server.storage.join("runs").join(&id);
+    fs::remove_dir_all(&dir).unwrap();
+    fs::write(&dir, "not a folder").unwrap();
+
+    let request_id = "it-internal-error-1";
+    let resp = client
+        .get(server.api(&format!("/api/v1/debug/prechecks/{id}")))
+        .header("X-Request-Id", request_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], request_id);
+    let message = check("the debug tarball of a broken run", resp, 500, &[]).await;
+    assert_eq!(message, format!("internal error (request {request_id})"));
+
+    // The log line of the error has the request's id (its span's and the message's) and the
+    // detail the client did not get: the path, and what the OS said.
+    let log = server.stderr_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("ERROR") && l.contains(&format!("request_id={request_id}")))
+        .unwrap_or_else(|| panic!("no error logged under {request_id}:\n{log}"));
+    for detail in [dir.display().to_string(), "os error".to_string()] {
+        assert!(line.contains(&detail), "{detail:?} not in {line:?}");
+    }
+}

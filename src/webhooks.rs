@@ -1,10 +1,12 @@
 //! Webhooks: when a run with a `notify_url` ends, its body is POSTed there, signed, and retried
 //! with backoff until it is taken or `webhooks.give_up_after` has passed since the run ended.
+//! The body is the API's own run body ([`RunBody`]); nothing here serves HTTP.
 //!
 //! The database queues each delivery in the same transaction that records the run's end, so a
 //! delivery is never lost to a crash, and is made at least once: a receiver may get one twice
 //! (after a restart in the middle of a POST) and tells them apart by `X-Precheck-Delivery`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -12,9 +14,10 @@ use serde::Serialize;
 use sha2::Sha256;
 use time::OffsetDateTime;
 
-use super::prechecks::RunBody;
-use crate::db::Delivery;
-use crate::server::AppState;
+use crate::api::RunBody;
+use crate::config::Config;
+use crate::db::{Db, Delivery};
+use crate::queue::Queue;
 
 /// How long one POST may take.
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,12 +43,19 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
     format!("sha256={:x}", mac.finalize().into_bytes())
 }
 
+/// What the sender works with.
+struct Sender {
+    config: Arc<Config>,
+    db: Db,
+}
+
 /// Sends the webhooks that are due, until the server shuts down. Wakes when a run ends, when
 /// the next retry is due, and every 30 s.
-pub fn start(state: AppState) {
-    let Some(secret) = state.config.webhooks.secret.clone() else {
+pub fn start(config: Arc<Config>, db: Db, queue: Queue) {
+    let Some(secret) = config.webhooks.secret.clone() else {
         return;
     };
+    let state = Sender { config, db };
     tokio::spawn(async move {
         let client = match reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -58,7 +68,7 @@ pub fn start(state: AppState) {
                 return;
             }
         };
-        let mut events = state.queue.subscribe();
+        let mut events = queue.subscribe();
         loop {
             let now = OffsetDateTime::now_utc();
             match state.db.due_deliveries(now, 16).await {
@@ -82,13 +92,13 @@ pub fn start(state: AppState) {
                 _ = tokio::time::sleep(sleep) => {}
                 // A run ended: its webhook, if any, is due now.
                 _ = events.recv() => {}
-                _ = state.queue.stopping() => return,
+                _ = queue.stopping() => return,
             }
         }
     });
 }
 
-async fn deliver(state: &AppState, client: &reqwest::Client, secret: &str, d: Delivery) {
+async fn deliver(state: &Sender, client: &reqwest::Client, secret: &str, d: Delivery) {
     let now = OffsetDateTime::now_utc();
     let result = match state.db.run(d.run_id).await {
         Ok(Some(run)) => post(client, secret, &d, &RunBody::from(&run)).await,
