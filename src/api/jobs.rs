@@ -147,9 +147,12 @@ async fn simulation(
     request: SimulationRequest,
 ) -> Result<(RunParams, Vec<String>), ApiError> {
     let bad = ApiError::BadRequest;
-    let SimulationRequest { tool, top, files } = request;
+    let SimulationRequest {
+        tool,
+        top,
+        files: listed,
+    } = request;
     let top = top.into_string();
-    let listed = files;
     let files = state.db.project_files(project).await?;
     let have: Vec<&String> = files.iter().map(|f| &f.path).collect();
     let sources = match listed {
