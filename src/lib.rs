@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML file, validated into a [`config::Config`].
-//! - [`model`]: uploads, runs, their statuses and outcomes; no SQL, no HTTP.
+//! - [`model`]: uploads, runs, their statuses and outcomes, and the request fields' rules; no
+//!   SQL, no HTTP.
 //! - [`db`]: the only SQL; SQLite on its own thread behind a cloneable handle.
 //! - [`storage`]: the storage folder, streaming upload writes with sha256, tarballs.
 //! - [`layout`]: what a layout file holds (format, unit, cells, top cells), in one streaming pass.

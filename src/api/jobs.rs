@@ -22,8 +22,8 @@ use super::runs::{RunBody, WaitBody, WaitParams, cancel_run, notify_url, noun, w
 use super::state::AppState;
 use crate::db::{CreateJobError, NewRun, RunFilter};
 use crate::model::{
-    BuildParams, ProjectFile, Run, RunKind, RunParams, RunStatus, SimulationParams, SimulationTool,
-    check_project_path,
+    BuildParams, BuildRequest, JobFields, JobRequest, ProjectFile, Run, RunKind, RunParams,
+    RunStatus, SimulationParams, SimulationRequest, SimulationTool, check_project_path,
 };
 use crate::runner::ARTIFACTS;
 use crate::storage::open_inside;
@@ -110,15 +110,17 @@ pub async fn create(
     Json(body): Json<NewJob>,
 ) -> Result<(StatusCode, Json<RunBody>), ApiError> {
     let project = find_project(&state, &caller, &project).await?.id;
-    let notify_url = notify_url(&state, body.notify_url.clone())?;
-    let (params, needs) = match body.kind.as_str() {
-        "simulation" => simulation(&state, project, body).await?,
-        "build" => build(&state, project, body)?,
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "kind: {other:?} is not a kind of job: use simulation or build"
-            )));
-        }
+    let notify_url = notify_url(&state, body.notify_url)?;
+    let fields = JobFields {
+        kind: body.kind,
+        tool: body.tool,
+        top: body.top,
+        files: body.files,
+        config: body.config,
+    };
+    let (params, needs) = match JobRequest::parse(fields).map_err(ApiError::BadRequest)? {
+        JobRequest::Simulation(request) => simulation(&state, project, request).await?,
+        JobRequest::Build(request) => build(&state, project, request)?,
     };
     let kind = params.kind();
     let id = Uuid::new_v4();
@@ -146,49 +148,26 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(RunBody::from(&run))))
 }
 
-fn not_for(field: &str, kind: &str) -> ApiError {
-    ApiError::BadRequest(format!(
-        "{field}: not a field of a {kind} job (see the jobs section of README.md)"
-    ))
-}
-
-/// A simulation's parameters, and the files it needs.
+/// A simulation's parameters, and the files it needs: the request's rules were checked by
+/// [`JobRequest::parse`]; the project's files are checked here.
 async fn simulation(
     state: &AppState,
     project: Uuid,
-    body: NewJob,
+    request: SimulationRequest,
 ) -> Result<(RunParams, Vec<String>), ApiError> {
     let bad = ApiError::BadRequest;
-    if body.config.is_some() {
-        return Err(not_for("config", "simulation"));
-    }
-    let tool = match body.tool.as_deref() {
-        None => SimulationTool::Icarus,
-        Some(t) => SimulationTool::parse(t).ok_or_else(|| {
-            bad(format!(
-                "tool: {t:?} is not a simulator: use one of {}",
-                SimulationTool::ALL.map(SimulationTool::as_str).join(", ")
-            ))
-        })?,
-    };
-    let top = check_module(body.top)?;
+    let SimulationRequest {
+        tool,
+        top,
+        files: listed,
+    } = request;
+    let top = top.into_string();
     let files = state.db.project_files(project).await?;
     let have: Vec<&String> = files.iter().map(|f| &f.path).collect();
-    let sources = match body.files {
+    let sources = match listed {
         Some(listed) => {
-            if listed.is_empty() {
-                return Err(bad(
-                    "files: empty: list the files to compile, or leave files out to compile every .v and .sv file".into(),
-                ));
-            }
-            for (i, f) in listed.iter().enumerate() {
-                check_project_path(f).map_err(|e| bad(format!("files: {e}")))?;
-                if !have.contains(&f) {
-                    return Err(missing_file(project, f));
-                }
-                if listed[..i].contains(f) {
-                    return Err(bad(format!("files: {f:?} is listed twice")));
-                }
+            if let Some(f) = listed.iter().find(|f| !have.contains(f)) {
+                return Err(missing_file(project, f));
             }
             listed
         }
@@ -216,34 +195,13 @@ async fn simulation(
     Ok((RunParams::Simulation(params), sources))
 }
 
-/// A build's parameters, and the file it needs.
+/// A build's parameters, and the file it needs (which the database checks as it makes the job).
 fn build(
     state: &AppState,
     project: Uuid,
-    body: NewJob,
+    request: BuildRequest,
 ) -> Result<(RunParams, Vec<String>), ApiError> {
-    let bad = ApiError::BadRequest;
-    for (field, given) in [
-        ("tool", body.tool.is_some()),
-        ("top", body.top.is_some()),
-        ("files", body.files.is_some()),
-    ] {
-        if given {
-            return Err(not_for(field, "build"));
-        }
-    }
-    let config = body.config.ok_or_else(|| {
-        bad("config: missing: name the project's LibreLane config, e.g. \"config\": \"config.json\"".into())
-    })?;
-    check_project_path(&config).map_err(|e| bad(format!("config: {e}")))?;
-    if ![".json", ".yaml", ".yml"]
-        .iter()
-        .any(|e| config.ends_with(e))
-    {
-        return Err(bad(format!(
-            "config: {config:?} is not a LibreLane config: give a .json, .yaml or .yml file"
-        )));
-    }
+    let BuildRequest { config } = request;
     if state.config.builds.pdk.is_none() {
         return Err(ApiError::Unavailable(
             "this server has no PDK for builds: its operator sets [builds] pdk in the config"
@@ -261,25 +219,6 @@ fn missing_file(project: Uuid, path: &str) -> ApiError {
     ApiError::BadRequest(format!(
         "project {project} has no file {path:?}: PUT it first (GET .../files lists what it has)"
     ))
-}
-
-/// A top module is passed to the simulator as one argument: a plain Verilog identifier.
-fn check_module(top: Option<String>) -> Result<String, ApiError> {
-    let top = top.ok_or_else(|| {
-        ApiError::BadRequest("top: missing: name the testbench's top module".into())
-    })?;
-    let mut chars = top.chars();
-    let ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$'))
-        && top.len() <= 1024;
-    if !ok {
-        return Err(ApiError::BadRequest(format!(
-            "top: {top:?} is not a Verilog module name (a letter or '_', then letters, digits, '_' or '$')"
-        )));
-    }
-    Ok(top)
 }
 
 /// Refuses a simulation whose top module no source declares, before it takes a queue slot.
@@ -682,17 +621,6 @@ mod tests {
         let long = format!("module {}x tb module tb", "a".repeat(100_000));
         assert!(declares(&long, "tb"));
         assert!(!declares(&format!("module {}", "tb".repeat(1000)), "tb"));
-    }
-
-    #[test]
-    fn top_modules_are_identifiers() {
-        for good in ["tb", "_tb", "tb_counter$1"] {
-            assert!(check_module(Some(good.into())).is_ok(), "{good}");
-        }
-        for bad in ["", "-tb", "1tb", "tb top", "tb;rm", "a/b", "t\u{0}"] {
-            assert!(check_module(Some(bad.into())).is_err(), "{bad:?}");
-        }
-        assert!(check_module(None).is_err());
     }
 }
 

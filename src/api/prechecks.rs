@@ -23,7 +23,9 @@ use super::state::AppState;
 use super::uploads::{record, upload_error};
 use crate::db::{CreateRunError, Created, Idempotency, KeyUse, NewRun, RunFilter};
 use crate::layout::{EXPECTED_DBU_MICRONS, Layout};
-use crate::model::{PrecheckParams, Run, RunKind, RunStatus, SLOTS};
+use crate::model::{
+    DieId, PrecheckParams, PrecheckSource, Run, RunKind, RunStatus, SLOTS, Slot, TopCell,
+};
 use crate::runner::final_gds;
 use crate::storage::{OUTPUT_LAYOUT, open_inside, open_regular};
 
@@ -58,12 +60,9 @@ pub struct CreatePrecheck {
     notify_url: Option<String>,
 }
 
-const DEFAULT_DIE_ID: &str = "FFFFFFFF";
-const DEFAULT_SLOT: &str = "1x1";
-
 fn slot_schema() -> Object {
     let mut slot = nullable_string_enum(SLOTS);
-    slot.default = Some("1x1".into());
+    slot.default = Some(Slot::default().as_str().into());
     slot
 }
 
@@ -114,36 +113,13 @@ pub async fn create(
     }
     let notify_url = notify_url(&state, body.notify_url)?;
     // Checked first: a build's layout becomes an upload only for a request that can succeed.
-    let die_id = body.die_id.unwrap_or_else(|| DEFAULT_DIE_ID.into());
-    if die_id.len() != 8 || !die_id.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(ApiError::BadRequest(format!(
-            "die_id: {die_id:?} must be exactly 8 letters or digits (default FFFFFFFF)"
-        )));
-    }
-    let slot = body.slot.unwrap_or_else(|| DEFAULT_SLOT.into());
-    if !SLOTS.contains(&slot.as_str()) {
-        return Err(ApiError::BadRequest(format!(
-            "slot: {slot:?} is not a slot size: use one of {}",
-            SLOTS.join(", ")
-        )));
-    }
-    let upload_id = match (body.upload_id, body.job_id) {
-        (Some(given), None) => Uuid::parse_str(&given).map_err(|_| {
-            ApiError::BadRequest(format!(
-                "upload_id: {given:?} is not an upload id (use the Id that POST /api/v1/uploads returned)"
-            ))
-        })?,
-        (None, Some(job)) => upload_build(&state, &caller, &job).await?,
-        (Some(_), Some(_)) => {
-            return Err(ApiError::BadRequest(
-                "upload_id and job_id: give one of them, not both".into(),
-            ));
-        }
-        (None, None) => {
-            return Err(ApiError::BadRequest(
-                "upload_id: missing: give the Id that POST /api/v1/uploads returned (or job_id, the Id of a completed build job)".into(),
-            ));
-        }
+    let die_id = parse_or(body.die_id.as_deref(), DieId::default)?;
+    let slot = parse_or(body.slot.as_deref(), Slot::default)?;
+    let source = PrecheckSource::parse(body.upload_id.as_deref(), body.job_id.as_deref())
+        .map_err(ApiError::BadRequest)?;
+    let upload_id = match source {
+        PrecheckSource::Upload(id) => id,
+        PrecheckSource::Build(job) => upload_build(&state, &caller, job).await?,
     };
     // The layout's facts decide the top cell; a key never learns of another key's upload.
     let upload = state
@@ -156,9 +132,9 @@ pub async fn create(
     let top_cell = choose_top_cell(body.top_cell, upload.layout.as_ref(), force)?;
     let params = PrecheckParams {
         upload_id,
-        top_cell,
-        die_id,
-        slot,
+        top_cell: top_cell.into_string(),
+        die_id: die_id.into_string(),
+        slot: slot.as_str().into(),
         cob: body.cob.unwrap_or(false),
     };
     let key = idempotency.as_ref().map(|i| i.key.clone());
@@ -195,6 +171,17 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(RunBody::from(&run))))
 }
 
+/// A field's value read by its domain type (whose error names the field), or its default.
+fn parse_or<T: std::str::FromStr<Err = String>>(
+    given: Option<&str>,
+    default: impl FnOnce() -> T,
+) -> Result<T, ApiError> {
+    given.map_or_else(
+        || Ok(default()),
+        |s| s.parse().map_err(ApiError::BadRequest),
+    )
+}
+
 /// The refusal of an `Idempotency-Key` sent again with another request.
 fn key_reused(key: &str) -> ApiError {
     ApiError::Unprocessable(format!(
@@ -216,8 +203,8 @@ impl CreatePrecheck {
             "upload_id": id(&self.upload_id),
             "job_id": id(&self.job_id),
             "top_cell": self.top_cell,
-            "die_id": self.die_id.as_deref().unwrap_or(DEFAULT_DIE_ID),
-            "slot": self.slot.as_deref().unwrap_or(DEFAULT_SLOT),
+            "die_id": self.die_id.as_deref().unwrap_or(DieId::DEFAULT),
+            "slot": self.slot.as_deref().unwrap_or(Slot::default().as_str()),
             "cob": self.cob.unwrap_or(false),
             "force": self.force.unwrap_or(false),
             "notify_url": self.notify_url,
@@ -245,12 +232,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 /// Makes the final layout of a completed build job an upload (inspected like any), for a
 /// precheck of it.
-async fn upload_build(state: &AppState, caller: &Caller, job: &str) -> Result<Uuid, ApiError> {
-    let id = Uuid::parse_str(job).map_err(|_| {
-        ApiError::BadRequest(format!(
-            "job_id: {job:?} is not a job id (use the Id that POST /api/v1/projects/{{id}}/jobs returned)"
-        ))
-    })?;
+async fn upload_build(state: &AppState, caller: &Caller, id: Uuid) -> Result<Uuid, ApiError> {
     let run = match state.db.run(id).await? {
         Some(run) if run.kind() == RunKind::Build && caller.scope.sees(run.owner.as_deref()) => run,
         _ => return Err(ApiError::NotFound(format!("no such build job: {id}"))),
@@ -304,12 +286,14 @@ fn choose_top_cell(
     given: Option<String>,
     layout: Option<&Layout>,
     force: bool,
-) -> Result<String, ApiError> {
+) -> Result<TopCell, ApiError> {
     let bad = |m: String| ApiError::BadRequest(m);
+    // The layout's own name is checked too: it reaches the container as an argument all the same.
+    let check = |name: &str| name.parse::<TopCell>().map_err(ApiError::BadRequest);
     let top = match (given, layout) {
-        (Some(top), _) => check_top_cell(top)?,
+        (Some(top), _) => check(&top)?,
         (None, Some(layout)) => match layout.top_cells.as_slice() {
-            [only] => check_top_cell(only.clone())?,
+            [only] => check(only)?,
             [] => {
                 return Err(bad(
                     "top_cell: missing, and the layout has no top cell (every cell is placed by another): name the cell to check".into(),
@@ -332,14 +316,15 @@ fn choose_top_cell(
         return Ok(top);
     }
     let skip = "(or send \"force\": true to skip the layout checks)";
-    if !layout.top_cells.contains(&top) {
-        let why = if layout.cells.contains(&top) {
+    let name = top.as_str();
+    if !layout.top_cells.iter().any(|t| t == name) {
+        let why = if layout.cells.iter().any(|c| c == name) {
             "is placed by another cell, so it is not a top cell"
         } else {
             "is not a cell of the layout"
         };
         return Err(bad(format!(
-            "top_cell: {top:?} {why}; the layout's top cells are: {} {skip}",
+            "top_cell: {name:?} {why}; the layout's top cells are: {} {skip}",
             name_list(&layout.top_cells)
         )));
     }
@@ -361,30 +346,6 @@ fn name_list(names: &[String]) -> String {
     match names.len() {
         n if n > 10 => format!("{} and {} more", shown.join(", "), n - 10),
         _ => shown.join(", "),
-    }
-}
-
-/// A top cell is passed to the container as one argument: it must not look like a flag or a
-/// path, or carry anything a terminal or a log would misread.
-fn check_top_cell(top: String) -> Result<String, ApiError> {
-    let problem = if top.is_empty() {
-        Some("is empty")
-    } else if top.starts_with('-') {
-        Some("starts with '-'")
-    } else if top.contains('/') {
-        Some("contains '/'")
-    } else if top.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        Some("contains whitespace or control characters")
-    } else if top.len() > 1024 {
-        Some("is longer than 1024 bytes")
-    } else {
-        None
-    };
-    match problem {
-        Some(p) => Err(ApiError::BadRequest(format!(
-            "top_cell: {top:?} {p}: give the layout's top cell name"
-        ))),
-        None => Ok(top),
     }
 }
 
@@ -689,13 +650,140 @@ mod tests {
         assert_eq!(output_name(None), "design.checked.gds");
     }
 
-    #[test]
-    fn top_cells_that_could_be_flags_or_paths_are_refused() {
-        for bad in ["", "-rf", "a/b", "a b", "a\tb", "a\u{7}"] {
-            assert!(check_top_cell(bad.into()).is_err(), "{bad:?}");
+    fn layout(cells: &[&str], top_cells: &[&str], dbu_microns: f64) -> Layout {
+        Layout {
+            format: crate::layout::LayoutFormat::Gds,
+            dbu_microns,
+            cells: cells.iter().map(|c| c.to_string()).collect(),
+            top_cells: top_cells.iter().map(|c| c.to_string()).collect(),
         }
-        assert!(check_top_cell("chip_top".into()).is_ok());
-        assert!(check_top_cell("gf180mcu_ws_ip__logo".into()).is_ok());
+    }
+
+    #[test]
+    fn the_top_cell_is_the_given_one_or_the_layouts_only_one() {
+        let chip = layout(&["chip_top", "logo"], &["chip_top"], 0.001);
+        let chosen = |given: Option<&str>, layout: Option<&Layout>, force| {
+            choose_top_cell(given.map(String::from), layout, force).map(TopCell::into_string)
+        };
+        assert_eq!(chosen(None, Some(&chip), false).unwrap(), "chip_top");
+        assert_eq!(
+            chosen(Some("chip_top"), Some(&chip), false).unwrap(),
+            "chip_top"
+        );
+        // Without layout facts (an old upload), or with `force`, only the name's own rules hold.
+        assert_eq!(chosen(Some("other"), None, false).unwrap(), "other");
+        assert_eq!(chosen(Some("logo"), Some(&chip), true).unwrap(), "logo");
+        let nm = layout(&["chip_top"], &["chip_top"], 0.000_1);
+        assert_eq!(
+            chosen(Some("chip_top"), Some(&nm), true).unwrap(),
+            "chip_top"
+        );
+    }
+
+    /// Every refusal of the top cell against the upload's layout: (given, layout, fragment).
+    #[test]
+    fn top_cells_the_layout_does_not_hold_are_refused() {
+        let chip = layout(&["chip_top", "logo"], &["chip_top"], 0.001);
+        let two = layout(&["a", "b"], &["a", "b"], 0.001);
+        let names: Vec<String> = (0..12).map(|n| format!("c{n}")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let twelve = layout(&names, &names, 0.001);
+        let cycle = layout(&["a", "b"], &[], 0.001);
+        let flag = layout(&["-rf"], &["-rf"], 0.001);
+        let nm = layout(&["chip_top"], &["chip_top"], 0.000_1);
+        let skip = "(or send \"force\": true to skip the layout checks)";
+        let cases: [(Option<&str>, Option<&Layout>, bool, &str); 10] = [
+            (
+                None,
+                None,
+                false,
+                "top_cell: missing: name the layout's top cell",
+            ),
+            (
+                None,
+                Some(&cycle),
+                false,
+                "top_cell: missing, and the layout has no top cell (every cell is placed by another): name the cell to check",
+            ),
+            (
+                None,
+                Some(&two),
+                false,
+                "top_cell: missing, and the layout has 2 top cells (\"a\", \"b\"): say which one to check",
+            ),
+            (
+                None,
+                Some(&twelve),
+                true,
+                "12 top cells (\"c0\", \"c1\", \"c2\", \"c3\", \"c4\", \"c5\", \"c6\", \"c7\", \"c8\", \"c9\" and 2 more)",
+            ),
+            (
+                None,
+                Some(&flag),
+                true,
+                "top_cell: \"-rf\" starts with '-': give the layout's top cell name",
+            ),
+            (
+                Some("a b"),
+                None,
+                true,
+                "top_cell: \"a b\" contains whitespace",
+            ),
+            (
+                Some("chip_other"),
+                Some(&chip),
+                false,
+                "top_cell: \"chip_other\" is not a cell of the layout; the layout's top cells are: \"chip_top\" (or send",
+            ),
+            (
+                Some("logo"),
+                Some(&chip),
+                false,
+                "top_cell: \"logo\" is placed by another cell, so it is not a top cell; the layout's top cells are: \"chip_top\"",
+            ),
+            (
+                Some("x"),
+                Some(&cycle),
+                false,
+                "the layout's top cells are: none",
+            ),
+            (
+                Some("chip_top"),
+                Some(&nm),
+                false,
+                "the layout's database unit is 0.0001 µm, but the gf180mcu precheck needs 0.001 µm (1 nm): export it again with a 1 nm database unit",
+            ),
+        ];
+        for (given, layout, force, fragment) in cases {
+            let e = choose_top_cell(given.map(String::from), layout, force).unwrap_err();
+            assert!(
+                matches!(e, ApiError::BadRequest(_)),
+                "{given:?}: not a 400: {e}"
+            );
+            let e = e.to_string();
+            assert!(e.contains(fragment), "{given:?}: {e:?} lacks {fragment:?}");
+            if given.is_some() && layout.is_some() && !force {
+                assert!(e.ends_with(skip), "{given:?}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn missing_fields_take_their_defaults_and_bad_ones_name_the_field() {
+        assert_eq!(
+            parse_or::<DieId>(None, DieId::default).unwrap().as_str(),
+            "FFFFFFFF"
+        );
+        assert_eq!(parse_or::<Slot>(None, Slot::default).unwrap(), Slot::Full);
+        assert_eq!(
+            parse_or::<Slot>(Some("0p5x0p5"), Slot::default).unwrap(),
+            Slot::Quarter
+        );
+        let e = parse_or::<DieId>(Some("ABC"), DieId::default).unwrap_err();
+        assert!(
+            matches!(&e, ApiError::BadRequest(m) if m.starts_with("die_id: \"ABC\"")),
+            "{e}"
+        );
     }
 }
 

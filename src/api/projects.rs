@@ -17,10 +17,10 @@ use super::extract::{Caller, Json, Path, content_length, parse_id};
 use super::openapi::Binary;
 use super::respond::rfc3339;
 use super::state::AppState;
-use crate::units::human_bytes;
 use crate::db::{DeleteProject, PutFile};
 use crate::model::{Project, ProjectFile, check_project_path};
 use crate::storage::{ChunkWriter, StagedBlob, UploadError};
+use crate::units::human_bytes;
 
 /// A project: HDL files to simulate and build.
 #[derive(Serialize, ToSchema)]

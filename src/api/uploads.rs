@@ -16,11 +16,11 @@ use super::extract::{Caller, Json, Path, content_length, parse_id};
 use super::openapi::{Binary, string_enum};
 use super::respond::rfc3339;
 use super::state::AppState;
-use crate::units::human_bytes;
 use crate::db::DeleteUpload;
 use crate::layout::{self, Layout};
 use crate::model::{LayoutFormat, Upload};
 use crate::storage::{Saved, UploadError};
+use crate::units::human_bytes;
 
 /// An uploaded layout.
 #[derive(Serialize, Deserialize, ToSchema)]

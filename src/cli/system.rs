@@ -7,11 +7,11 @@ use serde::Serialize;
 
 use super::{Admin, Output, print_json};
 use crate::api::Health;
-use crate::units::human_bytes;
 use crate::model::RunStatus;
 use crate::recovery::{orphan_containers, orphan_files};
 use crate::runner::RUN_LABEL;
 use crate::storage::{EntryKind, disk_usage};
+use crate::units::human_bytes;
 
 /// How long `status` waits for the server's `/health`.
 const HEALTH_WAIT: Duration = Duration::from_secs(3);

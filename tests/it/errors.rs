@@ -524,12 +524,6 @@ async fn bad_precheck_requests_are_refused_and_damage_nothing() {
             &["upload_id", "abc"],
         ),
         case(
-            "upload_id empty",
-            with("upload_id", json!("")),
-            400,
-            &["upload_id"],
-        ),
-        case(
             "an unknown field",
             with("topcell", json!("chip_top")),
             400,
@@ -548,31 +542,6 @@ async fn bad_precheck_requests_are_refused_and_damage_nothing() {
             &["die_id", "ABC", "8"],
         ),
         case(
-            "die_id too long",
-            with("die_id", json!("ABCDEFGH1")),
-            400,
-            &["die_id", "8"],
-        ),
-        case("die_id empty", with("die_id", json!("")), 400, &["die_id"]),
-        case(
-            "die_id with '-'",
-            with("die_id", json!("ABCD-EFG")),
-            400,
-            &["die_id"],
-        ),
-        case(
-            "die_id with a space",
-            with("die_id", json!("ABCD EFG")),
-            400,
-            &["die_id"],
-        ),
-        case(
-            "die_id not ASCII",
-            with("die_id", json!("ABCDÉFG")),
-            400,
-            &["die_id"],
-        ),
-        case(
             "die_id a number",
             with("die_id", json!(12345678)),
             400,
@@ -584,13 +553,6 @@ async fn bad_precheck_requests_are_refused_and_damage_nothing() {
             400,
             &["slot", "2x2", "1x1", "0p5x1", "1x0p5", "0p5x0p5"],
         ),
-        case(
-            "slot in other words",
-            with("slot", json!("0.5x0.5")),
-            400,
-            &["slot", "0p5x0p5"],
-        ),
-        case("slot empty", with("slot", json!("")), 400, &["slot", "1x1"]),
         case("slot a number", with("slot", json!(1)), 400, &["slot"]),
         case("cob a string", with("cob", json!("yes")), 400, &["cob"]),
         case("cob a number", with("cob", json!(1)), 400, &["cob"]),
@@ -619,27 +581,15 @@ async fn bad_precheck_requests_are_refused_and_damage_nothing() {
             &["upload", unknown.as_str()],
         ),
     ];
-    for (what, top) in [
-        ("a flag", "-rf"),
-        ("a long flag", "--dir=/etc"),
-        ("a path", "cells/chip_top"),
-        ("a root path", "/chip_top"),
-        ("a space", "chip top"),
-        ("leading whitespace", " chip_top"),
-        ("a tab", "chip\ttop"),
-        ("a newline", "chip_top\n--cob"),
-        ("a control character", "chip\u{7}top"),
-        ("an escape", "chip\u{1b}[31mtop"),
-        ("a DEL", "chip\u{7f}"),
-        ("nothing", ""),
-    ] {
-        cases.push(case(
-            format!("top_cell with {what}"),
-            with("top_cell", json!(top)),
-            400,
-            &["top_cell"],
-        ));
-    }
+    // One case per rule of a field's own: the unit tables of `model::prechecks` (`DieId`, `Slot`,
+    // `TopCell`, `PrecheckSource`) hold every value each refuses, without a server; these show
+    // that a refusal is a 400 with its message, and (below) that it leaves nothing behind.
+    cases.push(case(
+        "top_cell with a newline",
+        with("top_cell", json!("chip_top\n--cob")),
+        400,
+        &["top_cell", "whitespace or control"],
+    ));
     check_all(cases).await;
 
     // An expired upload: 410, saying so and what to do. The server keeps uploads until their

@@ -1,15 +1,13 @@
-//! The nouns of the domain: uploads, runs, their states and how a run ended. No SQL, no HTTP.
+//! Runs of every kind: what each was asked to do, where it stands and how it ended.
 
 use std::fmt;
 use std::str::FromStr;
 
 use time::OffsetDateTime;
-
-use crate::layout::Layout;
-// The layout's format lives with the reader that recognises it (`layout` imports nothing of the
-// crate); named here too, with the other nouns of an upload.
-pub use crate::layout::LayoutFormat;
 use uuid::Uuid;
+
+use super::jobs::{BuildParams, SimulationParams};
+use super::prechecks::PrecheckParams;
 
 /// A run's lifecycle status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -67,112 +65,6 @@ impl FromStr for RunStatus {
                 )
             })
     }
-}
-
-/// Slot sizes the precheck knows.
-pub const SLOTS: [&str; 4] = ["1x1", "0p5x1", "1x0p5", "0p5x0p5"];
-
-/// Whose uploads and runs a caller may see and touch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Scope {
-    /// Everything: an admin key, or a server without authentication.
-    All,
-    /// Only what the key with this name made.
-    Owner(String),
-}
-
-impl Scope {
-    pub fn sees(&self, owner: Option<&str>) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::Owner(name) => owner == Some(name.as_str()),
-        }
-    }
-
-    /// The owner to filter lists by, if any.
-    pub fn owner(&self) -> Option<&str> {
-        match self {
-            Scope::All => None,
-            Scope::Owner(name) => Some(name),
-        }
-    }
-}
-
-/// A stored upload.
-#[derive(Debug, Clone)]
-pub struct Upload {
-    pub id: Uuid,
-    /// The client's file name: text only, never used as a path.
-    pub name: String,
-    pub size: u64,
-    pub sha256: String,
-    pub format: LayoutFormat,
-    pub created: OffsetDateTime,
-    /// `None` once a run uses the upload: it is then kept for that run.
-    pub expires_at: Option<OffsetDateTime>,
-    /// Set when the sweeper removed the file after it expired.
-    pub expired: bool,
-    /// The name of the API key that made it (none without authentication).
-    pub owner: Option<String>,
-    /// What the layout holds; `None` for uploads stored before layouts were inspected.
-    pub layout: Option<Layout>,
-}
-
-impl Upload {
-    pub fn is_expired(&self, now: OffsetDateTime) -> bool {
-        self.expired || self.expires_at.is_some_and(|t| t <= now)
-    }
-}
-
-/// What a precheck run was asked to do.
-#[derive(Debug, Clone)]
-pub struct PrecheckParams {
-    pub upload_id: Uuid,
-    pub top_cell: String,
-    pub die_id: String,
-    pub slot: String,
-    pub cob: bool,
-}
-
-/// The simulators a simulation job may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SimulationTool {
-    Icarus,
-    Verilator,
-}
-
-impl SimulationTool {
-    pub const ALL: [SimulationTool; 2] = [SimulationTool::Icarus, SimulationTool::Verilator];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SimulationTool::Icarus => "icarus",
-            SimulationTool::Verilator => "verilator",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<SimulationTool> {
-        SimulationTool::ALL.into_iter().find(|t| t.as_str() == s)
-    }
-}
-
-/// What a simulation job was asked to do.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SimulationParams {
-    pub project_id: Uuid,
-    pub tool: SimulationTool,
-    /// The testbench's top module.
-    pub top: String,
-    /// The project files compiled, in order (every file of the project is in the container).
-    pub sources: Vec<String>,
-}
-
-/// What a build job was asked to do.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BuildParams {
-    pub project_id: Uuid,
-    /// The LibreLane config file's path in the project.
-    pub config: String,
 }
 
 /// A run's kind and what it was asked to do.
@@ -363,42 +255,14 @@ mod tests {
     }
 
     #[test]
-    fn project_paths() {
-        for good in [
-            "top.v",
-            "src/top.v",
-            "a/b/c/d.sv",
-            "tb_top.v",
-            "with space.v",
-            "ünï.v",
-        ] {
-            assert_eq!(check_project_path(good), Ok(()), "{good}");
+    fn kinds_round_trip_and_unknown_ones_say_what_is_allowed() {
+        for k in RunKind::ALL {
+            assert_eq!(k.as_str().parse::<RunKind>().unwrap(), k);
         }
-        for (bad, why) in [
-            ("", "empty"),
-            ("/etc/passwd", "absolute"),
-            ("../x.v", "'..'"),
-            ("src/../../x.v", "'..'"),
-            ("src//x.v", "empty"),
-            ("./x.v", "'.'"),
-            ("src/", "empty"),
-            ("a\\b.v", "'\\\\'"),
-            ("a\0b", "control"),
-            ("a\nb", "control"),
-        ] {
-            let e = check_project_path(bad).unwrap_err();
-            assert!(e.contains(why), "{bad:?}: {e}");
+        for bad in ["", "job", "Build", " build"] {
+            let e = bad.parse::<RunKind>().unwrap_err();
+            assert!(e.contains("precheck, simulation, build"), "{bad:?}: {e}");
         }
-        assert!(
-            check_project_path(&"a".repeat(256))
-                .unwrap_err()
-                .contains("255")
-        );
-        assert!(
-            check_project_path(&"a/".repeat(600))
-                .unwrap_err()
-                .contains("1024")
-        );
     }
 
     #[test]
@@ -407,64 +271,4 @@ mod tests {
         assert_eq!(Outcome::failed(1, "x").exit_code, 1);
         assert_ne!(Outcome::cancelled().exit_code, 0);
     }
-}
-
-/// A designer's project: HDL sources kept on the server for simulations and builds.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Project {
-    pub id: Uuid,
-    pub name: String,
-    pub description: String,
-    pub owner: Option<String>,
-    pub created: OffsetDateTime,
-    pub updated: OffsetDateTime,
-    /// How many files it holds and their bytes in all.
-    pub files: u64,
-    pub size: u64,
-}
-
-/// One file of a project; its content is the blob named by its sha256.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProjectFile {
-    pub path: String,
-    pub size: u64,
-    pub sha256: String,
-    pub modified: OffsetDateTime,
-}
-
-/// A project file as a job was given it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobFile {
-    pub path: String,
-    pub size: u64,
-    pub sha256: String,
-}
-
-/// The longest project file path, and the longest part of one.
-pub const MAX_PATH: usize = 1024;
-pub const MAX_PATH_PART: usize = 255;
-
-/// Checks a project file path: relative, `/`-separated, no empty, `.` or `..` part, no
-/// backslash, NUL or control character. Says what is wrong otherwise.
-pub fn check_project_path(path: &str) -> Result<(), String> {
-    let problem = if path.is_empty() {
-        "is empty"
-    } else if path.len() > MAX_PATH {
-        "is longer than 1024 bytes"
-    } else if path.starts_with('/') {
-        "is absolute: give it relative to the project, e.g. src/top.v"
-    } else if path.chars().any(|c| c.is_control()) {
-        "contains a control character"
-    } else if path.contains('\\') {
-        "contains '\\\\': separate folders with '/'"
-    } else if path.split('/').any(|part| part == "..") {
-        "contains '..'"
-    } else if path.split('/').any(|part| part.is_empty() || part == ".") {
-        "has an empty or '.' part"
-    } else if path.split('/').any(|part| part.len() > MAX_PATH_PART) {
-        "has a part longer than 255 bytes"
-    } else {
-        return Ok(());
-    };
-    Err(format!("the path {path:?} {problem}"))
 }
