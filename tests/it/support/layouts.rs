@@ -1,0 +1,81 @@
+//! Layouts the tests make themselves: a good die, a library of given cells, and a big GDSII file
+//! written in constant memory.
+
+use std::fs;
+use std::io::{self, BufWriter};
+use std::path::Path;
+
+use precheck_server::layout::write::{Cell, Die, GdsWriter, Layer, Library, Placement};
+
+/// A good 1x1 die whose top cell is `top`, as GDSII: what a designer sends the precheck
+/// (`layout::write::Die`: origin (0, 0), 1 nm, the slot's exact size, a seal ring).
+pub fn gds_bytes(top: &str) -> Vec<u8> {
+    Die::new(top).gds()
+}
+
+/// A GDSII library with a database unit of `dbu_meters` and the given cells, each with one
+/// 1 µm square on 1/0 and a placement of each of its children at the origin.
+pub fn gds_library(dbu_meters: f64, cells: &[(&str, &[&str])]) -> Vec<u8> {
+    let dbu_microns = dbu_meters / 1e-6;
+    let square = (1e-6 / dbu_meters).round() as i64;
+    let mut library = Library::new(dbu_microns);
+    for (name, children) in cells {
+        let mut cell = Cell::new(name).rect(Layer(1, 0), [0, 0, square, square]);
+        for child in *children {
+            cell = cell.place(Placement::of(child, (0, 0)));
+        }
+        library = library.cell(cell);
+    }
+    library.gds()
+}
+
+/// Writes a valid GDSII file of about `approx_bytes` bytes to `path` in constant memory: one
+/// structure `top` holding many squares. Returns the file's exact size.
+pub fn write_big_gds(path: impl AsRef<Path>, top: &str, approx_bytes: u64) -> u64 {
+    /// BOUNDARY + LAYER + DATATYPE + XY (5 points) + ENDEL.
+    const BOUNDARY_BYTES: u64 = 4 + 6 + 6 + (4 + 5 * 8) + 4;
+    /// ENDSTR + ENDLIB.
+    const END_BYTES: u64 = 4 + 4;
+    let path = path.as_ref();
+    let file = fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    let written = (|| -> io::Result<u64> {
+        let mut gds = GdsWriter::new(BufWriter::with_capacity(1 << 20, file), 0.001)?;
+        gds.begin_cell(top)?;
+        let count =
+            (approx_bytes.saturating_sub(gds.written() + END_BYTES) / BOUNDARY_BYTES).max(1);
+        for i in 0..count {
+            let x = (i % 1000) as i64 * 2000;
+            let y = ((i / 1000) % 100_000) as i64 * 2000;
+            gds.rect(Layer(1, 0), [x, y, x + 1000, y + 1000])?;
+        }
+        gds.end_cell()?;
+        let written = gds.written() + 4;
+        gds.finish()?;
+        Ok(written)
+    })();
+    written.unwrap_or_else(|e| panic!("write {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_big_gds_writes_about_the_size_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.gds");
+        let size = write_big_gds(&path, "big_top", 200_000);
+        assert_eq!(fs::metadata(&path).unwrap().len(), size);
+        assert!(size.abs_diff(200_000) < 64, "{size} bytes");
+        let layout = precheck_server::layout::inspect(fs::File::open(&path).unwrap()).unwrap();
+        assert_eq!(layout.top_cells, ["big_top"]);
+    }
+
+    #[test]
+    fn gds_library_places_its_children() {
+        let bytes = gds_library(1e-8, &[("leaf", &[]), ("chip_top", &["leaf"]), ("b", &[])]);
+        let layout = precheck_server::layout::inspect(&bytes[..]).unwrap();
+        assert_eq!(layout.top_cells, ["chip_top", "b"]);
+        assert!(layout.dbu_is(0.01), "{}", layout.dbu_microns);
+    }
+}
