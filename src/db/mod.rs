@@ -208,7 +208,7 @@ fn bad_value(message: String) -> rusqlite::Error {
 mod tests {
     use super::*;
     use crate::db::fixtures::{new_run, now, params, upload};
-    use crate::model::{Outcome, Project, RunKind, RunStatus, Scope};
+    use crate::model::{Outcome, RunKind, RunStatus, Scope};
 
     /// The schema version of the database file at `path`, read beside the [`Db`] that has it open.
     fn user_version(path: &Path) -> usize {
@@ -264,16 +264,7 @@ mod tests {
                 .await
                 .unwrap()
         );
-        let project = Project {
-            id: Uuid::new_v4(),
-            name: "p".into(),
-            description: String::new(),
-            owner: None,
-            created: now(),
-            updated: now(),
-            files: 0,
-            size: 0,
-        };
+        let project = crate::db::fixtures::project();
         db.create_project(project.clone()).await.unwrap();
         drop(db);
 
@@ -381,7 +372,7 @@ mod fixtures {
     use uuid::Uuid;
 
     use super::NewRun;
-    use crate::model::{LayoutFormat, PrecheckParams, Upload};
+    use crate::model::{LayoutFormat, PrecheckParams, Project, Upload};
 
     pub(super) fn now() -> OffsetDateTime {
         OffsetDateTime::now_utc()
@@ -394,6 +385,20 @@ mod fixtures {
             notify_url: None,
             idempotency: None,
             created: now(),
+        }
+    }
+
+    /// An empty project named "p".
+    pub(super) fn project() -> Project {
+        Project {
+            id: Uuid::new_v4(),
+            name: "p".into(),
+            description: String::new(),
+            owner: None,
+            created: now(),
+            updated: now(),
+            files: 0,
+            size: 0,
         }
     }
 

@@ -431,16 +431,7 @@ mod tests {
     async fn a_project_holds_at_most_max_files_files() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
-        let project = Project {
-            id: Uuid::new_v4(),
-            name: "p".into(),
-            description: String::new(),
-            owner: None,
-            created: now(),
-            updated: now(),
-            files: 0,
-            size: 0,
-        };
+        let project = crate::db::fixtures::project();
         db.create_project(project.clone()).await.unwrap();
         let file = |path: &str| ProjectFile {
             path: path.into(),
@@ -475,16 +466,7 @@ mod tests {
     async fn a_job_keeps_the_files_it_was_given() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
-        let project = Project {
-            id: Uuid::new_v4(),
-            name: "p".into(),
-            description: String::new(),
-            owner: None,
-            created: now(),
-            updated: now(),
-            files: 0,
-            size: 0,
-        };
+        let project = crate::db::fixtures::project();
         db.create_project(project.clone()).await.unwrap();
         let file = |path: &str, sha: &str| ProjectFile {
             path: path.into(),
