@@ -642,6 +642,41 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_idempotency_key_is_1_to_255_printable_ascii_characters() {
+        let key = |value: &[u8]| {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                "idempotency-key",
+                axum::http::HeaderValue::from_bytes(value).unwrap(),
+            );
+            idempotency_key(&headers)
+        };
+        assert_eq!(idempotency_key(&HeaderMap::new()).unwrap(), None);
+        let uuid = "8c6c6b0e-3f4e-4f0a-9d3a-2b1f0f4f9c1e";
+        assert_eq!(key(uuid.as_bytes()).unwrap().as_deref(), Some(uuid));
+        assert!(key(&[b'k'; 255]).unwrap().is_some());
+        for bad in [
+            &b""[..],
+            &[b'k'; 256],
+            b"two words",
+            b"tab\there",
+            "caf\u{e9}".as_bytes(),
+        ] {
+            match key(bad) {
+                Err(ApiError::BadRequest(message)) => assert!(
+                    message.starts_with("Idempotency-Key: must be 1 to 255 printable ASCII"),
+                    "{message}"
+                ),
+                other => panic!(
+                    "{:?} was taken: {:?}",
+                    String::from_utf8_lossy(bad),
+                    other.ok()
+                ),
+            }
+        }
+    }
+
+    #[test]
     fn output_names_are_safe() {
         assert_eq!(output_name(Some("chip_top.gds")), "chip_top.checked.gds");
         assert_eq!(output_name(Some("chip_top.gds.gz")), "chip_top.checked.gds");
