@@ -2,7 +2,7 @@
 //! keeps its own copy of the project's file list (`job_files`), and a build records its progress.
 
 use anyhow::Result;
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -196,15 +196,7 @@ impl Db {
     }
 
     pub async fn project(&self, id: Uuid) -> Result<Option<Project>> {
-        self.call(move |c| {
-            c.query_row(
-                &format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?1"),
-                [id.to_string()],
-                project_from_row,
-            )
-            .optional()
-        })
-        .await
+        self.call(move |c| select_project(c, id)).await
     }
 
     /// The projects `scope` sees, newest first.
@@ -233,12 +225,7 @@ impl Db {
                  description = COALESCE(?3, description), updated = ?4 WHERE id = ?1",
                 params![id.to_string(), name, description, micros(now)],
             )?;
-            c.query_row(
-                &format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?1"),
-                [id.to_string()],
-                project_from_row,
-            )
-            .optional()
+            select_project(c, id)
         })
         .await
     }
@@ -397,6 +384,16 @@ impl Db {
         })
         .await
     }
+}
+
+/// The project `id`, if there is one.
+fn select_project(c: &Connection, id: Uuid) -> rusqlite::Result<Option<Project>> {
+    c.query_row(
+        &format!("SELECT {PROJECT_COLUMNS} FROM projects WHERE id = ?1"),
+        [id.to_string()],
+        project_from_row,
+    )
+    .optional()
 }
 
 fn project_from_row(r: &Row) -> rusqlite::Result<Project> {
