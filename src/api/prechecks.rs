@@ -691,6 +691,7 @@ mod tests {
             dbu_microns,
             cells: cells.iter().map(|c| c.to_string()).collect(),
             top_cells: top_cells.iter().map(|c| c.to_string()).collect(),
+            die: None,
         }
     }
 

@@ -188,6 +188,7 @@ pub(super) fn upload_from_row(r: &Row) -> rusqlite::Result<Upload> {
             dbu_microns,
             cells: vec![],
             top_cells: vec![],
+            die: None,
         }),
     })
 }

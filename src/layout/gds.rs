@@ -1,11 +1,13 @@
 //! GDSII stream format: a sequence of records, each a big-endian `u16` length (header
-//! included), a record type, a data type and the data. Only the records that name cells
-//! (STRNAME), place them (SNAME inside SREF and AREF) and give the unit (UNITS) are kept; every
-//! other record is skipped by its length. Reading ends at ENDLIB: a file that ends before it is
-//! truncated, whatever it held so far.
+//! included), a record type, a data type and the data. The records that name cells (STRNAME),
+//! place them (SREF and AREF with SNAME, STRANS, MAG, ANGLE, COLROW), give the unit (UNITS) and
+//! shape them (BOUNDARY, PATH, BOX and TEXT with their layer, datatype, width, path type,
+//! extensions and points) are read; every other record is skipped by its length. Reading ends
+//! at ENDLIB: a file that ends before it is truncated, whatever it held so far.
 
 use std::io::{self, BufRead};
 
+use super::geometry::{self, Geometry, Linear, Rect};
 use super::{CellGraph, CellKey, Found, LayoutError, io_error};
 
 const HEADER: u8 = 0x00;
@@ -14,10 +16,30 @@ const ENDLIB: u8 = 0x04;
 const BGNSTR: u8 = 0x05;
 const STRNAME: u8 = 0x06;
 const ENDSTR: u8 = 0x07;
+const BOUNDARY: u8 = 0x08;
+const PATH: u8 = 0x09;
 const SREF: u8 = 0x0a;
 const AREF: u8 = 0x0b;
+const TEXT: u8 = 0x0c;
+const LAYER: u8 = 0x0d;
+const DATATYPE: u8 = 0x0e;
+const WIDTH: u8 = 0x0f;
+const XY: u8 = 0x10;
 const ENDEL: u8 = 0x11;
 const SNAME: u8 = 0x12;
+const COLROW: u8 = 0x13;
+const NODE: u8 = 0x15;
+const TEXTTYPE: u8 = 0x16;
+const STRANS: u8 = 0x1a;
+const MAG: u8 = 0x1b;
+const ANGLE: u8 = 0x1c;
+const PATHTYPE: u8 = 0x21;
+const BOX: u8 = 0x2d;
+const BOXTYPE: u8 = 0x2e;
+const BGNEXTN: u8 = 0x30;
+const ENDEXTN: u8 = 0x31;
+/// The most points kept for one PATH or AREF (a PATH's XY may continue over several records).
+const MAX_POINTS: usize = 1 << 20;
 /// The last record type of the format (LIBSECUR is 0x3b).
 const LAST_TYPE: u8 = 0x3b;
 
@@ -101,6 +123,9 @@ pub(super) fn read(reader: impl BufRead, format: &'static str) -> Result<Found, 
     let mut in_structure = false;
     let mut current: Option<CellKey> = None;
     let mut in_reference = false;
+    let mut geometry = Geometry::default();
+    // The element whose records are being read (BOUNDARY, PATH, SREF, AREF, TEXT, NODE, BOX).
+    let mut element: Option<Element> = None;
     let mut data = Vec::with_capacity(64);
     let corrupt = |detail: String| LayoutError::Corrupt { format, detail };
     let mut record = 0u64;
@@ -139,7 +164,25 @@ pub(super) fn read(reader: impl BufRead, format: &'static str) -> Result<Found, 
         }
         // The records that matter are read; every other one is skipped by its length.
         let body = len - 4;
-        let got = if matches!(kind, UNITS | STRNAME | SNAME) {
+        let got = if matches!(
+            kind,
+            UNITS
+                | STRNAME
+                | SNAME
+                | LAYER
+                | DATATYPE
+                | TEXTTYPE
+                | BOXTYPE
+                | WIDTH
+                | XY
+                | COLROW
+                | STRANS
+                | MAG
+                | ANGLE
+                | PATHTYPE
+                | BGNEXTN
+                | ENDEXTN
+        ) {
             data.resize(body, 0);
             r.fill(&mut data).map(|n| n as u64)
         } else {
@@ -189,6 +232,7 @@ pub(super) fn read(reader: impl BufRead, format: &'static str) -> Result<Found, 
                 }
                 let key = CellKey::Name(name(&data));
                 graph.define(key.clone(), format)?;
+                geometry.begin(key.clone());
                 current = Some(key);
             }
             ENDSTR => {
@@ -198,31 +242,186 @@ pub(super) fn read(reader: impl BufRead, format: &'static str) -> Result<Found, 
                 in_structure = false;
                 current = None;
                 in_reference = false;
+                element = None;
+                geometry.end();
             }
-            SREF | AREF => {
+            SREF | AREF | BOUNDARY | PATH | TEXT | NODE | BOX => {
                 if current.is_none() {
                     return Err(misplaced());
                 }
-                in_reference = true;
+                in_reference = matches!(kind, SREF | AREF);
+                element = Some(Element::new(kind));
             }
             SNAME => {
                 if !in_reference {
                     return Err(misplaced());
                 }
-                graph.place(current.as_ref(), CellKey::Name(name(&data)), format)?;
+                let child = CellKey::Name(name(&data));
+                graph.place(current.as_ref(), child.clone(), format)?;
+                if let Some(e) = &mut element {
+                    e.child = Some(child);
+                }
                 in_reference = false;
             }
-            ENDEL => in_reference = false,
+            ENDEL => {
+                in_reference = false;
+                if let Some(e) = element.take() {
+                    e.finish(&mut geometry, format)?;
+                }
+            }
+            LAYER | DATATYPE | TEXTTYPE | BOXTYPE | WIDTH | XY | COLROW | STRANS | MAG | ANGLE
+            | PATHTYPE | BGNEXTN | ENDEXTN => {
+                if let Some(e) = &mut element {
+                    e.record(kind, &data).map_err(corrupt)?;
+                }
+            }
             ENDLIB => {
                 if in_structure {
                     return Err(misplaced());
                 }
                 let dbu_microns =
                     dbu_microns.ok_or_else(|| corrupt("the library has no UNITS record".into()))?;
-                return Ok(Found { dbu_microns, graph });
+                return Ok(Found {
+                    dbu_microns,
+                    graph,
+                    geometry,
+                });
             }
             _ => {}
         }
+    }
+}
+
+/// One element as its records describe it, made a shape or a placement at its ENDEL.
+struct Element {
+    kind: u8,
+    layer: u32,
+    datatype: u32,
+    width: i64,
+    path_type: i16,
+    begin_extension: i64,
+    end_extension: i64,
+    /// The points of a PATH or AREF.
+    points: Vec<(i64, i64)>,
+    /// The box of every point (BOUNDARY, BOX and TEXT need only that).
+    bbox: Rect,
+    child: Option<CellKey>,
+    linear: Linear,
+    columns: u64,
+    rows: u64,
+}
+
+impl Element {
+    fn new(kind: u8) -> Element {
+        Element {
+            kind,
+            layer: 0,
+            datatype: 0,
+            width: 0,
+            path_type: 0,
+            begin_extension: 0,
+            end_extension: 0,
+            points: vec![],
+            bbox: Rect::EMPTY,
+            child: None,
+            linear: Linear::IDENTITY,
+            columns: 1,
+            rows: 1,
+        }
+    }
+
+    /// Takes in one of its records (a record too short for its value is corrupt).
+    fn record(&mut self, kind: u8, data: &[u8]) -> Result<(), String> {
+        let short = || format!("a {} record is too short", type_name(kind));
+        let int2 = |at: usize| {
+            data.get(at..at + 2)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]))
+                .ok_or_else(short)
+        };
+        let int4 = |at: usize| {
+            data.get(at..at + 4)
+                .map(|b| i64::from(i32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+                .ok_or_else(short)
+        };
+        let real = || data.get(0..8).map(gds_real).ok_or_else(short);
+        match kind {
+            LAYER => self.layer = u32::from(int2(0)?),
+            DATATYPE | TEXTTYPE | BOXTYPE => self.datatype = u32::from(int2(0)?),
+            WIDTH => self.width = int4(0)?,
+            PATHTYPE => self.path_type = int2(0)? as i16,
+            BGNEXTN => self.begin_extension = int4(0)?,
+            ENDEXTN => self.end_extension = int4(0)?,
+            STRANS => self.linear.mirror = int2(0)? & 0x8000 != 0,
+            MAG => self.linear.mag = real()?,
+            ANGLE => self.linear.angle = real()?,
+            COLROW => {
+                self.columns = u64::from(int2(0)?);
+                self.rows = u64::from(int2(2)?);
+            }
+            XY => {
+                let keep = matches!(self.kind, PATH | AREF);
+                for pair in data.chunks_exact(8) {
+                    let x = i64::from(i32::from_be_bytes([pair[0], pair[1], pair[2], pair[3]]));
+                    let y = i64::from(i32::from_be_bytes([pair[4], pair[5], pair[6], pair[7]]));
+                    self.bbox.add_point(x, y);
+                    if keep {
+                        if self.points.len() >= MAX_POINTS {
+                            return Err(format!(
+                                "a {} has more than {MAX_POINTS} points",
+                                type_name(self.kind)
+                            ));
+                        }
+                        self.points.push((x, y));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Adds the element to the cell being read.
+    fn finish(self, geometry: &mut Geometry, format: &'static str) -> Result<(), LayoutError> {
+        let layer = (self.layer, self.datatype);
+        match self.kind {
+            BOUNDARY | BOX => geometry.shape(layer, self.bbox),
+            // A TEXT is its point (KLayout boxes a text as its position).
+            TEXT => geometry.shape(layer, self.bbox),
+            PATH => {
+                // Path type 1 (round) and 2 reach half the width past their ends, 4 as
+                // BGNEXTN and ENDEXTN say, 0 not at all.
+                let half = self.width.abs() / 2;
+                let (begin, end) = match self.path_type {
+                    1 | 2 => (half, half),
+                    4 => (self.begin_extension, self.end_extension),
+                    _ => (0, 0),
+                };
+                let rect = geometry::path_box(&self.points, self.width, begin, end);
+                geometry.shape(layer, rect);
+            }
+            SREF => {
+                if let Some(child) = self.child {
+                    geometry.place(child, self.linear, self.bbox, format)?;
+                }
+            }
+            AREF => {
+                if let (Some(child), [origin, across, up, ..]) = (self.child, &self.points[..]) {
+                    let step = |to: (i64, i64), n: u64| {
+                        let n = n.max(1) as f64;
+                        (
+                            ((to.0 - origin.0) as f64 / n).round() as i64,
+                            ((to.1 - origin.1) as f64 / n).round() as i64,
+                        )
+                    };
+                    let column = step(*across, self.columns);
+                    let row = step(*up, self.rows);
+                    let corners = geometry::lattice(*origin, self.columns, column, self.rows, row);
+                    geometry.place(child, self.linear, corners, format)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 

@@ -9,11 +9,13 @@
 #[cfg(test)]
 mod fuzz;
 mod gds;
+mod geometry;
 mod oasis;
 pub mod write;
 
 #[cfg(test)]
 pub(crate) use gds::tests::Writer as GdsWriter;
+pub use geometry::{Die, Rect};
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -103,6 +105,8 @@ pub struct Layout {
     pub cells: Vec<String>,
     /// The cells no other cell places, in the same order.
     pub top_cells: Vec<String>,
+    /// The top cell's geometry, when there is exactly one top cell.
+    pub die: Option<Die>,
 }
 
 impl Layout {
@@ -483,6 +487,7 @@ enum CellKey {
 struct Found {
     dbu_microns: f64,
     graph: CellGraph,
+    geometry: geometry::Geometry,
 }
 
 impl CellGraph {
@@ -549,25 +554,31 @@ impl CellGraph {
         Ok(())
     }
 
+    /// The name of a cell, if the file gives one for its reference number.
+    fn resolve(&self, key: &CellKey) -> Option<String> {
+        match key {
+            CellKey::Name(name) => Some(name.clone()),
+            CellKey::Ref(n) => self.names.get(n).cloned(),
+        }
+    }
+
     /// Resolves reference numbers to names and finds the top cells.
-    fn finish(self, format: &'static str) -> Result<(Vec<String>, Vec<String>), LayoutError> {
+    fn finish(&self, format: &'static str) -> Result<(Vec<String>, Vec<String>), LayoutError> {
         let resolve = |key: &CellKey| -> Result<String, LayoutError> {
-            match key {
-                CellKey::Name(name) => Ok(name.clone()),
-                CellKey::Ref(n) => self
-                    .names
-                    .get(n)
-                    .cloned()
-                    .ok_or_else(|| LayoutError::Corrupt {
-                        format,
-                        detail: format!("cell reference number {n} has no CELLNAME record"),
-                    }),
-            }
+            self.resolve(key).ok_or_else(|| {
+                let CellKey::Ref(n) = key else {
+                    unreachable!("a name always resolves")
+                };
+                LayoutError::Corrupt {
+                    format,
+                    detail: format!("cell reference number {n} has no CELLNAME record"),
+                }
+            })
         };
         let placed: std::collections::HashSet<String> = self
             .placed
             .iter()
-            .filter_map(|key| resolve(key).ok())
+            .filter_map(|key| self.resolve(key))
             .collect();
         let mut cells = Vec::with_capacity(self.defined.len());
         let mut tops = vec![];
@@ -592,11 +603,19 @@ impl CellGraph {
 impl Found {
     fn into_layout(self, format: LayoutFormat, name: &'static str) -> Result<Layout, LayoutError> {
         let (cells, top_cells) = self.graph.finish(name)?;
+        let die = match top_cells.as_slice() {
+            [top] => Some(
+                self.geometry
+                    .die(top, |key| self.graph.resolve(key), name)?,
+            ),
+            _ => None,
+        };
         Ok(Layout {
             format,
             dbu_microns: self.dbu_microns,
             cells,
             top_cells,
+            die,
         })
     }
 }
@@ -666,6 +685,36 @@ mod tests {
                 layout.dbu_microns
             );
         }
+        // The boxes KLayout 0.28's `Cell.bbox()` gives for them.
+        let boxes: &[(&str, [i64; 4])] = &[
+            ("gf180mcu_ws_ip__logo.gds", [0, 0, 143250, 143250]),
+            ("gf180mcu_ws_ip__marker.gds", [0, 0, 245000, 245000]),
+            ("gf180mcu_ws_ip__project_id.gds", [0, 0, 195500, 59500]),
+            ("gf180mcu_ws_ip__qrcode_id.gds", [0, 0, 142800, 142800]),
+            ("mask_1x1.gds", [3000, 3000, 3929000, 5119000]),
+            ("mask_0p5x0p5.gds", [3000, 3000, 1933000, 2528000]),
+            ("mask_0p5x1.gds", [3000, 3000, 1933000, 5119000]),
+            ("mask_1x0p5.gds", [3000, 3000, 3929000, 2528000]),
+            ("chip_top_hier.gds", [0, 0, 3932000, 5122000]),
+            ("chip_top_hier.gds.gz", [0, 0, 3932000, 5122000]),
+        ];
+        for (name, [l, b, r, t]) in boxes {
+            let die = inspect_file(&dir.join(name)).die.expect("one top cell");
+            assert_eq!(die.bbox, Some(Rect::new(*l, *b, *r, *t)), "{name}");
+        }
+        let hier = inspect_file(&dir.join("chip_top_hier.gds")).die.unwrap();
+        let layers = [
+            (0, 0),
+            (34, 0),
+            (36, 0),
+            (42, 0),
+            (46, 0),
+            (81, 0),
+            (111, 5),
+            (152, 5),
+        ];
+        assert_eq!(hier.layers, layers);
+        assert_eq!(inspect_file(&dir.join("two_tops.gds")).die, None);
         let [gds, gz, oas] = [
             "chip_top_hier.gds",
             "chip_top_hier.gds.gz",

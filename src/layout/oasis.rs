@@ -76,6 +76,7 @@ pub(super) fn read(reader: impl BufRead, meter: &Meter<'_>) -> Result<Found, Lay
         Ok(dbu_microns) => Ok(Found {
             dbu_microns,
             graph: parser.graph,
+            geometry: Default::default(),
         }),
         Err(Fail::Done(e)) => Err(e),
         Err(Fail::Io(e)) => Err(io_error(e, OASIS, "while reading")),
