@@ -28,6 +28,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod docker;
+pub mod gf180;
 pub mod image;
 pub mod layout;
 pub mod logs;

@@ -96,6 +96,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/007_runs_by_owner.sql"),
     include_str!("migrations/008_idempotency_request.sql"),
     include_str!("migrations/009_start_sent_and_health.sql"),
+    include_str!("migrations/010_upload_die.sql"),
 ];
 
 impl Db {

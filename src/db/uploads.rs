@@ -9,11 +9,12 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{Db, bad_value, earliest, from_micros, micros, parse_uuid};
-use crate::layout::Layout;
+use crate::layout::{Die, Layout, Rect};
 use crate::model::{LayoutFormat, Scope, Upload};
 
 pub(super) const UPLOAD_COLUMNS: &str =
-    "id, name, size, sha256, format, created, expires_at, expired, owner, dbu_microns";
+    "id, name, size, sha256, format, created, expires_at, expired, owner, dbu_microns,
+     die_cell, die_left, die_bottom, die_right, die_top, die_layers";
 
 /// What deleting an upload did.
 #[derive(Debug, PartialEq)]
@@ -29,9 +30,12 @@ impl Db {
         self.call(move |c| {
             let tx = c.transaction()?;
             let id = upload.id.to_string();
+            let die = upload.layout.as_ref().and_then(|l| l.die.as_ref());
+            let bbox = die.and_then(|d| d.bbox);
             tx.execute(
-                "INSERT INTO uploads (id, name, size, sha256, format, created, expires_at, expired, owner, dbu_microns)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9)",
+                "INSERT INTO uploads (id, name, size, sha256, format, created, expires_at, expired, owner, dbu_microns,
+                                      die_cell, die_left, die_bottom, die_right, die_top, die_layers)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
                 params![
                     id,
                     upload.name,
@@ -42,6 +46,12 @@ impl Db {
                     upload.expires_at.map(micros),
                     upload.owner,
                     upload.layout.as_ref().map(|l| l.dbu_microns),
+                    die.map(|d| &d.cell),
+                    bbox.map(|b| b.left),
+                    bbox.map(|b| b.bottom),
+                    bbox.map(|b| b.right),
+                    bbox.map(|b| b.top),
+                    die.map(|d| layers_text(&d.layers)),
                 ],
             )?;
             if let Some(layout) = &upload.layout {
@@ -183,14 +193,47 @@ pub(super) fn upload_from_row(r: &Row) -> rusqlite::Result<Upload> {
         expires_at: r.get::<_, Option<i64>>(6)?.map(from_micros).transpose()?,
         expired: r.get(7)?,
         owner: r.get(8)?,
-        layout: r.get::<_, Option<f64>>(9)?.map(|dbu_microns| Layout {
-            format,
-            dbu_microns,
-            cells: vec![],
-            top_cells: vec![],
-            die: None,
-        }),
+        layout: match r.get::<_, Option<f64>>(9)? {
+            Some(dbu_microns) => Some(Layout {
+                format,
+                dbu_microns,
+                cells: vec![],
+                top_cells: vec![],
+                die: die_from_row(r)?,
+            }),
+            None => None,
+        },
     })
+}
+
+/// The die columns (10 to 15 of [`UPLOAD_COLUMNS`]).
+fn die_from_row(r: &Row) -> rusqlite::Result<Option<Die>> {
+    let Some(cell) = r.get::<_, Option<String>>(10)? else {
+        return Ok(None);
+    };
+    let sides: [Option<i64>; 4] = [r.get(11)?, r.get(12)?, r.get(13)?, r.get(14)?];
+    let bbox = match sides {
+        [Some(left), Some(bottom), Some(right), Some(top)] => {
+            Some(Rect::new(left, bottom, right, top))
+        }
+        _ => None,
+    };
+    let text: String = r.get::<_, Option<String>>(15)?.unwrap_or_default();
+    let layers = text
+        .split_whitespace()
+        .map(|pair| {
+            pair.split_once('/')
+                .and_then(|(l, d)| Some((l.parse().ok()?, d.parse().ok()?)))
+                .ok_or_else(|| bad_value(format!("bad die layer {pair:?}")))
+        })
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(Some(Die { cell, bbox, layers }))
+}
+
+/// Layers as the `die_layers` column keeps them: "22/0 34/0 167/5".
+fn layers_text(layers: &[(u32, u32)]) -> String {
+    let pairs: Vec<String> = layers.iter().map(|(l, d)| format!("{l}/{d}")).collect();
+    pairs.join(" ")
 }
 
 #[cfg(test)]
@@ -224,5 +267,38 @@ mod tests {
         drop(db);
         let db = Db::open(&path).unwrap();
         assert!(db.upload(old.id).await.unwrap().unwrap().expired);
+    }
+
+    #[tokio::test]
+    async fn an_uploads_die_is_kept_as_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        let layout = |die| Layout {
+            format: LayoutFormat::Gds,
+            dbu_microns: 0.001,
+            cells: vec!["leaf".into(), "chip_top".into()],
+            top_cells: vec!["chip_top".into()],
+            die,
+        };
+        let dies = [
+            None,
+            Some(Die {
+                cell: "chip_top".into(),
+                bbox: None,
+                layers: vec![],
+            }),
+            Some(Die {
+                cell: "chip_top".into(),
+                bbox: Some(Rect::new(-10, 0, 3_932_000, 5_122_000)),
+                layers: vec![(22, 0), (34, 0), (167, 5), (65535, 65535)],
+            }),
+        ];
+        for die in dies {
+            let mut stored = upload(time::Duration::hours(1));
+            stored.layout = Some(layout(die));
+            db.insert_upload(stored.clone()).await.unwrap();
+            let read = db.upload(stored.id).await.unwrap().unwrap();
+            assert_eq!(read.layout, stored.layout);
+        }
     }
 }

@@ -4,12 +4,14 @@
 //!
 //! One file per noun; everything is named here too, so `crate::model::X` is the path to use.
 
+mod die;
 mod jobs;
 mod prechecks;
 mod projects;
 mod runs;
 mod uploads;
 
+pub use die::{die_problems, microns, slot_size};
 pub use jobs::{
     BuildParams, BuildRequest, JobFields, JobFile, JobRequest, ModuleName, SimulationParams,
     SimulationRequest, SimulationTool,

@@ -1,0 +1,254 @@
+//! The die rules of the precheck's first checks, on the facts the upload's reading found
+//! (size, origin, seal ring, forbidden layers): what `POST /api/v1/prechecks` refuses unless
+//! `force`, and what `precheck-server inspect` tells. The rules' table is [`crate::gf180`].
+
+use super::prechecks::Slot;
+use crate::gf180::{self, CHECKED_LAYERS, LayerRule, SlotSize};
+use crate::layout::Die;
+
+/// The size of `slot`'s die.
+pub fn slot_size(slot: Slot) -> &'static SlotSize {
+    &gf180::SLOTS[slot as usize]
+}
+
+/// Every way `die` would fail the precheck's first geometry checks for `slot`, each as the
+/// designer is told it (facts first, then what to do); empty when it would pass them. With
+/// `cob` the size is not checked: for chip-on-board the precheck checks the pad mask instead.
+pub fn die_problems(die: &Die, dbu_microns: f64, slot: Slot, cob: bool) -> Vec<String> {
+    let mut problems = vec![];
+    let nm = |v: i64| (v as f64 * dbu_microns * 1000.0).round() as i64;
+    match die.bbox {
+        None => problems.push(format!(
+            "the top cell {:?} holds no shapes: the die is empty",
+            die.cell
+        )),
+        Some(bbox) => {
+            let (left, bottom) = (nm(bbox.left), nm(bbox.bottom));
+            let (width, height) = (nm(bbox.right) - left, nm(bbox.top) - bottom);
+            let size = slot_size(slot);
+            let fits = |s: &SlotSize| width == s.width_um * 1000 && height == s.height_um * 1000;
+            if !cob && !fits(size) {
+                let mut problem = format!(
+                    "the die is {} x {} µm, but slot {} needs {} x {} µm",
+                    microns(width),
+                    microns(height),
+                    size.name,
+                    size.width_um,
+                    size.height_um
+                );
+                if let Some(other) = gf180::SLOTS.iter().find(|s| fits(s)) {
+                    problem.push_str(&format!(
+                        "; it matches slot {0}: send \"slot\": \"{0}\"",
+                        other.name
+                    ));
+                }
+                problems.push(problem);
+            }
+            if (left, bottom) != (0, 0) {
+                problems.push(format!(
+                    "the die's lower-left corner is at ({}, {}) µm; the precheck needs it at (0, 0)",
+                    microns(left),
+                    microns(bottom)
+                ));
+            }
+        }
+    }
+    let has = |l: &gf180::CheckedLayer| die.layers.contains(&(l.layer, l.datatype));
+    for layer in CHECKED_LAYERS
+        .iter()
+        .filter(|l| l.rule == LayerRule::Required && !has(l))
+    {
+        problems.push(format!(
+            "no shapes on {} ({}/{}): {}",
+            layer.name, layer.layer, layer.datatype, layer.why
+        ));
+    }
+    let forbidden: Vec<String> = CHECKED_LAYERS
+        .iter()
+        .filter(|l| l.rule == LayerRule::Forbidden && has(l))
+        .map(|l| format!("{} ({}/{})", l.name, l.layer, l.datatype))
+        .collect();
+    if !forbidden.is_empty() {
+        problems.push(format!(
+            "shapes on {}, which this process does not allow",
+            forbidden.join(" and ")
+        ));
+    }
+    problems
+}
+
+/// Nanometres as µm for a message: 3932000 as "3932", -10500 as "-10.5".
+pub fn microns(nm: i64) -> String {
+    let sign = if nm < 0 { "-" } else { "" };
+    let (whole, part) = (nm.unsigned_abs() / 1000, nm.unsigned_abs() % 1000);
+    if part == 0 {
+        format!("{sign}{whole}")
+    } else {
+        let digits = format!("{part:03}");
+        format!("{sign}{whole}.{}", digits.trim_end_matches('0'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Rect;
+
+    fn die(bbox: Option<[i64; 4]>, layers: &[(u32, u32)]) -> Die {
+        Die {
+            cell: "chip_top".into(),
+            bbox: bbox.map(|[l, b, r, t]| Rect::new(l, b, r, t)),
+            layers: layers.to_vec(),
+        }
+    }
+
+    const GOOD_LAYERS: &[(u32, u32)] = &[(22, 0), (34, 0), (167, 5)];
+
+    #[test]
+    fn the_slot_table_is_the_slots_order() {
+        for slot in Slot::ALL {
+            assert_eq!(slot_size(slot).name, slot.as_str());
+        }
+    }
+
+    #[test]
+    fn a_die_of_every_slot_passes_and_any_other_size_is_told() {
+        for slot in Slot::ALL {
+            let s = slot_size(slot);
+            let good = die(
+                Some([0, 0, s.width_um * 1000, s.height_um * 1000]),
+                GOOD_LAYERS,
+            );
+            assert_eq!(
+                die_problems(&good, 0.001, slot, false),
+                Vec::<String>::new()
+            );
+            // The same die in a 10 nm unit, 1/10 of the numbers.
+            let coarse = die(
+                Some([0, 0, s.width_um * 100, s.height_um * 100]),
+                GOOD_LAYERS,
+            );
+            assert!(
+                die_problems(&coarse, 0.01, slot, false).is_empty(),
+                "{slot}"
+            );
+            // One nanometre off is off.
+            let off = die(
+                Some([0, 0, s.width_um * 1000 + 1, s.height_um * 1000]),
+                GOOD_LAYERS,
+            );
+            let problems = die_problems(&off, 0.001, slot, false);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].starts_with("the die is "), "{problems:?}");
+        }
+    }
+
+    #[test]
+    fn refusals_say_the_facts_and_what_to_do() {
+        let table: &[(Option<[i64; 4]>, &[(u32, u32)], Slot, bool, &[&str])] = &[
+            (
+                Some([0, 0, 100_000, 100_000]),
+                GOOD_LAYERS,
+                Slot::Full,
+                false,
+                &["the die is 100 x 100 µm, but slot 1x1 needs 3932 x 5122 µm"],
+            ),
+            (
+                Some([0, 0, 1_936_000, 5_122_000]),
+                GOOD_LAYERS,
+                Slot::Full,
+                false,
+                &[
+                    "the die is 1936 x 5122 µm, but slot 1x1 needs 3932 x 5122 µm; it matches slot 0p5x1: send \"slot\": \"0p5x1\"",
+                ],
+            ),
+            // With CoB the size is the pad mask's to check.
+            (
+                Some([0, 0, 100_000, 100_000]),
+                GOOD_LAYERS,
+                Slot::Full,
+                true,
+                &[],
+            ),
+            (
+                Some([-10_000, 0, 3_922_000, 5_122_000]),
+                GOOD_LAYERS,
+                Slot::Full,
+                false,
+                &["the die's lower-left corner is at (-10, 0) µm; the precheck needs it at (0, 0)"],
+            ),
+            (
+                Some([100_500, 100_000, 4_032_500, 5_222_000]),
+                GOOD_LAYERS,
+                Slot::Full,
+                true,
+                &[
+                    "the die's lower-left corner is at (100.5, 100) µm; the precheck needs it at (0, 0)",
+                ],
+            ),
+            (
+                Some([0, 0, 3_932_000, 5_122_000]),
+                &[(22, 0), (34, 0)],
+                Slot::Full,
+                false,
+                &["no shapes on GUARD_RING_MK (167/5): the die needs its seal ring"],
+            ),
+            (
+                Some([0, 0, 3_932_000, 5_122_000]),
+                &[(22, 0), (53, 0), (82, 0), (167, 5)],
+                Slot::Full,
+                false,
+                &["shapes on Via5 (82/0) and MetalTop (53/0), which this process does not allow"],
+            ),
+            (
+                Some([0, 0, 3_932_000, 5_122_000]),
+                &[(53, 0), (167, 5)],
+                Slot::Full,
+                false,
+                &["shapes on MetalTop (53/0), which this process does not allow"],
+            ),
+            (
+                None,
+                &[],
+                Slot::Quarter,
+                false,
+                &[
+                    "the top cell \"chip_top\" holds no shapes: the die is empty",
+                    "no shapes on GUARD_RING_MK (167/5): the die needs its seal ring",
+                ],
+            ),
+            // Everything at once, in the order the precheck checks them.
+            (
+                Some([-1, -1, 99_999, 99_999]),
+                &[(82, 0)],
+                Slot::HalfHeight,
+                false,
+                &[
+                    "the die is 100 x 100 µm, but slot 1x0p5 needs 3932 x 2531 µm",
+                    "the die's lower-left corner is at (-0.001, -0.001) µm; the precheck needs it at (0, 0)",
+                    "no shapes on GUARD_RING_MK (167/5): the die needs its seal ring",
+                    "shapes on Via5 (82/0), which this process does not allow",
+                ],
+            ),
+        ];
+        for (bbox, layers, slot, cob, expected) in table {
+            let got = die_problems(&die(*bbox, layers), 0.001, *slot, *cob);
+            assert_eq!(got, *expected, "{bbox:?} {layers:?} {slot} cob={cob}");
+        }
+    }
+
+    #[test]
+    fn microns_are_written_short() {
+        for (nm, text) in [
+            (0, "0"),
+            (3_932_000, "3932"),
+            (-10_000, "-10"),
+            (100_500, "100.5"),
+            (1, "0.001"),
+            (-1, "-0.001"),
+            (1_230, "1.23"),
+        ] {
+            assert_eq!(microns(nm), text);
+        }
+    }
+}
