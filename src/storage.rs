@@ -1150,14 +1150,15 @@ mod tests {
     /// absolute) can be made as a hostile engine or container could.
     fn raw_entry(
         tar: &mut tar::Builder<Vec<u8>>,
-        name: &str,
+        name: impl AsRef<[u8]>,
         kind: tar::EntryType,
         link: &str,
         data: &[u8],
     ) {
+        let name = name.as_ref();
         let mut header = tar::Header::new_gnu();
         let gnu = header.as_gnu_mut().unwrap();
-        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        gnu.name[..name.len()].copy_from_slice(name);
         gnu.linkname[..link.len()].copy_from_slice(link.as_bytes());
         header.set_entry_type(kind);
         header.set_mode(0o644);
@@ -1300,7 +1301,7 @@ mod tests {
         for i in 0..MAX_SKIPPED_NAMED + 50 {
             raw_entry(
                 &mut tar,
-                &format!("w/l{i}"),
+                format!("w/l{i}"),
                 tar::EntryType::Symlink,
                 "/",
                 b"",
@@ -1348,5 +1349,442 @@ mod tests {
         }
         assert!(open_inside(&linked, "secret").unwrap().is_none());
         assert!(open_regular(&run.join("file-link")).unwrap().is_none());
+    }
+
+    /// The limits of the import tables: 1 KiB a file, 2 KiB a project, 3 files.
+    fn small_limits() -> ProjectLimits {
+        ProjectLimits {
+            max_file_size: 1024,
+            max_project_size: 2048,
+            max_files: 3,
+        }
+    }
+
+    fn roomy_limits() -> ProjectLimits {
+        ProjectLimits {
+            max_file_size: 1 << 30,
+            max_project_size: 1 << 30,
+            max_files: 100_000,
+        }
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::default());
+        gz.write_all(bytes).unwrap();
+        gz.finish().unwrap()
+    }
+
+    /// One tar entry: its name as raw bytes, its kind, its link's target and its content.
+    type RawEntry<'a> = (&'a [u8], tar::EntryType, &'a str, &'a [u8]);
+
+    /// A tar of `entries`, each written byte for byte.
+    fn tar_of(entries: &[RawEntry]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(vec![]);
+        for (name, kind, link, data) in entries {
+            raw_entry(&mut tar, name, *kind, link, data);
+        }
+        tar.into_inner().unwrap()
+    }
+
+    fn tar_gz(entries: &[RawEntry]) -> Vec<u8> {
+        gzip(&tar_of(entries))
+    }
+
+    /// A `.tar.gz` of regular files.
+    fn files_tar_gz(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let entries: Vec<RawEntry> = files
+            .iter()
+            .map(|(name, data)| (name.as_bytes(), tar::EntryType::Regular, "", *data))
+            .collect();
+        tar_gz(&entries)
+    }
+
+    /// A `.tar.gz` of `n` folders.
+    fn folders_tar_gz(n: usize) -> Vec<u8> {
+        let names: Vec<String> = (0..n).map(|i| format!("d{i}/")).collect();
+        let entries: Vec<RawEntry> = names
+            .iter()
+            .map(|n| (n.as_bytes(), tar::EntryType::Directory, "", &b""[..]))
+            .collect();
+        tar_gz(&entries)
+    }
+
+    /// Runs the importer over `body` as for a project that holds `existing`.
+    fn import(
+        storage: &Storage,
+        body: &[u8],
+        limits: &ProjectLimits,
+        existing: &[&str],
+        inflation: InflationLimits,
+    ) -> Result<Vec<(String, StagedBlob)>, UploadError> {
+        let stop = AtomicBool::new(false);
+        let existing = existing.iter().map(|p| p.to_string()).collect();
+        import_tar_gz(
+            body,
+            storage,
+            limits,
+            &existing,
+            layout::Meter::new(inflation, &stop),
+        )
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Refusal {
+        /// A rule of what may be stored (400).
+        Rejected,
+        /// A limit (413).
+        Oversize,
+    }
+
+    fn refusal(result: Result<Vec<(String, StagedBlob)>, UploadError>) -> (Refusal, String) {
+        match result {
+            Err(UploadError::Rejected(m)) => (Refusal::Rejected, m),
+            Err(UploadError::Oversize(m)) => (Refusal::Oversize, m),
+            Err(e) => panic!("not a refusal: {e:?}"),
+            Ok(files) => panic!(
+                "imported {:?}",
+                files.iter().map(|f| &f.0).collect::<Vec<_>>()
+            ),
+        }
+    }
+
+    /// Files in `tmp/`: the blobs staged and not yet dropped.
+    fn staged_parts(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("tmp")).unwrap().count()
+    }
+
+    fn sha256_hex(data: &[u8]) -> String {
+        format!("{:x}", Sha256::digest(data))
+    }
+
+    #[test]
+    fn tarball_import_refuses_each_rule_with_its_message() {
+        use Refusal::{Oversize, Rejected};
+        use tar::EntryType as T;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let kib = [b'k'; 1024];
+        let ok: RawEntry = (b"ok.v", T::Regular, "", b"x");
+        let not_gzip = "expected a .tar.gz of source files (the body is not gzip)";
+        // What, the body, the paths the project holds, the refusal and its message.
+        type Case<'a> = (&'a str, Vec<u8>, &'a [&'a str], Refusal, &'a str);
+        let cases: Vec<Case> = vec![
+            (
+                "a body that is not gzip",
+                b"just text".to_vec(),
+                &[],
+                Rejected,
+                not_gzip,
+            ),
+            ("an empty body", vec![], &[], Rejected, not_gzip),
+            ("a tar not gzip'd", tar_of(&[ok]), &[], Rejected, not_gzip),
+            (
+                "a name that is not UTF-8",
+                tar_gz(&[ok, (b"src/\xff.v", T::Regular, "", b"x")]),
+                &[],
+                Rejected,
+                "a tarball entry's name is not UTF-8",
+            ),
+            (
+                "a symlink",
+                tar_gz(&[ok, (b"src/link.v", T::Symlink, "/etc/passwd", b"")]),
+                &[],
+                Rejected,
+                r#"the tarball entry "src/link.v" is a symbolic link: only files and folders are imported"#,
+            ),
+            (
+                "a hard link",
+                tar_gz(&[ok, (b"hard.v", T::Link, "ok.v", b"")]),
+                &[],
+                Rejected,
+                r#"the tarball entry "hard.v" is a hard link: only files and folders are imported"#,
+            ),
+            (
+                "a fifo",
+                tar_gz(&[ok, (b"fifo", T::Fifo, "", b"")]),
+                &[],
+                Rejected,
+                r#"the tarball entry "fifo" is not a regular file: only files and folders are imported"#,
+            ),
+            (
+                "a character device",
+                tar_gz(&[ok, (b"dev/tty", T::Char, "", b"")]),
+                &[],
+                Rejected,
+                r#"the tarball entry "dev/tty" is not a regular file: only files and folders are imported"#,
+            ),
+            (
+                "an absolute path",
+                tar_gz(&[ok, (b"/etc/evil.v", T::Regular, "", b"x")]),
+                &[],
+                Rejected,
+                r#"tarball entry: the path "/etc/evil.v" is absolute: give it relative to the project, e.g. src/top.v"#,
+            ),
+            (
+                "a leading ..",
+                tar_gz(&[ok, (b"../evil.v", T::Regular, "", b"x")]),
+                &[],
+                Rejected,
+                r#"tarball entry: the path "../evil.v" contains '..'"#,
+            ),
+            (
+                "a .. after ./",
+                tar_gz(&[(b"./src/../../evil.v", T::Regular, "", b"x")]),
+                &[],
+                Rejected,
+                r#"tarball entry: the path "src/../../evil.v" contains '..'"#,
+            ),
+            (
+                "a '.' part past the start",
+                tar_gz(&[(b"src/./a.v", T::Regular, "", b"x")]),
+                &[],
+                Rejected,
+                r#"tarball entry: the path "src/./a.v" has an empty or '.' part"#,
+            ),
+            (
+                "an entry larger than max_file_size",
+                files_tar_gz(&[("./src/big.v", &[b'b'; 1025])]),
+                &[],
+                Oversize,
+                r#"the tarball entry "src/big.v" is larger than the limit of 1 KiB a file (projects.max_file_size)"#,
+            ),
+            (
+                "more folders than max_files",
+                folders_tar_gz(4),
+                &[],
+                Oversize,
+                "the tarball holds more than 3 folders, the limit of files a project (projects.max_files)",
+            ),
+            (
+                "more new paths than max_files",
+                files_tar_gz(&[("a.v", b"a"), ("b.v", b"b"), ("c.v", b"c"), ("d.v", b"d")]),
+                &[],
+                Oversize,
+                "the import would give the project more than the limit of 3 files (projects.max_files)",
+            ),
+            (
+                "more new paths than the project has room for",
+                files_tar_gz(&[("a.v", b"a"), ("b.v", b"b")]),
+                &["old1.v", "old2.v"],
+                Oversize,
+                "the import would give the project more than the limit of 3 files (it holds 2 already) (projects.max_files)",
+            ),
+            (
+                "a new path in a full project",
+                files_tar_gz(&[("a.v", b"a"), ("d.v", b"d")]),
+                &["a.v", "b.v", "c.v"],
+                Oversize,
+                "the import would give the project more than the limit of 3 files (it holds 3 already) (projects.max_files)",
+            ),
+            (
+                "a path given twice counts twice",
+                files_tar_gz(&[("a.v", b"1"), ("a.v", b"2"), ("./a.v", b"3"), ("a.v", b"4")]),
+                &[],
+                Oversize,
+                "the tarball holds more than 3 files, the limit of files a project (projects.max_files): a path given twice counts twice",
+            ),
+            (
+                "more bytes in all than max_project_size",
+                files_tar_gz(&[("a.v", &kib), ("b.v", &kib), ("c.v", b"c")]),
+                &[],
+                Oversize,
+                "the tarball holds more than the limit of 2 KiB a project (projects.max_project_size)",
+            ),
+        ];
+        for (what, body, existing, kind, message) in cases {
+            let got = refusal(import(
+                &storage,
+                &body,
+                &small_limits(),
+                existing,
+                Default::default(),
+            ));
+            assert_eq!(got, (kind, message.to_string()), "{what}");
+            assert_eq!(
+                staged_parts(dir.path()),
+                0,
+                "{what}: nothing staged is left"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tarball_that_cannot_be_read_or_inflates_too_far_is_refused() {
+        use tar::EntryType as T;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let whole = tar_of(&[
+            (b"a.v", T::Regular, "", &[b'a'; 600]),
+            (b"b.v", T::Regular, "", &[b'b'; 600]),
+        ]);
+        // a.v is its header and two blocks; then b.v's header.
+        let next_header = 512 + 1024;
+        // A first gzip member that ends after a.v, then a second one cut inside its stream.
+        let mut member_cut = gzip(&whole[..next_header]);
+        let second = gzip(&whole[next_header..]);
+        member_cut.extend_from_slice(&second[..second.len() / 2]);
+        let cannot_be_read = [
+            (
+                "a gzip stream cut before any tar block",
+                gzip(&whole)[..12].to_vec(),
+            ),
+            ("a gzip member cut at the next header", member_cut),
+            ("a tar cut inside its first header", gzip(&whole[..100])),
+            ("a tar cut inside a file", gzip(&whole[..512 + 300])),
+            (
+                "a tar cut inside the next header",
+                gzip(&whole[..next_header + 100]),
+            ),
+        ];
+        for (what, body) in cannot_be_read {
+            let (kind, message) = refusal(import(
+                &storage,
+                &body,
+                &roomy_limits(),
+                &[],
+                Default::default(),
+            ));
+            assert_eq!(kind, Refusal::Rejected, "{what}: {message}");
+            assert!(
+                message.starts_with("the tarball cannot be read: "),
+                "{what}: {message}"
+            );
+            assert_eq!(
+                staged_parts(dir.path()),
+                0,
+                "{what}: nothing staged is left"
+            );
+        }
+
+        // Inflation is bounded while a file's content is read, and while headers are.
+        let zeros = files_tar_gz(&[("zeros.v", &vec![0u8; 200_000])]);
+        let headers = folders_tar_gz(1000);
+        let at_most = InflationLimits {
+            max_inflated: 64 << 10,
+            ..Default::default()
+        };
+        let ratio = InflationLimits {
+            max_ratio: 10,
+            ratio_floor: 1024,
+            ..Default::default()
+        };
+        for (what, body) in [("file content", &zeros), ("headers", &headers)] {
+            let got = refusal(import(&storage, body, &roomy_limits(), &[], at_most));
+            let past = "the tarball inflates to more than 64 KiB, the server's limit (server.max_inflated_size)";
+            assert_eq!(got, (Refusal::Rejected, past.to_string()), "{what}");
+            let (kind, message) = refusal(import(&storage, body, &roomy_limits(), &[], ratio));
+            assert_eq!(kind, Refusal::Rejected, "{what}: {message}");
+            assert!(
+                message.starts_with(
+                    "the tarball inflates to more than 10 times its compressed size ("
+                ) && message
+                    .ends_with("): refused as a decompression bomb (server.max_inflation_ratio)"),
+                "{what}: {message}"
+            );
+            assert_eq!(
+                staged_parts(dir.path()),
+                0,
+                "{what}: nothing staged is left"
+            );
+        }
+        // Within the bounds, the same tarballs are imported.
+        let within = |body: &[u8]| {
+            import(&storage, body, &roomy_limits(), &[], Default::default())
+                .unwrap()
+                .len()
+        };
+        assert_eq!(within(&zeros), 1);
+        assert_eq!(within(&headers), 0);
+
+        // A client gone away (the writer dropped) is not a refusal.
+        let stop = AtomicBool::new(true);
+        let e = import_tar_gz(
+            &zeros[..],
+            &storage,
+            &roomy_limits(),
+            &HashSet::new(),
+            layout::Meter::new(Default::default(), &stop),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, UploadError::Io(e) if e.kind() == io::ErrorKind::ConnectionAborted),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_good_tarball_is_staged_path_by_path() {
+        use tar::EntryType as T;
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let a = [b'a'; 1024];
+        let tb = vec![b't'; 1000];
+        let readme = b"a counter, a test bench\n";
+        assert_eq!(a.len() + tb.len() + readme.len(), 2048);
+        // At each limit (a file's size, the project's, three folders, three files), not past.
+        let body = tar_gz(&[
+            (b"./", T::Directory, "", b""),
+            (b"./src/", T::Directory, "", b""),
+            (b"./src/a.v", T::Regular, "", &a),
+            (b"tb/", T::Directory, "", b""),
+            (b"tb/tb.v", T::Regular, "", &tb),
+            (b"././README", T::Regular, "", readme),
+        ]);
+        let files = import(&storage, &body, &small_limits(), &[], Default::default()).unwrap();
+        let got: Vec<(&str, u64, String)> = files
+            .iter()
+            .map(|(path, blob)| (path.as_str(), blob.size, blob.sha256.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("src/a.v", 1024, sha256_hex(&a)),
+                ("tb/tb.v", 1000, sha256_hex(&tb)),
+                ("README", 24, sha256_hex(readme)),
+            ]
+        );
+        assert_eq!(std::fs::read(&files[0].1.part).unwrap(), a);
+        assert_eq!(std::fs::read(&files[2].1.part).unwrap(), readme);
+        assert_eq!(staged_parts(dir.path()), 3);
+        drop(files);
+        assert_eq!(
+            staged_parts(dir.path()),
+            0,
+            "an uncommitted blob is removed"
+        );
+
+        // The paths the project holds already are replaced, not counted as new.
+        let body = files_tar_gz(&[("a.v", b"a"), ("b.v", b"b"), ("c.v", b"c")]);
+        let existing = ["a.v", "b.v", "c.v"];
+        let files = import(
+            &storage,
+            &body,
+            &small_limits(),
+            &existing,
+            Default::default(),
+        );
+        assert_eq!(files.unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_path_given_twice_keeps_its_last_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let body = files_tar_gz(&[("a.v", b"first"), ("b.v", b"b"), ("./a.v", b"second")]);
+        let files = import(&storage, &body, &small_limits(), &[], Default::default()).unwrap();
+        let got: Vec<(&str, u64, String)> = files
+            .iter()
+            .map(|(path, blob)| (path.as_str(), blob.size, blob.sha256.clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a.v", 6, sha256_hex(b"second")),
+                ("b.v", 1, sha256_hex(b"b"))
+            ]
+        );
+        assert_eq!(std::fs::read(&files[0].1.part).unwrap(), b"second");
+        // The content it replaced is not left staged.
+        assert_eq!(staged_parts(dir.path()), 2);
     }
 }

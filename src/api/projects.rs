@@ -18,7 +18,9 @@ use super::openapi::Binary;
 use super::respond::rfc3339;
 use super::state::AppState;
 use crate::db::{DeleteProject, PutFile};
-use crate::model::{Project, ProjectFile, check_project_path};
+use crate::model::{
+    Project, ProjectEdit, ProjectFile, check_project_path, project_description, project_name,
+};
 use crate::storage::{ChunkWriter, StagedBlob, UploadError};
 use crate::units::human_bytes;
 
@@ -104,25 +106,6 @@ pub struct ProjectChange {
     description: Option<String>,
 }
 
-fn check_name(name: &str) -> Result<String, ApiError> {
-    let name = name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::BadRequest(format!(
-            "name: {name:?} must be 1 to 100 characters without control characters"
-        )));
-    }
-    Ok(name.to_string())
-}
-
-fn check_description(description: String) -> Result<String, ApiError> {
-    if description.chars().count() > 10_000 {
-        return Err(ApiError::BadRequest(
-            "description: at most 10 000 characters".into(),
-        ));
-    }
-    Ok(description)
-}
-
 /// Create a project
 #[utoipa::path(
     post,
@@ -143,8 +126,9 @@ pub async fn create(
     let now = OffsetDateTime::now_utc();
     let project = Project {
         id: Uuid::new_v4(),
-        name: check_name(&body.name)?,
-        description: check_description(body.description.unwrap_or_default())?,
+        name: project_name(&body.name).map_err(ApiError::BadRequest)?,
+        description: project_description(body.description.unwrap_or_default())
+            .map_err(ApiError::BadRequest)?,
         owner: caller.name,
         created: now,
         updated: now,
@@ -217,16 +201,11 @@ pub async fn update(
     Json(body): Json<ProjectChange>,
 ) -> Result<Json<ProjectBody>, ApiError> {
     let id = find(&state, &caller, &id).await?.id;
-    if body.name.is_none() && body.description.is_none() {
-        return Err(ApiError::BadRequest(
-            "nothing to change: send name and/or description".into(),
-        ));
-    }
-    let name = body.name.as_deref().map(check_name).transpose()?;
-    let description = body.description.map(check_description).transpose()?;
+    let edit =
+        ProjectEdit::new(body.name.as_deref(), body.description).map_err(ApiError::BadRequest)?;
     let project = state
         .db
-        .update_project(id, name, description, OffsetDateTime::now_utc())
+        .update_project(id, edit.name, edit.description, OffsetDateTime::now_utc())
         .await?
         .ok_or_else(|| not_found(id))?;
     Ok(Json(ProjectBody::from(&project)))
@@ -618,4 +597,125 @@ pub async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<Project
 
 fn not_found(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no such project: {id}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use bytes::Bytes;
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+    use crate::storage::Storage;
+
+    const LIMIT: u64 = 10;
+
+    fn too_large() -> ApiError {
+        ApiError::TooLarge("over the limit".into())
+    }
+
+    fn declaring(length: u64) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, length.into());
+        headers
+    }
+
+    /// A body sent in `chunks`, without a length.
+    fn streamed(chunks: &[&'static [u8]]) -> Body {
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        Body::from_stream(futures_util::stream::iter(chunks))
+    }
+
+    /// A body that fails when it is read, and says whether it was.
+    fn unread() -> (Body, Arc<AtomicBool>) {
+        let read = Arc::new(AtomicBool::new(false));
+        let flag = read.clone();
+        let stream = futures_util::stream::poll_fn(move |_| {
+            flag.store(true, Ordering::Relaxed);
+            std::task::Poll::Ready(Some(Err::<Bytes, _>(std::io::Error::other("read"))))
+        });
+        (Body::from_stream(stream), read)
+    }
+
+    /// Feeds `body` to a blob writer of a new storage folder, which is handed back with the
+    /// result so that a staged blob can be looked at.
+    async fn feed_blob(
+        body: Body,
+        headers: &HeaderMap,
+    ) -> (Result<StagedBlob, ApiError>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let fed = feed(body, headers, storage.blob_writer(), LIMIT, too_large).await;
+        (fed, dir)
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_over_the_limit_is_refused_before_reading() {
+        let (body, read) = unread();
+        let (fed, _) = feed_blob(body, &declaring(LIMIT + 1)).await;
+        assert!(
+            matches!(&fed, Err(ApiError::TooLarge(m)) if m == "over the limit"),
+            "{fed:?}"
+        );
+        assert!(!read.load(Ordering::Relaxed), "the body was read");
+    }
+
+    #[tokio::test]
+    async fn a_body_streamed_past_the_limit_is_refused() {
+        for (what, headers) in [
+            ("without a length", HeaderMap::new()),
+            ("declaring less than it sends", declaring(4)),
+        ] {
+            let body = streamed(&[b"abcd", b"efgh", b"ijk"]);
+            let (fed, dir) = feed_blob(body, &headers).await;
+            assert!(
+                matches!(&fed, Err(ApiError::TooLarge(m)) if m == "over the limit"),
+                "{what}: {fed:?}"
+            );
+            // The partial blob goes with the dropped writer.
+            let tmp = dir.path().join("tmp");
+            for _ in 0..100 {
+                if std::fs::read_dir(&tmp).unwrap().count() == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "{what}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_of_exactly_the_limit_is_taken() {
+        for (what, headers) in [
+            ("without a length", HeaderMap::new()),
+            ("declaring it", declaring(LIMIT)),
+        ] {
+            let body = streamed(&[b"abcd", b"efgh", b"ij"]);
+            let (fed, _dir) = feed_blob(body, &headers).await;
+            let blob = fed.unwrap_or_else(|e| panic!("{what}: {e:?}"));
+            assert_eq!(blob.size, LIMIT, "{what}");
+            assert_eq!(
+                blob.sha256,
+                format!("{:x}", Sha256::digest(b"abcdefghij")),
+                "{what}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_fails_to_arrive_is_a_bad_request() {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"abc")),
+            Err(std::io::Error::other("connection reset")),
+        ];
+        let body = Body::from_stream(futures_util::stream::iter(chunks));
+        let (fed, _) = feed_blob(body, &HeaderMap::new()).await;
+        assert!(
+            matches!(&fed, Err(ApiError::BadRequest(m)) if m == "cannot read the body: connection reset"),
+            "{fed:?}"
+        );
+    }
 }
