@@ -1,8 +1,10 @@
 //! `/api/v1/uploads`: layouts streamed to disk while their sha256 is computed.
 
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::{Multipart, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use prometheus::IntCounter;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ use super::state::AppState;
 use crate::db::DeleteUpload;
 use crate::layout::{self, Layout};
 use crate::model::{LayoutFormat, Upload};
-use crate::storage::{Saved, UploadError};
+use crate::storage::{Saved, UploadError, UploadWriter};
 use crate::units::human_bytes;
 
 /// An uploaded layout.
@@ -148,7 +150,7 @@ pub async fn create(
     state: State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
     match create_upload(state, caller, headers, multipart).await {
         Ok(created) => created.into_response(),
@@ -162,18 +164,11 @@ async fn create_upload(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    multipart: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+    multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<(StatusCode, Json<UploadBody>), ApiError> {
     let limit = state.config.max_upload_size;
-    if content_length(&headers).is_some_and(|n| n > limit + MULTIPART_SLACK) {
-        return Err(too_large(limit));
-    }
-    let mut multipart = multipart.map_err(|e| {
-        ApiError::BadRequest(format!(
-            "expected a multipart/form-data body with a `file` field, e.g. curl -F file=@chip_top.gds ({})",
-            e.body_text()
-        ))
-    })?;
+    declared_length(&headers, limit)?;
+    let mut multipart = form(multipart)?;
     let received = receive(&state, caller, &mut multipart, limit).await;
     if received.is_err() {
         // A client still sending the rest of its body should read this answer, not a reset
@@ -184,6 +179,24 @@ async fn create_upload(
         .await;
     }
     received
+}
+
+/// Refuses a body that declares more than the limit and the multipart framing around it.
+fn declared_length(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
+    if content_length(headers).is_some_and(|n| n > limit + MULTIPART_SLACK) {
+        return Err(too_large(limit));
+    }
+    Ok(())
+}
+
+/// The body as a multipart form, or the refusal of one that is not.
+fn form(multipart: Result<Multipart, MultipartRejection>) -> Result<Multipart, ApiError> {
+    multipart.map_err(|e| {
+        ApiError::BadRequest(format!(
+            "expected a multipart/form-data body with a `file` field, e.g. curl -F file=@chip_top.gds ({})",
+            e.body_text()
+        ))
+    })
 }
 
 fn too_large(limit: u64) -> ApiError {
@@ -199,6 +212,25 @@ async fn receive(
     multipart: &mut Multipart,
     limit: u64,
 ) -> Result<(StatusCode, Json<UploadBody>), ApiError> {
+    let id = Uuid::new_v4();
+    let open = || state.storage.upload_writer(id, state.config.inflation);
+    let (name, saved) = take_file(multipart, limit, &state.metrics.upload_bytes, open).await?;
+    let upload = record(state, id, name, saved, caller.name).await?;
+    let body = UploadBody::new(&upload, upload.created);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// Streams the form's `file` field into the writer `open` gives, chunk by chunk as it arrives,
+/// and returns the client's (cleaned) file name with what the writer saved. Other fields are
+/// skipped. Refused: a form without a `file` field; a file whose first bytes are no layout
+/// (before `open` is called, so nothing is written); a file past `limit` bytes (the writer,
+/// dropped unfinished, removes its partial file). `received` counts the bytes taken.
+async fn take_file(
+    multipart: &mut Multipart,
+    limit: u64,
+    received: &IntCounter,
+    open: impl FnOnce() -> UploadWriter,
+) -> Result<(String, Saved), ApiError> {
     while let Some(mut field) = multipart.next_field().await? {
         if field.name() != Some("file") {
             continue;
@@ -226,8 +258,7 @@ async fn receive(
             )));
         }
 
-        let id = Uuid::new_v4();
-        let mut writer = state.storage.upload_writer(id, state.config.inflation);
+        let mut writer = open();
         let mut size = 0u64;
         let mut chunks = buffered.into_iter();
         loop {
@@ -239,7 +270,7 @@ async fn receive(
                 },
             };
             size += chunk.len() as u64;
-            state.metrics.upload_bytes.inc_by(chunk.len() as u64);
+            received.inc_by(chunk.len() as u64);
             if size > limit {
                 return Err(too_large(limit));
             }
@@ -249,9 +280,7 @@ async fn receive(
                 .map_err(|e| upload_error(&name, e))?;
         }
         let saved = writer.finish().await.map_err(|e| upload_error(&name, e))?;
-        let upload = record(state, id, name, saved, caller.name).await?;
-        let body = UploadBody::new(&upload, upload.created);
-        return Ok((StatusCode::CREATED, Json(body)));
+        return Ok((name, saved));
     }
     Err(ApiError::BadRequest(
         "the multipart body has no `file` field: send the layout as e.g. curl -F file=@chip_top.gds".into(),
@@ -425,6 +454,318 @@ fn clean_name(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::InflationLimits;
+    use crate::layout::write::{Cell, Layer, Library};
+    use crate::storage::Storage;
+    use axum::body::Body;
+    use axum::extract::FromRequest;
+    use axum::http::{Request, header};
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use sha2::{Digest, Sha256};
+
+    const BOUNDARY: &str = "precheck-boundary";
+
+    /// One part of a form: its headers and content, framed by the boundary.
+    fn part(field: &str, file_name: Option<&str>, content: &[u8]) -> Vec<u8> {
+        let file_name = file_name.map_or(String::new(), |f| format!("; filename=\"{f}\""));
+        let mut part = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"{field}\"{file_name}\r\n\r\n"
+        )
+        .into_bytes();
+        part.extend_from_slice(content);
+        part.extend_from_slice(b"\r\n");
+        part
+    }
+
+    /// A whole form body: its parts and the closing boundary.
+    fn form_body(parts: &[Vec<u8>]) -> Vec<u8> {
+        let mut body = parts.concat();
+        body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
+        body
+    }
+
+    /// The extractor's answer to a POST of `body`, arriving in chunks of `chunk` bytes.
+    async fn extract(
+        content_type: &str,
+        body: &[u8],
+        chunk: usize,
+    ) -> Result<Multipart, MultipartRejection> {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = body
+            .chunks(chunk)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
+        // Each chunk after the first comes after a pending poll, as from a network: the
+        // multipart reader would otherwise gather every chunk that is ready into one.
+        let arriving = futures_util::stream::iter(chunks.into_iter().enumerate()).then(
+            |(i, chunk)| async move {
+                if i > 0 {
+                    tokio::task::yield_now().await;
+                }
+                chunk
+            },
+        );
+        let request = Request::post("/api/v1/uploads")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from_stream(arriving))
+            .unwrap();
+        Multipart::from_request(request, &()).await
+    }
+
+    /// A multipart form of `parts`, streamed in chunks of `chunk` bytes.
+    async fn multipart(parts: &[Vec<u8>], chunk: usize) -> Multipart {
+        let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+        extract(&content_type, &form_body(parts), chunk)
+            .await
+            .unwrap()
+    }
+
+    fn counter() -> IntCounter {
+        IntCounter::new("test_upload_bytes", "bytes").unwrap()
+    }
+
+    fn layout() -> Vec<u8> {
+        let mut top = Cell::new("chip_top");
+        for i in 0..20 {
+            top = top.rect(Layer(1, 0), [i * 10, 0, i * 10 + 5, 5]);
+        }
+        Library::new(0.001).cell(top).gds()
+    }
+
+    /// Takes the form's file with a writer that must not be opened: the refusal comes first.
+    async fn refused_before_writing(parts: &[Vec<u8>], chunk: usize) -> ApiError {
+        let mut form = multipart(parts, chunk).await;
+        let open = || -> UploadWriter { panic!("a writer was opened for a refused file") };
+        match take_file(&mut form, 1 << 20, &counter(), open).await {
+            Ok((name, _)) => panic!("{name} was taken"),
+            Err(e) => e,
+        }
+    }
+
+    #[track_caller]
+    fn assert_bad_request(what: &str, e: ApiError, expected: &str) {
+        match e {
+            ApiError::BadRequest(m) => assert_eq!(m, expected, "{what}"),
+            other => panic!("{what}: expected a 400, got {:?}: {other}", other.status()),
+        }
+    }
+
+    #[track_caller]
+    fn assert_too_large(e: ApiError, expected: &str) {
+        match e {
+            ApiError::TooLarge(m) => assert_eq!(m, expected),
+            other => panic!("expected a 413, got {:?}: {other}", other.status()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_no_multipart_form_is_refused() {
+        let cases = [
+            (
+                "application/json",
+                "Invalid `boundary` for `multipart/form-data` request",
+            ),
+            (
+                "text/plain",
+                "Invalid `boundary` for `multipart/form-data` request",
+            ),
+            (
+                "multipart/form-data",
+                "Invalid `boundary` for `multipart/form-data` request",
+            ),
+        ];
+        for (content_type, detail) in cases {
+            let Err(rejection) = extract(content_type, b"hello", 64).await else {
+                panic!("{content_type} was taken as multipart");
+            };
+            assert_bad_request(
+                content_type,
+                form(Err(rejection)).unwrap_err(),
+                &format!(
+                    "expected a multipart/form-data body with a `file` field, e.g. curl -F file=@chip_top.gds ({detail})"
+                ),
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_form_without_a_file_field_is_refused() {
+        let no_file = "the multipart body has no `file` field: send the layout as e.g. curl -F file=@chip_top.gds";
+        let cases: [(&str, Vec<Vec<u8>>); 3] = [
+            ("no field at all", vec![]),
+            (
+                "only a text field",
+                vec![part("name", None, b"chip_top.gds")],
+            ),
+            (
+                "the layout under another name",
+                vec![part("upload", Some("chip_top.gds"), &layout())],
+            ),
+        ];
+        for (what, parts) in cases {
+            let e = refused_before_writing(&parts, 64).await;
+            assert_bad_request(what, e, no_file);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_form_that_breaks_off_is_refused() {
+        let mut body = format!(
+            "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.gds\"\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(&[0x00, 0x06, 0x00, 0x02]);
+        let content_type = format!("multipart/form-data; boundary={BOUNDARY}");
+        let mut form = extract(&content_type, &body, 64).await.unwrap();
+        let open = || -> UploadWriter { panic!("a writer was opened for a broken form") };
+        let e = take_file(&mut form, 1 << 20, &counter(), open)
+            .await
+            .unwrap_err();
+        assert_bad_request(
+            "a form without its closing boundary",
+            e,
+            "bad multipart body (field \"file\" received with incomplete data): send the layout as a `file` field, e.g. curl -F file=@chip_top.gds",
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_no_layout_is_refused_by_name_and_first_bytes() {
+        let zip = b"PK\x03\x04\x14\x00\x00\x00\x08\x00\x21\x00\xb7\xac\xce\x34\x00\x01";
+        let cases: [(Option<&str>, &[u8], usize, &str); 6] = [
+            (
+                Some("empty.gds"),
+                b"",
+                64,
+                r#""empty.gds" is not a layout: expected GDSII, gzip'd GDSII or OASIS, but it starts with nothing (the file is empty)"#,
+            ),
+            // The head is gathered across chunks shorter than it.
+            (
+                Some("notes.txt"),
+                b"this is not a layout, just some notes\n",
+                5,
+                r#""notes.txt" is not a layout: expected GDSII, gzip'd GDSII or OASIS, but it starts with "this is not a la""#,
+            ),
+            (
+                Some("chip_top.gds"),
+                b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\x01\0",
+                64,
+                r#""chip_top.gds" is not a layout: expected GDSII, gzip'd GDSII or OASIS, but it starts with the bytes 89 50 4e 47 0d 0a 1a 0a 00 00 00 0d 49 48 44 52"#,
+            ),
+            (
+                Some("../designs/chip.zip"),
+                zip,
+                3,
+                r#""chip.zip" is not a layout: expected GDSII, gzip'd GDSII or OASIS, but it starts with the bytes 50 4b 03 04 14 00 00 00 08 00 21 00 b7 ac ce 34"#,
+            ),
+            // Shorter than the head, and under no file name.
+            (
+                None,
+                b"GDS",
+                64,
+                r#""upload" is not a layout: expected GDSII, gzip'd GDSII or OASIS, but it starts with "GDS""#,
+            ),
+            // The first bytes of a GDSII record that is not a HEADER.
+            (
+                Some("chip_top.gds"),
+                &[0x00, 0x06, 0x01, 0x02, 0x00, 0x03],
+                64,
+                r#""chip_top.gds" is not a layout: expected GDSII, gzip'd GDSII or OASIS, but it starts with the bytes 00 06 01 02 00 03"#,
+            ),
+        ];
+        for (file_name, content, chunk, expected) in cases {
+            let e = refused_before_writing(&[part("file", file_name, content)], chunk).await;
+            assert_bad_request(&format!("{file_name:?}"), e, expected);
+        }
+    }
+
+    #[test]
+    fn a_declared_length_past_the_limit_and_the_framing_is_refused() {
+        let limit = 64 * 1024;
+        let with_length = |n: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_LENGTH, n.parse().unwrap());
+            headers
+        };
+        assert!(declared_length(&HeaderMap::new(), limit).is_ok());
+        assert!(
+            declared_length(&with_length(&(limit + MULTIPART_SLACK).to_string()), limit).is_ok()
+        );
+        assert!(declared_length(&with_length("not a number"), limit).is_ok());
+        assert_too_large(
+            declared_length(
+                &with_length(&(limit + MULTIPART_SLACK + 1).to_string()),
+                limit,
+            )
+            .unwrap_err(),
+            "the upload is larger than the limit of 64 KiB (server.max_upload_size)",
+        );
+    }
+
+    #[tokio::test]
+    async fn a_file_streamed_past_the_limit_is_refused_and_its_part_removed() {
+        let gds = layout();
+        let limit = 1024;
+        assert!(
+            gds.len() > 1024 + 100,
+            "the layout crosses the limit mid-stream"
+        );
+        let storage_dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(storage_dir.path()).unwrap();
+        let mut form = multipart(&[part("file", Some("chip_top.gds"), &gds)], 100).await;
+        let open = || storage.upload_writer(Uuid::new_v4(), InflationLimits::default());
+        let received = counter();
+        let e = take_file(&mut form, limit, &received, open)
+            .await
+            .unwrap_err();
+        assert_too_large(
+            e,
+            "the upload is larger than the limit of 1 KiB (server.max_upload_size)",
+        );
+        assert!(
+            received.get() > limit,
+            "the bytes past the limit are counted"
+        );
+        // The writer's thread removes the partial file once it sees the writer dropped.
+        let entries = |dir: &str| {
+            std::fs::read_dir(storage_dir.path().join(dir))
+                .unwrap()
+                .count()
+        };
+        for _ in 0..100 {
+            if entries("tmp") == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(entries("tmp"), 0, "a partial file is left in tmp/");
+        assert_eq!(entries("uploads"), 0, "a refused upload is kept");
+    }
+
+    #[tokio::test]
+    async fn a_layout_is_taken_whole_across_chunks_under_its_clean_name() {
+        let gds = layout();
+        let storage_dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(storage_dir.path()).unwrap();
+        let id = Uuid::new_v4();
+        // Chunks shorter than the head, after a field that is skipped; a limit of exactly its size.
+        let parts = [
+            part("name", None, b"ignored"),
+            part("file", Some("..\\designs\\chip_top.gds"), &gds),
+        ];
+        let mut form = multipart(&parts, 7).await;
+        let received = counter();
+        let open = || storage.upload_writer(id, InflationLimits::default());
+        let (name, saved) = take_file(&mut form, gds.len() as u64, &received, open)
+            .await
+            .unwrap();
+        assert_eq!(name, "chip_top.gds");
+        assert_eq!(saved.size, gds.len() as u64);
+        assert_eq!(received.get(), gds.len() as u64);
+        assert_eq!(saved.sha256, format!("{:x}", Sha256::digest(&gds)));
+        assert_eq!(std::fs::read(storage.upload_path(id)).unwrap(), gds);
+        assert_eq!(saved.layout.format, LayoutFormat::Gds);
+        assert_eq!(saved.layout.top_cells, ["chip_top"]);
+    }
 
     #[test]
     fn names_are_text_not_paths() {
