@@ -660,7 +660,21 @@ fn import_tar_gz(
             )));
         }
         let path = path.to_string();
-        let staged = stage_blob(entry, storage.blob_part()).map_err(stop_error)?;
+        let staged = stage_blob(EntryReads(entry), storage.blob_part()).map_err(|e| {
+            match e.get_ref().and_then(|i| i.downcast_ref::<EntryReadError>()) {
+                // The tarball's bytes broke off or are corrupt inside a file: the client's to fix.
+                Some(EntryReadError(inner)) => {
+                    UploadError::Rejected(format!("the tarball cannot be read: {inner}"))
+                }
+                None => stop_error(e),
+            }
+        })?;
+        if staged.size != size {
+            return Err(UploadError::Rejected(format!(
+                "the tarball cannot be read: it ends inside {path:?}, after {} of its {size} bytes",
+                staged.size
+            )));
+        }
         match index.get(&path) {
             Some(&i) => files[i].1 = staged,
             None => {
@@ -670,6 +684,34 @@ fn import_tar_gz(
         }
     }
     Ok(files)
+}
+
+/// The content of a tarball entry, its read errors marked as the tarball's (so that they are told
+/// apart from the staging file's write errors, which are the server's). A stop of the
+/// [`layout::Meter`] passes unmarked.
+struct EntryReads<R>(R);
+
+#[derive(Debug)]
+struct EntryReadError(io::Error);
+
+impl std::fmt::Display for EntryReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for EntryReadError {}
+
+impl<R: Read> Read for EntryReads<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf).map_err(|e| {
+            if layout::stopped(&e).is_some() || e.kind() == io::ErrorKind::Interrupted {
+                e
+            } else {
+                io::Error::new(e.kind(), EntryReadError(e))
+            }
+        })
+    }
 }
 
 /// A broken tarball or gzip stream is the client's to fix; the end of the data is truncation.
@@ -1368,6 +1410,19 @@ mod tests {
         }
     }
 
+    /// Bytes that do not compress, so that a cut of their gzip lands inside them.
+    fn pseudo_random(n: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
     fn gzip(bytes: &[u8]) -> Vec<u8> {
         let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::default());
         gz.write_all(bytes).unwrap();
@@ -1631,6 +1686,11 @@ mod tests {
             ("a gzip member cut at the next header", member_cut),
             ("a tar cut inside its first header", gzip(&whole[..100])),
             ("a tar cut inside a file", gzip(&whole[..512 + 300])),
+            // The gzip stream itself breaks off inside a file's content (issue 14: was a 500).
+            ("a gzip stream cut inside a file", {
+                let big = files_tar_gz(&[("big.v", &pseudo_random(100_000))]);
+                big[..big.len() / 2].to_vec()
+            }),
             (
                 "a tar cut inside the next header",
                 gzip(&whole[..next_header + 100]),

@@ -145,7 +145,13 @@ mod tests {
 
     #[test]
     fn refusals_say_the_facts_and_what_to_do() {
-        type Case<'a> = (Option<[i64; 4]>, &'a [(u32, u32)], Slot, bool, &'a [&'a str]);
+        type Case<'a> = (
+            Option<[i64; 4]>,
+            &'a [(u32, u32)],
+            Slot,
+            bool,
+            &'a [&'a str],
+        );
         let table: &[Case] = &[
             (
                 Some([0, 0, 100_000, 100_000]),
