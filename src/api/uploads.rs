@@ -19,7 +19,7 @@ use super::openapi::{Binary, string_enum};
 use super::respond::rfc3339;
 use super::state::AppState;
 use crate::db::DeleteUpload;
-use crate::layout::{self, Layout};
+use crate::layout::{self, Die, Layout};
 use crate::model::{LayoutFormat, Upload};
 use crate::storage::{Saved, UploadError, UploadWriter};
 use crate::units::human_bytes;
@@ -80,6 +80,40 @@ pub struct LayoutBody {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(nullable = false)]
     pub cells: Option<Vec<String>>,
+    /// The top cell's geometry; missing when the layout has no top cell or several (and for
+    /// uploads stored before the server read geometry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub die: Option<DieBody>,
+}
+
+/// The top cell as the precheck's first checks see it.
+#[derive(Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "PascalCase")]
+pub struct DieBody {
+    /// The top cell's name.
+    pub cell: String,
+    /// Its box through the hierarchy in µm, `[left, bottom, right, top]`, as KLayout's
+    /// `Cell.dbbox()` gives it; null when the cell holds no shape.
+    #[serde(rename = "BBox")]
+    #[schema(required = true, min_items = 4, max_items = 4)]
+    pub bbox: Option<[f64; 4]>,
+    /// Every layer with a shape in the die, as `layer/datatype`, sorted numerically.
+    pub layers: Vec<String>,
+}
+
+impl DieBody {
+    fn new(die: &Die, dbu_microns: f64) -> DieBody {
+        // Through whole nanometres, so that 3932 µm is 3932, not 3932.0000000000005.
+        let um = |v: i64| (v as f64 * dbu_microns * 1000.0).round() / 1000.0;
+        DieBody {
+            cell: die.cell.clone(),
+            bbox: die
+                .bbox
+                .map(|b| [um(b.left), um(b.bottom), um(b.right), um(b.top)]),
+            layers: die.layers.iter().map(|(l, d)| format!("{l}/{d}")).collect(),
+        }
+    }
 }
 
 /// The multipart form of an upload.
@@ -99,6 +133,7 @@ impl LayoutBody {
             top_cells: layout.map(|l| l.top_cells.clone()),
             dbu_microns: layout.map(|l| l.dbu_microns),
             cells: layout.map(|l| l.cells.clone()),
+            die: layout.and_then(|l| Some(DieBody::new(l.die.as_ref()?, l.dbu_microns))),
         }
     }
 }

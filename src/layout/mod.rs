@@ -954,3 +954,82 @@ mod tests {
         assert!(e.contains("empty"), "{e}");
     }
 }
+#[cfg(test)]
+mod geometry_tests {
+    use super::*;
+
+    /// The boxes KLayout 0.28's `Cell.bbox()` gives for [`write::geometry_cases`] (checked with
+    /// `klayout -b`; `tests/it/layouts.rs` checks them against KLayout on every run), and the
+    /// layers with shapes.
+    const KLAYOUT_BOXES: [(&str, [i64; 4]); 7] = [
+        ("turned", [-30300, -16000, 36000, 16000]),
+        ("arrays", [-20000, -15000, 51300, 55500]),
+        ("magnified", [-1600, -18000, 30900, 22100]),
+        ("below_left", [-5000700, -3003000, 10000, 10000]),
+        ("nested", [-17000, -10000, 136000, 55000]),
+        ("paths", [-9500, -5150, 20030, 9200]),
+        ("round_and_odd_paths", [-3051, -125, 5125, 3125]),
+    ];
+
+    #[test]
+    fn the_geometry_cases_have_klayouts_boxes_in_every_format() {
+        let cases = write::geometry_cases();
+        assert_eq!(cases.len(), KLAYOUT_BOXES.len());
+        for ((name, library, _oasis), (expected_name, [l, b, r, t])) in
+            cases.into_iter().zip(KLAYOUT_BOXES)
+        {
+            assert_eq!(name, expected_name);
+            let gds = inspect(&library.gds()[..]).unwrap().die.unwrap();
+            assert_eq!(gds.bbox, Some(Rect::new(l, b, r, t)), "{name}.gds");
+            let gz = inspect(&library.gds_gz()[..]).unwrap().die.unwrap();
+            assert_eq!(gz, gds, "{name}.gds.gz");
+            let expected_layers: &[(u32, u32)] = match name {
+                "paths" | "round_and_odd_paths" => &[(46, 0)],
+                "below_left" => &[(22, 0), (34, 0), (36, 0), (63, 0), (167, 5)],
+                "nested" => &[(22, 0), (34, 0), (36, 0), (42, 0), (63, 0)],
+                _ => &[(22, 0), (34, 0), (36, 0), (63, 0)],
+            };
+            assert_eq!(gds.layers, expected_layers, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_dies_of_every_slot_and_defect_are_what_they_say() {
+        use write::{Defect, Die as TestDie, SLOT_SIZES};
+        for (slot, w, h) in SLOT_SIZES {
+            let die = TestDie::new("chip_top").slot(slot);
+            let read = inspect(&die.gds()[..]).unwrap().die.unwrap();
+            assert_eq!(
+                read.bbox,
+                Some(Rect::new(0, 0, w * 1000, h * 1000)),
+                "{slot}"
+            );
+            assert!(read.layers.contains(&(167, 5)), "{slot}");
+        }
+        for defect in Defect::ALL {
+            let die = TestDie::new("chip_top").defect(defect);
+            let layout = inspect(&die.gds()[..]).unwrap();
+            let Some(read) = layout.die else {
+                assert_eq!(defect, Defect::TwoTopCells);
+                continue;
+            };
+            let (w, h) = die.size();
+            let at = if defect == Defect::OffsetOrigin {
+                100_000
+            } else {
+                0
+            };
+            assert_eq!(
+                read.bbox,
+                Some(Rect::new(at, at, at + w, at + h)),
+                "{defect:?}"
+            );
+            assert_eq!(
+                read.layers.contains(&(167, 5)),
+                defect != Defect::NoSealRing
+            );
+            let forbidden = read.layers.contains(&(82, 0)) || read.layers.contains(&(53, 0));
+            assert_eq!(forbidden, defect == Defect::ForbiddenLayer, "{defect:?}");
+        }
+    }
+}

@@ -23,11 +23,12 @@ pub enum Shape {
         layer: Layer,
         points: Vec<(i64, i64)>,
     },
-    /// A path of `width` with flush ends.
+    /// A path of `width` through `points`, its ends as `ends` says.
     Path {
         layer: Layer,
         width: i64,
         points: Vec<(i64, i64)>,
+        ends: PathEnds,
     },
     /// A text label at a point.
     Text {
@@ -35,6 +36,19 @@ pub enum Shape {
         at: (i64, i64),
         text: String,
     },
+}
+
+/// How far a path reaches past its first and last points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathEnds {
+    /// Not at all (GDSII path type 0, OASIS extension scheme 1).
+    Flush,
+    /// Half the width (GDSII path type 2, OASIS scheme 2).
+    HalfWidth,
+    /// Half the width, rounded (GDSII path type 1; OASIS has no round ends).
+    Round,
+    /// As given at the start and at the end (GDSII path type 4, OASIS scheme 3).
+    Extended(i64, i64),
 }
 
 /// Columns and rows of copies, `column_step` and `row_step` apart in the parent's coordinates.
@@ -247,6 +261,8 @@ const STRANS: u8 = 0x1A;
 const MAG: u8 = 0x1B;
 const ANGLE: u8 = 0x1C;
 const PATHTYPE: u8 = 0x21;
+const BGNEXTN: u8 = 0x30;
+const ENDEXTN: u8 = 0x31;
 
 const NO_DATA: u8 = 0x00;
 const BITARRAY: u8 = 0x01;
@@ -308,11 +324,22 @@ impl<W: Write> GdsWriter<W> {
                 layer,
                 width,
                 points,
+                ends,
             } => {
                 self.record(PATH, NO_DATA, &[])?;
                 self.layer(*layer, DATATYPE)?;
-                self.int2(PATHTYPE, &[0])?;
+                let path_type = match ends {
+                    PathEnds::Flush => 0,
+                    PathEnds::Round => 1,
+                    PathEnds::HalfWidth => 2,
+                    PathEnds::Extended(..) => 4,
+                };
+                self.int2(PATHTYPE, &[path_type])?;
                 self.int4(WIDTH, &[coordinate(*width)?])?;
+                if let PathEnds::Extended(begin, end) = ends {
+                    self.int4(BGNEXTN, &[coordinate(*begin)?])?;
+                    self.int4(ENDEXTN, &[coordinate(*end)?])?;
+                }
                 self.points(points.iter().copied())?;
                 self.record(ENDEL, NO_DATA, &[])
             }
@@ -537,6 +564,7 @@ impl<W: Write> OasisWriter<W> {
                 layer,
                 width,
                 points,
+                ends,
             } => {
                 let Some((&(x, y), rest)) = points.split_first() else {
                     return Err(invalid("a path needs points".into()));
@@ -546,12 +574,25 @@ impl<W: Write> OasisWriter<W> {
                         "OASIS paths have even widths, not {width}"
                     )));
                 }
-                // PATH, info EWPXYRDL = EWPXY0DL; extension scheme 0101: flush at both ends.
+                // Extension scheme SSEE: 1 flush, 2 half the width, 3 explicit.
+                let (scheme, explicit) = match ends {
+                    PathEnds::Flush => (0b0101, None),
+                    PathEnds::HalfWidth => (0b1010, None),
+                    PathEnds::Round => {
+                        return Err(invalid("OASIS paths have no round ends".into()));
+                    }
+                    PathEnds::Extended(begin, end) => (0b1111, Some((*begin, *end))),
+                };
+                // PATH, info EWPXYRDL = EWPXY0DL.
                 self.unsigned(22)?;
                 self.raw(&[0b1111_1011])?;
                 self.layer(*layer)?;
                 self.unsigned(length(width / 2)?)?;
-                self.unsigned(0b0101)?;
+                self.unsigned(scheme)?;
+                if let Some((begin, end)) = explicit {
+                    self.signed(begin)?;
+                    self.signed(end)?;
+                }
                 self.point_list((x, y), rest)?;
                 self.signed(x)?;
                 self.signed(y)
@@ -886,6 +927,7 @@ impl Die {
                 layer: METAL3,
                 width: 400,
                 points: vec![(0, 4 * UM), (3 * UM, 4 * UM), (3 * UM, 6 * UM)],
+                ends: PathEnds::Flush,
             })
             .shape(Shape::Text {
                 layer: METAL1,
@@ -1173,6 +1215,149 @@ impl Repeated {
     }
 }
 
+/// Layouts whose top cell's box is right only when every transformation is: rotated and
+/// mirrored placements and arrays, magnifications, cells placed below and left of the origin,
+/// hierarchies that compose them, paths whose ends reach past their points and texts outside
+/// every other shape. The tests compare what the reader makes of them with KLayout's
+/// `Cell.bbox()` (docs/layout-geometry.md). Each is written in all three formats, except that
+/// `oasis` is false for those with round path ends, which OASIS cannot hold.
+pub fn geometry_cases() -> Vec<(&'static str, Library, bool)> {
+    use layers::*;
+    // An asymmetric cell: any wrong turn moves its box.
+    let leaf = || {
+        Cell::new("leaf")
+            .rect(METAL1, [0, 0, 3000, 1000])
+            .rect(METAL2, [0, 0, 500, 5000])
+            .shape(Shape::Polygon {
+                layer: COMP,
+                points: vec![(0, 0), (2000, 0), (0, -700)],
+            })
+            .shape(Shape::Text {
+                layer: Layer(63, 0),
+                at: (-300, 6000),
+                text: "pin".into(),
+            })
+    };
+    let library = |cells: Vec<Cell>| {
+        cells
+            .into_iter()
+            .fold(Library::new(0.001), |lib, cell| lib.cell(cell))
+    };
+    let mut turned = Cell::new("top");
+    for (i, rotation) in [0u16, 90, 180, 270].into_iter().enumerate() {
+        for (j, mirror) in [false, true].into_iter().enumerate() {
+            let at = (i as i64 * 20_000 - 30_000, j as i64 * 20_000 - 10_000);
+            let mut p = Placement::of("leaf", at).rotated(rotation);
+            if mirror {
+                p = p.mirrored();
+            }
+            turned = turned.place(p);
+        }
+    }
+    let arrays = Cell::new("top")
+        .place(
+            Placement::of("leaf", (1000, 2000))
+                .rotated(90)
+                .mirrored()
+                .array(3, 2, (4000, 0), (0, 7000)),
+        )
+        .place(Placement::of("leaf", (-2000, -3000)).rotated(180).array(
+            4,
+            1,
+            (-5000, 1000),
+            (0, 0),
+        ))
+        .place(
+            Placement::of("leaf", (50_000, 0))
+                .rotated(270)
+                .mirrored()
+                .array(1, 3, (0, 0), (300, -6000)),
+        )
+        .place(Placement::of("leaf", (0, 40_000)).array(2, 2, (3000, 500), (-700, 9000)));
+    let magnified = Cell::new("top")
+        .place(Placement::of("leaf", (-1000, -1000)).magnified(2.0))
+        .place(
+            Placement::of("leaf", (777, 333))
+                .magnified(0.5)
+                .rotated(90)
+                .mirrored(),
+        )
+        .place(
+            Placement::of("leaf", (20_000, 0))
+                .magnified(3.0)
+                .rotated(180)
+                .array(2, 2, (10_000, 0), (0, 20_000)),
+        );
+    let below_left = Cell::new("top")
+        .rect(GUARD_RING_MK, [0, 0, 10_000, 10_000])
+        .place(Placement::of("leaf", (-5_000_000, -3_000_000)).rotated(270));
+    let mid = Cell::new("mid")
+        .place(Placement::of("leaf", (1000, 2000)).rotated(90))
+        .place(
+            Placement::of("leaf", (-4000, 0))
+                .mirrored()
+                .array(2, 1, (0, 0), (0, 0)),
+        )
+        .rect(METAL3, [-100, -100, 100, 100]);
+    let nested = Cell::new("top")
+        .place(
+            Placement::of("mid", (100_000, 50_000))
+                .rotated(270)
+                .mirrored()
+                .array(2, 3, (30_000, 0), (0, -25_000)),
+        )
+        .place(Placement::of("mid", (-7000, 0)).magnified(2.0).rotated(90));
+    let path = |width, points: Vec<(i64, i64)>, ends| Shape::Path {
+        layer: METAL4,
+        width,
+        points,
+        ends,
+    };
+    let paths = Cell::new("top")
+        .shape(path(200, vec![(0, 0), (10_000, 0)], PathEnds::Flush))
+        .shape(path(
+            400,
+            vec![(0, 5000), (0, 9000), (3000, 9000)],
+            PathEnds::HalfWidth,
+        ))
+        .shape(path(
+            100,
+            vec![(-2000, -2000), (-1000, -1000)],
+            PathEnds::HalfWidth,
+        ))
+        .shape(path(
+            60,
+            vec![(20_000, 0), (20_000, 4000)],
+            PathEnds::Extended(700, 1300),
+        ))
+        .shape(path(
+            300,
+            vec![(0, -5000), (8000, -5000), (1000, -4200)],
+            PathEnds::Flush,
+        ))
+        .shape(path(80, vec![(-9000, 3000)], PathEnds::Extended(500, 500)));
+    let round = Cell::new("top")
+        .shape(path(
+            250,
+            vec![(0, 0), (5000, 0), (5000, 3000)],
+            PathEnds::Round,
+        ))
+        .shape(path(
+            101,
+            vec![(-3000, 0), (-3000, 2000)],
+            PathEnds::HalfWidth,
+        ));
+    vec![
+        ("turned", library(vec![leaf(), turned]), true),
+        ("arrays", library(vec![arrays, leaf()]), true),
+        ("magnified", library(vec![leaf(), magnified]), true),
+        ("below_left", library(vec![leaf(), below_left]), true),
+        ("nested", library(vec![nested, mid, leaf()]), true),
+        ("paths", library(vec![paths]), true),
+        ("round_and_odd_paths", library(vec![round]), false),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1202,6 +1387,7 @@ mod tests {
                         layer: Layer(2, 3),
                         width: 20,
                         points: vec![(0, 0), (100, 0), (100, -50)],
+                        ends: PathEnds::Flush,
                     }),
             )
             .cell(
