@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use precheck_server::layout::write::{Defect, Die, SLOT_SIZES};
+use precheck_server::layout::write::{Defect, Die, SLOT_SIZES, geometry_cases};
 use serde_json::{Value, json};
 
 use crate::client::{self, post_upload, upload};
@@ -51,6 +51,18 @@ async fn uploads_show_their_layout_in_every_format() {
             cells.contains(&"gf180mcu_ws_ip__qrcode_id"),
             "{file}: {layout}"
         );
+        // The die as the precheck's first checks see it, in µm.
+        let die = &layout["Die"];
+        assert_eq!(die["Cell"], "chip_top", "{file}: {layout}");
+        assert_eq!(die["BBox"], json!([0.0, 0.0, 3932.0, 5122.0]), "{file}");
+        let layers: Vec<&str> = die["Layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap())
+            .collect();
+        assert_eq!(layers.first(), Some(&"22/0"), "{file}: {layers:?}");
+        assert_eq!(layers.last(), Some(&"167/5"), "{file}: sorted by number: {layers:?}");
         // The same facts come back from the database.
         let id = body["Id"].as_str().unwrap();
         let (_, again) = client::get_json(&server, &format!("/api/v1/uploads/{id}")).await;
@@ -229,8 +241,11 @@ for path in sorted(glob.glob("/layouts/*")):
     top = ly.top_cells()[0]
     box, dbox = top.bbox(), top.dbbox()
     layers = {}
+    shape_layers = []
     for i in ly.layer_indexes():
         info = ly.get_info(i)
+        if not top.begin_shapes_rec(i).at_end():
+            shape_layers.append([info.layer, info.datatype])
         region = pya.Region(top.begin_shapes_rec(i))
         region.merge()
         if region.count():
@@ -241,6 +256,7 @@ for path in sorted(glob.glob("/layouts/*")):
         "bbox": [box.left, box.bottom, box.right, box.top],
         "dbbox": [dbox.left, dbox.bottom, dbox.right, dbox.top],
         "layers": layers,
+        "shape_layers": sorted(shape_layers),
     }
 print(json.dumps(out))
 "#,
@@ -356,4 +372,47 @@ fn klayout_reads_the_dies_as_described_in_every_format() {
         read["good_1x1.gds"]["layers"]["167/5"][0].as_f64(),
         Some(ring)
     );
+}
+
+/// The upload reader's die (its box to the database unit and its layers) is KLayout's for every
+/// layout the tests make, in every format: the dies of every slot and defect, and the cases whose
+/// box is right only when every transformation is (issue 15).
+#[test]
+fn the_upload_reader_boxes_every_die_as_klayout_does() {
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut dies: Vec<(String, Die)> = SLOT_SIZES
+        .iter()
+        .map(|(slot, _, _)| (format!("good_{slot}"), Die::new("chip_top").slot(slot)))
+        .collect();
+    dies.push(("cob".into(), Die::new("chip_top").cob()));
+    for defect in Defect::ALL.into_iter().filter(|d| *d != Defect::TwoTopCells) {
+        let name = defect.as_str().replace('-', "_");
+        dies.push((name, Die::new("chip_top").defect(defect)));
+    }
+    for (name, die) in &dies {
+        files.push((format!("{name}.gds"), die.gds()));
+        files.push((format!("{name}.gds.gz"), die.gds_gz()));
+        files.push((format!("{name}.oas"), die.oasis()));
+    }
+    for (name, library, oasis) in geometry_cases() {
+        files.push((format!("{name}.gds"), library.gds()));
+        files.push((format!("{name}.gds.gz"), library.gds_gz()));
+        if oasis {
+            files.push((format!("{name}.oas"), library.oasis()));
+        }
+    }
+    let read = klayout_reads(&files);
+    for (file, bytes) in &files {
+        let layout = precheck_server::layout::inspect(&bytes[..]).unwrap();
+        let die = layout.die.unwrap_or_else(|| panic!("{file}: no die"));
+        let b = die.bbox.unwrap_or_else(|| panic!("{file}: an empty die"));
+        let klayout = &read[file];
+        assert_eq!(
+            json!([b.left, b.bottom, b.right, b.top]),
+            klayout["bbox"],
+            "{file}: our box, then KLayout's"
+        );
+        let layers: Vec<[u32; 2]> = die.layers.iter().map(|(l, d)| [*l, *d]).collect();
+        assert_eq!(json!(layers), klayout["shape_layers"], "{file}: our layers, then KLayout's");
+    }
 }
