@@ -140,8 +140,14 @@ mod tests {
         );
         assert_eq!(client_ip(peer, &[], &trusted).unwrap(), peer);
         assert_eq!(ip(peer, &["10.0.0.3"]).unwrap(), "10.0.0.1");
-        assert!(ip(peer, &["not-an-ip"]).is_err());
-        assert!(client_ip(peer, &[b"\xff"], &trusted).is_err());
+        assert_eq!(
+            ip(peer, &["not-an-ip"]).unwrap_err(),
+            "X-Forwarded-For: \"not-an-ip\" is not an IP address"
+        );
+        assert_eq!(
+            client_ip(peer, &[b"\xff"], &trusted).unwrap_err(),
+            "X-Forwarded-For: not ASCII: it must list IP addresses"
+        );
     }
 
     #[test]

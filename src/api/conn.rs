@@ -594,4 +594,42 @@ mod tests {
                 .contains("100 header lines")
         );
     }
+
+    /// Every answer hyper writes by itself, with its message: (status, head's first line, message).
+    #[test]
+    fn each_of_hypers_own_answers_says_what_is_wrong() {
+        let malformed = "the request cannot be read as HTTP/1.1: its request line or headers are malformed (a path must be ASCII: percent-encode other bytes, e.g. %C3%A9 for \u{e9})";
+        for (status, line, message) in [
+            (
+                431,
+                "HTTP/1.1 431 Request Header Fields Too Large",
+                "the request's headers are too large: at most 100 header lines and 408 KiB in all",
+            ),
+            (
+                414,
+                "HTTP/1.1 414 URI Too Long",
+                "the request's path and query are too long",
+            ),
+            (400, "HTTP/1.1 400 Bad Request", malformed),
+            // Any other status hyper might write gets the 400's words, with its own reason.
+            (408, "HTTP/1.1 408 Request Timeout", malformed),
+        ] {
+            let answer = String::from_utf8(error_answer(status)).unwrap();
+            let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+            let mut lines = head.split("\r\n");
+            assert_eq!(lines.next(), Some(line));
+            let lines: Vec<&str> = lines.collect();
+            let length = format!("content-length: {}", body.len());
+            assert_eq!(
+                lines,
+                [
+                    "content-type: application/json",
+                    length.as_str(),
+                    "connection: close"
+                ]
+            );
+            let body: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(body, serde_json::json!({ "message": message }), "{status}");
+        }
+    }
 }

@@ -184,3 +184,165 @@ impl From<MultipartError> for ApiError {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::extract::{FromRequest, Multipart, Query};
+    use axum::http::{Request, header};
+
+    use super::*;
+    use crate::layout::LayoutError;
+
+    /// An error's answer: its status, its `Connection` header and its body.
+    async fn answer(response: Response) -> (u16, Option<String>, serde_json::Value) {
+        let status = response.status().as_u16();
+        let connection = response
+            .headers()
+            .get(header::CONNECTION)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, connection, serde_json::from_slice(&body).unwrap())
+    }
+
+    fn said(e: ApiError) -> (u16, String) {
+        (e.status().as_u16(), e.to_string())
+    }
+
+    #[tokio::test]
+    async fn every_error_is_its_status_and_a_message() {
+        let cases = [
+            (ApiError::BadRequest("a".into()), 400),
+            (ApiError::Unauthorized("b".into()), 401),
+            (ApiError::Forbidden("c".into()), 403),
+            (ApiError::NotFound("d".into()), 404),
+            (ApiError::MethodNotAllowed("e".into()), 405),
+            (ApiError::Timeout("f".into()), 408),
+            (ApiError::Conflict("g".into()), 409),
+            (ApiError::Gone("h".into()), 410),
+            (ApiError::TooLarge("i".into()), 413),
+            (ApiError::Unprocessable("j".into()), 422),
+            (ApiError::InsufficientStorage("k".into()), 507),
+            (ApiError::Unavailable("l".into()), 503),
+        ];
+        for (e, status) in cases {
+            let message = e.to_string();
+            assert_eq!(
+                answer(e.into_response()).await,
+                (status, None, serde_json::json!({ "message": message }))
+            );
+        }
+        // An internal error's detail (a path, SQLite's words) stays in the server's log.
+        let e = ApiError::Internal(anyhow::anyhow!("disk I/O error").context("/srv/storage/db"));
+        assert_eq!(e.status().as_u16(), 500);
+        assert_eq!(
+            answer(e.into_response()).await,
+            (
+                500,
+                None,
+                serde_json::json!({ "message": "internal error (request -)" })
+            )
+        );
+        // A refusal before the body is read closes the connection.
+        let e = ApiError::Unauthorized("an API key is required".into());
+        assert_eq!(
+            answer(e.closing_connection()).await,
+            (
+                401,
+                Some("close".into()),
+                serde_json::json!({ "message": "an API key is required" })
+            )
+        );
+    }
+
+    /// A full disk, a lock held by another process and a read-only database each say so, with a
+    /// status a client can act on; any other fault is internal.
+    #[test]
+    fn the_disk_and_the_database_say_what_is_wrong() {
+        let sqlite = |code| {
+            anyhow::Error::from(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+            .context("cannot create the run")
+        };
+        let full = (507, DISK_FULL.to_string());
+        assert_eq!(said(sqlite(rusqlite::ffi::SQLITE_FULL).into()), full);
+        let io = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert_eq!(said(anyhow::Error::from(io).context("write").into()), full);
+        let busy = (
+            503,
+            "the database is locked by another process (waited 10 s): nothing was changed; try again"
+                .to_string(),
+        );
+        assert_eq!(said(sqlite(rusqlite::ffi::SQLITE_BUSY).into()), busy);
+        assert_eq!(said(sqlite(rusqlite::ffi::SQLITE_LOCKED).into()), busy);
+        assert_eq!(
+            said(sqlite(rusqlite::ffi::SQLITE_READONLY).into()),
+            (
+                503,
+                "the database cannot be written (a read-only file or file system): nothing was changed; ask the server's operator"
+                    .into()
+            )
+        );
+        let other = ApiError::from(sqlite(rusqlite::ffi::SQLITE_CORRUPT));
+        assert!(matches!(other, ApiError::Internal(_)), "{other}");
+        assert!(DISK_FULL.starts_with("the server's disk is full: nothing was changed;"));
+    }
+
+    #[test]
+    fn upload_errors_are_the_clients_or_the_disks() {
+        let layout = LayoutError::NotALayout("\"PK\"".into());
+        let message = layout.to_string();
+        assert_eq!(said(UploadError::Layout(layout).into()), (400, message));
+        assert_eq!(
+            said(UploadError::Rejected("the path \"..\" contains '..'".into()).into()),
+            (400, "the path \"..\" contains '..'".into())
+        );
+        assert_eq!(
+            said(UploadError::Oversize("larger than 10 GiB".into()).into()),
+            (413, "larger than 10 GiB".into())
+        );
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        assert_eq!(
+            said(UploadError::Io(full).into()),
+            (507, DISK_FULL.to_string())
+        );
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let e = ApiError::from(UploadError::Io(denied));
+        assert!(
+            matches!(&e, ApiError::Internal(e) if format!("{e:#}").starts_with("cannot store the data")),
+            "{e}"
+        );
+    }
+
+    /// The rejections of axum's extractors (`Json` and `Path` are `extract.rs`'s).
+    #[tokio::test]
+    async fn bad_multipart_bodies_and_query_strings_say_so() {
+        let request = Request::builder()
+            .header(header::CONTENT_TYPE, "multipart/form-data; boundary=X")
+            .body(Body::from("not multipart"))
+            .unwrap();
+        let mut multipart = Multipart::from_request(request, &()).await.unwrap();
+        let e = multipart.next_field().await.unwrap_err();
+        let (status, message) = said(e.into());
+        assert_eq!(status, 400);
+        assert!(message.starts_with("bad multipart body ("), "{message}");
+        assert!(
+            message
+                .ends_with("): send the layout as a `file` field, e.g. curl -F file=@chip_top.gds"),
+            "{message}"
+        );
+        // No route reads its query through axum's `Query` (`query.rs` does), but were one to.
+        let uri = "/x?n=a".parse().unwrap();
+        let e = Query::<std::collections::HashMap<String, u32>>::try_from_uri(&uri).unwrap_err();
+        let (status, message) = said(e.into());
+        assert_eq!(status, 400);
+        assert!(
+            message.starts_with("bad query string: Failed to deserialize query string"),
+            "{message}"
+        );
+    }
+}

@@ -20,10 +20,11 @@ use super::query;
 use super::respond::{attachment, tar_gz_response};
 use super::runs::{RunBody, WaitBody, WaitParams, cancel_run, notify_url, noun, wait_for};
 use super::state::AppState;
+use crate::config::Builds;
 use crate::db::{CreateJobError, NewRun, RunFilter};
 use crate::model::{
     BuildParams, BuildRequest, JobFields, JobRequest, ProjectFile, Run, RunKind, RunParams,
-    RunStatus, SimulationParams, SimulationRequest, SimulationTool, check_project_path,
+    RunStatus, Scope, SimulationParams, SimulationRequest, SimulationTool, check_project_path,
 };
 use crate::runner::ARTIFACTS;
 use crate::storage::open_inside;
@@ -110,7 +111,7 @@ pub async fn create(
     Json(body): Json<NewJob>,
 ) -> Result<(StatusCode, Json<RunBody>), ApiError> {
     let project = find_project(&state, &caller, &project).await?.id;
-    let notify_url = notify_url(&state, body.notify_url)?;
+    let notify_url = notify_url(&state.config.webhooks, body.notify_url)?;
     let fields = JobFields {
         kind: body.kind,
         tool: body.tool,
@@ -120,7 +121,7 @@ pub async fn create(
     };
     let (params, needs) = match JobRequest::parse(fields).map_err(ApiError::BadRequest)? {
         JobRequest::Simulation(request) => simulation(&state, project, request).await?,
-        JobRequest::Build(request) => build(&state, project, request)?,
+        JobRequest::Build(request) => build(&state.config.builds, project, request)?,
     };
     let kind = params.kind();
     let id = Uuid::new_v4();
@@ -139,10 +140,7 @@ pub async fn create(
             },
         )
         .await?;
-    let run = created.map_err(|e| match e {
-        CreateJobError::NoProject => ApiError::NotFound(format!("no such project: {project}")),
-        CreateJobError::MissingFile(path) => missing_file(project, &path),
-    })?;
+    let run = created.map_err(|e| create_refusal(e, project))?;
     state.queue.created(&run);
     tracing::info!(run_id = %run.id, project_id = %project, %kind, "job queued");
     Ok((StatusCode::CREATED, Json(RunBody::from(&run))))
@@ -155,7 +153,6 @@ async fn simulation(
     project: Uuid,
     request: SimulationRequest,
 ) -> Result<(RunParams, Vec<String>), ApiError> {
-    let bad = ApiError::BadRequest;
     let SimulationRequest {
         tool,
         top,
@@ -163,28 +160,7 @@ async fn simulation(
     } = request;
     let top = top.into_string();
     let files = state.db.project_files(project).await?;
-    let have: Vec<&String> = files.iter().map(|f| &f.path).collect();
-    let sources = match listed {
-        Some(listed) => {
-            if let Some(f) = listed.iter().find(|f| !have.contains(f)) {
-                return Err(missing_file(project, f));
-            }
-            listed
-        }
-        None => {
-            let hdl: Vec<String> = have
-                .into_iter()
-                .filter(|p| p.ends_with(".v") || p.ends_with(".sv"))
-                .cloned()
-                .collect();
-            if hdl.is_empty() {
-                return Err(bad(format!(
-                    "project {project} has no .v or .sv files to simulate: PUT the sources first"
-                )));
-            }
-            hdl
-        }
-    };
+    let sources = sources(project, listed, &files)?;
     check_top_is_defined(state, &files, &sources, &top).await?;
     let params = SimulationParams {
         project_id: project,
@@ -195,14 +171,46 @@ async fn simulation(
     Ok((RunParams::Simulation(params), sources))
 }
 
-/// A build's parameters, and the file it needs (which the database checks as it makes the job).
+/// The files a simulation compiles: those listed, which the project (`files`) must hold, else
+/// every `.v` and `.sv` file it holds, of which there must be one.
+fn sources(
+    project: Uuid,
+    listed: Option<Vec<String>>,
+    files: &[ProjectFile],
+) -> Result<Vec<String>, ApiError> {
+    let have: Vec<&String> = files.iter().map(|f| &f.path).collect();
+    match listed {
+        Some(listed) => {
+            if let Some(f) = listed.iter().find(|f| !have.contains(f)) {
+                return Err(missing_file(project, f));
+            }
+            Ok(listed)
+        }
+        None => {
+            let hdl: Vec<String> = have
+                .into_iter()
+                .filter(|p| p.ends_with(".v") || p.ends_with(".sv"))
+                .cloned()
+                .collect();
+            if hdl.is_empty() {
+                return Err(ApiError::BadRequest(format!(
+                    "project {project} has no .v or .sv files to simulate: PUT the sources first"
+                )));
+            }
+            Ok(hdl)
+        }
+    }
+}
+
+/// A build's parameters, and the file it needs (which the database checks as it makes the job);
+/// refused when the server has no PDK (`builds`: the config's `[builds]`).
 fn build(
-    state: &AppState,
+    builds: &Builds,
     project: Uuid,
     request: BuildRequest,
 ) -> Result<(RunParams, Vec<String>), ApiError> {
     let BuildRequest { config } = request;
-    if state.config.builds.pdk.is_none() {
+    if builds.pdk.is_none() {
         return Err(ApiError::Unavailable(
             "this server has no PDK for builds: its operator sets [builds] pdk in the config"
                 .into(),
@@ -213,6 +221,15 @@ fn build(
         config: config.clone(),
     };
     Ok((RunParams::Build(params), vec![config]))
+}
+
+/// The refusal of a create the database turned down: the project went meanwhile, or it does not
+/// hold the file the job needs (a build's config).
+fn create_refusal(e: CreateJobError, project: Uuid) -> ApiError {
+    match e {
+        CreateJobError::NoProject => ApiError::NotFound(format!("no such project: {project}")),
+        CreateJobError::MissingFile(path) => missing_file(project, &path),
+    }
 }
 
 fn missing_file(project: Uuid, path: &str) -> ApiError {
@@ -234,26 +251,35 @@ async fn check_top_is_defined(
         .map(|f| state.storage.blob_path(&f.sha256))
         .collect();
     let wanted = top.to_string();
-    let found = tokio::task::spawn_blocking(move || {
-        blobs.iter().any(|path| {
-            std::fs::File::open(path)
-                .and_then(|f| declares_module(std::io::BufReader::new(f), &wanted))
-                .unwrap_or(false)
-        })
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.into()))?;
+    let found = tokio::task::spawn_blocking(move || any_declares(&blobs, &wanted))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))?;
     if found {
         return Ok(());
     }
-    Err(ApiError::BadRequest(format!(
+    Err(no_top_module(top, sources))
+}
+
+/// Whether one of these files (a file that cannot be read declares nothing) declares the
+/// module `top`.
+fn any_declares(blobs: &[std::path::PathBuf], top: &str) -> bool {
+    blobs.iter().any(|path| {
+        std::fs::File::open(path)
+            .and_then(|f| declares_module(std::io::BufReader::new(f), top))
+            .unwrap_or(false)
+    })
+}
+
+/// The refusal of a simulation whose top module none of its `sources` declares.
+fn no_top_module(top: &str, sources: &[String]) -> ApiError {
+    ApiError::BadRequest(format!(
         "top: no module {top:?} in {}: name the testbench's top module",
         if sources.len() == 1 {
             sources[0].clone()
         } else {
             format!("the {} files compiled", sources.len())
         }
-    )))
+    ))
 }
 
 /// Whether Verilog source has `module NAME` (or `macromodule NAME`) for this name. Reads the
@@ -544,11 +570,7 @@ pub async fn artifact(
             ApiError::Internal(anyhow::Error::from(e).context("cannot read the artefact"))
         })?;
     let Some((file, len)) = opened else {
-        return Err(ApiError::NotFound(format!(
-            "{} {} has no artefact {path:?}: GET .../artifacts has them all",
-            noun(run.kind()),
-            run.id
-        )));
+        return Err(no_artefact(&run, &path));
     };
     let filename: String = path
         .rsplit('/')
@@ -560,6 +582,15 @@ pub async fn artifact(
     Ok(attachment(file, len, &filename))
 }
 
+/// The refusal of an artefact `path` that the job's artefacts do not hold (as a regular file).
+fn no_artefact(run: &Run, path: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "{} {} has no artefact {path:?}: GET .../artifacts has them all",
+        noun(run.kind()),
+        run.id
+    ))
+}
+
 /// A job whose artefacts are complete: it has finished.
 async fn finished(
     state: &AppState,
@@ -568,6 +599,12 @@ async fn finished(
     job: &str,
 ) -> Result<Run, ApiError> {
     let run = find(state, caller, project, job).await?;
+    has_finished(&run)?;
+    Ok(run)
+}
+
+/// Refuses the artefacts of a job that has not finished.
+fn has_finished(run: &Run) -> Result<(), ApiError> {
     if !run.status.is_terminal() {
         return Err(ApiError::Conflict(format!(
             "{} {} is {}: its artefacts exist once it has finished (POST .../wait)",
@@ -576,7 +613,7 @@ async fn finished(
             run.status
         )));
     }
-    Ok(run)
+    Ok(())
 }
 
 /// A job of a project the caller may see; anything else is "no such job".
@@ -588,16 +625,20 @@ async fn find(
 ) -> Result<Run, ApiError> {
     let project = find_project(state, caller, project).await?;
     let id = parse_id(job, "job")?;
-    match state.db.run(id).await? {
+    job_of(project.id, state.db.run(id).await?, &caller.scope, id)
+}
+
+/// The job `id` as the database has it (if at all), if it is one of `project`'s that the caller
+/// may see: anything else (another project's, a precheck, another key's) is "no such job".
+fn job_of(project: Uuid, run: Option<Run>, scope: &Scope, id: Uuid) -> Result<Run, ApiError> {
+    match run {
         Some(run)
-            if run.params.project_id() == Some(project.id)
-                && caller.scope.sees(run.owner.as_deref()) =>
+            if run.params.project_id() == Some(project) && scope.sees(run.owner.as_deref()) =>
         {
             Ok(run)
         }
         _ => Err(ApiError::NotFound(format!(
-            "project {} has no job {id}",
-            project.id
+            "project {project} has no job {id}"
         ))),
     }
 }
@@ -621,6 +662,195 @@ mod tests {
         let long = format!("module {}x tb module tb", "a".repeat(100_000));
         assert!(declares(&long, "tb"));
         assert!(!declares(&format!("module {}", "tb".repeat(1000)), "tb"));
+    }
+}
+
+/// The refusals that read what the database, the config and the project's files hold, without
+/// a server.
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+    use crate::config::PdkSource;
+
+    fn file(path: &str) -> ProjectFile {
+        ProjectFile {
+            path: path.into(),
+            size: 1,
+            sha256: "0".repeat(64),
+            modified: OffsetDateTime::now_utc(),
+        }
+    }
+
+    /// The status and message of a refusal.
+    fn refusal<T: std::fmt::Debug>(result: Result<T, ApiError>) -> (u16, String) {
+        let e = result.expect_err("taken");
+        (e.status().as_u16(), e.to_string())
+    }
+
+    fn listed(paths: &[&str]) -> Option<Vec<String>> {
+        Some(paths.iter().map(|p| p.to_string()).collect())
+    }
+
+    #[test]
+    fn a_simulation_compiles_files_the_project_holds() {
+        let p = Uuid::new_v4();
+        let files = [file("rtl/counter.v"), file("README.md"), file("tb/tb.sv")];
+        assert_eq!(
+            sources(p, None, &files).unwrap(),
+            ["rtl/counter.v", "tb/tb.sv"]
+        );
+        assert_eq!(
+            sources(p, listed(&["tb/tb.sv", "README.md"]), &files).unwrap(),
+            ["tb/tb.sv", "README.md"]
+        );
+        assert_eq!(
+            refusal(sources(p, listed(&["rtl/counter.v", "rtl/alu.v"]), &files)),
+            (
+                400,
+                format!(
+                    "project {p} has no file \"rtl/alu.v\": PUT it first (GET .../files lists what it has)"
+                )
+            )
+        );
+        assert_eq!(
+            refusal(sources(p, None, &[file("README.md"), file("a.vhd")])),
+            (
+                400,
+                format!("project {p} has no .v or .sv files to simulate: PUT the sources first")
+            )
+        );
+        assert_eq!(refusal(sources(p, None, &[])).0, 400);
+    }
+
+    #[test]
+    fn a_simulation_needs_a_source_that_declares_its_top_module() {
+        let dir = tempfile::tempdir().unwrap();
+        let counter = dir.path().join("counter");
+        let tb = dir.path().join("tb");
+        std::fs::write(&counter, "module counter(input clk);\nendmodule\n").unwrap();
+        std::fs::write(&tb, "module tb;\n  counter c(.clk(clk));\nendmodule\n").unwrap();
+        let gone = dir.path().join("gone");
+        assert!(any_declares(&[counter.clone(), tb.clone()], "tb"));
+        assert!(any_declares(&[gone.clone(), tb], "tb"));
+        assert!(!any_declares(&[counter, gone], "tb"));
+        assert!(!any_declares(&[], "tb"));
+        let e = no_top_module("tb", &["rtl/counter.v".into()]);
+        assert_eq!(
+            (e.status().as_u16(), e.to_string()),
+            (
+                400,
+                "top: no module \"tb\" in rtl/counter.v: name the testbench's top module".into()
+            )
+        );
+        let e = no_top_module("tb", &["a.v".into(), "b.v".into()]);
+        assert_eq!(
+            e.to_string(),
+            "top: no module \"tb\" in the 2 files compiled: name the testbench's top module"
+        );
+    }
+
+    #[test]
+    fn a_build_needs_the_servers_pdk() {
+        let p = Uuid::new_v4();
+        let request = || BuildRequest {
+            config: "config.json".into(),
+        };
+        let none = Builds {
+            pdk: None,
+            pdk_variant: "gf180mcuD".into(),
+        };
+        assert_eq!(
+            refusal(build(&none, p, request())),
+            (
+                503,
+                "this server has no PDK for builds: its operator sets [builds] pdk in the config"
+                    .into()
+            )
+        );
+        let pdk = Builds {
+            pdk: Some(PdkSource::HostPath("/opt/pdk".into())),
+            ..none
+        };
+        let (params, needs) = build(&pdk, p, request()).unwrap();
+        assert_eq!(params.project_id(), Some(p));
+        assert_eq!(needs, ["config.json"]);
+    }
+
+    #[test]
+    fn a_create_the_database_turns_down_says_why() {
+        let p = Uuid::new_v4();
+        let e = create_refusal(CreateJobError::NoProject, p);
+        assert_eq!(
+            (e.status().as_u16(), e.to_string()),
+            (404, format!("no such project: {p}"))
+        );
+        let e = create_refusal(CreateJobError::MissingFile("config.json".into()), p);
+        assert_eq!(
+            (e.status().as_u16(), e.to_string()),
+            (
+                400,
+                format!(
+                    "project {p} has no file \"config.json\": PUT it first (GET .../files lists what it has)"
+                )
+            )
+        );
+    }
+
+    #[test]
+    fn jobs_are_found_only_in_their_project_by_a_key_that_may_see_them() {
+        let p = Uuid::new_v4();
+        let ci = Scope::Owner("ci".into());
+        let mine = Run::simulation_of(p, Some("ci"));
+        let id = mine.id;
+        assert_eq!(job_of(p, Some(mine), &ci, id).unwrap().id, id);
+        assert!(job_of(p, Some(Run::build_of(p, Some("other"))), &Scope::All, id).is_ok());
+        for run in [
+            None,
+            Some(Run::build_of(Uuid::new_v4(), Some("ci"))),
+            Some(Run::build_of(p, Some("other"))),
+            Some(Run::precheck_of(Some("ci"))),
+        ] {
+            assert_eq!(
+                refusal(job_of(p, run, &ci, id)),
+                (404, format!("project {p} has no job {id}"))
+            );
+        }
+    }
+
+    #[test]
+    fn artefacts_wait_for_the_job_to_finish() {
+        let run = Run::build_of(Uuid::new_v4(), None);
+        let id = run.id;
+        for status in [RunStatus::Queued, RunStatus::Running] {
+            assert_eq!(
+                refusal(has_finished(&run.clone().with_status(status))),
+                (
+                    409,
+                    format!(
+                        "build job {id} is {status}: its artefacts exist once it has finished (POST .../wait)"
+                    )
+                )
+            );
+        }
+        for status in [
+            RunStatus::Completed,
+            RunStatus::Failed,
+            RunStatus::Cancelled,
+        ] {
+            assert!(has_finished(&run.clone().with_status(status)).is_ok());
+        }
+        let sim = Run::simulation_of(Uuid::new_v4(), None);
+        let e = no_artefact(&sim, "tb.vcd");
+        assert_eq!(
+            (e.status().as_u16(), e.to_string()),
+            (
+                404,
+                format!(
+                    "simulation job {} has no artefact \"tb.vcd\": GET .../artifacts has them all",
+                    sim.id
+                )
+            )
+        );
     }
 }
 

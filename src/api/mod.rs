@@ -131,3 +131,29 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
         uri.path()
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_routes_and_wrong_methods_say_where_to_look() {
+        let uri: Uri = "/api/v1/precheck?x=1".parse().unwrap();
+        let e = no_route(Method::GET, uri.clone()).await;
+        assert_eq!(
+            (e.status().as_u16(), e.to_string()),
+            (
+                404,
+                "no route for GET /api/v1/precheck: see the API table in README.md".into()
+            )
+        );
+        let e = wrong_method(Method::PATCH, uri).await;
+        assert_eq!(
+            (e.status().as_u16(), e.to_string()),
+            (
+                405,
+                "PATCH is not allowed on /api/v1/precheck: see the API table in README.md".into()
+            )
+        );
+    }
+}

@@ -52,6 +52,23 @@ pub fn before<'de, D: Deserializer<'de>>(d: D, what: &str) -> Result<Option<Uuid
     })
 }
 
+/// Refuses a `before` whose run (`run`: as the database has it, if at all) is not one of the
+/// list (`of_list`) the caller may see. `what` names the listed runs.
+fn in_list(
+    before: Uuid,
+    run: Option<&Run>,
+    scope: &Scope,
+    what: &str,
+    of_list: impl FnOnce(&Run) -> bool,
+) -> Result<(), ApiError> {
+    match run {
+        Some(run) if scope.sees(run.owner.as_deref()) && of_list(run) => Ok(()),
+        _ => Err(ApiError::BadRequest(format!(
+            "before: no such {what}: {before} (it may have been deleted meanwhile: start again from the first page)"
+        ))),
+    }
+}
+
 /// Which page of a list to answer.
 pub struct Page {
     pub limit: usize,
@@ -79,12 +96,8 @@ impl Page {
         let Some(before) = self.before else {
             return Ok(());
         };
-        match db.run(before).await? {
-            Some(run) if scope.sees(run.owner.as_deref()) && of_list(&run) => Ok(()),
-            _ => Err(ApiError::BadRequest(format!(
-                "before: no such {what}: {before} (it may have been deleted meanwhile: start again from the first page)"
-            ))),
-        }
+        let run = db.run(before).await?;
+        in_list(before, run.as_ref(), scope, what, of_list)
     }
 
     /// How many rows to ask for: one more than a page, to know whether another page follows.
@@ -106,5 +119,40 @@ impl Page {
             response.headers_mut().insert(NEXT_BEFORE, value);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RunKind;
+
+    /// A `before` must be a run of the list that the caller sees: (the run, the scope).
+    #[test]
+    fn a_before_that_is_not_a_run_of_the_list_is_refused() {
+        let ci = Scope::Owner("ci".into());
+        let mine = Run::precheck_of(Some("ci"));
+        let theirs = Run::precheck_of(Some("other"));
+        let job = Run::build_of(Uuid::new_v4(), Some("ci"));
+        let prechecks = |run: &Run| run.kind() == RunKind::Precheck;
+        let before = Uuid::new_v4();
+        assert!(in_list(mine.id, Some(&mine), &ci, "precheck", prechecks).is_ok());
+        assert!(in_list(theirs.id, Some(&theirs), &Scope::All, "precheck", prechecks).is_ok());
+        for (run, scope) in [
+            (None, &ci),
+            (Some(&theirs), &ci),
+            (Some(&job), &ci),
+            (Some(&job), &Scope::All),
+        ] {
+            match in_list(before, run, scope, "precheck", prechecks) {
+                Err(ApiError::BadRequest(m)) => assert_eq!(
+                    m,
+                    format!(
+                        "before: no such precheck: {before} (it may have been deleted meanwhile: start again from the first page)"
+                    )
+                ),
+                other => panic!("{run:?} {scope:?}: {other:?}"),
+            }
+        }
     }
 }

@@ -24,7 +24,8 @@ use super::uploads::{record, upload_error};
 use crate::db::{CreateRunError, Created, Idempotency, KeyUse, NewRun, RunFilter};
 use crate::layout::{EXPECTED_DBU_MICRONS, Layout};
 use crate::model::{
-    DieId, PrecheckParams, PrecheckSource, Run, RunKind, RunStatus, SLOTS, Slot, TopCell,
+    DieId, PrecheckParams, PrecheckSource, Run, RunKind, RunStatus, SLOTS, Scope, Slot, TopCell,
+    Upload,
 };
 use crate::runner::final_gds;
 use crate::storage::{OUTPUT_LAYOUT, open_inside, open_regular};
@@ -111,7 +112,7 @@ pub async fn create(
             None => {}
         }
     }
-    let notify_url = notify_url(&state, body.notify_url)?;
+    let notify_url = notify_url(&state.config.webhooks, body.notify_url)?;
     // Checked first: a build's layout becomes an upload only for a request that can succeed.
     let die_id = parse_or(body.die_id.as_deref(), DieId::default)?;
     let slot = parse_or(body.slot.as_deref(), Slot::default)?;
@@ -122,12 +123,7 @@ pub async fn create(
         PrecheckSource::Build(job) => upload_build(&state, &caller, job).await?,
     };
     // The layout's facts decide the top cell; a key never learns of another key's upload.
-    let upload = state
-        .db
-        .upload(upload_id)
-        .await?
-        .filter(|u| caller.scope.sees(u.owner.as_deref()))
-        .ok_or_else(|| ApiError::NotFound(format!("no such upload: {upload_id}")))?;
+    let upload = visible_upload(state.db.upload(upload_id).await?, &caller.scope, upload_id)?;
     let force = body.force.unwrap_or(false);
     let top_cell = choose_top_cell(body.top_cell, upload.layout.as_ref(), force)?;
     let params = PrecheckParams {
@@ -154,14 +150,8 @@ pub async fn create(
             },
         )
         .await?;
-    let run = created.map_err(|e| match e {
-        CreateRunError::UnknownUpload => ApiError::NotFound(format!("no such upload: {upload_id}")),
-        CreateRunError::UploadExpired => ApiError::Gone(format!(
-            "upload {upload_id} has expired (uploads are kept {} minutes until a precheck uses them): upload the layout again",
-            state.config.upload_expiry.as_secs() / 60
-        )),
-        CreateRunError::KeyReused => key_reused(key.as_deref().unwrap_or_default()),
-    })?;
+    let run = created
+        .map_err(|e| create_refusal(e, upload_id, state.config.upload_expiry, key.as_deref()))?;
     let Created { run, new } = run;
     if !new {
         return Ok((StatusCode::OK, Json(RunBody::from(&run))));
@@ -180,6 +170,37 @@ fn parse_or<T: std::str::FromStr<Err = String>>(
         || Ok(default()),
         |s| s.parse().map_err(ApiError::BadRequest),
     )
+}
+
+/// The upload a precheck checks, as the database has it (if at all): a key never learns of
+/// another key's.
+fn visible_upload(
+    upload: Option<Upload>,
+    scope: &Scope,
+    upload_id: Uuid,
+) -> Result<Upload, ApiError> {
+    upload
+        .filter(|u| scope.sees(u.owner.as_deref()))
+        .ok_or_else(|| ApiError::NotFound(format!("no such upload: {upload_id}")))
+}
+
+/// The refusal of a create the database turned down: the upload went meanwhile, expired (they
+/// are kept `upload_expiry` until a precheck uses them), or the `Idempotency-Key` (`key`) was
+/// used meanwhile for another request.
+fn create_refusal(
+    e: CreateRunError,
+    upload_id: Uuid,
+    upload_expiry: std::time::Duration,
+    key: Option<&str>,
+) -> ApiError {
+    match e {
+        CreateRunError::UnknownUpload => ApiError::NotFound(format!("no such upload: {upload_id}")),
+        CreateRunError::UploadExpired => ApiError::Gone(format!(
+            "upload {upload_id} has expired (uploads are kept {} minutes until a precheck uses them): upload the layout again",
+            upload_expiry.as_secs() / 60
+        )),
+        CreateRunError::KeyReused => key_reused(key.unwrap_or_default()),
+    }
 }
 
 /// The refusal of an `Idempotency-Key` sent again with another request.
@@ -233,21 +254,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// Makes the final layout of a completed build job an upload (inspected like any), for a
 /// precheck of it.
 async fn upload_build(state: &AppState, caller: &Caller, id: Uuid) -> Result<Uuid, ApiError> {
-    let run = match state.db.run(id).await? {
-        Some(run) if run.kind() == RunKind::Build && caller.scope.sees(run.owner.as_deref()) => run,
-        _ => return Err(ApiError::NotFound(format!("no such build job: {id}"))),
-    };
-    if run.status != RunStatus::Completed {
-        return Err(ApiError::Conflict(format!(
-            "build job {id} is {}: only a completed build has a final layout to check",
-            run.status
-        )));
-    }
-    let Some(path) = final_gds(&state.storage.run_dir(id)).await else {
-        return Err(ApiError::Conflict(format!(
-            "build job {id} has no single layout in final/gds/: see its artefacts"
-        )));
-    };
+    completed_build(state.db.run(id).await?, &caller.scope, id)?;
+    let path = final_layout(&state.storage.run_dir(id), id).await?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -257,9 +265,7 @@ async fn upload_build(state: &AppState, caller: &Caller, id: Uuid) -> Result<Uui
         .map_err(|e| ApiError::Internal(e.into()))?
         .map_err(|e| anyhow::Error::from(e).context("cannot read the build's layout"))?;
     let Some((file, _)) = opened else {
-        return Err(ApiError::Conflict(format!(
-            "build job {id} has no single layout in final/gds/: see its artefacts"
-        )));
+        return Err(no_final_layout(id));
     };
     let file = tokio::fs::File::from_std(file);
     let upload_id = Uuid::new_v4();
@@ -278,6 +284,34 @@ async fn upload_build(state: &AppState, caller: &Caller, id: Uuid) -> Result<Uui
     let upload = record(state, upload_id, name, saved, caller.name.clone()).await?;
     tracing::info!(run_id = %id, upload_id = %upload.id, "a build's layout became an upload");
     Ok(upload.id)
+}
+
+/// The build job `id` (as the database has it, if at all) whose final layout a precheck checks:
+/// one the caller may see, and completed.
+fn completed_build(run: Option<Run>, scope: &Scope, id: Uuid) -> Result<Run, ApiError> {
+    let run = match run {
+        Some(run) if run.kind() == RunKind::Build && scope.sees(run.owner.as_deref()) => run,
+        _ => return Err(ApiError::NotFound(format!("no such build job: {id}"))),
+    };
+    if run.status != RunStatus::Completed {
+        return Err(ApiError::Conflict(format!(
+            "build job {id} is {}: only a completed build has a final layout to check",
+            run.status
+        )));
+    }
+    Ok(run)
+}
+
+/// The final layout of the completed build job `id`, whose folder is `run_dir`: the one layout in
+/// its `final/gds/` ([`final_gds`]).
+async fn final_layout(run_dir: &std::path::Path, id: Uuid) -> Result<std::path::PathBuf, ApiError> {
+    final_gds(run_dir).await.ok_or_else(|| no_final_layout(id))
+}
+
+fn no_final_layout(id: Uuid) -> ApiError {
+    ApiError::Conflict(format!(
+        "build job {id} has no single layout in final/gds/: see its artefacts"
+    ))
 }
 
 /// The top cell to check: the one given, or the layout's only one. Unless `force`, it must be a
@@ -544,12 +578,7 @@ pub async fn output(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let run = find(&state, &caller, &id).await?;
-    if run.status != RunStatus::Completed {
-        return Err(ApiError::Conflict(format!(
-            "precheck {} is {}: the checked layout exists only for completed prechecks (see /logs or the debug tarball)",
-            run.id, run.status
-        )));
-    }
+    output_ready(&run)?;
     // Opened without following a link: only the regular file the run copied out is served.
     let run_dir = state.storage.run_dir(run.id);
     let opened = tokio::task::spawn_blocking(move || open_inside(&run_dir, OUTPUT_LAYOUT))
@@ -559,10 +588,7 @@ pub async fn output(
             anyhow::Error::from(e).context(format!("cannot open the output of {}", run.id))
         })?;
     let Some((file, len)) = opened else {
-        return Err(ApiError::NotFound(format!(
-            "precheck {} has no output file (it was removed from the storage folder): see /logs or the debug tarball",
-            run.id
-        )));
+        return Err(no_output(run.id));
     };
     let upload = match run.precheck() {
         Some(p) => state.db.upload(p.upload_id).await?,
@@ -594,12 +620,7 @@ pub async fn debug(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let run = find(&state, &caller, &id).await?;
-    if run.status == RunStatus::Queued {
-        return Err(ApiError::Conflict(format!(
-            "precheck {} is still queued: it has no files yet",
-            run.id
-        )));
-    }
+    has_files(&run)?;
     let dir = state.storage.run_dir(run.id);
     tar_gz_response(dir, format!("precheck-{}", run.id)).await
 }
@@ -607,12 +628,45 @@ pub async fn debug(
 /// A run the caller may see: others' are "no such precheck", like unknown ones.
 async fn find(state: &AppState, caller: &Caller, id: &str) -> Result<Run, ApiError> {
     let id = parse_id(id, "precheck")?;
-    match state.db.run(id).await? {
-        Some(run) if caller.scope.sees(run.owner.as_deref()) && run.kind() == RunKind::Precheck => {
-            Ok(run)
-        }
+    visible_precheck(state.db.run(id).await?, &caller.scope, id)
+}
+
+/// The precheck `id` as the database has it (if at all), if the caller may see it: another
+/// key's, or a job, is "no such precheck" like an unknown one.
+fn visible_precheck(run: Option<Run>, scope: &Scope, id: Uuid) -> Result<Run, ApiError> {
+    match run {
+        Some(run) if scope.sees(run.owner.as_deref()) && run.kind() == RunKind::Precheck => Ok(run),
         _ => Err(not_found(id)),
     }
+}
+
+/// Refuses the checked layout of a precheck that has not completed.
+fn output_ready(run: &Run) -> Result<(), ApiError> {
+    if run.status != RunStatus::Completed {
+        return Err(ApiError::Conflict(format!(
+            "precheck {} is {}: the checked layout exists only for completed prechecks (see /logs or the debug tarball)",
+            run.id, run.status
+        )));
+    }
+    Ok(())
+}
+
+/// The refusal of a completed precheck's checked layout that is not in its folder (any more).
+fn no_output(id: Uuid) -> ApiError {
+    ApiError::NotFound(format!(
+        "precheck {id} has no output file (it was removed from the storage folder): see /logs or the debug tarball"
+    ))
+}
+
+/// Refuses the debug tarball of a precheck that has no files yet: it is still queued.
+fn has_files(run: &Run) -> Result<(), ApiError> {
+    if run.status == RunStatus::Queued {
+        return Err(ApiError::Conflict(format!(
+            "precheck {} is still queued: it has no files yet",
+            run.id
+        )));
+    }
+    Ok(())
 }
 
 fn not_found(id: Uuid) -> ApiError {
@@ -820,6 +874,249 @@ mod tests {
             matches!(&e, ApiError::BadRequest(m) if m.starts_with("die_id: \"ABC\"")),
             "{e}"
         );
+    }
+}
+
+/// The refusals that read what the database and the run's folder hold, without a server.
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+
+    fn upload(owner: Option<&str>) -> Upload {
+        Upload {
+            id: Uuid::new_v4(),
+            name: "chip_top.gds".into(),
+            size: 1,
+            sha256: "0".repeat(64),
+            format: crate::layout::LayoutFormat::Gds,
+            created: OffsetDateTime::now_utc(),
+            expires_at: None,
+            expired: false,
+            owner: owner.map(String::from),
+            layout: None,
+        }
+    }
+
+    /// The status and message of a refusal.
+    fn refusal<T: std::fmt::Debug>(result: Result<T, ApiError>) -> (u16, String) {
+        let e = result.expect_err("taken");
+        (e.status().as_u16(), e.to_string())
+    }
+
+    #[test]
+    fn an_upload_is_found_only_by_a_key_that_may_see_it() {
+        let ci = Scope::Owner("ci".into());
+        let mine = upload(Some("ci"));
+        let id = mine.id;
+        assert_eq!(visible_upload(Some(mine), &ci, id).unwrap().id, id);
+        assert!(visible_upload(Some(upload(Some("other"))), &Scope::All, id).is_ok());
+        let gone = (404, format!("no such upload: {id}"));
+        assert_eq!(refusal(visible_upload(None, &ci, id)), gone);
+        assert_eq!(
+            refusal(visible_upload(Some(upload(Some("other"))), &ci, id)),
+            gone
+        );
+        assert_eq!(refusal(visible_upload(Some(upload(None)), &ci, id)), gone);
+    }
+
+    #[test]
+    fn a_create_the_database_turns_down_says_why() {
+        let id = Uuid::new_v4();
+        let hour = std::time::Duration::from_secs(3600);
+        let said = |e| {
+            let e = create_refusal(e, id, hour, Some("k-1"));
+            (e.status().as_u16(), e.to_string())
+        };
+        assert_eq!(
+            said(CreateRunError::UnknownUpload),
+            (404, format!("no such upload: {id}"))
+        );
+        assert_eq!(
+            said(CreateRunError::UploadExpired),
+            (
+                410,
+                format!(
+                    "upload {id} has expired (uploads are kept 60 minutes until a precheck uses them): upload the layout again"
+                )
+            )
+        );
+        let reused = (
+            422,
+            "Idempotency-Key \"k-1\" was used for a different request: send the same request to get the run it made, or use a new key for this one".to_string(),
+        );
+        assert_eq!(said(CreateRunError::KeyReused), reused);
+        let e = key_reused("k-1");
+        assert_eq!((e.status().as_u16(), e.to_string()), reused);
+    }
+
+    #[test]
+    fn only_a_completed_build_the_caller_sees_is_checked() {
+        let ci = Scope::Owner("ci".into());
+        let build = Run::build_of(Uuid::new_v4(), Some("ci"));
+        let id = build.id;
+        let done = build.clone().with_status(RunStatus::Completed);
+        assert_eq!(completed_build(Some(done.clone()), &ci, id).unwrap().id, id);
+        let unknown = (404, format!("no such build job: {id}"));
+        for run in [
+            None,
+            Some(Run::precheck_of(Some("ci")).with_status(RunStatus::Completed)),
+            Some(Run::simulation_of(Uuid::new_v4(), Some("ci")).with_status(RunStatus::Completed)),
+            Some(Run::build_of(Uuid::new_v4(), Some("other")).with_status(RunStatus::Completed)),
+        ] {
+            assert_eq!(refusal(completed_build(run, &ci, id)), unknown);
+        }
+        for status in [
+            RunStatus::Queued,
+            RunStatus::Running,
+            RunStatus::Failed,
+            RunStatus::Cancelled,
+        ] {
+            assert_eq!(
+                refusal(completed_build(
+                    Some(build.clone().with_status(status)),
+                    &ci,
+                    id
+                )),
+                (
+                    409,
+                    format!(
+                        "build job {id} is {status}: only a completed build has a final layout to check"
+                    )
+                )
+            );
+        }
+    }
+
+    /// A build's final layout is the one layout file in its `final/gds/`, reached through
+    /// folders only: (the files made in the run's folder, whether there is one).
+    #[tokio::test]
+    async fn a_build_without_one_final_layout_is_refused() {
+        let id = Uuid::new_v4();
+        let none = (
+            409,
+            format!("build job {id} has no single layout in final/gds/: see its artefacts"),
+        );
+        assert_eq!(
+            (
+                no_final_layout(id).status().as_u16(),
+                no_final_layout(id).to_string()
+            ),
+            none
+        );
+        let cases: [(&[&str], bool); 6] = [
+            (&[], false),
+            (&["artifacts/final/gds/"], false),
+            (&["artifacts/final/gds/chip_top.gds"], true),
+            (
+                &[
+                    "artifacts/final/gds/chip_top.gds.gz",
+                    "artifacts/final/gds/notes.txt",
+                ],
+                true,
+            ),
+            (
+                &["artifacts/final/gds/a.gds", "artifacts/final/gds/b.oas"],
+                false,
+            ),
+            (&["artifacts/final/def/chip_top.gds"], false),
+        ];
+        for (files, found) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            for f in files {
+                let path = dir.path().join(f);
+                if f.ends_with('/') {
+                    std::fs::create_dir_all(&path).unwrap();
+                } else {
+                    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                    std::fs::write(&path, b"layout").unwrap();
+                }
+            }
+            match final_layout(dir.path(), id).await {
+                Ok(path) => assert!(found, "{files:?}: {path:?}"),
+                Err(e) => {
+                    assert!(!found, "{files:?}: {e}");
+                    assert_eq!((e.status().as_u16(), e.to_string()), none, "{files:?}");
+                }
+            }
+        }
+        // A link on the way is not followed.
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(elsewhere.path().join("gds")).unwrap();
+        std::fs::write(elsewhere.path().join("gds/chip_top.gds"), b"layout").unwrap();
+        std::fs::create_dir_all(dir.path().join("artifacts")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("artifacts/final")).unwrap();
+        assert_eq!(refusal(final_layout(dir.path(), id).await), none);
+    }
+
+    #[test]
+    fn prechecks_are_found_only_by_a_key_that_may_see_them() {
+        let ci = Scope::Owner("ci".into());
+        let mine = Run::precheck_of(Some("ci"));
+        let id = mine.id;
+        assert_eq!(visible_precheck(Some(mine), &ci, id).unwrap().id, id);
+        assert!(visible_precheck(Some(Run::precheck_of(None)), &Scope::All, id).is_ok());
+        for run in [
+            None,
+            Some(Run::precheck_of(Some("other"))),
+            Some(Run::build_of(Uuid::new_v4(), Some("ci"))),
+        ] {
+            assert_eq!(
+                refusal(visible_precheck(run, &ci, id)),
+                (404, format!("no such precheck: {id}"))
+            );
+        }
+    }
+
+    #[test]
+    fn the_output_and_the_debug_tarball_wait_for_the_run() {
+        let run = Run::precheck_of(None);
+        let id = run.id;
+        for status in [
+            RunStatus::Queued,
+            RunStatus::Running,
+            RunStatus::Failed,
+            RunStatus::Cancelled,
+        ] {
+            assert_eq!(
+                refusal(output_ready(&run.clone().with_status(status))),
+                (
+                    409,
+                    format!(
+                        "precheck {id} is {status}: the checked layout exists only for completed prechecks (see /logs or the debug tarball)"
+                    )
+                )
+            );
+        }
+        assert!(output_ready(&run.clone().with_status(RunStatus::Completed)).is_ok());
+        let e = no_output(id);
+        assert_eq!(
+            (e.status().as_u16(), e.to_string()),
+            (
+                404,
+                format!(
+                    "precheck {id} has no output file (it was removed from the storage folder): see /logs or the debug tarball"
+                )
+            )
+        );
+        assert_eq!(
+            refusal(has_files(&run)),
+            (
+                409,
+                format!("precheck {id} is still queued: it has no files yet")
+            )
+        );
+        for status in [
+            RunStatus::Running,
+            RunStatus::Completed,
+            RunStatus::Failed,
+            RunStatus::Cancelled,
+        ] {
+            assert!(
+                has_files(&run.clone().with_status(status)).is_ok(),
+                "{status}"
+            );
+        }
     }
 }
 

@@ -258,4 +258,28 @@ mod tests {
         assert_eq!(one_of(&["a"]), "a");
         assert_eq!(one_of(&["a", "b"]), "a or b");
     }
+
+    /// Any bytes decode as a query (those that are not UTF-8 once percent-decoded become
+    /// U+FFFD), so `parse`'s "bad query string" is a guard no query reaches: what is wrong is
+    /// said by the parameter's own refusal.
+    #[test]
+    fn any_bytes_are_a_query_string() {
+        assert_eq!(
+            parsed("type=%FF").unwrap().kind.as_deref(),
+            Some("\u{fffd}")
+        );
+        assert_eq!(
+            parsed("type=%&type=%zz").unwrap().kind.as_deref(),
+            Some("%zz")
+        );
+        assert!(parsed("&&type=x&").is_ok());
+        assert_eq!(
+            parsed("one=%FF").unwrap_err(),
+            "one: \"\u{fffd}\" is not a number up to 10"
+        );
+        assert_eq!(
+            parsed("%FF=1").unwrap_err(),
+            "unknown query parameter \"\u{fffd}\": use one, many or type"
+        );
+    }
 }

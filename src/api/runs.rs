@@ -17,6 +17,7 @@ use super::openapi::string_enum;
 use super::query;
 use super::respond::rfc3339;
 use super::state::AppState;
+use crate::config::Webhooks;
 use crate::db::Cancel;
 use crate::model::{Run, RunKind, RunParams, RunStatus};
 
@@ -202,9 +203,9 @@ pub fn noun(kind: RunKind) -> &'static str {
     }
 }
 
-/// A run's webhook: the one asked for (checked against the config), or the config's default.
-pub fn notify_url(state: &AppState, given: Option<String>) -> Result<Option<String>, ApiError> {
-    let hooks = &state.config.webhooks;
+/// A run's webhook: the one asked for (checked against the config's `[webhooks]`), or the
+/// config's default.
+pub fn notify_url(hooks: &Webhooks, given: Option<String>) -> Result<Option<String>, ApiError> {
     match given {
         Some(url) => hooks
             .check_url(&url)
@@ -283,12 +284,21 @@ pub async fn wait_for(
     let (id, what) = (run.id, noun(run.kind()));
     let params: WaitParams = query::parse(query.as_deref())?;
     let timeout = params.timeout.map_or(DEFAULT_WAIT, |Timeout(t)| t);
-    let run = state
-        .queue
-        .wait(id, timeout)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no such {what}: {id}")))?;
-    if !run.status.is_terminal() && state.queue.is_stopping() {
+    let run = state.queue.wait(id, timeout).await?;
+    waited(id, what, run, || state.queue.is_stopping(), timeout)
+}
+
+/// The answer of `/wait` once the wait is over: how the run (`None`: deleted meanwhile) ended,
+/// or why it has not (`stopping`: the server is shutting down; else `timeout` passed).
+fn waited(
+    id: Uuid,
+    what: &str,
+    run: Option<Run>,
+    stopping: impl FnOnce() -> bool,
+    timeout: Duration,
+) -> Result<Json<WaitBody>, ApiError> {
+    let run = run.ok_or_else(|| no_such(what, id))?;
+    if !run.status.is_terminal() && stopping() {
         return Err(ApiError::Unavailable(format!(
             "the server is shutting down; {what} {id} is still {} and goes on: call /wait again once the server is back",
             run.status
@@ -313,7 +323,6 @@ const CANCEL_WAIT: Duration = Duration::from_secs(30);
 /// Cancels a run, as `DELETE` answers for prechecks and jobs alike.
 pub async fn cancel_run(state: &AppState, run: &Run) -> Result<Json<RunBody>, ApiError> {
     let (id, what) = (run.id, noun(run.kind()));
-    let not_found = |id| ApiError::NotFound(format!("no such {what}: {id}"));
     match state.queue.cancel(id).await? {
         Cancel::Cancelled(run) => Ok(Json(RunBody::from(&*run))),
         Cancel::Running => {
@@ -321,14 +330,24 @@ pub async fn cancel_run(state: &AppState, run: &Run) -> Result<Json<RunBody>, Ap
                 .queue
                 .wait(id, CANCEL_WAIT)
                 .await?
-                .ok_or_else(|| not_found(id))?;
+                .ok_or_else(|| no_such(what, id))?;
             Ok(Json(RunBody::from(&run)))
         }
-        Cancel::AlreadyFinished(status) => Err(ApiError::Conflict(format!(
-            "{what} {id} has already finished ({status}): there is nothing to cancel"
-        ))),
-        Cancel::NotFound => Err(not_found(id)),
+        Cancel::AlreadyFinished(status) => Err(already_finished(what, id, status)),
+        Cancel::NotFound => Err(no_such(what, id)),
     }
+}
+
+/// The refusal of a run that went away while it was waited for or cancelled (deleted meanwhile).
+fn no_such(what: &str, id: Uuid) -> ApiError {
+    ApiError::NotFound(format!("no such {what}: {id}"))
+}
+
+/// The refusal of a cancel of a run that has ended (`status`).
+fn already_finished(what: &str, id: Uuid, status: RunStatus) -> ApiError {
+    ApiError::Conflict(format!(
+        "{what} {id} has already finished ({status}): there is nothing to cancel"
+    ))
 }
 
 #[cfg(test)]
@@ -360,6 +379,105 @@ mod tests {
             timeout("timout=5"),
             Err("unknown query parameter \"timout\": use timeout or condition".into())
         );
+    }
+
+    /// Every answer of `/wait` once the wait is over: (run, stopping, the answer).
+    #[test]
+    fn a_wait_answers_the_end_or_says_why_there_is_none() {
+        let run = Run::precheck_of(None);
+        let id = run.id;
+        let wait = Duration::from_millis(1500);
+        let answer = |run: Option<Run>, stopping: bool| {
+            waited(id, "precheck", run, || stopping, wait)
+                .map(|Json(body)| (body.status_code, body.error.map(|e| e.message)))
+                .map_err(|e| (e.status().as_u16(), e.to_string()))
+        };
+        let mut ended = run.clone().with_status(RunStatus::Completed);
+        ended.exit_code = Some(0);
+        assert_eq!(answer(Some(ended), true), Ok((0, None)));
+        let mut failed = run.clone().with_status(RunStatus::Failed);
+        failed.error = Some("lost".into());
+        assert_eq!(
+            answer(Some(failed), false),
+            Ok((crate::model::exit_code::NOT_RUN, Some("lost".into())))
+        );
+        assert_eq!(
+            answer(None, false),
+            Err((404, format!("no such precheck: {id}")))
+        );
+        assert_eq!(
+            answer(Some(run.clone()), false),
+            Err((
+                408,
+                format!("precheck {id} is still queued after 1.5 s: call /wait again")
+            ))
+        );
+        assert_eq!(
+            answer(Some(run.with_status(RunStatus::Running)), true),
+            Err((
+                503,
+                format!(
+                    "the server is shutting down; precheck {id} is still running and goes on: call /wait again once the server is back"
+                )
+            ))
+        );
+    }
+
+    #[test]
+    fn a_cancel_of_an_ended_or_deleted_run_is_refused() {
+        let id = Uuid::new_v4();
+        let e = already_finished("build job", id, RunStatus::Failed);
+        assert_eq!(e.status().as_u16(), 409);
+        assert_eq!(
+            e.to_string(),
+            format!("build job {id} has already finished (failed): there is nothing to cancel")
+        );
+        let e = no_such("simulation job", id);
+        assert_eq!(e.status().as_u16(), 404);
+        assert_eq!(e.to_string(), format!("no such simulation job: {id}"));
+    }
+
+    /// A `notify_url` is checked against `[webhooks]` (whose rules `config` tests), its refusal
+    /// named; without one, the config's default.
+    #[test]
+    fn a_notify_url_is_the_one_given_or_the_default() {
+        let hooks = Webhooks {
+            secret: Some("s".into()),
+            default_url: Some("http://ci.example/hook".parse().unwrap()),
+            allowed_hosts: vec!["ci.example".into()],
+            give_up_after: Duration::from_secs(60),
+            first_retry_after: Duration::from_secs(1),
+        };
+        assert_eq!(
+            notify_url(&hooks, None).unwrap().as_deref(),
+            Some("http://ci.example/hook")
+        );
+        assert_eq!(
+            notify_url(&hooks, Some("https://ci.example/x".into()))
+                .unwrap()
+                .as_deref(),
+            Some("https://ci.example/x")
+        );
+        match notify_url(&hooks, Some("http://evil.example/".into())) {
+            Err(ApiError::BadRequest(m)) => assert_eq!(
+                m,
+                "notify_url: the host \"evil.example\" is not in webhooks.allowed_hosts (ci.example)"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let none = Webhooks {
+            secret: None,
+            default_url: None,
+            ..hooks
+        };
+        assert_eq!(notify_url(&none, None).unwrap(), None);
+        match notify_url(&none, Some("http://ci.example/".into())) {
+            Err(ApiError::BadRequest(m)) => assert_eq!(
+                m,
+                "notify_url: this server sends no webhooks: its config has no webhooks.secret"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A run's body reads back as what it was written from, for the CLI and webhook receivers.

@@ -46,3 +46,29 @@ fn verdict(layout: &Layout) -> String {
         tops => format!("name the top cell to check: there are {}", tops.len()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_is_not_a_layout_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let output = Output { json: true };
+        let missing = dir.path().join("missing.gds");
+        assert_eq!(
+            run(&missing, output).unwrap_err().to_string(),
+            format!("cannot open {}", missing.display())
+        );
+        let text = dir.path().join("chip_top.gds");
+        std::fs::write(&text, "PK\u{3}\u{4} a zip, not a layout").unwrap();
+        let e = run(&text, output).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "{}: not a layout: expected GDSII, gzip'd GDSII or OASIS, but it starts with ",
+                text.display()
+            )),
+            "{e}"
+        );
+    }
+}

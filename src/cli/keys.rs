@@ -191,3 +191,72 @@ async fn revoke(admin: &Admin, name: &str, output: Output) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = "[[auth.api_keys]]\nname = \"ops\"\nkey = \"ws_key_value_0123456789\"";
+
+    #[tokio::test]
+    async fn a_new_key_needs_a_good_name_no_other_key_has() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = Admin::in_temp(dir.path(), CONFIG);
+        let now = OffsetDateTime::now_utc();
+        assert!(
+            admin
+                .db
+                .insert_api_key("ci".into(), hash_key("k"), false, now)
+                .await
+                .unwrap()
+        );
+        admin.db.revoke_api_key("ci".into(), now).await.unwrap();
+        let config = admin.config_path.display().to_string();
+        let long = "k".repeat(65);
+        let cases = [
+            (
+                "",
+                "--name \"\" must be 1 to 64 letters, digits, '-', '_' or '.'".to_string(),
+            ),
+            ("two words", format!("--name \"two words\" {KEY_NAME_RULE}")),
+            ("ci/1", format!("--name \"ci/1\" {KEY_NAME_RULE}")),
+            (long.as_str(), format!("--name {long:?} {KEY_NAME_RULE}")),
+            (
+                "ops",
+                format!("a key named \"ops\" is in {config}: choose another name"),
+            ),
+            (
+                "ci",
+                "a key named \"ci\" exists already (perhaps revoked): choose another name".into(),
+            ),
+        ];
+        for (name, message) in cases {
+            let output = Output { json: true };
+            let e = generate(&admin, Some(name.into()), false, output)
+                .await
+                .unwrap_err();
+            assert_eq!(e.to_string(), message, "{name:?}");
+        }
+        assert_eq!(admin.db.api_keys().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn only_a_key_of_the_database_is_revoked() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = Admin::in_temp(dir.path(), CONFIG);
+        let output = Output { json: true };
+        let e = revoke(&admin, "ops", output).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the key \"ops\" is in {}: remove it there and restart the server",
+                admin.config_path.display()
+            )
+        );
+        let e = revoke(&admin, "nobody", output).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no API key named \"nobody\": `apikey list` shows them"
+        );
+    }
+}

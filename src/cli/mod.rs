@@ -327,14 +327,19 @@ const DEFAULT_CONFIG: &str = "config.toml";
 fn load_config(given: Option<&Path>) -> Result<Config> {
     let path = given.unwrap_or(Path::new(DEFAULT_CONFIG));
     if given.is_none() && !path.exists() {
-        let here = std::env::current_dir().unwrap_or_default();
-        bail!(
-            "no config file: looked for {DEFAULT_CONFIG} in {} because neither --config nor PRECHECK_CONFIG names one; \
-             give the server's config with --config FILE (config.example.toml shows every key)",
-            here.display()
-        );
+        return Err(no_config_file(&std::env::current_dir().unwrap_or_default()));
     }
     Config::load(path)
+}
+
+/// The refusal of a command that names no config file, where (`here`) there is no
+/// `config.toml`.
+fn no_config_file(here: &Path) -> anyhow::Error {
+    anyhow::anyhow!(
+        "no config file: looked for {DEFAULT_CONFIG} in {} because neither --config nor PRECHECK_CONFIG names one; \
+         give the server's config with --config FILE (config.example.toml shows every key)",
+        here.display()
+    )
 }
 
 fn serve(config: Config) -> Result<()> {
@@ -368,5 +373,104 @@ async fn shutdown_signal() {
         Err(_) => {
             let _ = ctrl_c.await;
         }
+    }
+}
+
+/// The admin commands' refusals, on a storage folder of a temporary folder's own.
+#[cfg(test)]
+impl Admin {
+    /// The admin of a new storage folder in `dir` (with an empty database), with the config
+    /// `toml` as if read from `dir/config.toml`.
+    pub(crate) fn in_temp(dir: &Path, toml: &str) -> Admin {
+        let config = Config::parse(toml, dir, &|_| None).unwrap();
+        std::fs::create_dir_all(&config.storage_path).unwrap();
+        let storage = Storage::at(&config.storage_path);
+        let db = Db::open(&storage.db_path()).unwrap();
+        Admin {
+            config,
+            config_path: dir.join("config.toml"),
+            storage,
+            db,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_are_durations_with_a_unit() {
+        assert_eq!(parse_age("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert_eq!(parse_age("7d"), Ok(Duration::from_secs(7 * 86400)));
+        for bad in ["soon", "", "-1h", "7 days"] {
+            assert_eq!(
+                parse_age(bad),
+                Err(format!(
+                    "{bad:?} is not an age: use e.g. 90s, 30m, 12h or 7d"
+                ))
+            );
+        }
+    }
+
+    /// The values the command line refuses with a message of ours: (arguments, the message).
+    #[test]
+    fn bad_values_on_the_command_line_are_refused_with_a_message() {
+        let unknown_status =
+            "unknown status \"done\": use one of queued, running, completed, failed, cancelled";
+        let cases: [(&[&str], &str); 5] = [
+            (
+                &["runs", "prune", "--older-than", "soon"],
+                "\"soon\" is not an age: use e.g. 90s, 30m, 12h or 7d",
+            ),
+            (
+                &[
+                    "submit",
+                    "chip.gds",
+                    "--server",
+                    "http://s",
+                    "--timeout",
+                    "1 hour",
+                ],
+                "\"1 hour\" is not an age: use e.g. 90s, 30m, 12h or 7d",
+            ),
+            (&["runs", "list", "--status", "done"], unknown_status),
+            (&["runs", "prune", "--status", "done"], unknown_status),
+            (
+                &["runs", "list", "--status", "Queued"],
+                "unknown status \"Queued\"",
+            ),
+        ];
+        for (args, message) in cases {
+            let args = std::iter::once("precheck-server").chain(args.iter().copied());
+            let e = match Cli::try_parse_from(args) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{message}: taken"),
+            };
+            assert!(e.contains(message), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_command_without_its_config_or_database_says_where_it_looked() {
+        let e = no_config_file(Path::new("/home/ci")).to_string();
+        assert_eq!(
+            e,
+            "no config file: looked for config.toml in /home/ci because neither --config nor PRECHECK_CONFIG names one; give the server's config with --config FILE (config.example.toml shows every key)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse("", dir.path(), &|_| None).unwrap();
+        let e = match Admin::open(config, Path::new("/etc/precheck/config.toml")) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("an admin without a database"),
+        };
+        assert_eq!(
+            e,
+            format!(
+                "no database at {}/data/precheck.sqlite: the server creates it when it first starts (is server.storage_path in /etc/precheck/config.toml right?)",
+                dir.path().display()
+            )
+        );
     }
 }

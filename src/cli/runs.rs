@@ -177,18 +177,13 @@ async fn delete(admin: &Admin, id: &str, force: bool, output: Output) -> Result<
         true => Some(admin.engine().await?),
         false => None,
     };
-    match admin
-        .db
-        .delete_run(run.id, force, upload_expiry(admin))
-        .await?
-    {
-        DeleteRun::Deleted(_) => {}
-        DeleteRun::NotFound => bail!("no run with id {} (it was deleted meanwhile)", run.id),
-        DeleteRun::Running => bail!(
-            "run {} started meanwhile: add --force to stop its container and delete it",
-            run.id
-        ),
-    }
+    deleted(
+        run.id,
+        admin
+            .db
+            .delete_run(run.id, force, upload_expiry(admin))
+            .await?,
+    )?;
     // Its row is gone, so a server watching the container removes what it copies out.
     let mut container_stopped = false;
     if let Some(engine) = engine {
@@ -222,6 +217,18 @@ async fn delete(admin: &Admin, id: &str, force: bool, output: Output) -> Result<
         human_bytes(space_reclaimed)
     )?;
     Ok(())
+}
+
+/// Refuses a delete the database did not make: the run `id` went, or started, since it was
+/// found.
+fn deleted(id: Uuid, outcome: DeleteRun) -> Result<()> {
+    match outcome {
+        DeleteRun::Deleted(_) => Ok(()),
+        DeleteRun::NotFound => bail!("no run with id {id} (it was deleted meanwhile)"),
+        DeleteRun::Running => {
+            bail!("run {id} started meanwhile: add --force to stop its container and delete it")
+        }
+    }
 }
 
 /// When an upload that no run uses any more expires (from now).
@@ -304,4 +311,154 @@ async fn prune(
     };
     outln!("{total}: {}", human_bytes(space_reclaimed))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::NewRun;
+    use crate::model::{LayoutFormat, PrecheckParams, Scope, Upload};
+
+    /// Queued prechecks of these ids, in a new storage folder.
+    async fn admin_with_runs(dir: &std::path::Path, ids: &[&str]) -> Admin {
+        let admin = Admin::in_temp(dir, "");
+        let now = OffsetDateTime::now_utc();
+        let upload = Upload {
+            id: Uuid::new_v4(),
+            name: "chip.gds".into(),
+            size: 10,
+            sha256: "ab".into(),
+            format: LayoutFormat::Gds,
+            created: now,
+            expires_at: Some(now + time::Duration::hours(1)),
+            expired: false,
+            owner: None,
+            layout: None,
+        };
+        admin.db.insert_upload(upload.clone()).await.unwrap();
+        for id in ids {
+            let params = PrecheckParams {
+                upload_id: upload.id,
+                top_cell: "chip_top".into(),
+                die_id: "FFFFFFFF".into(),
+                slot: "1x1".into(),
+                cob: false,
+            };
+            let new = NewRun {
+                image: "img".into(),
+                owner: None,
+                notify_url: None,
+                idempotency: None,
+                created: now,
+            };
+            admin
+                .db
+                .create_run(id.parse().unwrap(), params, Scope::All, new)
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        admin
+    }
+
+    const A1: &str = "aaaa1111-0000-4000-8000-000000000001";
+    const A2: &str = "aaaa2222-0000-4000-8000-000000000002";
+
+    /// A run is named by its id or a unique start of it: (what is given, the run or the refusal).
+    #[tokio::test]
+    async fn runs_are_found_by_id_or_a_unique_start_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = admin_with_runs(dir.path(), &[A1, A2]).await;
+        let unknown = "bbbbbbbb-0000-4000-8000-000000000000";
+        let cases = [
+            (A1, Ok(A1)),
+            (" AAAA2222-0000-4000-8000-000000000002 ", Ok(A2)),
+            ("aaaa1", Ok(A1)),
+            ("AAAA-2", Ok(A2)),
+            (unknown, Err(format!("no run with id {unknown}"))),
+            ("bb", Err("no run with an id starting with bb".into())),
+            (
+                "aaaa",
+                Err("more than one run has an id starting with aaaa: give more of it".into()),
+            ),
+            (
+                "xyz",
+                Err(
+                    "\"xyz\" is not a run id: use the id `runs list` shows, or a start of it"
+                        .into(),
+                ),
+            ),
+            (
+                "",
+                Err("\"\" is not a run id: use the id `runs list` shows, or a start of it".into()),
+            ),
+            (
+                "--",
+                Err(
+                    "\"--\" is not a run id: use the id `runs list` shows, or a start of it".into(),
+                ),
+            ),
+        ];
+        for (given, expected) in cases {
+            let found = resolve(&admin, given)
+                .await
+                .map(|run| run.id.to_string())
+                .map_err(|e| e.to_string());
+            assert_eq!(found, expected.map(String::from), "{given:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_running_run_is_deleted_only_with_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = admin_with_runs(dir.path(), &[A1]).await;
+        let run = admin
+            .db
+            .claim_next_run(OffsetDateTime::now_utc())
+            .await
+            .unwrap()
+            .unwrap();
+        let output = Output { json: true };
+        let e = delete(&admin, A1, false, output).await.unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("run {A1} is running: add --force to stop its container and delete it")
+        );
+        assert_eq!(
+            admin.db.run(run.id).await.unwrap().unwrap().status,
+            RunStatus::Running
+        );
+        // What the database says when the run went or started between the look and the delete.
+        let id = run.id;
+        assert!(deleted(id, DeleteRun::Deleted(Box::new(run))).is_ok());
+        assert_eq!(
+            deleted(id, DeleteRun::NotFound).unwrap_err().to_string(),
+            format!("no run with id {id} (it was deleted meanwhile)")
+        );
+        assert_eq!(
+            deleted(id, DeleteRun::Running).unwrap_err().to_string(),
+            format!("run {id} started meanwhile: add --force to stop its container and delete it")
+        );
+    }
+
+    #[tokio::test]
+    async fn prune_deletes_finished_runs_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let admin = admin_with_runs(dir.path(), &[A1]).await;
+        let output = Output { json: true };
+        for status in [RunStatus::Queued, RunStatus::Running] {
+            let statuses = vec![RunStatus::Completed, status];
+            let e = prune(&admin, statuses, None, false, output)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "--status {status}: prune deletes finished runs only (completed, failed, cancelled); use `runs delete` for a {status} run"
+                )
+            );
+        }
+        let run = admin.db.run(A1.parse().unwrap()).await.unwrap().unwrap();
+        assert_eq!(run.status, RunStatus::Queued);
+    }
 }

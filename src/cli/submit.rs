@@ -593,3 +593,54 @@ impl Progress {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(server: &str, file: &Path) -> SubmitArgs {
+        SubmitArgs {
+            file: file.to_path_buf(),
+            server: server.into(),
+            top: None,
+            id: None,
+            slot: None,
+            cob: false,
+            output: None,
+            debug: None,
+            timeout: None,
+        }
+    }
+
+    /// What `submit` refuses before it calls the server: (server, file, the message).
+    #[tokio::test]
+    async fn a_bad_server_url_or_file_is_refused_before_any_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.gds");
+        let cases = [
+            (
+                "ftp://server/",
+                "--server: \"ftp://server\" is not an http:// or https:// URL".to_string(),
+            ),
+            (
+                "server:8000",
+                "--server: \"server:8000\" is not an http:// or https:// URL".into(),
+            ),
+            (
+                "",
+                "--server: \"\" is not an http:// or https:// URL".into(),
+            ),
+            (
+                "http://127.0.0.1:9/",
+                format!("cannot read {}", missing.display()),
+            ),
+        ];
+        for (server, message) in cases {
+            match submit(args(server, &missing)).await {
+                Err(Stop::Error(e)) => assert_eq!(e.to_string(), message, "{server:?}"),
+                Err(Stop::Exit(code)) => panic!("{server:?}: exit {code}"),
+                Ok(code) => panic!("{server:?}: a run's exit {code}"),
+            }
+        }
+    }
+}

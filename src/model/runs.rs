@@ -182,6 +182,75 @@ impl Run {
     }
 }
 
+/// Runs for the unit tests of the rules that read one (who may see it, what its status allows).
+#[cfg(test)]
+impl Run {
+    /// A queued run of `params`, made by the key `owner`.
+    pub fn queued(params: RunParams, owner: Option<&str>) -> Run {
+        Run {
+            id: Uuid::new_v4(),
+            created: OffsetDateTime::now_utc(),
+            params,
+            progress: None,
+            notify_url: None,
+            image: "precheck:test".into(),
+            image_id: None,
+            status: RunStatus::Queued,
+            exit_code: None,
+            error: None,
+            oom_killed: false,
+            started_at: None,
+            finished_at: None,
+            queue: Some((1, 1)),
+            owner: owner.map(String::from),
+        }
+    }
+
+    /// A queued precheck of a new upload.
+    pub fn precheck_of(owner: Option<&str>) -> Run {
+        Run::queued(
+            RunParams::Precheck(PrecheckParams {
+                upload_id: Uuid::new_v4(),
+                top_cell: "chip_top".into(),
+                die_id: "FFFFFFFF".into(),
+                slot: "1x1".into(),
+                cob: false,
+            }),
+            owner,
+        )
+    }
+
+    /// A queued build job of `project`.
+    pub fn build_of(project_id: Uuid, owner: Option<&str>) -> Run {
+        Run::queued(
+            RunParams::Build(BuildParams {
+                project_id,
+                config: "config.json".into(),
+            }),
+            owner,
+        )
+    }
+
+    /// A queued simulation job of `project`.
+    pub fn simulation_of(project_id: Uuid, owner: Option<&str>) -> Run {
+        Run::queued(
+            RunParams::Simulation(SimulationParams {
+                project_id,
+                tool: super::jobs::SimulationTool::Icarus,
+                top: "tb".into(),
+                sources: vec!["tb.v".into()],
+            }),
+            owner,
+        )
+    }
+
+    /// This run with another status.
+    pub fn with_status(mut self, status: RunStatus) -> Run {
+        self.status = status;
+        self
+    }
+}
+
 /// Exit codes the server reports for runs that did not end by the container's own exit code.
 pub mod exit_code {
     /// The run was cancelled (128 + SIGINT, as a shell reports Ctrl-C).
