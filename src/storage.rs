@@ -366,6 +366,15 @@ impl<T> ChunkWriter<T> {
             .map_err(|e| UploadError::Io(io::Error::other(e)))?
     }
 
+    /// Aborts the write and waits until the partial file is removed, so that an answer sent
+    /// after it finds nothing left behind. (Dropping the writer aborts too, without waiting.)
+    pub async fn abandon(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // The blocking side ends once its channel closes: replace the sender, dropping ours.
+        drop(std::mem::replace(&mut self.tx, mpsc::channel(1).0));
+        let _ = (&mut self.task).await;
+    }
+
     async fn failure(&mut self) -> UploadError {
         match (&mut self.task).await {
             Ok(Err(e)) => e,
@@ -1168,14 +1177,21 @@ mod tests {
         let mut w = storage.upload_writer(id, Default::default());
         w.write(Bytes::from_static(b"partial")).await.unwrap();
         drop(w);
+        // The blocking side removes the part once it sees the writer gone (on a busy machine it
+        // may only now be creating it): wait for an empty folder that stays empty.
         let tmp = dir.path().join("tmp");
-        for _ in 0..100 {
-            if std::fs::read_dir(&tmp).unwrap().count() == 0 {
-                break;
+        let count = || std::fs::read_dir(&tmp).unwrap().count();
+        let mut empty_since = None;
+        for _ in 0..1000 {
+            match (count(), empty_since) {
+                (0, None) => empty_since = Some(std::time::Instant::now()),
+                (0, Some(t)) if t.elapsed() > std::time::Duration::from_millis(300) => break,
+                (0, Some(_)) => {}
+                _ => empty_since = None,
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0);
+        assert_eq!(count(), 0);
         assert!(!storage.upload_path(id).exists());
     }
 

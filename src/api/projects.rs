@@ -424,14 +424,23 @@ async fn feed<T>(
     }
     let mut size = 0u64;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
-        size += chunk.len() as u64;
-        if size > limit {
-            return Err(too_large());
+    let written = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::BadRequest(format!("cannot read the body: {e}")))?;
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(too_large());
+            }
+            writer.write(chunk).await?;
         }
-        writer.write(chunk).await?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = written {
+        // What was staged is gone before the client hears why.
+        writer.abandon().await;
+        return Err(e);
     }
     Ok(writer.finish().await?)
 }
@@ -675,15 +684,9 @@ mod tests {
                 matches!(&fed, Err(ApiError::TooLarge(m)) if m == "over the limit"),
                 "{what}: {fed:?}"
             );
-            // The partial blob goes with the dropped writer.
-            let tmp = dir.path().join("tmp");
-            for _ in 0..100 {
-                if std::fs::read_dir(&tmp).unwrap().count() == 0 {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "{what}");
+            // The partial blob is gone before the refusal is answered.
+            let left = std::fs::read_dir(dir.path().join("tmp")).unwrap().count();
+            assert_eq!(left, 0, "{what}");
         }
     }
 

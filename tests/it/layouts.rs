@@ -62,7 +62,11 @@ async fn uploads_show_their_layout_in_every_format() {
             .map(|l| l.as_str().unwrap())
             .collect();
         assert_eq!(layers.first(), Some(&"22/0"), "{file}: {layers:?}");
-        assert_eq!(layers.last(), Some(&"167/5"), "{file}: sorted by number: {layers:?}");
+        assert_eq!(
+            layers.last(),
+            Some(&"167/5"),
+            "{file}: sorted by number: {layers:?}"
+        );
         // The same facts come back from the database.
         let id = body["Id"].as_str().unwrap();
         let (_, again) = client::get_json(&server, &format!("/api/v1/uploads/{id}")).await;
@@ -385,7 +389,10 @@ fn the_upload_reader_boxes_every_die_as_klayout_does() {
         .map(|(slot, _, _)| (format!("good_{slot}"), Die::new("chip_top").slot(slot)))
         .collect();
     dies.push(("cob".into(), Die::new("chip_top").cob()));
-    for defect in Defect::ALL.into_iter().filter(|d| *d != Defect::TwoTopCells) {
+    for defect in Defect::ALL
+        .into_iter()
+        .filter(|d| *d != Defect::TwoTopCells)
+    {
         let name = defect.as_str().replace('-', "_");
         dies.push((name, Die::new("chip_top").defect(defect)));
     }
@@ -413,6 +420,10 @@ fn the_upload_reader_boxes_every_die_as_klayout_does() {
             "{file}: our box, then KLayout's"
         );
         let layers: Vec<[u32; 2]> = die.layers.iter().map(|(l, d)| [*l, *d]).collect();
-        assert_eq!(json!(layers), klayout["shape_layers"], "{file}: our layers, then KLayout's");
+        assert_eq!(
+            json!(layers),
+            klayout["shape_layers"],
+            "{file}: our layers, then KLayout's"
+        );
     }
 }
