@@ -6,7 +6,7 @@
 
 use axum::Json;
 use axum::extract::multipart::MultipartError;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -154,12 +154,6 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-impl From<QueryRejection> for ApiError {
-    fn from(rejection: QueryRejection) -> Self {
-        ApiError::BadRequest(format!("bad query string: {}", rejection.body_text()))
-    }
-}
-
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
         use axum::extract::path::ErrorKind;
@@ -188,7 +182,7 @@ impl From<MultipartError> for ApiError {
 #[cfg(test)]
 mod tests {
     use axum::body::Body;
-    use axum::extract::{FromRequest, Multipart, Query};
+    use axum::extract::{FromRequest, Multipart};
     use axum::http::{Request, header};
 
     use super::*;
@@ -320,7 +314,7 @@ mod tests {
 
     /// The rejections of axum's extractors (`Json` and `Path` are `extract.rs`'s).
     #[tokio::test]
-    async fn bad_multipart_bodies_and_query_strings_say_so() {
+    async fn bad_multipart_bodies_say_so() {
         let request = Request::builder()
             .header(header::CONTENT_TYPE, "multipart/form-data; boundary=X")
             .body(Body::from("not multipart"))
@@ -333,15 +327,6 @@ mod tests {
         assert!(
             message
                 .ends_with("): send the layout as a `file` field, e.g. curl -F file=@chip_top.gds"),
-            "{message}"
-        );
-        // No route reads its query through axum's `Query` (`query.rs` does), but were one to.
-        let uri = "/x?n=a".parse().unwrap();
-        let e = Query::<std::collections::HashMap<String, u32>>::try_from_uri(&uri).unwrap_err();
-        let (status, message) = said(e.into());
-        assert_eq!(status, 400);
-        assert!(
-            message.starts_with("bad query string: Failed to deserialize query string"),
             "{message}"
         );
     }

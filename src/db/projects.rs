@@ -424,6 +424,50 @@ mod tests {
     use crate::db::DeleteRun;
     use crate::db::fixtures::{new_run, now};
     use crate::model::{BuildParams, Outcome, RunKind};
+    /// A job needs its project and every file it names (the API's 404 and 400).
+    #[tokio::test]
+    async fn a_job_is_refused_without_its_project_or_a_file_it_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        let project = crate::db::fixtures::project();
+        let build = |project_id| {
+            RunParams::Build(BuildParams {
+                project_id,
+                config: "config.json".into(),
+            })
+        };
+        let needs = vec!["config.json".to_string()];
+        let e = db
+            .create_job(Uuid::new_v4(), build(project.id), needs.clone(), new_run())
+            .await
+            .unwrap();
+        assert_eq!(e.unwrap_err(), CreateJobError::NoProject);
+        db.create_project(project.clone()).await.unwrap();
+        let e = db
+            .create_job(Uuid::new_v4(), build(project.id), needs.clone(), new_run())
+            .await
+            .unwrap();
+        assert_eq!(
+            e.unwrap_err(),
+            CreateJobError::MissingFile("config.json".into())
+        );
+        let file = ProjectFile {
+            path: "config.json".into(),
+            size: 2,
+            sha256: "ab".into(),
+            modified: now(),
+        };
+        db.put_files(project.id, vec![file], 1 << 20, 10)
+            .await
+            .unwrap();
+        let run = db
+            .create_job(Uuid::new_v4(), build(project.id), needs, new_run())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(run.status, crate::model::RunStatus::Queued);
+    }
+
     #[tokio::test]
     async fn a_project_holds_at_most_max_files_files() {
         let dir = tempfile::tempdir().unwrap();

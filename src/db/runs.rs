@@ -464,6 +464,55 @@ mod tests {
         );
     }
 
+    /// What a cancel does depends on the run's state, decided in one transaction: a queued run
+    /// ends cancelled, a running one is asked to stop, an ended or unknown one is refused (the
+    /// API's 409 and 404).
+    #[tokio::test]
+    async fn a_cancel_is_decided_by_the_runs_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
+        let u = upload(time::Duration::minutes(5));
+        db.insert_upload(u.clone()).await.unwrap();
+        let mut ids = vec![];
+        for _ in 0..3 {
+            let id = Uuid::new_v4();
+            db.create_run(id, params(u.id), Scope::All, new_run())
+                .await
+                .unwrap()
+                .unwrap();
+            ids.push(id);
+        }
+        let running = db.claim_next_run(now()).await.unwrap().unwrap().id;
+        assert_eq!(running, ids[0]);
+        assert!(matches!(
+            db.cancel(running, now()).await.unwrap(),
+            Cancel::Running
+        ));
+        assert!(db.cancel_requested(running).await.unwrap());
+        let finished = db.claim_next_run(now()).await.unwrap().unwrap().id;
+        assert!(
+            db.finish_run(finished, Outcome::completed(), now())
+                .await
+                .unwrap()
+        );
+        assert!(matches!(
+            db.cancel(finished, now()).await.unwrap(),
+            Cancel::AlreadyFinished(RunStatus::Completed)
+        ));
+        let Cancel::Cancelled(run) = db.cancel(ids[2], now()).await.unwrap() else {
+            panic!("a queued run is cancelled");
+        };
+        assert_eq!(run.status, RunStatus::Cancelled);
+        assert!(matches!(
+            db.cancel(ids[2], now()).await.unwrap(),
+            Cancel::AlreadyFinished(RunStatus::Cancelled)
+        ));
+        assert!(matches!(
+            db.cancel(Uuid::new_v4(), now()).await.unwrap(),
+            Cancel::NotFound
+        ));
+    }
+
     #[tokio::test]
     async fn an_idempotency_key_answers_only_the_request_it_was_used_for() {
         let dir = tempfile::tempdir().unwrap();
