@@ -25,7 +25,7 @@ use crate::db::{CreateRunError, Created, Idempotency, KeyUse, NewRun, RunFilter}
 use crate::layout::{EXPECTED_DBU_MICRONS, Layout};
 use crate::model::{
     DieId, PrecheckParams, PrecheckSource, Run, RunKind, RunStatus, SLOTS, Scope, Slot, TopCell,
-    Upload,
+    Upload, die_refusal,
 };
 use crate::runner::final_gds;
 use crate::storage::{OUTPUT_LAYOUT, open_inside, open_regular};
@@ -126,12 +126,18 @@ pub async fn create(
     let upload = visible_upload(state.db.upload(upload_id).await?, &caller.scope, upload_id)?;
     let force = body.force.unwrap_or(false);
     let top_cell = choose_top_cell(body.top_cell, upload.layout.as_ref(), force)?;
+    let cob = body.cob.unwrap_or(false);
+    if let Some(layout) = upload.layout.as_ref().filter(|_| !force) {
+        if let Some(refusal) = die_refusal(layout, top_cell.as_str(), slot, cob) {
+            return Err(ApiError::BadRequest(refusal));
+        }
+    }
     let params = PrecheckParams {
         upload_id,
         top_cell: top_cell.into_string(),
         die_id: die_id.into_string(),
         slot: slot.as_str().into(),
-        cob: body.cob.unwrap_or(false),
+        cob,
     };
     let key = idempotency.as_ref().map(|i| i.key.clone());
     let id = Uuid::new_v4();

@@ -4,7 +4,32 @@
 
 use super::prechecks::Slot;
 use crate::gf180::{self, CHECKED_LAYERS, LayerRule, SlotSize};
-use crate::layout::Die;
+use crate::layout::{Die, Layout};
+
+/// What `POST /api/v1/prechecks` answers (400) for a layout whose die would fail the first
+/// checks with `top` as its top cell, or `None` when it would pass them or its geometry is not
+/// known (several top cells, or an upload read before geometry was).
+pub fn die_refusal(layout: &Layout, top: &str, slot: Slot, cob: bool) -> Option<String> {
+    let die = layout.die.as_ref().filter(|d| d.cell == top)?;
+    let problems = die_problems(die, layout.dbu_microns, slot, cob);
+    let skip = "(or send \"force\": true to skip the layout checks)";
+    match problems.as_slice() {
+        [] => None,
+        [one] => Some(format!("{one} {skip}")),
+        many => {
+            let listed: Vec<String> = many
+                .iter()
+                .enumerate()
+                .map(|(i, p)| format!("{}) {p}", i + 1))
+                .collect();
+            Some(format!(
+                "the die would fail {} of the precheck's first checks: {} {skip}",
+                many.len(),
+                listed.join("; ")
+            ))
+        }
+    }
+}
 
 /// The size of `slot`'s die.
 pub fn slot_size(slot: Slot) -> &'static SlotSize {
@@ -242,6 +267,45 @@ mod tests {
             let got = die_problems(&die(*bbox, layers), 0.001, *slot, *cob);
             assert_eq!(got, *expected, "{bbox:?} {layers:?} {slot} cob={cob}");
         }
+    }
+
+    #[test]
+    fn a_refusal_says_every_problem_and_how_to_skip_the_checks() {
+        let layout = |die| Layout {
+            format: crate::layout::LayoutFormat::Gds,
+            dbu_microns: 0.001,
+            cells: vec!["chip_top".into()],
+            top_cells: vec!["chip_top".into()],
+            die,
+        };
+        let good = die(Some([0, 0, 3_932_000, 5_122_000]), GOOD_LAYERS);
+        assert_eq!(
+            die_refusal(&layout(Some(good)), "chip_top", Slot::Full, false),
+            None
+        );
+        // Unknown geometry, or another top cell than the one read: nothing to say.
+        assert_eq!(
+            die_refusal(&layout(None), "chip_top", Slot::Full, false),
+            None
+        );
+        let small = die(Some([0, 0, 100_000, 100_000]), GOOD_LAYERS);
+        assert_eq!(
+            die_refusal(&layout(Some(small.clone())), "other", Slot::Full, false),
+            None
+        );
+        assert_eq!(
+            die_refusal(&layout(Some(small)), "chip_top", Slot::Full, false).unwrap(),
+            "the die is 100 x 100 µm, but slot 1x1 needs 3932 x 5122 µm (or send \"force\": true to skip the layout checks)"
+        );
+        let bad = die(Some([-10_000, 0, 3_922_000, 5_122_000]), &[(53, 0)]);
+        assert_eq!(
+            die_refusal(&layout(Some(bad)), "chip_top", Slot::Full, false).unwrap(),
+            "the die would fail 3 of the precheck's first checks: \
+             1) the die's lower-left corner is at (-10, 0) µm; the precheck needs it at (0, 0); \
+             2) no shapes on GUARD_RING_MK (167/5): the die needs its seal ring; \
+             3) shapes on MetalTop (53/0), which this process does not allow \
+             (or send \"force\": true to skip the layout checks)"
+        );
     }
 
     #[test]
