@@ -370,6 +370,11 @@ impl<T> ChunkWriter<T> {
     /// after it finds nothing left behind. (Dropping the writer aborts too, without waiting.)
     pub async fn abandon(mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        // Ended already (a failed write has awaited it, and a handle must not be awaited twice):
+        // what it made goes with the handle.
+        if self.task.is_finished() {
+            return;
+        }
         // The blocking side ends once its channel closes: replace the sender, dropping ours.
         drop(std::mem::replace(&mut self.tx, mpsc::channel(1).0));
         let _ = (&mut self.task).await;

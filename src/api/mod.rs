@@ -39,7 +39,7 @@ pub use respond::rfc3339;
 pub use runs::{RunBody, WaitBody};
 pub use state::AppState;
 pub use system::Health;
-pub use uploads::{LayoutBody, UploadBody};
+pub use uploads::{DieBody, LayoutBody, UploadBody};
 
 /// The whole API: [`routes`] behind the key check, the request's trace span and its id.
 pub fn router(state: AppState) -> Router {

@@ -811,4 +811,27 @@ mod tests {
         assert_eq!(clean_name("a\u{0}b\nc.gds"), "abc.gds");
         assert_eq!(clean_name(""), "upload");
     }
+
+    /// A layout the reader refuses while its file still arrives: the write fails with the
+    /// reader's own error, and what was written is gone before the answer.
+    #[tokio::test]
+    async fn a_layout_refused_while_it_arrives_leaves_nothing() {
+        let mut bytes = layout()[..64].to_vec();
+        bytes.extend(std::iter::repeat_n(0xffu8, 4 << 20));
+        let storage_dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(storage_dir.path()).unwrap();
+        let mut form = multipart(&[part("file", Some("chip_top.gds"), &bytes)], 16 << 10).await;
+        let open = || storage.upload_writer(Uuid::new_v4(), InflationLimits::default());
+        let e = take_file(&mut form, 1 << 30, &counter(), open)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ApiError::BadRequest(m) if m.starts_with("\"chip_top.gds\": corrupt GDSII")),
+            "{e:?}"
+        );
+        let left = std::fs::read_dir(storage_dir.path().join("tmp"))
+            .unwrap()
+            .count();
+        assert_eq!(left, 0);
+    }
 }

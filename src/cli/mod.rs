@@ -27,7 +27,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::Config;
 use crate::db::Db;
 use crate::docker::Engine;
-use crate::model::RunStatus;
+use crate::model::{RunStatus, Slot};
 use crate::storage::Storage;
 
 #[derive(Parser)]
@@ -85,10 +85,18 @@ impl Cli {
 pub enum Command {
     /// Start the API server.
     Serve,
-    /// Read a local layout file and say what the server would: format, unit, cells, top cells.
+    /// Read a local layout file and say what the server would: format, unit, cells, top cells,
+    /// the die's size, origin and layers, and whether the precheck would take it (exit 0) or
+    /// refuse it (exit 1, each reason told).
     Inspect {
         /// A GDSII, gzip'd GDSII or OASIS file.
         file: PathBuf,
+        /// The slot the die is for: 1x1, 0p5x1, 1x0p5 or 0p5x0p5.
+        #[arg(long, default_value = "1x1", value_parser = parse_slot)]
+        slot: Slot,
+        /// A chip-on-board die: its size is not checked (the precheck checks its pad mask).
+        #[arg(long)]
+        cob: bool,
         #[command(flatten)]
         output: Output,
     },
@@ -200,6 +208,11 @@ pub struct Output {
     pub json: bool,
 }
 
+/// A `--slot`, with the API's message for a bad one.
+fn parse_slot(text: &str) -> Result<Slot, String> {
+    text.parse()
+}
+
 fn parse_age(text: &str) -> Result<Duration, String> {
     crate::units::duration_from_text(text)
         .ok_or_else(|| format!("{text:?} is not an age: use e.g. 90s, 30m, 12h or 7d"))
@@ -212,8 +225,13 @@ impl Cli {
             Command::Serve => {
                 return serve(load_config(self.config.as_deref())?).map(|()| ExitCode::SUCCESS);
             }
-            Command::Inspect { file, output } => {
-                return inspect::run(&file, output).map(|()| ExitCode::SUCCESS);
+            Command::Inspect {
+                file,
+                slot,
+                cob,
+                output,
+            } => {
+                return inspect::run(&file, slot, cob, output);
             }
             Command::Submit(args) => {
                 return tokio::runtime::Builder::new_multi_thread()

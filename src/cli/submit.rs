@@ -19,7 +19,8 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use uuid::Uuid;
 
-use crate::api::{Message, RunBody, UploadBody, WaitBody};
+use crate::api::{DieBody, Message, RunBody, UploadBody, WaitBody};
+use crate::model::microns;
 use crate::units::human_bytes;
 
 /// Exit code when the server refuses the layout or the request, before any run.
@@ -342,7 +343,26 @@ async fn upload(client: &Client, file: &Path, size: u64) -> Result<UploadBody, S
             tops.join(", ")
         }
     );
+    if let Some(die) = &layout.die {
+        eprintln!("precheck-server: die {}", die_line(die));
+    }
     Ok(upload)
+}
+
+/// The die as the upload says it: "chip_top: 3932 x 5122 µm from (0, 0)".
+fn die_line(die: &DieBody) -> String {
+    let nm = |um: f64| (um * 1000.0).round() as i64;
+    match die.bbox.map(|b| b.map(nm)) {
+        Some([left, bottom, right, top]) => format!(
+            "{}: {} x {} µm from ({}, {})",
+            die.cell,
+            microns(right - left),
+            microns(top - bottom),
+            microns(left),
+            microns(bottom)
+        ),
+        None => format!("{}: no shapes", die.cell),
+    }
 }
 
 /// Starts the precheck; returns its id. The idempotency key makes a retried create return

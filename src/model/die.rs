@@ -6,6 +6,36 @@ use super::prechecks::Slot;
 use crate::gf180::{self, CHECKED_LAYERS, LayerRule, SlotSize};
 use crate::layout::{Die, Layout};
 
+/// Every reason the precheck would refuse `layout` as it is, checked as `slot` (and as
+/// chip-on-board with `cob`): its unit, its top cells, then its die's geometry. Empty when it
+/// is ready. What `precheck-server inspect` tells.
+pub fn layout_problems(layout: &Layout, slot: Slot, cob: bool) -> Vec<String> {
+    let mut problems = vec![];
+    if !layout.dbu_is(crate::layout::EXPECTED_DBU_MICRONS) {
+        problems.push(format!(
+            "the database unit is {} µm, but the precheck needs 0.001 µm (1 nm): export the layout again with a 1 nm database unit",
+            layout.dbu_microns
+        ));
+    }
+    match layout.top_cells.as_slice() {
+        [_] => {}
+        [] => problems.push("the layout has no top cell (every cell is placed by another)".into()),
+        tops => problems.push(format!(
+            "the layout has {} top cells ({}): the precheck needs exactly one",
+            tops.len(),
+            tops.iter()
+                .take(10)
+                .map(|t| format!("{t:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+    if let Some(die) = &layout.die {
+        problems.extend(die_problems(die, layout.dbu_microns, slot, cob));
+    }
+    problems
+}
+
 /// What `POST /api/v1/prechecks` answers (400) for a layout whose die would fail the first
 /// checks with `top` as its top cell, or `None` when it would pass them or its geometry is not
 /// known (several top cells, or an upload read before geometry was).
@@ -305,6 +335,41 @@ mod tests {
              2) no shapes on GUARD_RING_MK (167/5): the die needs its seal ring; \
              3) shapes on MetalTop (53/0), which this process does not allow \
              (or send \"force\": true to skip the layout checks)"
+        );
+    }
+
+    #[test]
+    fn a_layouts_problems_are_its_unit_its_top_cells_and_its_die() {
+        let good = die(Some([0, 0, 1_936_000, 2_531_000]), GOOD_LAYERS);
+        let mut layout = Layout {
+            format: crate::layout::LayoutFormat::Oasis,
+            dbu_microns: 0.001,
+            cells: vec!["chip_top".into()],
+            top_cells: vec!["chip_top".into()],
+            die: Some(good),
+        };
+        assert!(layout_problems(&layout, Slot::Quarter, false).is_empty());
+        assert_eq!(
+            layout_problems(&layout, Slot::Full, false),
+            [
+                "the die is 1936 x 2531 µm, but slot 1x1 needs 3932 x 5122 µm; it matches slot 0p5x0p5: send \"slot\": \"0p5x0p5\""
+            ]
+        );
+        assert!(layout_problems(&layout, Slot::Full, true).is_empty());
+        layout.dbu_microns = 0.01;
+        layout.top_cells = vec!["a".into(), "b".into()];
+        layout.die = None;
+        assert_eq!(
+            layout_problems(&layout, Slot::Full, false),
+            [
+                "the database unit is 0.01 µm, but the precheck needs 0.001 µm (1 nm): export the layout again with a 1 nm database unit",
+                "the layout has 2 top cells (\"a\", \"b\"): the precheck needs exactly one",
+            ]
+        );
+        layout.top_cells.clear();
+        assert_eq!(
+            layout_problems(&layout, Slot::Full, false)[1],
+            "the layout has no top cell (every cell is placed by another)"
         );
     }
 

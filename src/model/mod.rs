@@ -12,7 +12,7 @@ mod projects;
 mod runs;
 mod uploads;
 
-pub use die::{die_problems, die_refusal, microns, slot_size};
+pub use die::{die_problems, die_refusal, layout_problems, microns, slot_size};
 pub use jobs::{
     BuildParams, BuildRequest, JobFields, JobFile, JobRequest, ModuleName, SimulationParams,
     SimulationRequest, SimulationTool,

@@ -148,6 +148,23 @@ async fn a_refused_layout_exits_before_any_run() {
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("2 top cells"), "{stderr}");
     assert!(runs(&server).await.is_empty());
+
+    // A die for another slot: refused at the create with the facts and what to send instead.
+    let half = precheck_server::layout::write::Die::new("chip_top").slot("0p5x1");
+    std::fs::write(dir.path().join("chip_top.gds"), half.gds()).unwrap();
+    let (code, _, stderr) = finished(spawn_submit(&server, dir.path(), &["chip_top.gds"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("die chip_top: 1936 x 5122 µm from (0, 0)"),
+        "the upload's die is told: {stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "refused (400): the die is 1936 x 5122 µm, but slot 1x1 needs 3932 x 5122 µm; it matches slot 0p5x1: send \"slot\": \"0p5x1\""
+        ),
+        "{stderr}"
+    );
+    assert!(runs(&server).await.is_empty());
 }
 
 /// Waits until the server's only run is running; returns its id.
