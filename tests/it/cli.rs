@@ -709,31 +709,77 @@ fn inspect_reads_a_local_layout_in_text_and_json() {
     let nowhere = dir.path().join("no-config.toml");
     let run = |args: &[&str]| cli_at(&nowhere, &[], args);
 
-    let ran = run(&["inspect", hier.to_str().unwrap()]);
+    let die = dir.path().join("chip_top.gds.gz");
+    std::fs::write(
+        &die,
+        precheck_server::layout::write::Die::new("chip_top").gds_gz(),
+    )
+    .unwrap();
+    let ran = run(&["inspect", die.to_str().unwrap()]);
     assert_eq!(ran.code, 0, "{}", ran.stderr);
     for line in [
-        "Format:     gds",
+        "Format:     gds.gz",
         "Unit:       0.001 µm (1 nm)",
+        "Top cells:  chip_top",
+        "Die:        chip_top: 3932 x 5122 µm from (0, 0)",
+        "Layers:     22/0 30/0 33/0 34/0 35/0 36/0 42/0 46/0 81/0 167/5",
+        "Precheck:   ready (slot 1x1)",
+    ] {
+        assert!(ran.stdout.contains(line), "{line:?} not in\n{}", ran.stdout);
+    }
+    // The same die is refused for another slot, and is fine as chip-on-board.
+    let ran = run(&["inspect", "--slot", "0p5x0p5", die.to_str().unwrap()]);
+    assert_eq!(ran.code, 1, "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains(
+            "Precheck:   refused (slot 0p5x0p5):\n  - the die is 3932 x 5122 µm, but slot 0p5x0p5 needs 1936 x 2531 µm; it matches slot 1x1: send \"slot\": \"1x1\"\n"
+        ),
+        "{}",
+        ran.stdout
+    );
+    let ran = run(&[
+        "inspect",
+        "--slot",
+        "0p5x0p5",
+        "--cob",
+        die.to_str().unwrap(),
+    ]);
+    assert_eq!(ran.code, 0, "{}", ran.stdout);
+    assert!(
+        ran.stdout
+            .contains("Precheck:   ready (slot 0p5x0p5, chip-on-board)")
+    );
+    let ran = run(&["inspect", "--slot", "2x2", die.to_str().unwrap()]);
+    assert_eq!(ran.code, 2, "{}", ran.stderr);
+    assert!(
+        ran.stderr
+            .contains("slot: \"2x2\" is not a slot size: use one of 1x1, 0p5x1, 1x0p5, 0p5x0p5"),
+        "{}",
+        ran.stderr
+    );
+    // A layout of 1 µm cells: every rule it breaks is told.
+    let ran = run(&["inspect", hier.to_str().unwrap()]);
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
+    for line in [
         "Cells:      2",
         "Top cells:  chip_top",
-        "Precheck:   ready (top cell chip_top)",
+        "Die:        chip_top: 1 x 1 µm from (0, 0)",
+        "Layers:     1/0",
+        "  - the die is 1 x 1 µm, but slot 1x1 needs 3932 x 5122 µm\n",
+        "  - no shapes on GUARD_RING_MK (167/5): the die needs its seal ring\n",
     ] {
         assert!(ran.stdout.contains(line), "{line:?} not in\n{}", ran.stdout);
     }
     let ran = run(&["inspect", "--json", two.to_str().unwrap()]);
-    assert_eq!(ran.code, 0, "{}", ran.stderr);
+    assert_eq!(ran.code, 1, "{}", ran.stderr);
     let json: Value = serde_json::from_str(&ran.stdout).unwrap();
     assert_eq!(
         json,
         serde_json::json!({"Format": "gds", "TopCells": ["top_a", "top_b"],
-                           "DbuMicrons": 0.001, "Cells": ["top_a", "top_b"]})
-    );
-    let ran = run(&["inspect", two.to_str().unwrap()]);
-    assert!(
-        ran.stdout
-            .contains("name the top cell to check: there are 2"),
-        "{}",
-        ran.stdout
+        "DbuMicrons": 0.001, "Cells": ["top_a", "top_b"],
+        "Precheck": {"Slot": "1x1", "Cob": false, "Ready": false, "Problems": [
+            "the layout has 2 top cells (\"top_a\", \"top_b\"): the precheck needs exactly one"
+        ]}})
     );
     fails(
         run(&["inspect", cut.to_str().unwrap()]),

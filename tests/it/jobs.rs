@@ -364,11 +364,24 @@ async fn a_build_reports_progress_and_its_layout_passes_the_precheck() {
     );
     let (_, uploads) = send(http().get(server.api("/api/v1/uploads"))).await;
     assert_eq!(uploads, json!([]));
-    // RTL to checked layout: the build's final GDS goes to the precheck as an upload.
+    // The stand-in's final GDS is a 10 µm macro, not a die: the precheck refuses its geometry
+    // as it would any upload's, before a run exists.
+    refused(
+        send(
+            http()
+                .post(server.api("/api/v1/prechecks"))
+                .json(&json!({"job_id": build, "die_id": "BUILD001"})),
+        )
+        .await,
+        400,
+        "the die is 10 x 10 µm, but slot 1x1 needs 3932 x 5122 µm",
+    );
+    // RTL to checked layout: the build's final GDS goes to the precheck as an upload (`force`:
+    // the stand-in's precheck passes whatever it is given).
     let (status, run) = send(
         http()
             .post(server.api("/api/v1/prechecks"))
-            .json(&json!({"job_id": build, "die_id": "BUILD001"})),
+            .json(&json!({"job_id": build, "die_id": "BUILD001", "force": true})),
     )
     .await;
     assert_eq!(status, 201, "{run}");

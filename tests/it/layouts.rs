@@ -144,6 +144,12 @@ async fn prechecks_are_refused_when_the_layout_cannot_pass() {
         gds_library(1e-8, &[("chip_top", &[])]),
     )
     .await;
+    let server_ref = &server;
+    let die = |die: Die| async move { upload(server_ref, "chip_top.gds", die.gds()).await };
+    let half = die(Die::new("chip_top").slot("0p5x1")).await;
+    let offset = die(Die::new("chip_top").defect(Defect::OffsetOrigin)).await;
+    let unsealed = die(Die::new("chip_top").defect(Defect::NoSealRing)).await;
+    let forbidden = die(Die::new("chip_top").defect(Defect::ForbiddenLayer)).await;
 
     let refusals = [
         (
@@ -176,6 +182,39 @@ async fn prechecks_are_refused_when_the_layout_cannot_pass() {
             json!({"upload_id": coarse}),
             vec!["database unit is 0.01 µm"],
         ),
+        // The die's geometry (issue 15): a layout of 1 µm cells breaks two rules at once.
+        (
+            json!({"upload_id": hier}),
+            vec![
+                "the die would fail 2 of the precheck's first checks: 1) the die is 1 x 1 µm, but slot 1x1 needs 3932 x 5122 µm; 2) no shapes on GUARD_RING_MK (167/5): the die needs its seal ring (or send \"force\": true to skip the layout checks)",
+            ],
+        ),
+        (
+            json!({"upload_id": half}),
+            vec![
+                "the die is 1936 x 5122 µm, but slot 1x1 needs 3932 x 5122 µm; it matches slot 0p5x1: send \"slot\": \"0p5x1\" (or send \"force\": true",
+            ],
+        ),
+        (
+            json!({"upload_id": half, "slot": "0p5x0p5"}),
+            vec!["but slot 0p5x0p5 needs 1936 x 2531 µm; it matches slot 0p5x1"],
+        ),
+        (
+            json!({"upload_id": offset}),
+            vec![
+                "the die's lower-left corner is at (100, 100) µm; the precheck needs it at (0, 0) (or send",
+            ],
+        ),
+        (
+            json!({"upload_id": unsealed}),
+            vec!["no shapes on GUARD_RING_MK (167/5): the die needs its seal ring (or send"],
+        ),
+        (
+            json!({"upload_id": forbidden}),
+            vec![
+                "shapes on Via5 (82/0) and MetalTop (53/0), which this process does not allow (or send",
+            ],
+        ),
         // `force` skips the layout rules, never the argument rules.
         (
             json!({"upload_id": hier, "top_cell": "-rf", "force": true}),
@@ -202,7 +241,11 @@ async fn prechecks_are_refused_when_the_layout_cannot_pass() {
 
     // The only top cell is the default; a named top cell and `force` are taken.
     let accepted = [
-        (json!({"upload_id": hier}), "chip_top"),
+        (json!({"upload_id": hier, "force": true}), "chip_top"),
+        (json!({"upload_id": half, "slot": "0p5x1"}), "chip_top"),
+        // Chip-on-board: the size is the pad mask's to check, in the container.
+        (json!({"upload_id": half, "cob": true}), "chip_top"),
+        (json!({"upload_id": forbidden, "force": true}), "chip_top"),
         (json!({"upload_id": two, "top_cell": "top_b"}), "top_b"),
         (
             json!({"upload_id": coarse, "top_cell": "chip_top", "force": true}),

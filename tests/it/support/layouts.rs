@@ -30,7 +30,9 @@ pub fn gds_library(dbu_meters: f64, cells: &[(&str, &[&str])]) -> Vec<u8> {
 }
 
 /// Writes a valid GDSII file of about `approx_bytes` bytes to `path` in constant memory: one
-/// structure `top` holding many squares. Returns the file's exact size.
+/// structure `top` holding many squares inside a 1x1 die (a GUARD_RING_MK box of the slot's
+/// size), so that a precheck of it passes the server's die checks. Returns the file's exact
+/// size.
 pub fn write_big_gds(path: impl AsRef<Path>, top: &str, approx_bytes: u64) -> u64 {
     /// BOUNDARY + LAYER + DATATYPE + XY (5 points) + ENDEL.
     const BOUNDARY_BYTES: u64 = 4 + 6 + 6 + (4 + 5 * 8) + 4;
@@ -41,11 +43,13 @@ pub fn write_big_gds(path: impl AsRef<Path>, top: &str, approx_bytes: u64) -> u6
     let written = (|| -> io::Result<u64> {
         let mut gds = GdsWriter::new(BufWriter::with_capacity(1 << 20, file), 0.001)?;
         gds.begin_cell(top)?;
+        gds.rect(Layer(167, 5), [0, 0, 3_932_000, 5_122_000])?;
         let count =
             (approx_bytes.saturating_sub(gds.written() + END_BYTES) / BOUNDARY_BYTES).max(1);
         for i in 0..count {
-            let x = (i % 1000) as i64 * 2000;
-            let y = ((i / 1000) % 100_000) as i64 * 2000;
+            // Rows of 1900 squares, 2500 rows, then over again: all inside the die.
+            let x = (i % 1900) as i64 * 2000;
+            let y = ((i / 1900) % 2500) as i64 * 2000;
             gds.rect(Layer(1, 0), [x, y, x + 1000, y + 1000])?;
         }
         gds.end_cell()?;
@@ -69,6 +73,12 @@ mod tests {
         assert!(size.abs_diff(200_000) < 64, "{size} bytes");
         let layout = precheck_server::layout::inspect(fs::File::open(&path).unwrap()).unwrap();
         assert_eq!(layout.top_cells, ["big_top"]);
+        let die = layout.die.unwrap();
+        let b = die.bbox.unwrap();
+        assert_eq!(
+            [b.left, b.bottom, b.right, b.top],
+            [0, 0, 3_932_000, 5_122_000]
+        );
     }
 
     #[test]
