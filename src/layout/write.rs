@@ -740,25 +740,30 @@ pub mod layers {
     pub const METAL3: Layer = Layer(42, 0);
     pub const METAL4: Layer = Layer(46, 0);
     pub const METAL5: Layer = Layer(81, 0);
-    pub const VIA5: Layer = Layer(82, 0);
-    pub const METAL_TOP: Layer = Layer(53, 0);
-    pub const GUARD_RING_MK: Layer = Layer(167, 5);
+    pub const VIA5: Layer = checked(crate::gf180::VIA5);
+    pub const METAL_TOP: Layer = checked(crate::gf180::METAL_TOP);
+    pub const GUARD_RING_MK: Layer = checked(crate::gf180::GUARD_RING_MK);
+
+    /// A layer of the rules' table.
+    const fn checked(layer: crate::gf180::CheckedLayer) -> Layer {
+        Layer(layer.layer as u16, layer.datatype as u16)
+    }
 }
 
-/// The die sizes of the precheck's slots in µm, seal ring included.
-pub const SLOT_SIZES: [(&str, i64, i64); 4] = [
-    ("1x1", 3932, 5122),
-    ("0p5x1", 1936, 5122),
-    ("1x0p5", 3932, 2531),
-    ("0p5x0p5", 1936, 2531),
-];
+/// The die sizes of the precheck's slots in µm, seal ring included (the rules' table,
+/// [`crate::gf180::SLOTS`]).
+pub const SLOT_SIZES: [(&str, i64, i64); 4] = {
+    let s = crate::gf180::SLOTS;
+    [
+        (s[0].name, s[0].width_um, s[0].height_um),
+        (s[1].name, s[1].width_um, s[1].height_um),
+        (s[2].name, s[2].width_um, s[2].height_um),
+        (s[3].name, s[3].width_um, s[3].height_um),
+    ]
+};
 
 /// The ID cells a chip-on-board die places (`--cob`).
-pub const COB_ID_CELLS: [&str; 3] = [
-    "gf180mcu_ws_ip__qrcode_id",
-    "gf180mcu_ws_ip__shuttle_id",
-    "gf180mcu_ws_ip__project_id",
-];
+pub const COB_ID_CELLS: [&str; 3] = crate::gf180::COB_ID_CELLS;
 
 /// What makes a die fail the precheck, one at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

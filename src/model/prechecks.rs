@@ -62,7 +62,10 @@ impl fmt::Display for DieId {
 }
 
 /// Slot sizes the precheck knows, as it names them (in [`Slot::ALL`]'s order).
-pub const SLOTS: [&str; 4] = ["1x1", "0p5x1", "1x0p5", "0p5x0p5"];
+pub const SLOTS: [&str; 4] = {
+    let s = crate::gf180::SLOTS;
+    [s[0].name, s[1].name, s[2].name, s[3].name]
+};
 
 /// A slot size of the shuttle: width x height, in slots (`0p5` is a half).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
