@@ -7,7 +7,7 @@
 
 use std::io::{self, BufRead};
 
-use super::geometry::{self, Geometry, Linear, Rect};
+use super::geometry::{self, Geometry, Linear, MAX_POINTS, Rect};
 use super::{CellGraph, CellKey, Found, LayoutError, io_error};
 
 const HEADER: u8 = 0x00;
@@ -38,8 +38,6 @@ const BOX: u8 = 0x2d;
 const BOXTYPE: u8 = 0x2e;
 const BGNEXTN: u8 = 0x30;
 const ENDEXTN: u8 = 0x31;
-/// The most points kept for one PATH or AREF (a PATH's XY may continue over several records).
-const MAX_POINTS: usize = 1 << 20;
 /// The last record type of the format (LIBSECUR is 0x3b).
 const LAST_TYPE: u8 = 0x3b;
 

@@ -8,13 +8,22 @@
 //! by where they are is that box moved by the box of the displacements, so every placement of a
 //! group adds only its displacement to one box.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::{CellKey, LayoutError};
 
 /// At most this many distinct placement groups in a file: a bound on memory for hostile input
 /// (a real chip has a few per child cell, one for each orientation it is placed in).
 pub const MAX_PLACEMENT_GROUPS: usize = 4_000_000;
+
+/// The most points kept for one path (GDSII's PATH and AREF, OASIS's PATH): the only shapes
+/// whose box needs their points.
+pub const MAX_POINTS: usize = 1 << 20;
+
+/// At most this many child layers are boxed one by one through placements at angles that are
+/// not multiples of 90 degrees ([`Geometry::die`]); past it, the whole boxes are turned (a
+/// bound on time for hostile input: a real chip has few such placements).
+const MAX_LAYER_PLACEMENTS: u64 = 1 << 22;
 
 /// A box in database units; [`Rect::EMPTY`] holds nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +107,13 @@ impl Linear {
         self.key() == Linear::IDENTITY.key()
     }
 
+    /// Whether it turns by a multiple of 90 degrees (then the turned box of a union is the
+    /// union of the turned boxes).
+    fn is_orthogonal(&self) -> bool {
+        let quarters = self.angle / 90.0;
+        (quarters - quarters.round()).abs() < 1e-12
+    }
+
     /// The cosine and sine of the angle, exact for multiples of 90 degrees.
     fn cos_sin(&self) -> (f64, f64) {
         let quarters = self.angle / 90.0;
@@ -143,7 +159,8 @@ struct Group {
 /// What one cell holds.
 struct CellShapes {
     own: Rect,
-    layers: BTreeSet<(u32, u32)>,
+    /// The box of its own shapes on each layer.
+    layers: BTreeMap<(u32, u32), Rect>,
     groups: Vec<Group>,
 }
 
@@ -154,7 +171,9 @@ pub(super) struct Geometry {
     current: Option<(CellKey, CellShapes)>,
     /// Where each (child, linear) of the current cell is in its `groups`.
     index: HashMap<(CellKey, (bool, u64, u64)), usize>,
-    last_layer: Option<(u32, u32)>,
+    /// The layer of the current cell's last shapes and their box, not yet in its `layers`
+    /// (shapes come in runs on one layer).
+    pending: Option<((u32, u32), Rect)>,
     groups: usize,
 }
 
@@ -177,15 +196,15 @@ impl Geometry {
             cell,
             CellShapes {
                 own: Rect::EMPTY,
-                layers: BTreeSet::new(),
+                layers: BTreeMap::new(),
                 groups: vec![],
             },
         ));
-        self.last_layer = None;
     }
 
     /// The current cell (if any) is complete.
     pub fn end(&mut self) {
+        self.flush();
         if let Some((key, cell)) = self.current.take() {
             // A cell defined twice is refused by the cell graph; the first definition stays.
             self.cells.entry(key).or_insert(cell);
@@ -201,11 +220,21 @@ impl Geometry {
         if rect.is_empty() {
             return;
         }
-        if self.last_layer != Some(layer) {
-            cell.layers.insert(layer);
-            self.last_layer = Some(layer);
-        }
         cell.own.add(&rect);
+        match &mut self.pending {
+            Some((last, pending)) if *last == layer => pending.add(&rect),
+            _ => {
+                self.flush();
+                self.pending = Some((layer, rect));
+            }
+        }
+    }
+
+    /// Puts the pending shapes' box into the current cell's layers.
+    fn flush(&mut self) {
+        if let (Some((layer, rect)), Some((_, cell))) = (self.pending.take(), &mut self.current) {
+            cell.layers.entry(layer).or_insert(Rect::EMPTY).add(&rect);
+        }
     }
 
     /// Copies of `child` turned by `linear` and moved by displacements whose box is
@@ -250,6 +279,11 @@ impl Geometry {
     /// cell's name. A cell placed but never defined (or by a reference number the file never
     /// names) is empty, as KLayout makes it a ghost cell; a cell that places itself, directly or
     /// through others, is corrupt (KLayout cannot read it).
+    ///
+    /// KLayout's box of a cell is the union of its boxes on each layer, and a placement turned
+    /// by an angle that is not a multiple of 90 degrees turns each of its child's layer boxes,
+    /// not the child's whole box (which would reach farther): below such placements the boxes
+    /// are kept by layer.
     pub fn die(
         mut self,
         top: &str,
@@ -265,34 +299,27 @@ impl Geometry {
         }
         // Unnamed children are ghosts: a name no cell can have.
         let name = |key: &CellKey| name(key).unwrap_or_default();
-        let mut boxes: HashMap<String, Rect> = HashMap::new();
+        let mut order: Vec<String> = vec![];
+        let mut done: HashSet<String> = HashSet::new();
         let mut visiting: HashSet<String> = HashSet::new();
         let mut layers = BTreeSet::new();
-        // Depth first without recursion (a hostile file may nest a million deep): a cell's box
-        // is made once all its children's are.
+        // Depth first without recursion (a hostile file may nest a million deep): every cell
+        // below `top`, each after every cell it places.
         let mut stack: Vec<(String, bool)> = vec![(top.to_string(), false)];
         while let Some((cell_name, children_done)) = stack.pop() {
             let Some(cell) = by_name.get(&cell_name) else {
-                boxes.insert(cell_name, Rect::EMPTY);
                 continue;
             };
             if children_done {
-                let mut bbox = cell.own;
-                for group in &cell.groups {
-                    let child = boxes
-                        .get(&name(&group.child))
-                        .copied()
-                        .unwrap_or(Rect::EMPTY);
-                    bbox.add(&placed(&child, group));
-                }
                 visiting.remove(&cell_name);
-                boxes.insert(cell_name, bbox);
+                done.insert(cell_name.clone());
+                order.push(cell_name);
                 continue;
             }
-            if boxes.contains_key(&cell_name) {
+            if done.contains(&cell_name) {
                 continue;
             }
-            layers.extend(cell.layers.iter().copied());
+            layers.extend(cell.layers.keys().copied());
             visiting.insert(cell_name.clone());
             stack.push((cell_name.clone(), true));
             for group in &cell.groups {
@@ -305,11 +332,13 @@ impl Geometry {
                         ),
                     });
                 }
-                if !boxes.contains_key(&child) {
+                if !done.contains(&child) {
                     stack.push((child, false));
                 }
             }
         }
+        let boxes =
+            boxes(&order, &by_name, &name).unwrap_or_else(|| whole_boxes(&order, &by_name, &name));
         let bbox = boxes.get(top).copied().filter(|b| !b.is_empty());
         Ok(Die {
             cell: top.to_string(),
@@ -317,6 +346,84 @@ impl Geometry {
             layers: layers.into_iter().collect(),
         })
     }
+}
+
+/// Every cell's box, the children's turned as whole boxes: KLayout's box where every turn is
+/// by a multiple of 90 degrees. `order` has each cell after the cells it places.
+fn whole_boxes<'a>(
+    order: &'a [String],
+    cells: &HashMap<String, CellShapes>,
+    name: &impl Fn(&CellKey) -> String,
+) -> HashMap<&'a str, Rect> {
+    let mut boxes: HashMap<&str, Rect> = HashMap::with_capacity(order.len());
+    for cell_name in order {
+        let cell = &cells[cell_name];
+        let mut bbox = cell.own;
+        for group in &cell.groups {
+            if let Some(child) = boxes.get(name(&group.child).as_str()) {
+                bbox.add(&placed(child, group));
+            }
+        }
+        boxes.insert(cell_name, bbox);
+    }
+    boxes
+}
+
+/// Every cell's box as KLayout makes it, with the boxes by layer of the cells below a turn
+/// that is not a multiple of 90 degrees; `None` past [`MAX_LAYER_PLACEMENTS`].
+fn boxes<'a>(
+    order: &'a [String],
+    cells: &HashMap<String, CellShapes>,
+    name: &impl Fn(&CellKey) -> String,
+) -> Option<HashMap<&'a str, Rect>> {
+    // The cells that need their boxes by layer: below such a turn. Parents come before their
+    // children in the reverse of `order`.
+    let mut by_layer: HashSet<String> = HashSet::new();
+    for cell_name in order.iter().rev() {
+        let marked = by_layer.contains(cell_name);
+        for group in &cells[cell_name].groups {
+            if marked || !group.linear.is_orthogonal() {
+                by_layer.insert(name(&group.child));
+            }
+        }
+    }
+    let mut boxes: HashMap<&str, Rect> = HashMap::with_capacity(order.len());
+    let mut layer_boxes: HashMap<&str, BTreeMap<(u32, u32), Rect>> = HashMap::new();
+    let mut work = 0u64;
+    for cell_name in order {
+        let cell = &cells[cell_name];
+        let mut bbox = cell.own;
+        let mut own_layers = by_layer.contains(cell_name).then(|| cell.layers.clone());
+        for group in &cell.groups {
+            let child = name(&group.child);
+            let orthogonal = group.linear.is_orthogonal();
+            if let Some(child_layers) = layer_boxes.get(child.as_str())
+                && (!orthogonal || own_layers.is_some())
+            {
+                work += child_layers.len() as u64;
+                if work > MAX_LAYER_PLACEMENTS {
+                    return None;
+                }
+                for (layer, rect) in child_layers {
+                    let rect = placed(rect, group);
+                    if !orthogonal {
+                        bbox.add(&rect);
+                    }
+                    if let Some(own) = &mut own_layers {
+                        own.entry(*layer).or_insert(Rect::EMPTY).add(&rect);
+                    }
+                }
+            }
+            if orthogonal && let Some(child) = boxes.get(child.as_str()) {
+                bbox.add(&placed(child, group));
+            }
+        }
+        if let Some(own) = own_layers {
+            layer_boxes.insert(cell_name, own);
+        }
+        boxes.insert(cell_name, bbox);
+    }
+    Some(boxes)
 }
 
 /// The box of a group's copies of a child whose box is `child`: the turned box, moved by the
@@ -329,11 +436,12 @@ fn placed(child: &Rect, group: &Group) -> Rect {
     }
     let d = &group.displacements;
     if group.linear.is_identity() {
+        // Saturating: an OASIS magnification may be any real, and its box is then saturated.
         return Rect::new(
-            child.left + d.left,
-            child.bottom + d.bottom,
-            child.right + d.right,
-            child.top + d.top,
+            child.left.saturating_add(d.left),
+            child.bottom.saturating_add(d.bottom),
+            child.right.saturating_add(d.right),
+            child.top.saturating_add(d.top),
         );
     }
     let (l, b, r, t) = group.linear.turn(child);
@@ -656,6 +764,34 @@ mod tests {
         let die = g.die("top", resolve, "GDSII").unwrap();
         // Corners (0,0), (70.7,70.7), (-70.7,70.7), (0,141.4).
         assert_eq!(die.bbox, Some(Rect::new(-71, 0, 71, 141)));
+    }
+
+    #[test]
+    fn an_arbitrary_angle_turns_each_layers_box() {
+        // Two layers on a diagonal: turned by 45 degrees, each one's box is narrow, the whole
+        // box turned would be wide.
+        let mut g = Geometry::default();
+        g.begin(key("leaf"));
+        g.shape((1, 0), Rect::new(0, 0, 10, 10));
+        g.shape((2, 0), Rect::new(100, 100, 110, 110));
+        g.shape((1, 0), Rect::new(5, 5, 6, 6));
+        g.begin(key("mid"));
+        let turned = Linear {
+            angle: 45.0,
+            ..Linear::IDENTITY
+        };
+        g.place(key("leaf"), turned, point(0, 0), "GDSII").unwrap();
+        g.begin(key("top"));
+        let r90 = Linear {
+            angle: 90.0,
+            ..Linear::IDENTITY
+        };
+        g.place(key("mid"), r90, point(1000, 0), "GDSII").unwrap();
+        let die = g.die("top", resolve, "GDSII").unwrap();
+        // Layer 1 turned: x from -7 to 7, y from 0 to 14; layer 2: x -7..7, y 141..156; turned
+        // again by 90 and moved by 1000: x from 1000 - 156 to 1000, y from -7 to 7.
+        assert_eq!(die.bbox, Some(Rect::new(844, -7, 1000, 7)));
+        assert_eq!(die.layers, [(1, 0), (2, 0)]);
     }
 
     #[test]

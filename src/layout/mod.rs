@@ -697,6 +697,7 @@ mod tests {
             ("mask_1x0p5.gds", [3000, 3000, 3929000, 2528000]),
             ("chip_top_hier.gds", [0, 0, 3932000, 5122000]),
             ("chip_top_hier.gds.gz", [0, 0, 3932000, 5122000]),
+            ("chip_top_hier.oas", [0, 0, 3932000, 5122000]),
         ];
         for (name, [l, b, r, t]) in boxes {
             let die = inspect_file(&dir.join(name)).die.expect("one top cell");
@@ -714,6 +715,8 @@ mod tests {
             (152, 5),
         ];
         assert_eq!(hier.layers, layers);
+        let oas = inspect_file(&dir.join("chip_top_hier.oas")).die.unwrap();
+        assert_eq!(oas.layers, layers);
         assert_eq!(inspect_file(&dir.join("two_tops.gds")).die, None);
         let [gds, gz, oas] = [
             "chip_top_hier.gds",
@@ -745,6 +748,10 @@ mod tests {
         assert_eq!(gds.top_cells, oas.top_cells);
         assert_eq!(gds.dbu_microns, gz.dbu_microns);
         assert!(oas.dbu_is(EXPECTED_DBU_MICRONS), "{}", oas.dbu_microns);
+        let bbox = gds.die.as_ref().and_then(|d| d.bbox);
+        assert_eq!(bbox, Some(Rect::new(0, 0, 3_932_000, 5_122_000)));
+        assert_eq!(gds.die, gz.die);
+        assert_eq!(gds.die, oas.die);
     }
 
     #[test]

@@ -1426,7 +1426,7 @@ mod tests {
                 assert!(layout.dbu_is(dbu), "{format:?}: {}", layout.dbu_microns);
                 let mut cells = layout.cells.clone();
                 cells.sort();
-                (cells, layout.top_cells)
+                (cells, layout.top_cells, layout.die)
             });
             assert_eq!(read[0].0, ["caf\u{e9} $top", "leaf", "mid", "top two"]);
             assert_eq!(read[0].1, ["top two", "caf\u{e9} $top"]);
@@ -1441,6 +1441,9 @@ mod tests {
             if let Some(d) = defect {
                 die = die.defect(d);
             }
+            let dies = [die.gds(), die.gds_gz(), die.oasis()]
+                .map(|bytes| inspect(&bytes[..]).unwrap().die);
+            assert!(dies.iter().all(|d| *d == dies[0]), "{defect:?}: {dies:?}");
             for bytes in [die.gds(), die.gds_gz(), die.oasis()] {
                 let layout = inspect(&bytes[..]).unwrap();
                 assert!(layout.dbu_is(0.001), "{defect:?}");
