@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
 # Measures layout inspection (docs/benchmarks.md): `precheck-server inspect` on a generated
 # 1 GiB GDSII file and on its gzip, next to `sha256sum` and `gzip -dc > /dev/null` of the same
-# files, with the inspector's peak memory (GNU time's maximum resident set size).
-# Usage: scripts/bench-layout.sh [SIZE_MIB]   (default 1024). Needs python3, gzip, bc, /usr/bin/time.
+# files, with the inspector's peak memory (GNU time's maximum resident set size). With a second
+# argument, a git revision, the inspector built from that revision is measured too, in the same
+# run on the same files (e.g. the one before the reader kept geometry, issue 15).
+# Usage: scripts/bench-layout.sh [SIZE_MIB [REVISION]]   (default 1024). Needs python3, gzip, bc,
+# /usr/bin/time, and git for REVISION.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB="${1:-1024}"
+BEFORE="${2:-}"
 cargo build --release --quiet
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap 'rm -rf "$work" "$work-before-target"; [ -z "$BEFORE" ] || git worktree remove --force "$work-before" 2>/dev/null || true' EXIT
+before_bin=""
+if [ -n "$BEFORE" ]; then
+  git worktree add --quiet --detach "$work-before" "$BEFORE"
+  (cd "$work-before" && CARGO_TARGET_DIR="$work-before-target" cargo build --release --quiet)
+  before_bin="$work-before-target/release/precheck-server"
+fi
 
 # A library of 1 000 cells, each placing the previous one, with boxes up to the size asked
 # (each cell holds whole blocks of 8 192 boxes, so the file is at least 512 MiB).
@@ -50,7 +60,13 @@ mb() { echo "scale=1; $(stat -c %s "$1") / 1000000" | bc; }
 measure() {
   local what=$1 file=$2 size; shift 2
   size=$(stat -c %s "$file")
-  /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null
+  local status=0
+  /usr/bin/time -f '%e %M' -o "$work/time" "$@" >/dev/null || status=$?
+  # `inspect` exits 1 for a layout the precheck would refuse (this one is no die): its answer.
+  if [ "$status" -ne 0 ] && ! { [ "$status" -eq 1 ] && [ "${2:-}" = inspect ]; }; then
+    echo "$what: exit $status" >&2
+    exit 1
+  fi
   read -r seconds kib <"$work/time"
   seconds=$(echo "if ($seconds < 0.01) 0.01 else $seconds" | bc -l)
   printf '%-34s %8.0f MB/s   (%s s, peak RSS %s KiB)\n' "$what" \
@@ -61,6 +77,10 @@ for _ in 1 2; do cat "$work/big.gds" "$work/big.gds.gz" >/dev/null; done  # warm
 measure "inspect big.gds" "$work/big.gds" ./target/release/precheck-server inspect "$work/big.gds"
 measure "sha256sum big.gds" "$work/big.gds" sha256sum "$work/big.gds"
 measure "inspect big.gds.gz (of the .gds)" "$work/big.gds" ./target/release/precheck-server inspect "$work/big.gds.gz"
+if [ -n "$before_bin" ]; then
+  measure "$BEFORE: inspect big.gds" "$work/big.gds" "$before_bin" inspect "$work/big.gds"
+  measure "$BEFORE: inspect big.gds.gz (of the .gds)" "$work/big.gds" "$before_bin" inspect "$work/big.gds.gz"
+fi
 measure "gzip -dc big.gds.gz (of the .gds)" "$work/big.gds" sh -c "gzip -dc '$work/big.gds.gz' >/dev/null"
 measure "sha256sum big.gds.gz" "$work/big.gds.gz" sha256sum "$work/big.gds.gz"
-./target/release/precheck-server inspect "$work/big.gds" | sed -n 's/^\(Cells\|Top cells\):/  &/p'
+./target/release/precheck-server inspect "$work/big.gds" | sed -n 's/^\(Cells\|Top cells\|Die\):/  &/p' || true

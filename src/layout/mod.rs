@@ -982,7 +982,7 @@ mod geometry_tests {
     fn the_geometry_cases_have_klayouts_boxes_in_every_format() {
         let cases = write::geometry_cases();
         assert_eq!(cases.len(), KLAYOUT_BOXES.len());
-        for ((name, library, _oasis), (expected_name, [l, b, r, t])) in
+        for ((name, library, oasis), (expected_name, [l, b, r, t])) in
             cases.into_iter().zip(KLAYOUT_BOXES)
         {
             assert_eq!(name, expected_name);
@@ -990,6 +990,10 @@ mod geometry_tests {
             assert_eq!(gds.bbox, Some(Rect::new(l, b, r, t)), "{name}.gds");
             let gz = inspect(&library.gds_gz()[..]).unwrap().die.unwrap();
             assert_eq!(gz, gds, "{name}.gds.gz");
+            if oasis {
+                let oas = inspect(&library.oasis()[..]).unwrap().die.unwrap();
+                assert_eq!(oas, gds, "{name}.oas");
+            }
             let expected_layers: &[(u32, u32)] = match name {
                 "paths" | "round_and_odd_paths" => &[(46, 0)],
                 "below_left" => &[(22, 0), (34, 0), (36, 0), (63, 0), (167, 5)],
