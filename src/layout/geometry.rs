@@ -158,6 +158,7 @@ struct Group {
 
 /// What one cell holds.
 struct CellShapes {
+    /// The box of its own shapes (made from `layers` when the cell ends).
     own: Rect,
     /// The box of its own shapes on each layer.
     layers: BTreeMap<(u32, u32), Rect>,
@@ -205,7 +206,11 @@ impl Geometry {
     /// The current cell (if any) is complete.
     pub fn end(&mut self) {
         self.flush();
-        if let Some((key, cell)) = self.current.take() {
+        if let Some((key, mut cell)) = self.current.take() {
+            cell.own = cell.layers.values().fold(Rect::EMPTY, |mut own, rect| {
+                own.add(rect);
+                own
+            });
             // A cell defined twice is refused by the cell graph; the first definition stays.
             self.cells.entry(key).or_insert(cell);
         }
@@ -214,13 +219,9 @@ impl Geometry {
 
     /// A shape of the current cell on `layer`, within `rect`.
     pub fn shape(&mut self, layer: (u32, u32), rect: Rect) {
-        let Some((_, cell)) = &mut self.current else {
-            return;
-        };
-        if rect.is_empty() {
+        if self.current.is_none() || rect.is_empty() {
             return;
         }
-        cell.own.add(&rect);
         match &mut self.pending {
             Some((last, pending)) if *last == layer => pending.add(&rect),
             _ => {

@@ -167,6 +167,24 @@ impl<R: Read> Read for Counted<R> {
     }
 }
 
+/// Bytes are read from the buffer (a record's fields are many integers of a byte or two).
+impl<R: BufRead> BufRead for Counted<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        match self.inner.fill_buf() {
+            Ok(buf) => Ok(buf),
+            Err(e) => {
+                self.failed |= e.kind() != io::ErrorKind::Interrupted;
+                Err(e)
+            }
+        }
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.pos = self.pos.saturating_add(amt as u64);
+        self.inner.consume(amt);
+    }
+}
+
 /// The reader's state across records (including those inside CBLOCKs).
 #[derive(Default)]
 struct Parser {
@@ -212,6 +230,8 @@ struct Modal {
     end_extension: i64,
     /// path-point-list, from its first point.
     path: Vec<(i64, i64)>,
+    /// The point list being read: it replaces `path` unless it equals it.
+    next_path: Vec<(i64, i64)>,
     /// The box of the last path boxed, with its half-width and extensions: a cell's paths often
     /// differ only in where they are.
     path_box: Option<((i64, i64, i64), Rect)>,
@@ -253,7 +273,7 @@ impl std::fmt::Display for Place {
 
 impl Parser {
     /// Reads the magic and every record up to END; returns the database unit in micrometres.
-    fn file<R: Read>(&mut self, r: &mut Counted<R>, meter: &Meter<'_>) -> Res<f64> {
+    fn file<R: BufRead>(&mut self, r: &mut Counted<R>, meter: &Meter<'_>) -> Res<f64> {
         magic(r)?;
         let mut dbu = None;
         loop {
@@ -316,7 +336,7 @@ impl Parser {
     }
 
     /// START: version, unit, offset flag and (flag 0) the table offsets.
-    fn start<R: Read>(&mut self, r: &mut Counted<R>) -> Res<f64> {
+    fn start<R: BufRead>(&mut self, r: &mut Counted<R>) -> Res<f64> {
         skip_string(r)?;
         let unit = real(r)?;
         let dbu = 1.0 / unit;
@@ -333,7 +353,7 @@ impl Parser {
     }
 
     /// END: (table offsets), padding and the validation scheme with its signature.
-    fn end<R: Read>(&mut self, r: &mut Counted<R>) -> Res<()> {
+    fn end<R: BufRead>(&mut self, r: &mut Counted<R>) -> Res<()> {
         if self.offsets_in_end {
             table_offsets(r)?;
         }
@@ -350,7 +370,7 @@ impl Parser {
     /// CBLOCK starting at byte `at`: inflates its data and reads the records in it. The whole
     /// compressed span is consumed whatever happens inside, and the data must inflate to exactly
     /// the size the CBLOCK declares, unless the meter stops it (then nothing more is read).
-    fn cblock<R: Read>(&mut self, r: &mut Counted<R>, at: u64, meter: &Meter<'_>) -> Res<()> {
+    fn cblock<R: BufRead>(&mut self, r: &mut Counted<R>, at: u64, meter: &Meter<'_>) -> Res<()> {
         let method = uint(r)?;
         if method != 0 {
             return bad(format!(
@@ -402,7 +422,7 @@ impl Parser {
     }
 
     /// Reads records from a CBLOCK's inflated data to its end.
-    fn inflated_records<R: Read>(&mut self, r: &mut Counted<R>, cblock: u64) -> Res<()> {
+    fn inflated_records<R: BufRead>(&mut self, r: &mut Counted<R>, cblock: u64) -> Res<()> {
         while let Some(first) = next_byte(r)? {
             self.records = self.records.saturating_add(1);
             let n = self.records;
@@ -421,7 +441,7 @@ impl Parser {
     }
 
     /// Any record but START, END and CBLOCK.
-    fn record<R: Read>(&mut self, id: u64, r: &mut Counted<R>) -> Res<()> {
+    fn record<R: BufRead>(&mut self, id: u64, r: &mut Counted<R>) -> Res<()> {
         match id {
             // PAD, PROPERTY (repeat the last): no fields.
             0 | 29 => {}
@@ -512,7 +532,7 @@ impl Parser {
     }
 
     /// PLACEMENT, 17 (CNXYRAAF) or 18 (CNXYRMAF, with magnification and angle).
-    fn placement<R: Read>(&mut self, id: u64, r: &mut Counted<R>) -> Res<()> {
+    fn placement<R: BufRead>(&mut self, id: u64, r: &mut Counted<R>) -> Res<()> {
         let info = byte(r)?;
         let child = if info & 0x80 != 0 {
             let key = if info & 0x40 != 0 {
@@ -557,7 +577,7 @@ impl Parser {
 
     /// TEXT 0CNXYRTL: the text string (C), by reference number (N); a shape of the text's point
     /// on the textlayer and texttype.
-    fn text<R: Read>(&mut self, r: &mut Counted<R>) -> Res<()> {
+    fn text<R: BufRead>(&mut self, r: &mut Counted<R>) -> Res<()> {
         let info = byte(r)?;
         let m = &mut self.modal;
         if info & 0x40 != 0 {
@@ -582,7 +602,7 @@ impl Parser {
 
     /// RECTANGLE, POLYGON, PATH, TRAPEZOID, CTRAPEZOID or CIRCLE: a shape of its box on the
     /// layer and datatype. The info byte's low bits are XYRDL in every one of them.
-    fn shape<R: Read>(&mut self, id: u64, r: &mut Counted<R>) -> Res<()> {
+    fn shape<R: BufRead>(&mut self, id: u64, r: &mut Counted<R>) -> Res<()> {
         let info = byte(r)?;
         self.layer_datatype(r, info)?;
         let m = &mut self.modal;
@@ -659,7 +679,7 @@ impl Parser {
     }
 
     /// Layer (L, bit 0) and datatype (D, bit 1), into the modal ones.
-    fn layer_datatype(&mut self, r: &mut impl Read, info: u8) -> Res<()> {
+    fn layer_datatype(&mut self, r: &mut impl BufRead, info: u8) -> Res<()> {
         if info & 0x01 != 0 {
             self.modal.layer = uint(r)?;
         }
@@ -671,7 +691,7 @@ impl Parser {
 
     /// The box of the offsets of a record's copies from its position: none, or (`repeated`)
     /// those of its repetition, which becomes the modal one.
-    fn offsets(&mut self, r: &mut impl Read, repeated: bool) -> Res<Rect> {
+    fn offsets(&mut self, r: &mut impl BufRead, repeated: bool) -> Res<Rect> {
         if !repeated {
             return Ok(ORIGIN);
         }
@@ -684,7 +704,7 @@ impl Parser {
 
 /// PATH EWPXYRDL: half-width, extension scheme, point list; the path's box from its first
 /// point, as KLayout boxes a path of twice the half-width. KLayout ignores a path of one point.
-fn path(r: &mut impl Read, info: u8, m: &mut Modal) -> Res<Option<Rect>> {
+fn path(r: &mut impl BufRead, info: u8, m: &mut Modal) -> Res<Option<Rect>> {
     if info & 0x40 != 0 {
         m.halfwidth = ucoord(r)?;
     }
@@ -701,9 +721,13 @@ fn path(r: &mut impl Read, info: u8, m: &mut Modal) -> Res<Option<Rect>> {
         m.end_extension = extension(scheme & 3, m.end_extension)?;
     }
     if info & 0x20 != 0 {
-        m.path_box = None;
-        m.path.clear();
-        point_list(r, false, Some(&mut m.path))?;
+        // Writers often repeat the last list: then its box is the last one.
+        m.next_path.clear();
+        point_list(r, false, Some(&mut m.next_path))?;
+        if m.next_path != m.path {
+            std::mem::swap(&mut m.path, &mut m.next_path);
+            m.path_box = None;
+        }
     }
     if m.path.len() < 2 {
         return Ok(None);
@@ -795,7 +819,7 @@ fn turned(mirror: bool, angle: f64, mag: f64) -> Linear {
 
 /// X (bit 4) and Y (bit 3) of `info`, read into the modal coordinates `at` (added to them in
 /// relative mode); returns the position.
-fn xy(r: &mut impl Read, info: u8, relative: bool, at: &mut (i64, i64)) -> Res<(i64, i64)> {
+fn xy(r: &mut impl BufRead, info: u8, relative: bool, at: &mut (i64, i64)) -> Res<(i64, i64)> {
     let mut read = |present: bool, modal: &mut i64| -> Res<()> {
         if present {
             let v = sint(r)?;
@@ -844,7 +868,7 @@ fn last_copy(n: u64, step: (i64, i64)) -> (i64, i64) {
 }
 
 /// The magic, or Corrupt.
-fn magic(r: &mut impl Read) -> Res<()> {
+fn magic(r: &mut impl BufRead) -> Res<()> {
     let mut head = Vec::with_capacity(MAGIC.len());
     r.take(MAGIC.len() as u64).read_to_end(&mut head)?;
     if head != MAGIC {
@@ -854,35 +878,67 @@ fn magic(r: &mut impl Read) -> Res<()> {
 }
 
 /// The next byte, or None at the end of the data.
-fn next_byte(r: &mut impl Read) -> io::Result<Option<u8>> {
-    let mut buf = [0u8];
+fn next_byte(r: &mut impl BufRead) -> io::Result<Option<u8>> {
     loop {
-        match r.read(&mut buf) {
-            Ok(0) => return Ok(None),
-            Ok(_) => return Ok(Some(u8::from_le_bytes(buf))),
+        match r.fill_buf() {
+            Ok(buf) => {
+                let Some(&first) = buf.first() else {
+                    return Ok(None);
+                };
+                r.consume(1);
+                return Ok(Some(first));
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     }
 }
 
-fn byte(r: &mut impl Read) -> Res<u8> {
-    let mut buf = [0u8];
-    r.read_exact(&mut buf)?;
-    Ok(u8::from_le_bytes(buf))
+fn byte(r: &mut impl BufRead) -> Res<u8> {
+    next_byte(r)?.ok_or_else(eof)
 }
 
 /// An unsigned integer: 7 bits a byte, low group first, the high bit set on all but the last.
 /// Signed integers are the same with the sign in bit 0 ([`signed`]).
-fn uint(r: &mut impl Read) -> Res<u64> {
+fn uint(r: &mut impl BufRead) -> Res<u64> {
+    // Most integers are whole in the buffer: decoded there and consumed at once.
+    let whole = match r.fill_buf() {
+        Ok(buf) => buf
+            .iter()
+            .take(10)
+            .position(|b| b & 0x80 == 0)
+            .map(|last| (groups(&buf[..=last]), last + 1)),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => None,
+        Err(e) => return Err(e.into()),
+    };
+    if let Some((value, len)) = whole {
+        r.consume(len);
+        return value;
+    }
     let first = byte(r)?;
     uint_from(first, r)
+}
+
+/// The integer of at most 10 bytes, the last one's high bit clear (as [`uint_from`] reads it).
+fn groups(bytes: &[u8]) -> Res<u64> {
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().enumerate() {
+        let (bits, shift) = (u64::from(b & 0x7f), 7 * i as u32);
+        if bits == 0 {
+            continue;
+        }
+        if shift > 63 || (shift == 63 && bits > 1) {
+            return bad("an integer of more than 64 bits");
+        }
+        value |= bits << shift;
+    }
+    Ok(value)
 }
 
 /// An unsigned integer whose first byte has been read. Groups of zero bits past the 64th are
 /// accepted (KLayout pads its END record with a length written as 0x80 ... 0x80 0x00), any other
 /// bit past the 64th is corruption.
-fn uint_from(first: u8, r: &mut impl Read) -> Res<u64> {
+fn uint_from(first: u8, r: &mut impl BufRead) -> Res<u64> {
     let mut value = u64::from(first & 0x7f);
     let (mut last, mut shift) = (first, 0u32);
     while last & 0x80 != 0 {
@@ -902,7 +958,7 @@ fn uint_from(first: u8, r: &mut impl Read) -> Res<u64> {
 }
 
 /// An integer that is there when `present`.
-fn maybe_uint(r: &mut impl Read, present: bool) -> Res<()> {
+fn maybe_uint(r: &mut impl BufRead, present: bool) -> Res<()> {
     if present {
         uint(r)?;
     }
@@ -910,13 +966,13 @@ fn maybe_uint(r: &mut impl Read, present: bool) -> Res<()> {
 }
 
 /// A real: a type, then an integer, a reciprocal, a ratio or an IEEE float.
-fn real(r: &mut impl Read) -> Res<f64> {
+fn real(r: &mut impl BufRead) -> Res<f64> {
     let kind = uint(r)?;
     real_of(kind, r)
 }
 
 /// A real whose type has been read.
-fn real_of(kind: u64, r: &mut impl Read) -> Res<f64> {
+fn real_of(kind: u64, r: &mut impl BufRead) -> Res<f64> {
     let sign = if kind % 2 == 0 { 1.0 } else { -1.0 };
     Ok(match kind {
         0 | 1 => sign * uint(r)? as f64,
@@ -940,7 +996,7 @@ fn real_of(kind: u64, r: &mut impl Read) -> Res<f64> {
 }
 
 /// Skips `len` bytes without holding them.
-fn skip(r: &mut impl Read, len: u64) -> Res<()> {
+fn skip(r: &mut impl BufRead, len: u64) -> Res<()> {
     let skipped = io::copy(&mut r.take(len), &mut io::sink())?;
     if skipped < len {
         return Err(eof());
@@ -949,13 +1005,13 @@ fn skip(r: &mut impl Read, len: u64) -> Res<()> {
 }
 
 /// Skips a string (a-, b- or n-string: a length, then the bytes).
-fn skip_string(r: &mut impl Read) -> Res<()> {
+fn skip_string(r: &mut impl BufRead) -> Res<()> {
     let len = uint(r)?;
     skip(r, len)
 }
 
 /// A name that is kept, read with a cap; any bytes are accepted.
-fn name(r: &mut impl Read) -> Res<String> {
+fn name(r: &mut impl BufRead) -> Res<String> {
     let len = uint(r)?;
     if len > MAX_NAME {
         return bad(format!("a name of {len} bytes"));
@@ -969,7 +1025,7 @@ fn name(r: &mut impl Read) -> Res<String> {
 }
 
 /// A reference number, or a string (skipped).
-fn string_or_number(r: &mut impl Read, number: bool) -> Res<()> {
+fn string_or_number(r: &mut impl BufRead, number: bool) -> Res<()> {
     if number {
         uint(r).map(drop)
     } else {
@@ -978,17 +1034,17 @@ fn string_or_number(r: &mut impl Read, number: bool) -> Res<()> {
 }
 
 /// The table offsets in START or END: six pairs of flag and offset.
-fn table_offsets(r: &mut impl Read) -> Res<()> {
+fn table_offsets(r: &mut impl BufRead) -> Res<()> {
     uints(r, 12)
 }
 
 /// Skips `count` integers (each one consumes input, so a huge count ends with the data).
-fn uints(r: &mut impl Read, count: u64) -> Res<()> {
+fn uints(r: &mut impl BufRead, count: u64) -> Res<()> {
     (0..count).try_for_each(|_| uint(r).map(drop))
 }
 
 /// A LAYERNAME interval: a type, then 0 (any), 1 (up to, from, exactly) or 2 (from, to) bounds.
-fn interval(r: &mut impl Read) -> Res<()> {
+fn interval(r: &mut impl BufRead) -> Res<()> {
     match uint(r)? {
         0 => Ok(()),
         1..=3 => uints(r, 1),
@@ -1004,12 +1060,12 @@ fn signed(u: u64) -> i64 {
 }
 
 /// A signed coordinate.
-fn sint(r: &mut impl Read) -> Res<i64> {
+fn sint(r: &mut impl BufRead) -> Res<i64> {
     Ok(clamp(i128::from(signed(uint(r)?))))
 }
 
 /// An unsigned coordinate (a width, a spacing).
-fn ucoord(r: &mut impl Read) -> Res<i64> {
+fn ucoord(r: &mut impl BufRead) -> Res<i64> {
     Ok(clamp(i128::from(uint(r)?)))
 }
 
@@ -1031,7 +1087,7 @@ fn octant(u: u64, diagonal: bool) -> (i64, i64) {
 }
 
 /// A g-delta: a 3-delta above bit 0, or (bit 0 set) x with its sign in bit 1, then y.
-fn g_delta(r: &mut impl Read) -> Res<(i64, i64)> {
+fn g_delta(r: &mut impl BufRead) -> Res<(i64, i64)> {
     let u = uint(r)?;
     if u & 1 == 0 {
         return Ok(octant(u >> 1, true));
@@ -1042,7 +1098,7 @@ fn g_delta(r: &mut impl Read) -> Res<(i64, i64)> {
 
 /// A repetition: a type, then its dimensions, spaces or displacements. Returns the box of its
 /// copies' offsets from the first one, or `None` for type 0 (reuse the last repetition).
-fn repetition(r: &mut impl Read) -> Res<Option<Rect>> {
+fn repetition(r: &mut impl BufRead) -> Res<Option<Rect>> {
     let kind = uint(r)?;
     // A regular repetition's copies are at the corners of the lattice and between them.
     let lattice = |a: (i64, i64), b: (i64, i64)| Rect::of_points([(0, 0), a, b, add2(a, b)]);
@@ -1108,7 +1164,7 @@ fn repetition(r: &mut impl Read) -> Res<Option<Rect>> {
 /// the point that closes it (which adds nothing to the box). With `keep`, the points are
 /// pushed there too, at most [`MAX_POINTS`].
 fn point_list(
-    r: &mut impl Read,
+    r: &mut impl BufRead,
     polygon: bool,
     mut keep: Option<&mut Vec<(i64, i64)>>,
 ) -> Res<(Rect, u64)> {
@@ -1156,7 +1212,7 @@ fn point_list(
 
 /// A property value: a type, then a real (0-7), an integer (8, 9), a string (10-12) or a
 /// PROPSTRING reference number (13-15).
-fn property_value(r: &mut impl Read) -> Res<()> {
+fn property_value(r: &mut impl BufRead) -> Res<()> {
     match uint(r)? {
         kind @ 0..=7 => real_of(kind, r).map(drop),
         8 | 9 | 13..=15 => uint(r).map(drop),
@@ -1632,6 +1688,38 @@ pub(crate) mod tests {
             Some([-95, -114, 173, 129]),
             &layers,
         );
+    }
+
+    /// Integers are decoded in the read buffer when they are whole in it, byte by byte when
+    /// they straddle its end: a source that hands out one byte at a time (after the 16 the
+    /// format is told by) reads the same.
+    #[test]
+    fn reads_the_same_a_byte_at_a_time() {
+        struct ByteByByte<'a>(&'a [u8], usize);
+        impl std::io::Read for ByteByByte<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = self.1.min(self.0.len()).min(buf.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                (self.0, self.1) = (&self.0[n..], 1);
+                Ok(n)
+            }
+        }
+        let mut big = W::file(true);
+        big.cell("top").rec(
+            20,
+            0x7b,
+            &[1, 0, u64::MAX >> 20, 1 << 40, s(-(1 << 50)), s(3)],
+        );
+        for bytes in fuzz_seeds().into_iter().chain([big.end(false, 0)]) {
+            let whole = read_ok(&bytes);
+            assert_eq!(inspect(ByteByByte(&bytes, 16)).unwrap(), whole);
+        }
+        let mut w = W::file(true);
+        w.u(13).raw(&[0xff; 9]).raw(&[0x02]);
+        let bytes = w.end(false, 0);
+        for e in [error(&bytes), inspect(ByteByByte(&bytes, 16)).unwrap_err()] {
+            assert!(e.to_string().contains("more than 64 bits"), "{e}");
+        }
     }
 
     #[test]
