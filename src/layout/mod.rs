@@ -161,26 +161,23 @@ pub fn inspect_within(
     stop: &AtomicBool,
 ) -> Result<Layout, LayoutError> {
     let meter = Meter::new(limits, stop);
-    let mut reader = BufReader::with_capacity(
-        64 * 1024,
-        Source {
-            inner: reader,
-            stop,
-        },
-    );
-    let head = fill_head(&mut reader)?;
+    let (head, source) = read_head(Source {
+        inner: reader,
+        stop,
+    })?;
+    let reader = BufReader::with_capacity(64 * 1024, source);
     match sniff(&head) {
         Some(LayoutFormat::Gds) => gds::read(reader, GDS)?.into_layout(LayoutFormat::Gds, GDS),
         Some(LayoutFormat::GdsGz) => {
             let decoder = flate2::bufread::MultiGzDecoder::new(meter.compressed(reader));
-            let mut inflated = BufReader::with_capacity(
-                64 * 1024,
+            let (head, inflated) = read_head(
                 meter.inflated(GzipErrors(decoder), "the gzip'd GDSII"),
-            );
-            let head = fill_head(&mut inflated).map_err(|e| match e {
+            )
+            .map_err(|e| match e {
                 LayoutError::Io(e) => io_error(e, GDS_GZ, "at its start"),
                 other => other,
             })?;
+            let inflated = BufReader::with_capacity(64 * 1024, inflated);
             if sniff(&head) != Some(LayoutFormat::Gds) {
                 return Err(LayoutError::NotALayout(format!(
                     "gzip data that is not GDSII ({})",
@@ -263,16 +260,26 @@ pub fn describe_start(head: &[u8]) -> String {
     }
 }
 
-/// Peeks at up to 16 bytes without consuming them.
-fn fill_head(reader: &mut impl BufRead) -> Result<Vec<u8>, LayoutError> {
-    loop {
-        match reader.fill_buf() {
-            Ok(buf) => return Ok(buf[..buf.len().min(16)].to_vec()),
+/// A reader given back by [`read_head`]: the head it read, then the rest.
+type Restarted<R> = io::Chain<io::Cursor<Vec<u8>>, R>;
+
+/// Reads the first 16 bytes (fewer only where the data ends), however small the pieces the
+/// source hands out (a network may deliver one byte at a time), and gives back a reader that
+/// starts over from them.
+fn read_head<R: Read>(mut reader: R) -> Result<(Vec<u8>, Restarted<R>), LayoutError> {
+    let mut head = [0u8; 16];
+    let mut len = 0;
+    while len < head.len() {
+        match reader.read(&mut head[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if stopped(&e).is_some() => return Err(io_error(e, "", "")),
             Err(e) => return Err(LayoutError::Io(e)),
         }
     }
+    let head = head[..len].to_vec();
+    Ok((head.clone(), io::Cursor::new(head).chain(reader)))
 }
 
 /// Why [`Meter`] or [`Source`] stopped a read (carried inside an `io::Error`).
@@ -1001,6 +1008,25 @@ mod geometry_tests {
                 _ => &[(22, 0), (34, 0), (36, 0), (63, 0)],
             };
             assert_eq!(gds.layers, expected_layers, "{name}");
+        }
+    }
+
+    /// However small the pieces the bytes come in, every format is recognised and read alike.
+    #[test]
+    fn a_layout_read_a_byte_at_a_time_is_the_same() {
+        struct ByteByByte<'a>(&'a [u8]);
+        impl Read for ByteByByte<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = self.0.len().min(buf.len()).min(1);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let die = write::Die::new("chip_top");
+        for bytes in [die.gds(), die.gds_gz(), die.oasis()] {
+            let whole = inspect(&bytes[..]).unwrap();
+            assert_eq!(inspect(ByteByByte(&bytes)).unwrap(), whole);
         }
     }
 
