@@ -67,7 +67,8 @@ measure() {
     echo "$what: exit $status" >&2
     exit 1
   fi
-  read -r seconds kib <"$work/time"
+  # GNU time puts "Command exited with non-zero status N" before its own line then.
+  read -r seconds kib < <(tail -n 1 "$work/time")
   seconds=$(echo "if ($seconds < 0.01) 0.01 else $seconds" | bc -l)
   printf '%-34s %8.0f MB/s   (%s s, peak RSS %s KiB)\n' "$what" \
     "$(echo "$size / 1000000 / $seconds" | bc -l)" "$seconds" "$kib"

@@ -21,7 +21,7 @@ use super::respond::{attachment, tar_gz_response};
 use super::runs::{RunBody, WaitBody, WaitParams, cancel_run, notify_url, wait_for};
 use super::state::AppState;
 use super::uploads::{record, upload_error};
-use crate::db::{CreateRunError, Created, Idempotency, KeyUse, NewRun, RunFilter};
+use crate::db::{CreateRunError, Created, DeleteUpload, Idempotency, KeyUse, NewRun, RunFilter};
 use crate::layout::{EXPECTED_DBU_MICRONS, Layout};
 use crate::model::{
     DieId, PrecheckParams, PrecheckSource, Run, RunKind, RunStatus, SLOTS, Scope, Slot, TopCell,
@@ -118,20 +118,36 @@ pub async fn create(
     let slot = parse_or(body.slot.as_deref(), Slot::default)?;
     let source = PrecheckSource::parse(body.upload_id.as_deref(), body.job_id.as_deref())
         .map_err(ApiError::BadRequest)?;
-    let upload_id = match source {
-        PrecheckSource::Upload(id) => id,
-        PrecheckSource::Build(job) => upload_build(&state, &caller, job).await?,
+    let (upload_id, of_build) = match source {
+        PrecheckSource::Upload(id) => (id, false),
+        PrecheckSource::Build(job) => (upload_build(&state, &caller, job).await?, true),
     };
     // The layout's facts decide the top cell; a key never learns of another key's upload.
     let upload = visible_upload(state.db.upload(upload_id).await?, &caller.scope, upload_id)?;
     let force = body.force.unwrap_or(false);
-    let top_cell = choose_top_cell(body.top_cell, upload.layout.as_ref(), force)?;
     let cob = body.cob.unwrap_or(false);
-    if let Some(layout) = upload.layout.as_ref().filter(|_| !force) {
-        if let Some(refusal) = die_refusal(layout, top_cell.as_str(), slot, cob) {
-            return Err(ApiError::BadRequest(refusal));
+    let checked =
+        choose_top_cell(body.top_cell, upload.layout.as_ref(), force).and_then(|top| match upload
+            .layout
+            .as_ref()
+            .filter(|_| !force)
+        {
+            Some(layout) => match die_refusal(layout, top.as_str(), slot, cob) {
+                Some(refusal) => Err(ApiError::BadRequest(refusal)),
+                None => Ok(top),
+            },
+            None => Ok(top),
+        });
+    let top_cell = match checked {
+        Ok(top) => top,
+        Err(refusal) => {
+            // A build's layout was made an upload for this request only: it goes with it.
+            if of_build {
+                forget_upload(&state, upload_id).await;
+            }
+            return Err(refusal);
         }
-    }
+    };
     let params = PrecheckParams {
         upload_id,
         top_cell: top_cell.into_string(),
@@ -318,6 +334,19 @@ fn no_final_layout(id: Uuid) -> ApiError {
     ApiError::Conflict(format!(
         "build job {id} has no single layout in final/gds/: see its artefacts"
     ))
+}
+
+/// Removes an upload no run uses (best effort: one left behind expires).
+async fn forget_upload(state: &AppState, id: Uuid) {
+    match state.db.delete_upload(id).await {
+        Ok(DeleteUpload::Deleted) => {
+            if let Err(e) = state.storage.remove_upload(id).await {
+                tracing::warn!(upload_id = %id, "cannot remove a refused build's layout: {e}");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(upload_id = %id, "cannot forget a refused build's layout: {e:#}"),
+    }
 }
 
 /// The top cell to check: the one given, or the layout's only one. Unless `force`, it must be a

@@ -376,6 +376,9 @@ async fn a_build_reports_progress_and_its_layout_passes_the_precheck() {
         400,
         "the die is 10 x 10 µm, but slot 1x1 needs 3932 x 5122 µm",
     );
+    // ...and the upload made of it for that request goes with the refusal.
+    let (_, uploads) = send(http().get(server.api("/api/v1/uploads"))).await;
+    assert_eq!(uploads, json!([]));
     // RTL to checked layout: the build's final GDS goes to the precheck as an upload (`force`:
     // the stand-in's precheck passes whatever it is given).
     let (status, run) = send(
