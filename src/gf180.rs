@@ -90,8 +90,3 @@ pub const COB_ID_CELLS: [&str; 3] = [
     "gf180mcu_ws_ip__shuttle_id",
     "gf180mcu_ws_ip__project_id",
 ];
-
-/// The slot named `name`.
-pub fn slot(name: &str) -> Option<&'static SlotSize> {
-    SLOTS.iter().find(|s| s.name == name)
-}
