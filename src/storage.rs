@@ -1431,6 +1431,14 @@ mod tests {
         }
     }
 
+    /// Each staged file's path, size and sha256.
+    fn staged_as(files: &[(String, StagedBlob)]) -> Vec<(&str, u64, String)> {
+        files
+            .iter()
+            .map(|(path, blob)| (path.as_str(), blob.size, blob.sha256.clone()))
+            .collect()
+    }
+
     /// Bytes that do not compress, so that a cut of their gzip lands inside them.
     fn pseudo_random(n: usize) -> Vec<u8> {
         let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -1812,10 +1820,7 @@ mod tests {
             (b"././README", T::Regular, "", readme),
         ]);
         let files = import(&storage, &body, &small_limits(), &[], Default::default()).unwrap();
-        let got: Vec<(&str, u64, String)> = files
-            .iter()
-            .map(|(path, blob)| (path.as_str(), blob.size, blob.sha256.clone()))
-            .collect();
+        let got = staged_as(&files);
         assert_eq!(
             got,
             [
@@ -1853,10 +1858,7 @@ mod tests {
         let storage = Storage::open(dir.path()).unwrap();
         let body = files_tar_gz(&[("a.v", b"first"), ("b.v", b"b"), ("./a.v", b"second")]);
         let files = import(&storage, &body, &small_limits(), &[], Default::default()).unwrap();
-        let got: Vec<(&str, u64, String)> = files
-            .iter()
-            .map(|(path, blob)| (path.as_str(), blob.size, blob.sha256.clone()))
-            .collect();
+        let got = staged_as(&files);
         assert_eq!(
             got,
             [

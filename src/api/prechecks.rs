@@ -917,6 +917,14 @@ mod tests {
 mod state_tests {
     use super::*;
 
+    /// Every status but `completed`.
+    const NOT_COMPLETED: [RunStatus; 4] = [
+        RunStatus::Queued,
+        RunStatus::Running,
+        RunStatus::Failed,
+        RunStatus::Cancelled,
+    ];
+
     fn upload(owner: Option<&str>) -> Upload {
         Upload {
             id: Uuid::new_v4(),
@@ -1000,12 +1008,7 @@ mod state_tests {
         ] {
             assert_eq!(refusal(completed_build(run, &ci, id)), unknown);
         }
-        for status in [
-            RunStatus::Queued,
-            RunStatus::Running,
-            RunStatus::Failed,
-            RunStatus::Cancelled,
-        ] {
+        for status in NOT_COMPLETED {
             assert_eq!(
                 refusal(completed_build(
                     Some(build.clone().with_status(status)),
@@ -1107,12 +1110,7 @@ mod state_tests {
     fn the_output_and_the_debug_tarball_wait_for_the_run() {
         let run = Run::precheck_of(None);
         let id = run.id;
-        for status in [
-            RunStatus::Queued,
-            RunStatus::Running,
-            RunStatus::Failed,
-            RunStatus::Cancelled,
-        ] {
+        for status in NOT_COMPLETED {
             assert_eq!(
                 refusal(output_ready(&run.clone().with_status(status))),
                 (

@@ -428,22 +428,35 @@ mod tests {
     use super::*;
     use crate::db::DeleteUpload;
     use crate::db::fixtures::{new_run, now, params, upload};
-    #[tokio::test]
-    async fn queue_is_fifo_and_positions_count_down() {
+    /// A database with an upload and `n` prechecks of it, queued in order.
+    async fn queued(n: usize) -> (tempfile::TempDir, Db, crate::model::Upload, Vec<Created>) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
         let u = upload(time::Duration::minutes(5));
         db.insert_upload(u.clone()).await.unwrap();
-        let mut ids = vec![];
-        for _ in 0..3 {
-            let id = Uuid::new_v4();
+        let mut created = vec![];
+        for _ in 0..n {
             let run = db
-                .create_run(id, params(u.id), Scope::All, new_run())
+                .create_run(Uuid::new_v4(), params(u.id), Scope::All, new_run())
                 .await
                 .unwrap()
                 .unwrap();
-            ids.push(id);
-            assert_eq!(run.run.queue, Some((ids.len() as u64, ids.len() as u64)));
+            created.push(run);
+        }
+        (dir, db, u, created)
+    }
+
+    #[tokio::test]
+    async fn queue_is_fifo_and_positions_count_down() {
+        let (_dir, db, u, created) = queued(3).await;
+        let ids: Vec<Uuid> = created.iter().map(|c| c.run.id).collect();
+        for (i, run) in created.iter().enumerate() {
+            let n = i as u64 + 1;
+            assert_eq!(
+                run.run.queue,
+                Some((n, n)),
+                "each is last in the queue it joined"
+            );
         }
         let first = db.claim_next_run(now()).await.unwrap().unwrap();
         assert_eq!(first.id, ids[0]);
@@ -469,19 +482,8 @@ mod tests {
     /// API's 409 and 404).
     #[tokio::test]
     async fn a_cancel_is_decided_by_the_runs_state() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("db.sqlite")).unwrap();
-        let u = upload(time::Duration::minutes(5));
-        db.insert_upload(u.clone()).await.unwrap();
-        let mut ids = vec![];
-        for _ in 0..3 {
-            let id = Uuid::new_v4();
-            db.create_run(id, params(u.id), Scope::All, new_run())
-                .await
-                .unwrap()
-                .unwrap();
-            ids.push(id);
-        }
+        let (_dir, db, _, created) = queued(3).await;
+        let ids: Vec<Uuid> = created.iter().map(|c| c.run.id).collect();
         let running = db.claim_next_run(now()).await.unwrap().unwrap().id;
         assert_eq!(running, ids[0]);
         assert!(matches!(

@@ -923,16 +923,23 @@ fn uint(r: &mut impl BufRead) -> Res<u64> {
 fn groups(bytes: &[u8]) -> Res<u64> {
     let mut value = 0u64;
     for (i, b) in bytes.iter().enumerate() {
-        let (bits, shift) = (u64::from(b & 0x7f), 7 * i as u32);
-        if bits == 0 {
-            continue;
-        }
-        if shift > 63 || (shift == 63 && bits > 1) {
-            return bad("an integer of more than 64 bits");
-        }
-        value |= bits << shift;
+        add_group(&mut value, *b, 7 * i as u32)?;
     }
     Ok(value)
+}
+
+/// Adds the low 7 bits of `byte` at `shift`: zero bits anywhere are fine, others past the 64th
+/// are corruption (the tenth byte holds bit 63 only).
+fn add_group(value: &mut u64, byte: u8, shift: u32) -> Res<()> {
+    let bits = u64::from(byte & 0x7f);
+    if bits == 0 {
+        return Ok(());
+    }
+    if shift > 63 || (shift == 63 && bits > 1) {
+        return bad("an integer of more than 64 bits");
+    }
+    *value |= bits << shift;
+    Ok(())
 }
 
 /// An unsigned integer whose first byte has been read. Groups of zero bits past the 64th are
@@ -944,15 +951,7 @@ fn uint_from(first: u8, r: &mut impl BufRead) -> Res<u64> {
     while last & 0x80 != 0 {
         last = byte(r)?;
         shift = shift.saturating_add(7);
-        let bits = u64::from(last & 0x7f);
-        if bits == 0 {
-            continue;
-        }
-        // The tenth byte holds bit 63 only.
-        if shift > 63 || (shift == 63 && bits > 1) {
-            return bad("an integer of more than 64 bits");
-        }
-        value |= bits << shift;
+        add_group(&mut value, last, shift)?;
     }
     Ok(value)
 }
@@ -1922,6 +1921,11 @@ pub(crate) mod tests {
     /// PRECHECK_KLAYOUT_CASES names a folder, the file and its expectation are written there as
     /// `name`, for scripts/klayout-cases.py to check against KLayout (every expectation below
     /// was checked so with KLayout 0.28.5).
+    /// The top cell of `records` has `bbox` and only layer 1/0.
+    fn on_layer_1(name: &str, records: &W, bbox: [i64; 4]) {
+        die_is(name, &top(records), Some(bbox), &[(1, 0)]);
+    }
+
     fn die_is(name: &str, bytes: &[u8], bbox: Option<[i64; 4]>, layers: &[(u32, u32)]) {
         dump(
             name,
@@ -1952,7 +1956,7 @@ pub(crate) mod tests {
     fn rectangles_squares_and_their_modal_sizes() {
         let mut w = W::default();
         w.rec(20, 0x7b, &[1, 0, 100, 50, s(10), s(20)]);
-        die_is("rectangle", &top(&w), Some([10, 20, 110, 70]), &[(1, 0)]);
+        on_layer_1("rectangle", &w, [10, 20, 110, 70]);
         // S: a square, whose height is its width.
         let mut w = W::default();
         w.rec(20, 0xdb, &[2, 3, 40, s(-5), s(-5)]);
@@ -1962,40 +1966,20 @@ pub(crate) mod tests {
         let mut w = W::default();
         w.rec(20, 0x7b, &[1, 0, 100, 50, s(0), s(0)])
             .rec(20, 0x18, &[s(500), s(500)]);
-        die_is(
-            "rectangle_modal",
-            &top(&w),
-            Some([0, 0, 600, 550]),
-            &[(1, 0)],
-        );
+        on_layer_1("rectangle_modal", &w, [0, 0, 600, 550]);
         let mut w = W::default();
         w.rec(20, 0xdb, &[1, 0, 40, s(0), s(0)])
             .rec(20, 0x18, &[s(100), s(0)]);
-        die_is(
-            "square_sets_height",
-            &top(&w),
-            Some([0, 0, 140, 40]),
-            &[(1, 0)],
-        );
+        on_layer_1("square_sets_height", &w, [0, 0, 140, 40]);
         // With S, the H bit brings no height (the spec says it must be 0).
         let mut w = W::default();
         w.rec(20, 0xfb, &[1, 0, 40, s(3), s(5)])
             .rec(20, 0x7b, &[1, 0, 1, 1, s(-50), s(-50)]);
-        die_is(
-            "square_with_h",
-            &top(&w),
-            Some([-50, -50, 43, 45]),
-            &[(1, 0)],
-        );
+        on_layer_1("square_with_h", &w, [-50, -50, 43, 45]);
         // A width of 0 is a box all the same.
         let mut w = W::default();
         w.rec(20, 0x7b, &[1, 0, 0, 50, s(10), s(20)]);
-        die_is(
-            "rectangle_flat",
-            &top(&w),
-            Some([10, 20, 10, 70]),
-            &[(1, 0)],
-        );
+        on_layer_1("rectangle_flat", &w, [10, 20, 10, 70]);
     }
 
     #[test]
@@ -2006,7 +1990,7 @@ pub(crate) mod tests {
             .rec(20, 0x7b, &[1, 0, 10, 10, s(100), s(100)])
             .rec(20, 0x10, &[s(-300)])
             .rec(20, 0x08, &[s(50)]);
-        die_is("relative", &top(&w), Some([-200, 100, 110, 160]), &[(1, 0)]);
+        on_layer_1("relative", &w, [-200, 100, 110, 160]);
         // Back to absolute; then a text's position is its own modal one, not the shapes'.
         let mut w = W::default();
         w.u(16)
@@ -2046,12 +2030,7 @@ pub(crate) mod tests {
             .rec(20, 0x7f, &[1, 0, 10, 10, s(100), s(100), 2, 0, 50]);
         let mut w = W::default();
         w.cblock(&inner.0).rec(20, 0x14, &[s(100), 0]);
-        die_is(
-            "modal_through_cblock",
-            &top(&w),
-            Some([100, 100, 260, 110]),
-            &[(1, 0)],
-        );
+        on_layer_1("modal_through_cblock", &w, [100, 100, 260, 110]);
     }
 
     #[test]
@@ -2108,12 +2087,7 @@ pub(crate) mod tests {
         w.rec(21, 0x3b, &[5, 0, 4, 1, 10 << 4, s(0), s(0)]);
         w.rec(21, 0x3b, &[1, 0, 2, 2, 10 << 2, 10 << 2 | 1, s(0), s(0)])
             .rec(21, 0x18, &[s(-100), s(100)]);
-        die_is(
-            "polygon_modal",
-            &top(&w),
-            Some([-100, 0, 10, 110]),
-            &[(1, 0)],
-        );
+        on_layer_1("polygon_modal", &w, [-100, 0, 10, 110]);
     }
 
     #[test]
@@ -2155,12 +2129,7 @@ pub(crate) mod tests {
         w.rec(22, 0xfb, &[1, 0, 10, 0b1010, 2, 1, 100 << 2, s(0), s(0)]);
         w.rec(22, 0xd8, &[20, 0b0000, s(0), s(1000)]);
         w.rec(22, 0x38, &[2, 2, 100 << 2, 100 << 2 | 1, s(0), s(2000)]);
-        die_is(
-            "path_modal",
-            &top(&w),
-            Some([-10, -10, 120, 2110]),
-            &[(1, 0)],
-        );
+        on_layer_1("path_modal", &w, [-10, -10, 120, 2110]);
         // A path of no length: its width across, its extensions along x.
         let mut w = W::default();
         w.rec(
@@ -2168,12 +2137,7 @@ pub(crate) mod tests {
             0xfb,
             &[1, 0, 10, 0b1111, s(3), s(4), 2, 1, 0, s(0), s(0)],
         );
-        die_is(
-            "path_of_no_length",
-            &top(&w),
-            Some([-3, -10, 4, 10]),
-            &[(1, 0)],
-        );
+        on_layer_1("path_of_no_length", &w, [-3, -10, 4, 10]);
     }
 
     #[test]
@@ -2243,29 +2207,19 @@ pub(crate) mod tests {
         w.rec(26, 0xdb, &[1, 0, 16, 30, s(0), s(0)])
             .rec(26, 0x98, &[20, s(100), s(0)])
             .rec(20, 0x18, &[s(0), s(100)]);
-        die_is(
-            "ctrapezoid_modal",
-            &top(&w),
-            Some([0, 0, 160, 130]),
-            &[(1, 0)],
-        );
+        on_layer_1("ctrapezoid_modal", &w, [0, 0, 160, 130]);
     }
 
     #[test]
     fn circles_and_texts() {
         let mut w = W::default();
         w.rec(27, 0x3b, &[1, 0, 25, s(100), s(100)]);
-        die_is("circle", &top(&w), Some([75, 75, 125, 125]), &[(1, 0)]);
+        on_layer_1("circle", &w, [75, 75, 125, 125]);
         // A circle of radius 0 is no shape.
         let mut w = W::default();
         w.rec(27, 0x3b, &[2, 0, 0, s(100), s(100)])
             .rec(20, 0x7b, &[1, 0, 1, 1, s(0), s(0)]);
-        die_is(
-            "circle_of_no_radius",
-            &top(&w),
-            Some([0, 0, 1, 1]),
-            &[(1, 0)],
-        );
+        on_layer_1("circle_of_no_radius", &w, [0, 0, 1, 1]);
         // A text is its point, on its textlayer and texttype (not the shapes' layer).
         let mut w = W::default();
         w.rec(20, 0x7b, &[1, 0, 10, 10, s(0), s(0)]);
