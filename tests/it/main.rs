@@ -5,6 +5,7 @@ mod bombs;
 mod cli;
 mod client;
 mod config;
+mod engines;
 mod errors;
 mod hostile;
 mod http_edge;

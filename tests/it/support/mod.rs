@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests, one file per concern: Docker checks and the labels
 //! of the server's containers (`docker.rs`), the stand-in images (`images.rs`), a real server
-//! process per test ([`TestServer`], `server.rs`), polling (`wait.rs`), and a small GDSII writer
+//! process per test ([`TestServer`], `server.rs`), a second Docker engine of a test's own
+//! ([`SecondEngine`], `engines.rs`), polling (`wait.rs`), and a small GDSII writer
 //! so tests make their own layouts (`layouts.rs`). What the tests use is re-exported here, as
 //! `crate::support::NAME`.
 //!
@@ -10,12 +11,14 @@
 #![allow(dead_code)]
 
 mod docker;
+mod engines;
 mod images;
 mod layouts;
 mod server;
 mod wait;
 
 pub use docker::{docker, docker_ok, docker_required};
+pub use engines::{SecondEngine, mounts_under, processes_naming};
 pub use images::{
     SIMULATION_IMAGE, VERILATOR_IMAGE, hostile_image, librelane_image, precheck_image,
     simulation_image, verilator_image,
