@@ -12,6 +12,17 @@ const TEST_LABEL: &str = "precheck-server-test.engine";
 #[test]
 fn a_second_engine_runs_the_stand_in_and_keeps_its_container_across_a_restart() {
     let image = precheck_image();
+    // The host's network interfaces (the main engine's `docker0` among them) are the same after.
+    let interfaces = || {
+        let mut names: Vec<String> = std::fs::read_dir("/sys/class/net")
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("veth"))
+            .collect();
+        names.sort();
+        names
+    };
+    let before = interfaces();
     let mut engine = SecondEngine::start();
     let dir = engine.dir().to_path_buf();
     let label = format!("{TEST_LABEL}={}", engine.name());
@@ -104,6 +115,11 @@ fn a_second_engine_runs_the_stand_in_and_keeps_its_container_across_a_restart() 
         .filter(|p| p.exists())
         .collect();
     assert!(cgroups.is_empty(), "cgroups are left: {cgroups:?}");
+    assert_eq!(
+        interfaces(),
+        before,
+        "the second engine changed the host's network interfaces"
+    );
 }
 
 /// `ps -eo pid,args`, one line a process.

@@ -1,6 +1,6 @@
 //! A second Docker engine of a test's own on this machine ([`SecondEngine`]): a second `dockerd`
-//! on its own socket, data root, exec root and pid file, with no bridge and no iptables, and with
-//! `--live-restore`, so its containers keep running while it is stopped (see
+//! on its own socket, data root, exec root, pid file and network namespace, with no bridge and no
+//! iptables, and with `--live-restore`, so its containers keep running while it is stopped (see
 //! `../shared/REAL-PRECHECK.md`). Dropping it leaves nothing: no container, no process, no mount,
 //! no folder, no cgroup.
 
@@ -165,7 +165,12 @@ impl SecondEngine {
             .try_clone()
             .map_err(|e| format!("open {}: {e}", log_path.display()))?;
         let dir = &self.dir;
-        let daemon = Command::new("/usr/sbin/dockerd")
+        // In a network namespace of its own: a daemon started with `--bridge=none` deletes the
+        // host's `docker0`, the main engine's default bridge (`docker build` needs it). Its
+        // containers have no network anyway, and its socket is a file, reached from any
+        // namespace. `unshare` execs the daemon in place, so the child's pid is the daemon's.
+        let daemon = Command::new("/usr/bin/unshare")
+            .args(["--net", "--", "/usr/sbin/dockerd"])
             .arg("--host")
             .arg(self.host())
             .arg("--data-root")
@@ -184,7 +189,7 @@ impl SecondEngine {
             .stdout(log)
             .stderr(log_err)
             .spawn()
-            .map_err(|e| format!("cannot run /usr/sbin/dockerd: {e}"))?;
+            .map_err(|e| format!("cannot run unshare --net /usr/sbin/dockerd: {e}"))?;
         self.daemon = Some(daemon);
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
