@@ -23,16 +23,33 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::config::Limits;
+use crate::config::{EngineHost, Limits};
 use crate::storage::{ChunkSender, Unpacked, unpack_tree};
 
 /// Calls that should answer at once are cut off after this long.
 const QUICK: Duration = Duration::from_secs(60);
 
-/// A connection to the engine.
+/// How long a look at whether an engine answers may take.
+pub const PING: Duration = Duration::from_secs(5);
+
+/// A connection to an engine.
 #[derive(Clone)]
 pub struct Engine {
     docker: Docker,
+    /// Its address, for messages.
+    host: String,
+}
+
+/// An engine's host as the config writes it (`DOCKER_HOST`, or the default socket, for the
+/// local engine).
+pub fn host_name(host: &EngineHost) -> String {
+    match host {
+        EngineHost::Default => std::env::var("DOCKER_HOST")
+            .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_string()),
+        EngineHost::Unix(path) => format!("unix://{}", path.display()),
+        EngineHost::Tcp { address, .. } => format!("tcp://{address}"),
+        EngineHost::Ssh(url) => url.clone(),
+    }
 }
 
 /// The engine's version, for `/health`.
@@ -83,23 +100,93 @@ impl Engine {
     /// Connects to the local engine (`DOCKER_HOST` or the default socket) and agrees on an API
     /// version both sides speak.
     pub async fn connect() -> Result<Engine> {
+        Engine::connect_to(&EngineHost::Default).await
+    }
+
+    /// Connects to an engine and agrees on an API version both sides speak.
+    pub async fn connect_to(host: &EngineHost) -> Result<Engine> {
+        let engine = Engine::client_for(host)?;
+        engine.negotiate().await?;
+        Ok(engine)
+    }
+
+    /// A client of the engine at `host`, without asking it anything yet. Fails only if the
+    /// client cannot be made (a TLS file that is not a certificate or key).
+    pub fn client_for(host: &EngineHost) -> Result<Engine> {
         // bollard's per-request timeout also covers uploads of large layouts and `/wait`
         // on long runs; quick calls get their own timeout below.
-        let docker = Docker::connect_with_defaults()
-            .context("cannot connect to the Docker engine")?
-            .with_timeout(Duration::from_secs(7 * 24 * 3600));
-        let docker = tokio::time::timeout(QUICK, docker.negotiate_version())
+        let timeout = 7 * 24 * 3600;
+        let version = bollard::API_DEFAULT_VERSION;
+        let docker = match host {
+            EngineHost::Default => Docker::connect_with_defaults()
+                .map(|d| d.with_timeout(Duration::from_secs(timeout))),
+            EngineHost::Unix(path) => {
+                Docker::connect_with_unix(&format!("unix://{}", path.display()), timeout, version)
+            }
+            EngineHost::Tcp { address, tls: None } => {
+                Docker::connect_with_http(&format!("tcp://{address}"), timeout, version)
+            }
+            EngineHost::Tcp {
+                address,
+                tls: Some(tls),
+            } => Docker::connect_with_ssl(
+                &format!("tcp://{address}"),
+                &tls.key,
+                &tls.cert,
+                &tls.ca,
+                timeout,
+                version,
+            ),
+            EngineHost::Ssh(url) => Docker::connect_with_ssh(url, timeout, version, None),
+        }
+        .with_context(|| {
+            format!(
+                "cannot make a client of the Docker engine at {}",
+                host_name(host)
+            )
+        })?;
+        Ok(Engine {
+            docker,
+            host: host_name(host),
+        })
+    }
+
+    /// Agrees on an API version with the engine (every clone of this client uses it).
+    pub async fn negotiate(&self) -> Result<()> {
+        tokio::time::timeout(QUICK, self.docker.clone().negotiate_version())
             .await
             .map_err(|_| {
                 anyhow!(
-                    "the Docker engine did not answer within {} s",
+                    "the Docker engine at {} did not answer within {} s",
+                    self.host,
                     QUICK.as_secs()
                 )
             })?
-            .context(
-                "cannot reach the Docker engine (is it running, and may this user use its socket?)",
-            )?;
-        Ok(Engine { docker })
+            .with_context(|| {
+                format!(
+                    "cannot reach the Docker engine at {} (is it running, and may this user use it?)",
+                    self.host
+                )
+            })?;
+        Ok(())
+    }
+
+    /// Whether the engine answers (`/_ping`), within a few seconds.
+    pub async fn ping(&self) -> Result<()> {
+        match tokio::time::timeout(PING, self.docker.ping()).await {
+            Ok(answer) => answer.map(drop).map_err(anyhow::Error::from),
+            Err(_) => Err(anyhow!(
+                "the Docker engine at {} did not answer within {} s",
+                self.host,
+                PING.as_secs()
+            )),
+        }
+    }
+
+    /// The memory of the engine's machine, in bytes.
+    pub async fn memory(&self) -> Result<u64> {
+        let info = quick(self.docker.info()).await?;
+        Ok(info.mem_total.unwrap_or(0).max(0) as u64)
     }
 
     pub async fn version(&self) -> Result<EngineVersion> {

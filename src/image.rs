@@ -130,6 +130,16 @@ impl ImageWatch {
         self.inner.status.borrow().clone()
     }
 
+    /// The status as it changes.
+    pub fn subscribe(&self) -> watch::Receiver<ImageStatus> {
+        self.inner.status.subscribe()
+    }
+
+    /// Wakes the watcher to look at the engine again now (its engine came back).
+    pub fn poke(&self) {
+        self.inner.poke.notify_one();
+    }
+
     /// Looks at the engine now (for `/health`): an image that appeared, changed or went away
     /// since the watcher last looked wakes it, and the answer already says so.
     pub async fn recheck(&self) -> ImageStatus {

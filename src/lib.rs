@@ -10,10 +10,11 @@
 //! - [`layout`]: what a layout file holds (format, unit, cells, top cells), in one streaming pass.
 //! - [`logs`]: a run's timestamped log file and how it is read (tail, since).
 //! - [`docker`]: the only bollard import; containers, images, archives.
-//! - [`image`]: the precheck image on the engine: pulled when missing, self-tested once per id.
+//! - [`engines`]: the Docker engines runs go to: slots, reachability, drained, images.
+//! - [`image`]: the precheck image on an engine: pulled when missing, self-tested once per id.
 //! - [`runner`]: one run's container from create to remove, and how it ended.
 //! - [`recovery`]: after a restart, runs matched with their containers; what nothing owns.
-//! - [`queue`]: FIFO scheduling under `max_concurrent`, cancel, waiting for a run to end.
+//! - [`queue`]: one FIFO queue placing runs on the engines, cancel, waiting for a run to end.
 //! - [`server`]: `serve(config, listener, shutdown)`, start-up and background tasks.
 //! - [`webhooks`]: the signed POSTs of finished runs, retried with backoff.
 //! - [`auth`]: API keys (generate, hash, compare) and the client's address.
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod docker;
+pub mod engines;
 pub mod gf180;
 pub mod image;
 pub mod layout;

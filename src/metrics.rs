@@ -4,8 +4,8 @@
 //! which every Prometheus and `promtool check metrics` read.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder, exponential_buckets,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder, exponential_buckets,
 };
 use time::OffsetDateTime;
 
@@ -17,7 +17,9 @@ pub struct Metrics {
     registry: Registry,
     pub queued: IntGauge,
     pub running: IntGauge,
-    pub engine_up: IntGauge,
+    engine_up: IntGaugeVec,
+    engine_slots: IntGaugeVec,
+    engine_runs: IntCounterVec,
     finished: IntCounterVec,
     duration: HistogramVec,
     queue_wait: HistogramVec,
@@ -27,8 +29,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// The metrics of a server with these engines.
+    pub fn new(engines: &[&str]) -> Metrics {
         let registry = Registry::new();
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid gauge");
+            registry.register(Box::new(g.clone())).expect("a new name");
+            g
+        };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("a valid gauge");
             registry.register(Box::new(g.clone())).expect("a new name");
@@ -45,23 +53,33 @@ impl Metrics {
             registry.register(Box::new(h.clone())).expect("a new name");
             h
         };
-        let finished = IntCounterVec::new(
-            Opts::new(
-                "precheck_runs_finished_total",
-                "Runs that ended, by kind and status.",
-            ),
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("a valid counter");
+            registry.register(Box::new(c.clone())).expect("a new name");
+            c
+        };
+        let finished = counters(
+            "precheck_runs_finished_total",
+            "Runs that ended, by kind and status.",
             &["kind", "status"],
-        )
-        .expect("a valid counter");
-        registry
-            .register(Box::new(finished.clone()))
-            .expect("a new name");
+        );
         let metrics = Metrics {
             queued: gauge("precheck_queue_length", "Runs waiting in the queue."),
             running: gauge("precheck_running", "Runs whose container runs."),
-            engine_up: gauge(
+            engine_up: gauges(
                 "precheck_engine_up",
                 "1 if the Docker engine answered the scrape, else 0.",
+                &["engine"],
+            ),
+            engine_slots: gauges(
+                "precheck_engine_slots",
+                "An engine's slots: runs on it now (used) and how many may run at once (total).",
+                &["engine", "state"],
+            ),
+            engine_runs: counters(
+                "precheck_engine_runs_started_total",
+                "Runs that left the queue for an engine, by engine and kind.",
+                &["engine", "kind"],
             ),
             finished,
             // 1 s to about 9 hours: prechecks and builds take minutes to hours.
@@ -96,6 +114,11 @@ impl Metrics {
             }
             metrics.duration.with_label_values(&[kind.as_str()]);
             metrics.queue_wait.with_label_values(&[kind.as_str()]);
+            for engine in engines {
+                metrics
+                    .engine_runs
+                    .with_label_values(&[engine, kind.as_str()]);
+            }
         }
         metrics
     }
@@ -113,8 +136,21 @@ impl Metrics {
         }
     }
 
-    /// Records how long a run waited in the queue, as it starts.
+    /// An engine as the scrape found it.
+    pub fn engine(&self, name: &str, up: bool, used: usize, total: usize) {
+        self.engine_up.with_label_values(&[name]).set(i64::from(up));
+        let slots = &self.engine_slots;
+        slots.with_label_values(&[name, "used"]).set(used as i64);
+        slots.with_label_values(&[name, "total"]).set(total as i64);
+    }
+
+    /// Records how long a run waited in the queue and where it went, as it starts.
     pub fn run_started(&self, run: &Run) {
+        if let Some(engine) = &run.engine {
+            self.engine_runs
+                .with_label_values(&[engine, run.kind().as_str()])
+                .inc();
+        }
         if let Some(started) = run.started_at {
             self.queue_wait
                 .with_label_values(&[run.kind().as_str()])
@@ -138,7 +174,8 @@ impl Metrics {
 }
 
 impl Default for Metrics {
+    /// The metrics of a server with one engine, `local`.
     fn default() -> Self {
-        Metrics::new()
+        Metrics::new(&[crate::config::LOCAL_ENGINE])
     }
 }

@@ -1,9 +1,11 @@
-//! The queue: runs start in the order they were created, at most `max_concurrent` at once.
+//! The queue: one for the whole server, runs leave it in the order they were created, each to
+//! an engine of the [`Pool`] with a free slot.
 //!
-//! The database holds the queue; this module only decides when to claim the next run. It sleeps
-//! on a [`Notify`] that is poked when a run is created or finishes, and on a [`Semaphore`] with
-//! one permit per container slot: no polling loop. State changes are broadcast as [`RunEvent`]s
-//! so `/wait` and log followers wake the moment a run ends.
+//! The database holds the queue; this module only decides when the oldest queued run goes and
+//! where ([`Pool::place`]). It sleeps on the pool's wake, poked when a run is created or
+//! cancelled, when a slot is given back, when an engine's image changes, and at each look at
+//! the engines ([`crate::engines::TICK`]). State changes are broadcast as [`RunEvent`]s so
+//! `/wait` and log followers wake the moment a run ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,13 +13,25 @@ use std::time::Duration;
 
 use anyhow::Result;
 use time::OffsetDateTime;
-use tokio::sync::{Notify, Semaphore, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::db::{Cancel, Db};
+use crate::engines::{Member, Pool};
 use crate::model::{Outcome, Run, RunKind, RunStatus};
+use crate::recovery::{Recovered, recover_when_back};
 use crate::runner::{ActiveRun, Attach, Due, Record, Runner};
+
+/// How a launched run begins.
+enum Start {
+    /// Claimed from the queue: its container is made now.
+    New,
+    /// Found running (or ended) at start: its container is watched again.
+    Resume(Attach),
+    /// Found running at start on an engine that did not answer: it waits for the engine.
+    WhenBack,
+}
 
 /// A run changed state (the database already says so).
 #[derive(Debug, Clone)]
@@ -31,6 +45,8 @@ pub struct RunEvent {
     pub exit_code: Option<i64>,
     /// A running run watched again after the server restarted.
     pub resumed: bool,
+    /// The engine it went to, once it left the queue.
+    pub engine: Option<String>,
     pub time: OffsetDateTime,
 }
 
@@ -43,8 +59,7 @@ pub struct Queue {
 struct Inner {
     db: Db,
     runner: Runner,
-    wake: Notify,
-    slots: Slots,
+    pool: Pool,
     events: broadcast::Sender<RunEvent>,
     // A std Mutex: it is never held across an `.await`.
     active: Mutex<HashMap<Uuid, Arc<ActiveRun>>>,
@@ -53,27 +68,30 @@ struct Inner {
 
 impl Queue {
     /// Starts the scheduler, first resuming the runs that were running when the server
-    /// stopped. It stops claiming runs when `shutdown` is cancelled.
+    /// stopped (each on its engine, taking a slot there even past its total). It stops
+    /// claiming runs when `shutdown` is cancelled.
     pub fn start(
         runner: Runner,
-        max_concurrent: usize,
+        pool: Pool,
         shutdown: CancellationToken,
-        resumed: Vec<(Run, Attach)>,
+        recovered: Recovered,
     ) -> Queue {
         let (events, _) = broadcast::channel(1024);
         let queue = Queue {
             inner: Arc::new(Inner {
                 db: runner.db.clone(),
                 runner,
-                wake: Notify::new(),
-                slots: Slots::new(max_concurrent, resumed.len()),
+                pool,
                 events,
                 active: Mutex::new(HashMap::new()),
                 shutdown: shutdown.clone(),
             }),
         };
-        for (run, attach) in resumed {
-            queue.launch(run, Some(attach));
+        for (run, member, attach) in recovered.resumed {
+            queue.launch(run, member, Start::Resume(attach));
+        }
+        for (run, member) in recovered.away {
+            queue.launch(run, member, Start::WhenBack);
         }
         let scheduler = queue.clone();
         tokio::spawn(async move {
@@ -88,7 +106,7 @@ impl Queue {
     /// Tells the scheduler a run was queued.
     pub fn created(&self, run: &Run) {
         self.publish(run, RunStatus::Queued, None, false);
-        self.inner.wake.notify_one();
+        self.inner.pool.poke();
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<RunEvent> {
@@ -118,6 +136,8 @@ impl Queue {
                 };
                 self.inner.runner.ends().ended(run, &cancelled, due).await?;
                 self.publish(run, RunStatus::Cancelled, Some(cancelled.exit_code), false);
+                // It may have been the run the scheduler waits to place.
+                self.inner.pool.poke();
             }
             Cancel::Running => {
                 // If the run is not registered yet, the scheduler sees the request in the
@@ -187,48 +207,69 @@ impl Queue {
             status,
             exit_code,
             resumed,
+            engine: run.engine.clone(),
             time: OffsetDateTime::now_utc(),
         });
     }
 
+    /// Places the oldest queued run on an engine and claims it there, one after the other.
     async fn schedule(&self) {
+        let (db, pool) = (&self.inner.db, &self.inner.pool);
         loop {
-            if !self.inner.slots.take().await {
-                return;
-            }
-            let run = loop {
-                // Not while the precheck image's self-test runs: see `ImageWatch::settled`.
-                self.inner.runner.image.settled().await;
-                match self
-                    .inner
-                    .db
-                    .claim_next_run(OffsetDateTime::now_utc())
-                    .await
-                {
-                    Ok(Some(run)) => break run,
-                    Ok(None) => self.inner.wake.notified().await,
-                    Err(e) => {
-                        tracing::error!("cannot claim the next run: {e:#}");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
+            let head = match db.next_queued().await {
+                Ok(head) => head,
+                Err(e) => {
+                    tracing::error!("cannot read the queue: {e:#}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
                 }
             };
-            tracing::info!(run_id = %run.id, kind = %run.kind(), "run started");
-            self.inner.runner.metrics.run_started(&run);
-            self.launch(run, None);
+            let Some(head) = head else {
+                pool.woken().await;
+                continue;
+            };
+            let Some(member) = pool.place(&head).await else {
+                pool.woken().await;
+                continue;
+            };
+            let claimed = db
+                .claim_run(
+                    head.id,
+                    member.name().to_string(),
+                    OffsetDateTime::now_utc(),
+                )
+                .await;
+            match claimed {
+                Ok(Some(run)) => {
+                    tracing::info!(run_id = %run.id, kind = %run.kind(), engine = member.name(), "run started");
+                    self.inner.runner.metrics.run_started(&run);
+                    self.launch(run, member, Start::New);
+                }
+                Ok(None) => {
+                    // Cancelled or deleted meanwhile, or its engine was drained: the drained
+                    // set is read again before the next placement.
+                    pool.look_drained(db).await;
+                }
+                Err(e) => {
+                    tracing::error!("cannot claim the next run: {e:#}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
     }
 
     /// Executes a running run (or watches its container again) in a task of its own, which
     /// gives its slot back when the run is over.
-    fn launch(&self, run: Run, attach: Option<Attach>) {
+    fn launch(&self, run: Run, member: Arc<Member>, start: Start) {
+        self.inner.pool.take(&member);
         let active = Arc::new(ActiveRun::new());
         self.inner
             .active
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(run.id, active.clone());
-        self.publish(&run, RunStatus::Running, None, attach.is_some());
+        let resumed = !matches!(start, Start::New);
+        self.publish(&run, RunStatus::Running, None, resumed);
         let queue = self.clone();
         tokio::spawn(async move {
             // A cancel recorded before the run was registered (or before a restart) counts.
@@ -242,56 +283,37 @@ impl Queue {
                 active.cancel.cancel();
             }
             let runner = &queue.inner.runner;
-            let outcome = match attach {
-                None => runner.execute(&run, &active).await,
-                Some(attach) => runner.resume(&run, &active, attach).await,
+            let outcome = match start {
+                Start::New => Some(runner.execute(&run, &active, &member).await),
+                Start::Resume(attach) => Some(runner.resume(&run, &active, &member, attach).await),
+                Start::WhenBack => match recover_when_back(runner, &member, &run).await {
+                    Ok(Some(attach)) => Some(runner.resume(&run, &active, &member, attach).await),
+                    // Ended or queued again there: the database says which.
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::error!(run_id = %run.id, "cannot recover the run (the next start tries again): {e:#}");
+                        None
+                    }
+                },
             };
-            tracing::info!(run_id = %run.id, status = %outcome.status, exit_code = outcome.exit_code, "run finished");
             queue
                 .inner
                 .active
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&run.id);
-            queue.publish(&run, outcome.status, Some(outcome.exit_code), false);
-            queue.inner.slots.give_back();
-        });
-    }
-}
-
-/// Container slots: `max_concurrent` of them. Runs resumed at start take theirs first; if more
-/// were running than `max_concurrent` now allows, all of them go on and no new run starts until
-/// enough of them have finished (the excess is a debt paid off by the first to finish).
-struct Slots {
-    free: Semaphore,
-    debt: Mutex<usize>,
-}
-
-impl Slots {
-    fn new(max_concurrent: usize, resumed: usize) -> Slots {
-        Slots {
-            free: Semaphore::new(max_concurrent.saturating_sub(resumed)),
-            debt: Mutex::new(resumed.saturating_sub(max_concurrent)),
-        }
-    }
-
-    /// Waits for a free slot and takes it; false once the semaphore is closed.
-    async fn take(&self) -> bool {
-        match self.free.acquire().await {
-            Ok(permit) => {
-                permit.forget();
-                true
+            match outcome {
+                Some(outcome) => {
+                    tracing::info!(run_id = %run.id, status = %outcome.status, exit_code = outcome.exit_code, "run finished");
+                    queue.publish(&run, outcome.status, Some(outcome.exit_code), false);
+                }
+                None => {
+                    if let Ok(Some(now)) = queue.inner.db.run(run.id).await {
+                        queue.publish(&now, now.status, now.exit_code, false);
+                    }
+                }
             }
-            Err(_) => false,
-        }
-    }
-
-    fn give_back(&self) {
-        let mut debt = self.debt.lock().unwrap_or_else(|e| e.into_inner());
-        if *debt > 0 {
-            *debt -= 1;
-        } else {
-            self.free.add_permits(1);
-        }
+            queue.inner.pool.give_back(&member);
+        });
     }
 }

@@ -9,6 +9,7 @@
 //! The same labels tell `precheck-server cleanup` which containers and files nothing owns.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -18,6 +19,7 @@ use uuid::Uuid;
 
 use crate::db::Db;
 use crate::docker::{Engine, Labelled};
+use crate::engines::{Member, Pool, Reach};
 use crate::logs;
 use crate::model::{Outcome, Run, RunStatus, Scope, exit_code};
 use crate::runner::{
@@ -35,96 +37,178 @@ const AT_START: Due = Due {
     record: Record::Once,
 };
 
-/// Matches the running runs with their containers (see the module's text) and removes the
-/// containers no running run owns. Returns the runs to watch again.
-pub async fn recover(runner: &Runner) -> Result<Vec<(Run, Attach)>> {
-    let containers = our_containers(&runner.engine, &runner.storage).await?;
+/// What recovery found of the runs that were running.
+#[derive(Default)]
+pub struct Recovered {
+    /// Runs to watch again, each on its engine.
+    pub resumed: Vec<(Run, Arc<Member>, Attach)>,
+    /// Runs whose engine does not answer: they stay running for its `grace`
+    /// ([`recover_when_back`]).
+    pub away: Vec<(Run, Arc<Member>)>,
+}
+
+/// Matches the running runs with their containers on their engines (see the module's text)
+/// and removes the containers no running run owns on every engine that answers.
+pub async fn recover(runner: &Runner, pool: &Pool) -> Result<Recovered> {
     let running = runner.db.runs(vec![RunStatus::Running], Scope::All).await?;
-    let mut resumed = vec![];
+    let mut recovered = Recovered::default();
     for run in running {
-        let start_sent = runner.db.start_sent(run.id).await?;
-        let container = containers.iter().find(|c| run_of(c) == Some(run.id));
-        let Some(container) = container else {
-            if !start_sent {
-                // Stopped before its container was made: nothing has run yet.
-                requeue(runner, &run, "it was stopped before its container was made").await?;
-                continue;
-            }
-            lost(runner, &run).await?;
+        let Some(member) = pool.home_of(&run).cloned() else {
+            let name = run.engine.clone().unwrap_or_default();
+            gone_engine(runner, &run, &name).await?;
             continue;
         };
-        let mut state = container.state.clone();
-        let mut restarted = false;
-        if state == "created" {
-            if !start_sent {
-                // Stopped while its container was being prepared: the engine was never asked
-                // to start it, so the run starts over from its place in the queue.
-                runner.engine.remove(&container.id).await?;
-                requeue(runner, &run, "its container never started").await?;
-                continue;
-            }
-            // Stopped just as it asked the engine to start it: the engine may be starting it
-            // now (inspecting waits for that start to end) or never got the request. Either
-            // way the container is started once: by the engine, or here.
-            let Some(now) = runner.engine.state(&container.id).await? else {
-                lost(runner, &run).await?;
-                continue;
-            };
-            state = now;
-            if state == "created" {
-                tracing::info!(run_id = %run.id, container = %container.id, "its start was never made: starting it now");
-                if let Err(e) = runner.engine.start(&container.id).await {
-                    let outcome = Outcome::failed(
-                        exit_code::NOT_RUN,
-                        format!("cannot start the container: {e:#}"),
-                    );
-                    runner.ends().ended(&run, &outcome, AT_START).await?;
-                    runner.engine.remove(&container.id).await?;
-                    continue;
-                }
-                state = "running".into();
-                restarted = true;
-            }
+        if !member.reach().is_up() {
+            tracing::warn!(run_id = %run.id, engine = member.name(), "its engine does not answer: the run waits for it");
+            recovered.away.push((run, member));
+            continue;
         }
-        let path = runner.storage.log_path(run.id);
-        let (skip, _) = tokio::task::spawn_blocking(move || logs::complete_lines(&path)).await??;
-        let stopped = matches!(state.as_str(), "exited" | "dead");
-        let ended = match stopped {
-            true => read_ending(&runner.storage.run_dir(run.id)).await,
-            false => None,
-        };
-        let deadline = (!stopped).then(|| {
-            let elapsed = run
-                .started_at
-                .filter(|_| !restarted)
-                .map(|t| OffsetDateTime::now_utc() - t)
-                .and_then(|d| Duration::try_from(d).ok())
-                .unwrap_or_default();
-            Instant::now()
-                + runner
-                    .config
-                    .limits_for(run.kind())
-                    .0
-                    .timeout
-                    .saturating_sub(elapsed)
-        });
-        tracing::info!(run_id = %run.id, container = %container.id, state = %state, "reattaching");
-        resumed.push((
-            run,
-            Attach {
-                container: container.id.clone(),
-                skip,
-                deadline,
-                ended,
-            },
-        ));
+        if let Some(attach) = recover_one(runner, &member, &run).await? {
+            recovered.resumed.push((run, member, attach));
+        }
     }
     // Nothing of this server runs yet: an earlier server's self-tests are leftovers too.
-    for container in orphan_containers(&runner.engine, &runner.db, &runner.storage, false).await? {
-        tracing::info!(container = %container.name, "removing a container no running run owns");
-        runner.engine.remove(&container.id).await?;
+    for member in pool.members().iter().filter(|m| m.reach().is_up()) {
+        let engine = &member.engine;
+        for container in orphan_containers(engine, &runner.db, &runner.storage, false).await? {
+            tracing::info!(engine = member.name(), container = %container.name, "removing a container no running run owns");
+            engine.remove(&container.id).await?;
+        }
     }
-    Ok(resumed)
+    Ok(recovered)
+}
+
+/// A run whose engine did not answer at start: recovered as at start once the engine answers,
+/// or failed when its `grace` is over. Returns what to watch again, if anything.
+pub async fn recover_when_back(
+    runner: &Runner,
+    member: &Member,
+    run: &Run,
+) -> Result<Option<Attach>> {
+    let since = match member.reach() {
+        Reach::Down { since, .. } => since,
+        _ => OffsetDateTime::now_utc(),
+    };
+    let until = Instant::now() + member.config.grace;
+    if !member.wait_up(until).await {
+        let outcome = Outcome::failed(
+            exit_code::NOT_RUN,
+            crate::engines::unreachable(member.name(), since),
+        );
+        runner.ends().ended(run, &outcome, AT_START).await?;
+        return Ok(None);
+    }
+    let attach = recover_one(runner, member, run).await?;
+    // Its engine's leftovers were not looked at at start.
+    for container in orphan_containers(&member.engine, &runner.db, &runner.storage, true).await? {
+        tracing::info!(engine = member.name(), container = %container.name, "removing a container no running run owns");
+        member.engine.remove(&container.id).await?;
+    }
+    Ok(attach)
+}
+
+/// A run whose engine the config no longer has: queued again if it never started, failed if
+/// its container may have run (it is on an engine the server no longer drives).
+async fn gone_engine(runner: &Runner, run: &Run, name: &str) -> Result<()> {
+    if !runner.db.start_sent(run.id).await? {
+        return requeue(
+            runner,
+            run,
+            &format!("its engine {name:?} is no longer in the config and it never started"),
+        )
+        .await;
+    }
+    let outcome = Outcome::failed(
+        exit_code::NOT_RUN,
+        format!(
+            "its engine {name:?} is no longer in the config: its container is left on that engine"
+        ),
+    );
+    runner.ends().ended(run, &outcome, AT_START).await
+}
+
+/// Matches one running run with its container on `member` (see the module's text): what to
+/// watch again, or `None` if the run was queued again or ended here.
+async fn recover_one(runner: &Runner, member: &Member, run: &Run) -> Result<Option<Attach>> {
+    let engine = &member.engine;
+    let containers = engine
+        .containers_labelled(&[
+            storage_label(&runner.storage),
+            format!("{RUN_LABEL}={}", run.id),
+        ])
+        .await?;
+    let start_sent = runner.db.start_sent(run.id).await?;
+    let Some(container) = containers.first() else {
+        if !start_sent {
+            // Stopped before its container was made: nothing has run yet.
+            requeue(runner, run, "it was stopped before its container was made").await?;
+            return Ok(None);
+        }
+        lost(runner, run).await?;
+        return Ok(None);
+    };
+    let mut state = container.state.clone();
+    let mut restarted = false;
+    if state == "created" {
+        if !start_sent {
+            // Stopped while its container was being prepared: the engine was never asked
+            // to start it, so the run starts over from its place in the queue.
+            engine.remove(&container.id).await?;
+            requeue(runner, run, "its container never started").await?;
+            return Ok(None);
+        }
+        // Stopped just as it asked the engine to start it: the engine may be starting it
+        // now (inspecting waits for that start to end) or never got the request. Either
+        // way the container is started once: by the engine, or here.
+        let Some(now) = engine.state(&container.id).await? else {
+            lost(runner, run).await?;
+            return Ok(None);
+        };
+        state = now;
+        if state == "created" {
+            tracing::info!(run_id = %run.id, container = %container.id, "its start was never made: starting it now");
+            if let Err(e) = engine.start(&container.id).await {
+                let outcome = Outcome::failed(
+                    exit_code::NOT_RUN,
+                    format!("cannot start the container: {e:#}"),
+                );
+                runner.ends().ended(run, &outcome, AT_START).await?;
+                engine.remove(&container.id).await?;
+                return Ok(None);
+            }
+            state = "running".into();
+            restarted = true;
+        }
+    }
+    let path = runner.storage.log_path(run.id);
+    let (skip, _) = tokio::task::spawn_blocking(move || logs::complete_lines(&path)).await??;
+    let stopped = matches!(state.as_str(), "exited" | "dead");
+    let ended = match stopped {
+        true => read_ending(&runner.storage.run_dir(run.id)).await,
+        false => None,
+    };
+    let deadline = (!stopped).then(|| {
+        let elapsed = run
+            .started_at
+            .filter(|_| !restarted)
+            .map(|t| OffsetDateTime::now_utc() - t)
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or_default();
+        Instant::now()
+            + runner
+                .config
+                .limits_for(run.kind())
+                .0
+                .timeout
+                .saturating_sub(elapsed)
+    });
+    tracing::info!(run_id = %run.id, engine = member.name(), container = %container.id, state = %state, "reattaching");
+    Ok(Some(Attach {
+        container: container.id.clone(),
+        skip,
+        deadline,
+        ended,
+    }))
 }
 
 /// Ends a run whose container is gone: with the outcome kept in its folder if the server knew

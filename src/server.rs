@@ -15,7 +15,7 @@ use crate::api::AppState;
 use crate::auth::{ConfigKey, hash_key};
 use crate::config::Config;
 use crate::db::Db;
-use crate::docker::Engine;
+use crate::engines::{Pool, Reach, host_text};
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::runner::Runner;
@@ -58,30 +58,66 @@ pub async fn serve(
         tokio::task::spawn_blocking(move || Db::open(&path)).await??
     };
     warn_of_unused_keys(&config, &db).await?;
-    let engine = Engine::connect().await?;
-    let version = engine.version().await?;
-    tracing::info!(engine = %version.version, api = %version.api_version, "connected to the Docker engine");
+    let pool = {
+        let (config, storage) = (config.clone(), storage.clone());
+        Pool::new(config.clone(), move |engine| {
+            crate::runner::precheck_image_watch(engine, &config, &storage)
+        })?
+    };
+    pool.look(&db).await;
+    for member in pool.members() {
+        match member.reach() {
+            Reach::Up {
+                version,
+                api_version,
+            } => {
+                let (_, total) = member.slots();
+                tracing::info!(engine = member.name(), host = %host_text(&member.config.host), %version, api = %api_version, slots = total, "connected to the Docker engine");
+            }
+            Reach::Down { error, .. } => {
+                tracing::warn!(engine = member.name(), host = %host_text(&member.config.host), "the Docker engine does not answer (it takes no runs until it does): {error}");
+            }
+            Reach::Unknown => {}
+        }
+    }
+    if !pool.members().iter().any(|m| m.reach().is_up()) {
+        // With one engine, as before engines were a pool: a server that can run nothing
+        // says so at once.
+        let errors: Vec<String> = pool
+            .members()
+            .iter()
+            .map(|m| match m.reach() {
+                Reach::Down { error, .. } => {
+                    format!("{} ({}): {error}", m.name(), host_text(&m.config.host))
+                }
+                _ => m.name().to_string(),
+            })
+            .collect();
+        anyhow::bail!("no Docker engine answers: {}", errors.join("; "));
+    }
 
     let stop = CancellationToken::new();
-    let metrics = Arc::new(Metrics::new());
-    let image = crate::runner::precheck_image_watch(&engine, &config, &storage);
+    let names: Vec<&str> = config.engines.iter().map(|e| e.name.as_str()).collect();
+    let metrics = Arc::new(Metrics::new(&names));
     let runner = Runner {
-        engine: engine.clone(),
         db: db.clone(),
         storage: storage.clone(),
         config: config.clone(),
         metrics: metrics.clone(),
-        image: image.clone(),
         starts: Default::default(),
     };
     let starts = runner.starts.clone();
-    let resumed = crate::recovery::recover(&runner)
+    let recovered = crate::recovery::recover(&runner, &pool)
         .await
         .context("cannot recover the runs that were running when the server stopped")?;
 
     // After recovery, which removes the containers of an earlier server's self-tests.
-    let watcher = image.start(stop.clone()).await;
-    let queue = Queue::start(runner, config.max_concurrent, stop.clone(), resumed);
+    let mut watchers = vec![];
+    for member in pool.members() {
+        watchers.push(member.image.start(stop.clone()).await);
+    }
+    pool.watch(db.clone(), stop.clone());
+    let queue = Queue::start(runner, pool.clone(), stop.clone(), recovered);
     tokio::spawn(sweep_uploads(db.clone(), storage.clone(), stop.clone()));
 
     let config_keys = config
@@ -98,9 +134,8 @@ pub async fn serve(
         config,
         db,
         storage,
-        engine,
+        pool,
         queue,
-        image,
         config_keys: Arc::new(config_keys),
         metrics,
     };
@@ -154,8 +189,13 @@ pub async fn serve(
     {
         tracing::warn!("a container start did not end within 60 s");
     }
-    // The image's self-test, if one is going, removes its container before the process ends.
-    let _ = tokio::time::timeout(Duration::from_secs(10), watcher).await;
+    // The images' self-tests, if any are going, remove their containers before the process
+    // ends.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(10),
+        futures_util::future::join_all(watchers),
+    )
+    .await;
     let _ = tokio::fs::remove_file(&url_file).await;
     Ok(())
 }

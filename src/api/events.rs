@@ -118,8 +118,8 @@ struct EventBody {
 struct Actor {
     #[serde(rename = "ID")]
     id: Uuid,
-    /// `kind`, `status`, `exit_code` (once it has one) and `resumed` (`true` for a run the
-    /// server took up again after a restart).
+    /// `kind`, `status`, `exit_code` (once it has one), `engine` (once it left the queue)
+    /// and `resumed` (`true` for a run the server took up again after a restart).
     attributes: BTreeMap<&'static str, String>,
 }
 
@@ -134,6 +134,9 @@ impl From<&RunEvent> for EventBody {
         }
         if e.resumed {
             attributes.insert("resumed", "true".into());
+        }
+        if let Some(engine) = &e.engine {
+            attributes.insert("engine", engine.clone());
         }
         EventBody {
             kind: "run",

@@ -84,6 +84,9 @@ pub struct ProgressBody {
 pub struct RunConfig {
     /// The image's name.
     pub image: String,
+    /// The Docker engine it went to (`[[engines]]`' name), once it left the queue; null
+    /// while queued.
+    pub engine: Option<String>,
     /// A precheck's `upload_id`, `top_cell`, `die_id`, `slot` and `cob`; a simulation's
     /// `project_id`, `tool`, `top` and `files`; a build's `project_id` and `config`.
     pub labels: BTreeMap<String, String>,
@@ -181,6 +184,7 @@ impl From<&Run> for RunBody {
             },
             config: RunConfig {
                 image: run.image.clone(),
+                engine: run.engine.clone(),
                 labels: labels
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v))

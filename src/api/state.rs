@@ -5,8 +5,7 @@ use std::sync::Arc;
 use crate::auth::ConfigKey;
 use crate::config::Config;
 use crate::db::Db;
-use crate::docker::Engine;
-use crate::image::ImageWatch;
+use crate::engines::Pool;
 use crate::metrics::Metrics;
 use crate::queue::Queue;
 use crate::storage::Storage;
@@ -17,9 +16,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: Db,
     pub storage: Storage,
-    pub engine: Engine,
+    /// The Docker engines.
+    pub pool: Pool,
     pub queue: Queue,
-    pub image: ImageWatch,
     /// The config file's API keys, hashed once at start.
     pub config_keys: Arc<Vec<ConfigKey>>,
     pub metrics: Arc<Metrics>,

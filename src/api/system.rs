@@ -10,18 +10,44 @@ use super::error::{ApiError, Message};
 use super::extract::Json;
 use super::openapi::string_enum;
 use super::state::AppState;
+use crate::engines::{Member, host_text};
 use crate::image::ImageStatus;
 
-/// The server's health: it is healthy when the engine and the database answer and the image is
-/// there (or being pulled or self-tested) and not broken.
+/// The server's health: it is healthy when the database answers and at least one engine can
+/// take runs (it answers, is not drained, and its image is there, or being pulled or
+/// self-tested, and not broken).
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct Health {
     #[schema(schema_with = health_status)]
     pub status: String,
     /// The server's version.
     pub version: String,
+    /// The first engine's (the only one without `[[engines]]`): `engines` has them all.
     pub docker: DockerHealth,
     pub database: DatabaseHealth,
+    /// The precheck image on the first engine.
+    pub image: ImageHealth,
+    /// Every engine, in the config's order.
+    pub engines: Vec<EngineHealth>,
+}
+
+/// One engine: whether it answers, its slots, whether it is drained, and the precheck image on
+/// it.
+#[derive(Serialize, Deserialize, ToSchema)]
+pub struct EngineHealth {
+    pub name: String,
+    /// Its host, as the config names it.
+    pub host: String,
+    #[serde(flatten)]
+    pub docker: DockerHealth,
+    /// Drained by `precheck-server engines drain`: it takes no new runs.
+    pub drained: bool,
+    /// Runs on it now.
+    pub slots_used: usize,
+    /// How many may run on it at once.
+    pub slots_total: usize,
+    /// Whether it takes runs now.
+    pub can_take_runs: bool,
     pub image: ImageHealth,
 }
 
@@ -34,7 +60,7 @@ fn image_status() -> Object {
 }
 
 /// The Docker engine: its version when it answers, else why not.
-#[derive(Serialize, Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema, Clone, Default)]
 pub struct DockerHealth {
     pub reachable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,7 +85,7 @@ pub struct DatabaseHealth {
 
 /// The precheck image: `ready` (its self-test passed), `probing` (its self-test is running),
 /// `pulling`, `missing` (and why), or `broken` (its self-test failed: why, and its last log lines).
-#[derive(Serialize, Deserialize, ToSchema)]
+#[derive(Serialize, Deserialize, ToSchema, Clone, Default)]
 pub struct ImageHealth {
     pub name: String,
     #[schema(schema_with = image_status)]
@@ -96,9 +122,16 @@ pub async fn metrics(State(state): State<AppState>) -> axum::response::Response 
         m.queued.set(queued as i64);
         m.running.set(running as i64);
     }
-    let engine = tokio::time::timeout(std::time::Duration::from_secs(5), state.engine.version());
-    m.engine_up
-        .set(i64::from(matches!(engine.await, Ok(Ok(_)))));
+    let looks = state.pool.members().iter().map(|member| async move {
+        let version =
+            tokio::time::timeout(std::time::Duration::from_secs(5), member.engine.version());
+        let up = matches!(version.await, Ok(Ok(_)));
+        (member, up)
+    });
+    for (member, up) in futures_util::future::join_all(looks).await {
+        let (used, total) = member.slots();
+        m.engine(member.name(), up, used, total);
+    }
     let (text, content_type) = m.render();
     ([(axum::http::header::CONTENT_TYPE, content_type)], text).into_response()
 }
@@ -118,20 +151,6 @@ pub async fn metrics(State(state): State<AppState>) -> axum::response::Response 
     )
 )]
 pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
-    let docker = match state.engine.version().await {
-        Ok(v) => DockerHealth {
-            reachable: true,
-            version: Some(v.version),
-            api_version: Some(v.api_version),
-            error: None,
-        },
-        Err(e) => DockerHealth {
-            reachable: false,
-            version: None,
-            api_version: None,
-            error: Some(format!("{e:#}")),
-        },
-    };
     let database = match state
         .db
         .check_writable(time::OffsetDateTime::now_utc())
@@ -146,13 +165,52 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
             error: Some(format!("{e:#}")),
         },
     };
-    let status = if docker.reachable {
-        state.image.recheck().await
+    let looks = state.pool.members().iter().map(|m| engine_health(m));
+    let engines: Vec<EngineHealth> = futures_util::future::join_all(looks).await;
+    let healthy = database.ok && engines.iter().any(|e| e.can_take_runs);
+    let code = if healthy {
+        StatusCode::OK
     } else {
-        state.image.status()
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let (docker, image) = match engines.first() {
+        Some(first) => (first.docker.clone(), first.image.clone()),
+        None => (DockerHealth::default(), ImageHealth::default()),
+    };
+    let body = Health {
+        status: if healthy { "healthy" } else { "unhealthy" }.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        docker,
+        database,
+        image,
+        engines,
+    };
+    (code, Json(body))
+}
+
+/// One engine as it is now: asked for its version, and for the image again when it answers.
+async fn engine_health(member: &Member) -> EngineHealth {
+    let docker = match member.engine.version().await {
+        Ok(v) => DockerHealth {
+            reachable: true,
+            version: Some(v.version),
+            api_version: Some(v.api_version),
+            error: None,
+        },
+        Err(e) => DockerHealth {
+            reachable: false,
+            version: None,
+            api_version: None,
+            error: Some(format!("{e:#}")),
+        },
+    };
+    let status = if docker.reachable {
+        member.image.recheck().await
+    } else {
+        member.image.status()
     };
     let image = ImageHealth {
-        name: state.image.image().to_string(),
+        name: member.image.image().to_string(),
         status: status.as_str().to_string(),
         id: status.id().map(str::to_string),
         error: match &status {
@@ -166,24 +224,23 @@ pub async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>)
             _ => None,
         },
     };
-    let healthy =
-        docker.reachable && database.ok && !matches!(image.status.as_str(), "missing" | "broken");
-    let code = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = Health {
-        status: if healthy { "healthy" } else { "unhealthy" }.to_string(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
+    let (slots_used, slots_total) = member.slots();
+    let drained = member.drained();
+    EngineHealth {
+        name: member.name().to_string(),
+        host: host_text(&member.config.host),
+        can_take_runs: docker.reachable
+            && !drained
+            && !matches!(image.status.as_str(), "missing" | "broken"),
         docker,
-        database,
+        drained,
+        slots_used,
+        slots_total,
         image,
-    };
-    (code, Json(body))
+    }
 }
 
-/// How many runs are queued and running, and how many may run at once.
+/// How many runs are queued and running, and how many may run at once (on all engines).
 #[derive(Serialize, ToSchema)]
 pub struct QueueCounts {
     queued: u64,
@@ -207,6 +264,6 @@ pub async fn queue(State(state): State<AppState>) -> Result<Json<QueueCounts>, A
     Ok(Json(QueueCounts {
         queued,
         running,
-        max_concurrent: state.config.max_concurrent,
+        max_concurrent: state.pool.members().iter().map(|m| m.slots().1).sum(),
     }))
 }

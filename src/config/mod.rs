@@ -31,7 +31,8 @@ pub struct Config {
     pub port: u16,
     /// Absolute path of the storage folder (database, uploads, runs).
     pub storage_path: PathBuf,
-    pub max_concurrent: usize,
+    /// The Docker engines runs go to, in the config's order; never empty.
+    pub engines: Vec<EngineConfig>,
     pub upload_expiry: Duration,
     pub max_upload_size: u64,
     /// What an upload's decompressors may produce (`server.max_inflated_size`,
@@ -50,6 +51,45 @@ pub struct Config {
     pub webhooks: Webhooks,
     pub http: Http,
 }
+
+/// One Docker engine runs go to (`[[engines]]`, or the local one when there is none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineConfig {
+    pub name: String,
+    pub host: EngineHost,
+    /// `None`: the engine's memory / `limits.memory`, at least 1 (asked of the engine).
+    pub max_concurrent: Option<usize>,
+    /// How long its runs stay `running` while it does not answer.
+    pub grace: Duration,
+}
+
+/// Where an engine is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EngineHost {
+    /// No `[[engines]]`: `DOCKER_HOST`, or the default socket, as the `docker` CLI finds it.
+    Default,
+    /// `unix:///path`: the socket's absolute path.
+    Unix(PathBuf),
+    /// `tcp://HOST:PORT`, with TLS or (on a network the operator trusts) without.
+    Tcp { address: String, tls: Option<Tls> },
+    /// `ssh://[USER@]HOST[:PORT]`: the whole URL (the system's `ssh` runs
+    /// `docker system dial-stdio` there).
+    Ssh(String),
+}
+
+/// An engine's TLS files (absolute paths).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The name of the engine a config without `[[engines]]` has.
+pub const LOCAL_ENGINE: &str = "local";
+
+/// How long an engine's runs wait for it by default.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(600);
 
 /// The `[http]` table: how long a connection may hold the server without sending a request, and
 /// how many may be open at once.
@@ -110,6 +150,11 @@ impl Webhooks {
 }
 
 impl Config {
+    /// The engine of this name.
+    pub fn engine(&self, name: &str) -> Option<&EngineConfig> {
+        self.engines.iter().find(|e| e.name == name)
+    }
+
     /// The limits of a kind of run, and the config table that sets them.
     pub fn limits_for(&self, kind: RunKind) -> (&Limits, &'static str) {
         match kind {

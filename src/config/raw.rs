@@ -31,6 +31,26 @@ pub(super) struct RawConfig {
     pub(super) builds: RawBuilds,
     pub(super) webhooks: RawWebhooks,
     pub(super) http: RawHttp,
+    pub(super) engines: Vec<RawEngine>,
+}
+
+/// One `[[engines]]` table.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEngine {
+    pub(super) name: Option<String>,
+    pub(super) host: Option<String>,
+    pub(super) tls: Option<RawTls>,
+    pub(super) max_concurrent: Option<usize>,
+    pub(super) grace: Option<DurationText>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub(super) ca: Option<String>,
+    pub(super) cert: Option<String>,
+    pub(super) key: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -129,7 +149,8 @@ pub(super) struct RawServer {
     pub(super) host: String,
     pub(super) port: u16,
     pub(super) storage_path: String,
-    pub(super) max_concurrent: usize,
+    /// `None`: 1, and not given (with `[[engines]]`, each engine has its own).
+    pub(super) max_concurrent: Option<usize>,
     pub(super) upload_expiry_minutes: u64,
     pub(super) max_upload_size: Size,
     pub(super) max_inflated_size: Size,
@@ -142,7 +163,7 @@ impl Default for RawServer {
             host: "127.0.0.1".into(),
             port: 8000,
             storage_path: "./data".into(),
-            max_concurrent: 1,
+            max_concurrent: None,
             upload_expiry_minutes: 15,
             max_upload_size: Size::Text("2GiB".into()),
             max_inflated_size: Size::Text("8GiB".into()),

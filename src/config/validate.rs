@@ -9,10 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 use ipnetwork::IpNetwork;
 
-use super::raw::{DurationText, RawConfig, Size};
+use super::raw::{DurationText, RawConfig, RawEngine, Size};
 use super::{
-    ApiKey, Auth, Builds, Config, Http, Images, KEY_NAME_RULE, Limits, PdkSource, ProjectLimits,
-    Webhooks, valid_key_name,
+    ApiKey, Auth, Builds, Config, DEFAULT_GRACE, EngineConfig, EngineHost, Http, Images,
+    KEY_NAME_RULE, LOCAL_ENGINE, Limits, PdkSource, ProjectLimits, Tls, Webhooks, valid_key_name,
 };
 use crate::layout::{InflationLimits, RATIO_FLOOR};
 use crate::units;
@@ -57,7 +57,7 @@ impl RawConfig {
         } else {
             base.join(storage)
         });
-        if s.max_concurrent == 0 {
+        if s.max_concurrent == Some(0) {
             bail!("server.max_concurrent: must be at least 1");
         }
         if s.upload_expiry_minutes == 0 {
@@ -175,6 +175,7 @@ impl RawConfig {
         if http.max_connections == 0 {
             bail!("http.max_connections: must be more than 0 (e.g. 1024)");
         }
+        let engines = engines(self.engines, s.max_concurrent, base)?;
         let a = self.auth;
         let allowed_ips = parse_networks(&a.allowed_ips, "auth.allowed_ips")?;
         let trusted_proxies = parse_networks(&a.trusted_proxies, "auth.trusted_proxies")?;
@@ -204,7 +205,7 @@ impl RawConfig {
             host,
             port: s.port,
             storage_path,
-            max_concurrent: s.max_concurrent,
+            engines,
             upload_expiry: Duration::from_secs(s.upload_expiry_minutes * 60),
             max_upload_size,
             inflation,
@@ -332,6 +333,124 @@ fn normalize(path: &Path) -> PathBuf {
 }
 
 /// A size in the file, as bytes.
+/// The `[[engines]]`, or the one local engine with `server.max_concurrent` slots.
+fn engines(
+    raw: Vec<RawEngine>,
+    server_max: Option<usize>,
+    base: &Path,
+) -> Result<Vec<EngineConfig>> {
+    if raw.is_empty() {
+        return Ok(vec![EngineConfig {
+            name: LOCAL_ENGINE.into(),
+            host: EngineHost::Default,
+            max_concurrent: Some(server_max.unwrap_or(1)),
+            grace: DEFAULT_GRACE,
+        }]);
+    }
+    if server_max.is_some() {
+        bail!(
+            "server.max_concurrent: not used with [[engines]]: give each engine its own max_concurrent"
+        );
+    }
+    let mut engines: Vec<EngineConfig> = vec![];
+    for (i, e) in raw.into_iter().enumerate() {
+        let name = e
+            .name
+            .ok_or_else(|| anyhow!("engines[{i}].name: missing: every engine needs a name"))?;
+        let name_ok = (1..=63).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric());
+        if !name_ok {
+            bail!(
+                "engines[{i}].name: {name:?} must be 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            );
+        }
+        if let Some(j) = engines.iter().position(|other| other.name == name) {
+            bail!("engines[{i}].name: {name:?} is used by engines[{j}] too");
+        }
+        let at = format!("engines[{i}] ({name:?})");
+        let host = e
+            .host
+            .ok_or_else(|| anyhow!("{at}.host: missing (e.g. \"unix:///var/run/docker.sock\")"))?;
+        let mut host = engine_host(&host).map_err(|why| {
+            anyhow!(
+                "{at}.host: {host:?} {why}: use unix:///PATH, tcp://HOST:PORT or ssh://[USER@]HOST"
+            )
+        })?;
+        if let Some(tls) = e.tls {
+            let EngineHost::Tcp { tls: slot, .. } = &mut host else {
+                bail!("{at}.tls: only a tcp:// host uses TLS");
+            };
+            let file = |path: Option<String>, key: &str| -> Result<PathBuf> {
+                let path = path.ok_or_else(|| {
+                    anyhow!("{at}.tls.{key}: missing: TLS needs ca, cert and key")
+                })?;
+                let path = base.join(path);
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.is_file() => Ok(path),
+                    Ok(_) => bail!("{at}.tls.{key}: {} is not a file", path.display()),
+                    Err(e) => bail!("{at}.tls.{key}: cannot read {}: {e}", path.display()),
+                }
+            };
+            *slot = Some(Tls {
+                ca: file(tls.ca, "ca")?,
+                cert: file(tls.cert, "cert")?,
+                key: file(tls.key, "key")?,
+            });
+        }
+        if e.max_concurrent == Some(0) {
+            bail!("{at}.max_concurrent: must be at least 1");
+        }
+        let grace = match &e.grace {
+            Some(g) => duration_of(g, &format!("{at}.grace"))?,
+            None => DEFAULT_GRACE,
+        };
+        if grace.is_zero() {
+            bail!("{at}.grace: must be more than 0 (e.g. \"10m\")");
+        }
+        engines.push(EngineConfig {
+            name,
+            host,
+            max_concurrent: e.max_concurrent,
+            grace,
+        });
+    }
+    Ok(engines)
+}
+
+/// An engine's `host`, or why it is not one.
+fn engine_host(host: &str) -> std::result::Result<EngineHost, &'static str> {
+    if let Some(path) = host.strip_prefix("unix://") {
+        let path = Path::new(path);
+        if !path.is_absolute() {
+            return Err("is not a socket's absolute path");
+        }
+        return Ok(EngineHost::Unix(normalize(path)));
+    }
+    if let Some(address) = host.strip_prefix("tcp://") {
+        let (name, port) = address.rsplit_once(':').ok_or("has no port")?;
+        if name.is_empty() || name.contains(['/', '@', ' ']) {
+            return Err("has no host name");
+        }
+        port.parse::<u16>().map_err(|_| "has no port number")?;
+        return Ok(EngineHost::Tcp {
+            address: address.to_string(),
+            tls: None,
+        });
+    }
+    if let Some(rest) = host.strip_prefix("ssh://") {
+        let at_host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let name = at_host.split(':').next().unwrap_or_default();
+        if name.is_empty() || rest.contains(['/', ' ']) || rest.starts_with('-') {
+            return Err("has no host name");
+        }
+        return Ok(EngineHost::Ssh(host.to_string()));
+    }
+    Err("is not a Docker host")
+}
+
 fn bytes_of(size: &Size, key: &str) -> Result<u64> {
     match size {
         Size::Bytes(n) => Ok(*n),
@@ -879,5 +998,152 @@ mod tests {
             )),
             "webhooks.default_url: longer than 2048 bytes"
         );
+    }
+
+    #[test]
+    fn engines_default_to_the_local_one_and_read_every_key() {
+        let one = parse("[server]\nmax_concurrent = 3").unwrap().engines;
+        assert_eq!(
+            one,
+            vec![EngineConfig {
+                name: "local".into(),
+                host: EngineHost::Default,
+                max_concurrent: Some(3),
+                grace: DEFAULT_GRACE,
+            }]
+        );
+        assert_eq!(parse("").unwrap().engines[0].max_concurrent, Some(1));
+        assert_eq!(parse("engines = []").unwrap().engines[0].name, "local");
+
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["ca.pem", "cert.pem", "key.pem"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let text = "[[engines]]\nname = \"local\"\nhost = \"unix:///var/run/docker.sock\"\nmax_concurrent = 2\n\
+                    [[engines]]\nname = \"big-1\"\nhost = \"tcp://10.0.0.7:2376\"\n\
+                    tls = { ca = \"ca.pem\", cert = \"cert.pem\", key = \"key.pem\" }\ngrace = \"3m\"\n\
+                    [[engines]]\nname = \"b2\"\nhost = \"ssh://ci@big-2:2222\"\n";
+        let c = Config::parse(text, dir.path(), &|_| None).unwrap();
+        let e = &c.engines;
+        assert_eq!(e.len(), 3);
+        assert_eq!(e[0].host, EngineHost::Unix("/var/run/docker.sock".into()));
+        assert_eq!(e[0].max_concurrent, Some(2));
+        assert_eq!(
+            e[1].host,
+            EngineHost::Tcp {
+                address: "10.0.0.7:2376".into(),
+                tls: Some(Tls {
+                    ca: dir.path().join("ca.pem"),
+                    cert: dir.path().join("cert.pem"),
+                    key: dir.path().join("key.pem"),
+                }),
+            }
+        );
+        assert_eq!(e[1].max_concurrent, None, "from the engine's memory");
+        assert_eq!(e[1].grace, Duration::from_secs(180));
+        assert_eq!(e[2].host, EngineHost::Ssh("ssh://ci@big-2:2222".into()));
+        assert_eq!(e[2].grace, DEFAULT_GRACE);
+        assert_eq!(c.engine("b2").map(|e| e.grace), Some(DEFAULT_GRACE));
+        assert!(c.engine("nope").is_none());
+    }
+
+    #[test]
+    fn every_refusal_of_an_engine_names_it() {
+        let unix = "host = \"unix:///run/d.sock\"";
+        for (text, message) in [
+            (
+                format!("[server]\nmax_concurrent = 2\n[[engines]]\nname = \"a\"\n{unix}"),
+                "server.max_concurrent: not used with [[engines]]: give each engine its own max_concurrent".to_string(),
+            ),
+            (
+                format!("[[engines]]\n{unix}"),
+                "engines[0].name: missing: every engine needs a name".into(),
+            ),
+            (
+                format!("[[engines]]\nname = \"-x\"\n{unix}"),
+                "engines[0].name: \"-x\" must be 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit".into(),
+            ),
+            (
+                format!("[[engines]]\nname = \"{}\"\n{unix}", "a".repeat(64)),
+                format!("engines[0].name: \"{}\" must be 1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit", "a".repeat(64)),
+            ),
+            (
+                format!("[[engines]]\nname = \"a\"\n{unix}\n[[engines]]\nname = \"b\"\n{unix}\n[[engines]]\nname = \"a\"\n{unix}"),
+                "engines[2].name: \"a\" is used by engines[0] too".into(),
+            ),
+            (
+                "[[engines]]\nname = \"a\"".into(),
+                "engines[0] (\"a\").host: missing (e.g. \"unix:///var/run/docker.sock\")".into(),
+            ),
+            (
+                "[[engines]]\nname = \"a\"\nhost = \"http://x:1\"".into(),
+                "engines[0] (\"a\").host: \"http://x:1\" is not a Docker host: use unix:///PATH, tcp://HOST:PORT or ssh://[USER@]HOST".into(),
+            ),
+            (
+                "[[engines]]\nname = \"a\"\nhost = \"unix://run/d.sock\"".into(),
+                "engines[0] (\"a\").host: \"unix://run/d.sock\" is not a socket's absolute path: use unix:///PATH, tcp://HOST:PORT or ssh://[USER@]HOST".into(),
+            ),
+            (
+                "[[engines]]\nname = \"a\"\nhost = \"tcp://10.0.0.7\"".into(),
+                "engines[0] (\"a\").host: \"tcp://10.0.0.7\" has no port: use unix:///PATH, tcp://HOST:PORT or ssh://[USER@]HOST".into(),
+            ),
+            (
+                "[[engines]]\nname = \"a\"\nhost = \"tcp://10.0.0.7:x\"".into(),
+                "engines[0] (\"a\").host: \"tcp://10.0.0.7:x\" has no port number: use unix:///PATH, tcp://HOST:PORT or ssh://[USER@]HOST".into(),
+            ),
+            (
+                "[[engines]]\nname = \"a\"\nhost = \"ssh://-oProxyCommand=x\"".into(),
+                "engines[0] (\"a\").host: \"ssh://-oProxyCommand=x\" has no host name: use unix:///PATH, tcp://HOST:PORT or ssh://[USER@]HOST".into(),
+            ),
+            (
+                format!("[[engines]]\nname = \"a\"\n{unix}\ntls = {{ ca = \"a\", cert = \"b\", key = \"c\" }}"),
+                "engines[0] (\"a\").tls: only a tcp:// host uses TLS".into(),
+            ),
+            (
+                "[[engines]]\nname = \"a\"\nhost = \"tcp://h:2376\"\ntls = { ca = \"a\" }".into(),
+                "engines[0] (\"a\").tls.ca: cannot read /nonexistent/a: No such file or directory (os error 2)".into(),
+            ),
+            (
+                "[[engines]]\nname = \"a\"\nhost = \"tcp://h:2376\"\ntls = { ca = \"/\" }".into(),
+                "engines[0] (\"a\").tls.ca: / is not a file".into(),
+            ),
+            (
+                format!("[[engines]]\nname = \"a\"\n{unix}\nmax_concurrent = 0"),
+                "engines[0] (\"a\").max_concurrent: must be at least 1".into(),
+            ),
+            (
+                format!("[[engines]]\nname = \"a\"\n{unix}\ngrace = 0"),
+                "engines[0] (\"a\").grace: must be more than 0 (e.g. \"10m\")".into(),
+            ),
+            (
+                format!("[[engines]]\nname = \"a\"\n{unix}\ngrace = \"soon\""),
+                "engines[0] (\"a\").grace: \"soon\" is not a duration (use seconds, or e.g. \"90s\", \"30m\", \"6h\")".into(),
+            ),
+        ] {
+            let e = Config::parse(&text, Path::new("/nonexistent"), &|_| None)
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(format!("{e:#}"), message, "{text}");
+        }
+        // TLS needs all three files.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+        let text = "[[engines]]\nname = \"a\"\nhost = \"tcp://h:2376\"\ntls = { ca = \"ca.pem\" }";
+        let e = Config::parse(text, dir.path(), &|_| None)
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(
+            format!("{e:#}"),
+            "engines[0] (\"a\").tls.cert: missing: TLS needs ca, cert and key"
+        );
+        // An unknown key in an engine's table is refused by name.
+        let e = Config::parse(
+            "[[engines]]\nname = \"a\"\nhots = \"x\"",
+            dir.path(),
+            &|_| None,
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("hots"), "{e:#}");
     }
 }

@@ -13,6 +13,7 @@
 //! use another's row helpers, never in a circle: `runs` uses `run_list`, `uploads` and `webhooks`;
 //! `projects` uses `run_list` and `runs`; the others use only this file.
 
+mod engines;
 mod keys;
 mod projects;
 mod run_list;
@@ -97,6 +98,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/008_idempotency_request.sql"),
     include_str!("migrations/009_start_sent_and_health.sql"),
     include_str!("migrations/010_upload_die.sql"),
+    include_str!("migrations/011_engines.sql"),
 ];
 
 impl Db {

@@ -18,7 +18,7 @@ pub(super) const RUN_COLUMNS: &str =
     "id, created, upload_id, top_cell, die_id, slot, cob, image, image_id, status,
     exit_code, error, oom_killed, started_at, finished_at, owner, seq,
     kind, project_id, tool, top, sources, config, progress_step, progress_name, progress_count,
-    notify_url";
+    notify_url, engine";
 
 /// Which runs to list.
 #[derive(Debug, Clone)]
@@ -283,6 +283,7 @@ fn run_from_row(r: &Row) -> rusqlite::Result<Run> {
         finished_at: r.get::<_, Option<i64>>(14)?.map(from_micros).transpose()?,
         owner: r.get(15)?,
         queue: None,
+        engine: r.get(27)?,
     })
 }
 

@@ -206,27 +206,13 @@ impl Db {
         self.call(move |c| key_use(c, owner.as_deref(), &key)).await
     }
 
-    /// Moves the oldest queued run to `running` and returns it.
+    /// For the tests: claims the oldest queued run for the engine `local`, as the queue does.
+    #[cfg(test)]
     pub async fn claim_next_run(&self, now: OffsetDateTime) -> Result<Option<Run>> {
-        self.call(move |c| {
-            let tx = c.transaction()?;
-            let id: Option<String> = tx
-                .query_row(
-                    "UPDATE runs SET status = 'running', started_at = ?1
-                     WHERE seq = (SELECT seq FROM runs WHERE status = 'queued' ORDER BY seq LIMIT 1)
-                     RETURNING id",
-                    [micros(now)],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let run = match id {
-                Some(id) => select_run(&tx, parse_uuid(&id)?)?,
-                None => None,
-            };
-            tx.commit()?;
-            Ok(run)
-        })
-        .await
+        match self.next_queued().await? {
+            Some(run) => self.claim_run(run.id, "local".into(), now).await,
+            None => Ok(None),
+        }
     }
 
     pub async fn set_image_id(&self, id: Uuid, image_id: String) -> Result<()> {
@@ -311,7 +297,7 @@ impl Db {
         self.call(move |c| {
             let n = c.execute(
                 "UPDATE runs SET status = 'queued', started_at = NULL, image_id = NULL,
-                     start_sent_at = NULL
+                     start_sent_at = NULL, engine = NULL
                  WHERE id = ?1 AND status = 'running'",
                 [id.to_string()],
             )?;

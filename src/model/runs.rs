@@ -167,6 +167,8 @@ pub struct Run {
     pub queue: Option<(u64, u64)>,
     /// The name of the API key that made it (none without authentication).
     pub owner: Option<String>,
+    /// The engine the run went to, once it left the queue.
+    pub engine: Option<String>,
 }
 
 impl Run {
@@ -203,6 +205,7 @@ impl Run {
             finished_at: None,
             queue: Some((1, 1)),
             owner: owner.map(String::from),
+            engine: None,
         }
     }
 

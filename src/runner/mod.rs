@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::db::Db;
-use crate::docker::{ContainerSpec, Engine};
-use crate::image::ImageWatch;
+use crate::docker::ContainerSpec;
+use crate::engines::{Member, Reach};
 use crate::metrics::Metrics;
 use crate::model::{Outcome, Run, RunParams, exit_code};
 use crate::storage::Storage;
@@ -78,13 +78,10 @@ impl Default for ActiveRun {
 /// Executes runs. Cheap to clone.
 #[derive(Clone)]
 pub struct Runner {
-    pub engine: Engine,
     pub db: Db,
     pub storage: Storage,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
-    /// The precheck image and its self-test.
-    pub image: ImageWatch,
     /// The container starts being made; a stop waits for them.
     pub starts: StartGate,
 }
@@ -125,6 +122,13 @@ impl StartGate {
     }
 }
 
+/// Where a watch of a container begins: after the first `skip` of its log messages (the log
+/// file has them), with the run's deadline (`None` if the container has stopped already).
+struct WatchFrom {
+    skip: usize,
+    deadline: Option<Instant>,
+}
+
 /// A container that was running (or had finished) when the server stopped, to watch to the end.
 #[derive(Debug, Clone)]
 pub struct Attach {
@@ -140,13 +144,19 @@ pub struct Attach {
 impl Runner {
     /// Executes a run that the queue has claimed, records how it ended and removes its
     /// container.
-    pub async fn execute(&self, run: &Run, active: &ActiveRun) -> Outcome {
-        self.lifecycle(run, active, None).await
+    pub async fn execute(&self, run: &Run, active: &ActiveRun, on: &Arc<Member>) -> Outcome {
+        self.lifecycle(run, active, on, None).await
     }
 
     /// Watches the container of a run that was running when the server stopped, from where
     /// its log file ends, and finishes the run as [`Runner::execute`] would have.
-    pub async fn resume(&self, run: &Run, active: &ActiveRun, attach: Attach) -> Outcome {
+    pub async fn resume(
+        &self,
+        run: &Run,
+        active: &ActiveRun,
+        on: &Arc<Member>,
+        attach: Attach,
+    ) -> Outcome {
         if let Some(outcome) = attach.ended {
             // Its end is in the log and its results are in its folder already.
             let due = Due {
@@ -155,10 +165,10 @@ impl Runner {
             };
             // Recorded until taken: this never fails.
             let _ = self.ends().ended(run, &outcome, due).await;
-            self.remove_container(run, &attach.container).await;
+            self.remove_container(run, on, &attach.container).await;
             return outcome;
         }
-        self.lifecycle(run, active, Some(attach)).await
+        self.lifecycle(run, active, on, Some(attach)).await
     }
 
     /// The one step every run's end goes through (see [`Ends`]), on this runner's handles.
@@ -172,11 +182,17 @@ impl Runner {
 
     /// Every kind of run, each with its container's rules in its own file: a new kind is
     /// registered here.
-    async fn lifecycle(&self, run: &Run, active: &ActiveRun, attach: Option<Attach>) -> Outcome {
+    async fn lifecycle(
+        &self,
+        run: &Run,
+        active: &ActiveRun,
+        on: &Arc<Member>,
+        attach: Option<Attach>,
+    ) -> Outcome {
         match &run.params {
-            RunParams::Precheck(p) => self.run_as(&Precheck(p), run, active, attach).await,
-            RunParams::Simulation(p) => self.run_as(&Simulation(p), run, active, attach).await,
-            RunParams::Build(p) => self.run_as(&Build(p), run, active, attach).await,
+            RunParams::Precheck(p) => self.run_as(&Precheck(p), run, active, on, attach).await,
+            RunParams::Simulation(p) => self.run_as(&Simulation(p), run, active, on, attach).await,
+            RunParams::Build(p) => self.run_as(&Build(p), run, active, on, attach).await,
         }
     }
 
@@ -187,19 +203,30 @@ impl Runner {
         kind: &K,
         run: &Run,
         active: &ActiveRun,
+        on: &Arc<Member>,
         attach: Option<Attach>,
     ) -> Outcome {
         let mut container = None;
         let result = match attach {
-            None => self.run_container(kind, run, active, &mut container).await,
+            None => {
+                self.run_container(kind, run, active, on, &mut container)
+                    .await
+            }
             Some(attach) => {
                 container = Some(attach.container.clone());
                 let (id, skip) = (&attach.container, attach.skip);
-                self.watch(kind, run, active, id, skip, attach.deadline)
-                    .await
+                let from = WatchFrom {
+                    skip,
+                    deadline: attach.deadline,
+                };
+                self.watch(kind, run, active, on, id, from).await
             }
         };
-        self.finish(run, result, container).await
+        let result = match (result, &container) {
+            (Err(e), Some(id)) => self.through_outage(kind, run, active, on, id, e).await,
+            (result, _) => result,
+        };
+        self.finish(run, on, result, container).await
     }
 
     /// Notes the outcome in the log, records it, then removes the container: a server stopped
@@ -207,6 +234,7 @@ impl Runner {
     async fn finish(
         &self,
         run: &Run,
+        on: &Arc<Member>,
         result: Result<Outcome>,
         container: Option<String>,
     ) -> Outcome {
@@ -225,23 +253,106 @@ impl Runner {
         // Recorded until taken: this never fails.
         let _ = self.ends().ended(run, &outcome, due).await;
         if let Some(id) = container {
-            self.remove_container(run, &id).await;
+            self.remove_container(run, on, &id).await;
         }
         outcome
     }
 
-    async fn remove_container(&self, run: &Run, id: &str) {
-        if let Err(e) = self.engine.remove(id).await {
+    /// Removes the run's container; if its engine does not answer, once the engine is back.
+    async fn remove_container(&self, run: &Run, on: &Arc<Member>, id: &str) {
+        let Err(e) = on.engine.remove(id).await else {
+            return;
+        };
+        if on.engine.ping().await.is_ok() {
             tracing::error!(run_id = %run.id, container = %id, "cannot remove container: {e:#}");
+            return;
+        }
+        tracing::warn!(run_id = %run.id, engine = on.name(), container = %id, "its engine does not answer: the container is removed when it is back");
+        let (on, id, run_id) = (on.clone(), id.to_string(), run.id);
+        tokio::spawn(async move {
+            let forever = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+            if on.wait_up(forever).await {
+                if let Err(e) = on.engine.remove(&id).await {
+                    tracing::error!(%run_id, container = %id, "cannot remove container: {e:#}");
+                }
+            }
+        });
+    }
+
+    /// A watch that failed: if the run's engine does not answer, the run waits for it (its
+    /// `grace`), and is watched again from where its log ends once the engine is back;
+    /// past the grace it fails naming the engine. Any other failure is the run's.
+    async fn through_outage<K: Kind>(
+        &self,
+        kind: &K,
+        run: &Run,
+        active: &ActiveRun,
+        on: &Arc<Member>,
+        id: &str,
+        mut error: anyhow::Error,
+    ) -> Result<Outcome> {
+        let (limits, _) = self.config.limits_for(run.kind());
+        // The run's timeout goes on counting while its engine is away.
+        let deadline = run.started_at.map(|started| {
+            let elapsed =
+                Duration::try_from(time::OffsetDateTime::now_utc() - started).unwrap_or_default();
+            Instant::now() + limits.timeout.saturating_sub(elapsed)
+        });
+        loop {
+            if on.engine.ping().await.is_ok() {
+                return Err(error);
+            }
+            let since = match on.reach() {
+                Reach::Down { since, .. } => since,
+                _ => time::OffsetDateTime::now_utc(),
+            };
+            let grace = on.config.grace;
+            let grace_left = Duration::try_from(since + grace - time::OffsetDateTime::now_utc())
+                .unwrap_or_default();
+            tracing::warn!(run_id = %run.id, engine = on.name(), "its engine does not answer ({error:#}): the run waits for it up to {} s", grace_left.as_secs());
+            let back = tokio::select! {
+                back = on.wait_up(Instant::now() + grace_left) => back,
+                // A cancel cannot reach a container on an engine that is away: the run ends
+                // now, and its container is removed when the engine is back.
+                _ = active.cancel.cancelled() => return Ok(Outcome::cancelled()),
+            };
+            if !back {
+                return Ok(Outcome::failed(
+                    exit_code::NOT_RUN,
+                    crate::engines::unreachable(on.name(), since),
+                ));
+            }
+            let path = self.storage.log_path(run.id);
+            let (skip, len) =
+                tokio::task::spawn_blocking(move || crate::logs::complete_lines(&path)).await??;
+            active.log_len.send_replace(len);
+            let deadline = match on.engine.state(id).await? {
+                None => {
+                    return Ok(Outcome::failed(
+                        exit_code::NOT_RUN,
+                        format!("container lost while its engine {:?} was away", on.name()),
+                    ));
+                }
+                Some(state) if matches!(state.as_str(), "exited" | "dead") => None,
+                Some(_) => deadline,
+            };
+            tracing::info!(run_id = %run.id, engine = on.name(), container = %id, "its engine is back: watching the run again");
+            match self
+                .watch(kind, run, active, on, id, WatchFrom { skip, deadline })
+                .await
+            {
+                Ok(outcome) => return Ok(outcome),
+                Err(e) => error = e,
+            }
         }
     }
 
     /// What a kind's rules may use.
-    fn ctx(&self) -> Ctx<'_> {
+    fn ctx<'a>(&'a self, on: &'a Member) -> Ctx<'a> {
         Ctx {
             db: &self.db,
             storage: &self.storage,
-            engine: &self.engine,
+            engine: &on.engine,
             config: &self.config,
         }
     }
@@ -251,6 +362,7 @@ impl Runner {
         kind: &K,
         run: &Run,
         active: &ActiveRun,
+        on: &Arc<Member>,
         container: &mut Option<String>,
     ) -> Result<Outcome> {
         let cancelled = &active.cancel;
@@ -262,10 +374,10 @@ impl Runner {
         let image = &run.image;
         // A precheck of the configured image waits for its self-test and fails at once if the
         // image is broken.
-        let probed = K::PROBED && *image == self.image.image();
-        let Some(image_id) = self.engine.image_id(image).await? else {
+        let probed = K::PROBED && *image == on.image.image();
+        let Some(image_id) = on.engine.image_id(image).await? else {
             if probed {
-                self.image.missing();
+                on.image.missing();
             }
             return Ok(Outcome::failed(
                 exit_code::NOT_RUN,
@@ -277,7 +389,7 @@ impl Runner {
         self.db.set_image_id(run.id, image_id.clone()).await?;
         if probed {
             let verdict = tokio::select! {
-                verdict = self.image.verdict(&image_id) => verdict,
+                verdict = on.image.verdict(&image_id) => verdict,
                 _ = cancelled.cancelled() => return Ok(Outcome::cancelled()),
             };
             if let Err(why) = verdict {
@@ -285,7 +397,7 @@ impl Runner {
             }
         }
 
-        let plan = match kind.plan(&self.ctx(), run).await? {
+        let plan = match kind.plan(&self.ctx(on), run).await? {
             Ok(plan) => plan,
             Err(refused) => return Ok(refused),
         };
@@ -309,7 +421,7 @@ impl Runner {
         if cancelled.is_cancelled() {
             return Ok(Outcome::cancelled());
         }
-        let id = self
+        let id = on
             .engine
             .create(&spec)
             .await
@@ -320,7 +432,7 @@ impl Runner {
         *container = Some(id.clone());
         let dirs: Vec<&str> = plan.dirs.iter().map(String::as_str).collect();
         tokio::select! {
-            staged = self.engine.stage(&id, &dirs, &plan.files) => staged?,
+            staged = on.engine.stage(&id, &dirs, &plan.files) => staged?,
             _ = cancelled.cancelled() => return Ok(Outcome::cancelled()),
         }
         if cancelled.is_cancelled() {
@@ -340,7 +452,7 @@ impl Runner {
         if !marked {
             return Ok(Outcome::failed(exit_code::NOT_RUN, "the run was deleted"));
         }
-        self.engine
+        on.engine
             .start(&id)
             .await
             .inspect_err(|_| {
@@ -349,7 +461,11 @@ impl Runner {
             .context("cannot start the container")?;
         drop(gate);
         let deadline = Instant::now() + limits.timeout;
-        self.watch(kind, run, active, &id, 0, Some(deadline)).await
+        let from = WatchFrom {
+            skip: 0,
+            deadline: Some(deadline),
+        };
+        self.watch(kind, run, active, on, &id, from).await
     }
 
     /// Follows a started container's log into the run's log file (after the first `skip`
@@ -360,20 +476,23 @@ impl Runner {
         kind: &K,
         run: &Run,
         active: &ActiveRun,
+        on: &Arc<Member>,
         id: &str,
-        skip: usize,
-        deadline: Option<Instant>,
+        from: WatchFrom,
     ) -> Result<Outcome> {
-        let ctx = self.ctx();
+        let WatchFrom { skip, deadline } = from;
+        let ctx = self.ctx(on);
         let run_dir = self.storage.run_dir(run.id);
         let log_path = self.storage.log_path(run.id);
         let tracker = kind.tracker(&ctx, run).await?;
         // A log that cannot be written (a full disk) ends the run at once: what it prints
         // would be lost, and its results could not be kept either.
         let log_full = CancellationToken::new();
-        let logs = tokio::spawn({
+        // Ended with the watch, however it ends: a watch taken up again after its engine came
+        // back never has two appenders.
+        let logs = tokio_util::task::AbortOnDropHandle::new(tokio::spawn({
             let appended = append_logs(
-                self.engine.logs(id, true),
+                on.engine.logs(id, true),
                 log_path.clone(),
                 active.log_len.clone(),
                 skip,
@@ -388,7 +507,7 @@ impl Runner {
                 }
                 appended
             }
-        });
+        }));
 
         let (limits, table) = self.config.limits_for(run.kind());
         let timeout = limits.timeout;
@@ -407,20 +526,20 @@ impl Runner {
             }
         };
         let ended = tokio::select! {
-            waited = self.engine.wait(id) => { waited?; None }
+            waited = on.engine.wait(id) => { waited?; None }
             _ = expired => {
-                self.engine.kill(id).await?;
+                on.engine.kill(id).await?;
                 Some(Outcome::failed(exit_code::TIMED_OUT, format!(
                     "timed out after {} s ({table}.timeout): the container was killed",
                     timeout.as_secs()
                 )))
             }
             _ = cancelled => {
-                self.engine.stop(id, STOP_GRACE).await?;
+                on.engine.stop(id, STOP_GRACE).await?;
                 Some(Outcome::cancelled())
             }
             _ = log_full.cancelled() => {
-                self.engine.kill(id).await?;
+                on.engine.kill(id).await?;
                 return Ok(log_not_written());
             }
         };
@@ -439,7 +558,7 @@ impl Runner {
             }
         };
         let rest = append_logs(
-            self.engine.logs(id, false),
+            on.engine.logs(id, false),
             log_path,
             active.log_len.clone(),
             followed,
@@ -455,7 +574,7 @@ impl Runner {
 
         // Results are copied out whatever the ending: a failed run's files are what its
         // designer needs to read.
-        if let Err(e) = self.collect(kind, run, id, &run_dir).await {
+        if let Err(e) = self.collect(kind, run, on, id, &run_dir).await {
             if !is_disk_full(&e) {
                 return Err(e);
             }
@@ -473,7 +592,7 @@ impl Runner {
             return Ok(outcome);
         }
 
-        let exit = self.engine.exit(id).await?;
+        let exit = on.engine.exit(id).await?;
         if exit.oom_killed {
             return Ok(Outcome {
                 oom_killed: true,
@@ -496,9 +615,16 @@ impl Runner {
     /// Copies a stopped container's results into the run's folder, as its kind says. Only
     /// regular files and folders are kept; what was skipped is noted in the run's log
     /// (docs/decisions.md, "What containers hand back").
-    async fn collect<K: Kind>(&self, kind: &K, run: &Run, id: &str, run_dir: &Path) -> Result<()> {
-        let mut out = CopyOut::new(&self.engine, id);
-        kind.collect(&self.ctx(), run, run_dir, &mut out).await?;
+    async fn collect<K: Kind>(
+        &self,
+        kind: &K,
+        run: &Run,
+        on: &Arc<Member>,
+        id: &str,
+        run_dir: &Path,
+    ) -> Result<()> {
+        let mut out = CopyOut::new(&on.engine, id);
+        kind.collect(&self.ctx(on), run, run_dir, &mut out).await?;
         let skipped = out.skipped;
         if !skipped.is_empty() {
             let count = skipped.skipped.len() as u64 + skipped.unnamed;

@@ -134,7 +134,7 @@ async fn metrics_pass_promtool_and_move_with_a_run() {
     // One slot, held by the first run while the second is cancelled in the queue.
     let server = TestServer::builder().max_concurrent(1).start();
     let before = scrape(&server).await;
-    assert_eq!(sample(&before, "precheck_engine_up"), 1.0);
+    assert_eq!(sample(&before, "precheck_engine_up{engine=\"local\"}"), 1.0);
     let done = "precheck_runs_finished_total{kind=\"precheck\",status=\"completed\"}";
     assert_eq!(sample(&before, done), 0.0);
     assert_eq!(sample(&before, "precheck_upload_bytes_total"), 0.0);

@@ -1,0 +1,408 @@
+//! The Docker engines runs go to: the `[[engines]]` of the config (or the one local engine),
+//! each with its slots, its reachability, whether an operator drained it, and its own watch of
+//! the precheck image.
+//!
+//! A [`Pool`] knows engines, not runs: the queue asks it where the oldest queued run may go
+//! ([`Pool::place`]), takes a slot on that engine, and gives it back when the run's container
+//! has ended. One task looks at every engine every [`TICK`] (a ping, and the drained set in the
+//! database, which `precheck-server engines drain` changes from another process) and wakes the
+//! queue when anything changed.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use time::OffsetDateTime;
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, EngineConfig};
+use crate::db::Db;
+use crate::docker::Engine;
+pub use crate::docker::host_name as host_text;
+use crate::image::{ImageStatus, ImageWatch};
+use crate::model::{Run, RunKind};
+
+/// How often every engine is looked at.
+pub const TICK: Duration = Duration::from_secs(2);
+
+/// Whether an engine answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reach {
+    /// Not looked at yet.
+    Unknown,
+    Up {
+        version: String,
+        api_version: String,
+    },
+    Down {
+        since: OffsetDateTime,
+        error: String,
+    },
+}
+
+impl Reach {
+    pub fn is_up(&self) -> bool {
+        matches!(self, Reach::Up { .. })
+    }
+}
+
+/// One engine of the pool.
+pub struct Member {
+    pub config: EngineConfig,
+    pub engine: Engine,
+    /// The configured precheck image on this engine.
+    pub image: ImageWatch,
+    reach: watch::Sender<Reach>,
+    /// Slots in all: `max_concurrent`, or what the engine's memory allows once it has answered.
+    total: AtomicUsize,
+    used: AtomicUsize,
+    drained: AtomicBool,
+}
+
+impl Member {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn reach(&self) -> Reach {
+        self.reach.borrow().clone()
+    }
+
+    /// Waits until the engine answers, or `until` passes; whether it answers.
+    pub async fn wait_up(&self, until: tokio::time::Instant) -> bool {
+        let mut reach = self.reach.subscribe();
+        let up = reach.wait_for(Reach::is_up);
+        matches!(tokio::time::timeout_at(until, up).await, Ok(Ok(_)))
+    }
+
+    /// (used, total) slots.
+    pub fn slots(&self) -> (usize, usize) {
+        (
+            self.used.load(Ordering::SeqCst),
+            self.total.load(Ordering::SeqCst),
+        )
+    }
+
+    pub fn drained(&self) -> bool {
+        self.drained.load(Ordering::SeqCst)
+    }
+
+    fn free(&self) -> usize {
+        let (used, total) = self.slots();
+        total.saturating_sub(used)
+    }
+
+    /// Whether it may take a run now: it answers and is not drained.
+    fn usable(&self) -> bool {
+        self.reach().is_up() && !self.drained()
+    }
+}
+
+/// What an engine has of the image a run needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Has {
+    Yes,
+    /// Not yet: it is being pulled or self-tested.
+    Soon,
+    No,
+}
+
+/// The engines. Cheap to clone.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    members: Vec<Arc<Member>>,
+    /// Poked when an engine's state or slots change: the queue waits on it.
+    wake: Notify,
+    config: Arc<Config>,
+    /// The last drained set read, to tell the queue about changes only.
+    drained: Mutex<HashSet<String>>,
+}
+
+impl Pool {
+    /// The config's engines: their clients (nothing is asked of them yet) and image watches
+    /// (`watch` makes an engine's). A client that cannot be made (a TLS file that is not a
+    /// certificate) stops the start, naming the engine.
+    pub fn new(config: Arc<Config>, watch: impl Fn(&Engine) -> ImageWatch) -> Result<Pool> {
+        let mut members = vec![];
+        for engine_config in &config.engines {
+            let engine = Engine::client_for(&engine_config.host).map_err(|e| {
+                anyhow::anyhow!(
+                    "engine {:?} ({}): {e:#}",
+                    engine_config.name,
+                    host_text(&engine_config.host)
+                )
+            })?;
+            let image = watch(&engine);
+            members.push(Arc::new(Member {
+                config: engine_config.clone(),
+                engine,
+                image,
+                reach: watch::Sender::new(Reach::Unknown),
+                total: AtomicUsize::new(engine_config.max_concurrent.unwrap_or(0)),
+                used: AtomicUsize::new(0),
+                drained: AtomicBool::new(false),
+            }));
+        }
+        Ok(Pool {
+            inner: Arc::new(Inner {
+                members,
+                wake: Notify::new(),
+                config,
+                drained: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    pub fn members(&self) -> &[Arc<Member>] {
+        &self.inner.members
+    }
+
+    pub fn member(&self, name: &str) -> Option<&Arc<Member>> {
+        self.inner.members.iter().find(|m| m.name() == name)
+    }
+
+    /// The engine a run went to: the one it names, or for a run from before engines were
+    /// recorded, the first (the only engine a server had then). `None` if the config no longer
+    /// has it.
+    pub fn home_of(&self, run: &Run) -> Option<&Arc<Member>> {
+        match &run.engine {
+            Some(name) => self.member(name),
+            None => self.inner.members.first(),
+        }
+    }
+
+    /// Looks at every engine once (negotiating each one's API version the first time it
+    /// answers) and reads the drained set; logs each engine's state.
+    pub async fn look(&self, db: &Db) {
+        let looks = self.inner.members.iter().map(|m| self.look_at(m));
+        futures_util::future::join_all(looks).await;
+        self.look_drained(db).await;
+    }
+
+    /// Keeps looking at the engines every [`TICK`] until `stop`; wakes the queue at every look
+    /// (a queued run that waits for an engine is placed again; see `queue.rs`).
+    pub fn watch(&self, db: Db, stop: CancellationToken) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(TICK) => {}
+                    _ = stop.cancelled() => return,
+                }
+                pool.look(&db).await;
+                pool.poke();
+            }
+        });
+        // A precheck waits for its engine's image: a verdict wakes the queue.
+        for member in &self.inner.members {
+            let mut status = member.image.subscribe();
+            let pool = self.clone();
+            tokio::spawn(async move {
+                while status.changed().await.is_ok() {
+                    pool.poke();
+                }
+            });
+        }
+    }
+
+    /// Wakes the queue.
+    pub fn poke(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Completes at the next [`Pool::poke`] (or at once if one came since the last wait).
+    pub async fn woken(&self) {
+        self.inner.wake.notified().await
+    }
+
+    async fn look_at(&self, member: &Member) {
+        let was = member.reach();
+        let asked = tokio::time::timeout(crate::docker::PING, async {
+            if !was.is_up() {
+                member.engine.negotiate().await?;
+            }
+            member.engine.version().await
+        });
+        let now = match asked.await {
+            Ok(Ok(v)) => Reach::Up {
+                version: v.version,
+                api_version: v.api_version,
+            },
+            Ok(Err(e)) => down(&was, e),
+            Err(_) => down(
+                &was,
+                anyhow::anyhow!(
+                    "it did not answer within {} s",
+                    crate::docker::PING.as_secs()
+                ),
+            ),
+        };
+        if now.is_up() && member.config.max_concurrent.is_none() {
+            if let Ok(memory) = member.engine.memory().await {
+                let per_run = self
+                    .inner
+                    .config
+                    .limits_for(RunKind::Precheck)
+                    .0
+                    .memory
+                    .max(1);
+                let slots = usize::try_from(memory / per_run)
+                    .unwrap_or(usize::MAX)
+                    .max(1);
+                if member.total.swap(slots, Ordering::SeqCst) != slots {
+                    tracing::info!(
+                        engine = member.name(),
+                        slots,
+                        "slots from the engine's memory / limits.memory"
+                    );
+                }
+            }
+        }
+        let name = member.name();
+        match (&was, &now) {
+            (Reach::Up { .. }, Reach::Up { .. }) | (Reach::Down { .. }, Reach::Down { .. }) => {}
+            (
+                _,
+                Reach::Up {
+                    version,
+                    api_version,
+                },
+            ) => {
+                tracing::info!(engine = name, %version, api = %api_version, "the engine answers");
+                member.image.poke();
+            }
+            (_, Reach::Down { error, .. }) => {
+                tracing::warn!(engine = name, "the engine does not answer: {error}");
+            }
+            (_, Reach::Unknown) => {}
+        }
+        member.reach.send_replace(now);
+    }
+
+    /// Reads the drained set from the database.
+    pub async fn look_drained(&self, db: &Db) {
+        let drained: HashSet<String> = match db.drained_engines().await {
+            Ok(names) => names.into_iter().collect(),
+            Err(e) => {
+                tracing::warn!("cannot read which engines are drained: {e:#}");
+                return;
+            }
+        };
+        for member in &self.inner.members {
+            let now = drained.contains(member.name());
+            if member.drained.swap(now, Ordering::SeqCst) != now {
+                tracing::info!(
+                    engine = member.name(),
+                    "{}",
+                    if now {
+                        "drained: it takes no new runs"
+                    } else {
+                        "resumed: it takes runs again"
+                    }
+                );
+            }
+        }
+        *self.inner.drained.lock().unwrap_or_else(|e| e.into_inner()) = drained;
+    }
+
+    /// Where `run` may go now: the engine with the most free slots among those that answer,
+    /// are not drained and have its image. `None` to wait: every such engine is busy, or one
+    /// will have the image soon. A run whose image no usable engine has goes to a free one
+    /// all the same, where it fails at once saying what to do (as with one engine).
+    pub async fn place(&self, run: &Run) -> Option<Arc<Member>> {
+        let usable: Vec<&Arc<Member>> = self.inner.members.iter().filter(|m| m.usable()).collect();
+        let mut best: Option<(&Arc<Member>, usize)> = None;
+        let mut waiting = false;
+        let mut any_free = None;
+        for member in usable {
+            let free = member.free();
+            if free > 0 && any_free.is_none() {
+                any_free = Some(member);
+            }
+            match self.has_image(member, run).await {
+                Has::Yes if free > 0 => {
+                    if best.is_none_or(|(_, f)| free > f) {
+                        best = Some((member, free));
+                    }
+                }
+                Has::Yes | Has::Soon => waiting = true,
+                Has::No => {}
+            }
+        }
+        match (best, waiting) {
+            (Some((member, _)), _) => Some(member.clone()),
+            (None, true) => None,
+            (None, false) => any_free.cloned(),
+        }
+    }
+
+    async fn has_image(&self, member: &Member, run: &Run) -> Has {
+        if run.kind() == RunKind::Precheck && run.image == member.image.image() {
+            return match member.image.status() {
+                ImageStatus::Ready { .. } => Has::Yes,
+                ImageStatus::Probing { .. } | ImageStatus::Pulling => Has::Soon,
+                ImageStatus::Missing { .. } | ImageStatus::Broken { .. } => Has::No,
+            };
+        }
+        match member.engine.image_id(&run.image).await {
+            Ok(Some(_)) => Has::Yes,
+            Ok(None) | Err(_) => Has::No,
+        }
+    }
+
+    /// Takes a slot on `member` (even past its total: a run found running at start).
+    pub fn take(&self, member: &Member) {
+        member.used.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Gives a slot back and wakes the queue.
+    pub fn give_back(&self, member: &Member) {
+        let _ = member
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| u.checked_sub(1));
+        self.poke();
+    }
+
+    /// Whether at least one engine can take runs: it answers, is not drained, and its image
+    /// is not missing or broken.
+    pub fn can_take_runs(&self) -> bool {
+        self.inner.members.iter().any(|m| {
+            m.usable()
+                && !matches!(
+                    m.image.status(),
+                    ImageStatus::Missing { .. } | ImageStatus::Broken { .. }
+                )
+        })
+    }
+}
+
+fn down(was: &Reach, error: anyhow::Error) -> Reach {
+    let since = match was {
+        Reach::Down { since, .. } => *since,
+        _ => OffsetDateTime::now_utc(),
+    };
+    Reach::Down {
+        since,
+        error: format!("{error:#}"),
+    }
+}
+
+/// Why a run ended whose engine stayed away past its grace.
+pub fn unreachable(engine: &str, since: OffsetDateTime) -> String {
+    let since = since
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default();
+    format!("engine {engine:?} unreachable since {since}")
+}
