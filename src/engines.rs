@@ -78,6 +78,21 @@ impl Member {
         matches!(tokio::time::timeout_at(until, up).await, Ok(Ok(_)))
     }
 
+    /// A call to the engine found it not answering, before the pool's next look did: its runs
+    /// wait for that look to find it back.
+    pub fn seen_down(&self, error: &anyhow::Error) {
+        self.reach.send_if_modified(|reach| {
+            if matches!(reach, Reach::Down { .. }) {
+                return false;
+            }
+            *reach = Reach::Down {
+                since: OffsetDateTime::now_utc(),
+                error: format!("{error:#}"),
+            };
+            true
+        });
+    }
+
     /// (used, total) slots.
     pub fn slots(&self) -> (usize, usize) {
         (
@@ -276,7 +291,11 @@ impl Pool {
                 },
             ) => {
                 tracing::info!(engine = name, %version, api = %api_version, "the engine answers");
-                member.image.poke();
+                // Back after an outage: its image is looked at again now, not at the end of
+                // a backoff that the outage made long.
+                if matches!(was, Reach::Down { .. }) {
+                    member.image.poke();
+                }
             }
             (_, Reach::Down { error, .. }) => {
                 tracing::warn!(engine = name, "the engine does not answer: {error}");

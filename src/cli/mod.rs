@@ -10,6 +10,7 @@ macro_rules! outln {
     };
 }
 
+mod engines;
 mod inspect;
 mod keys;
 mod runs;
@@ -24,7 +25,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{Config, EngineConfig};
 use crate::db::Db;
 use crate::docker::Engine;
 use crate::model::{RunStatus, Slot};
@@ -126,6 +127,25 @@ pub enum AdminCommand {
     /// Generate, list and revoke the API keys kept in the database.
     #[command(subcommand)]
     Apikey(KeyCommand),
+    /// List the Docker engines, and drain or resume one.
+    #[command(subcommand)]
+    Engines(EnginesCommand),
+}
+
+#[derive(Subcommand)]
+pub enum EnginesCommand {
+    /// The config's engines: whether each answers, is drained, its runs, slots and image.
+    List(Output),
+    /// Take no new runs on an engine; the runs on it go on to their end. Kept across restarts.
+    Drain {
+        /// The engine's name in the config's [[engines]].
+        name: String,
+    },
+    /// Take runs on a drained engine again.
+    Resume {
+        /// The engine's name in the config's [[engines]].
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -258,6 +278,7 @@ impl Cli {
                     }
                     AdminCommand::Runs(command) => runs::run(&admin, command).await,
                     AdminCommand::Apikey(command) => keys::run(&admin, command).await,
+                    AdminCommand::Engines(command) => engines::run(&admin, command).await,
                 }
             })
             .map(|()| ExitCode::SUCCESS)
@@ -292,14 +313,29 @@ impl Admin {
         })
     }
 
-    /// The Docker engine, or an error within a few seconds.
-    async fn engine(&self) -> Result<Engine> {
-        match tokio::time::timeout(ENGINE_WAIT, Engine::connect()).await {
-            Ok(engine) => engine,
+    /// A Docker engine of the config, or an error within a few seconds.
+    async fn engine(&self, engine: &EngineConfig) -> Result<Engine> {
+        match tokio::time::timeout(ENGINE_WAIT, Engine::connect_to(&engine.host)).await {
+            Ok(connected) => connected.with_context(|| format!("engine {}", engine.name)),
             Err(_) => bail!(
-                "the Docker engine did not answer within {} s",
+                "the Docker engine {} ({}) did not answer within {} s",
+                engine.name,
+                crate::docker::host_name(&engine.host),
                 ENGINE_WAIT.as_secs()
             ),
+        }
+    }
+
+    /// The engine a run went to (the first for a run from before engines were recorded).
+    fn engine_of(&self, run: &crate::model::Run) -> Result<&EngineConfig> {
+        match &run.engine {
+            None => Ok(&self.config.engines[0]),
+            Some(name) => self.config.engine(name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the run is on the engine {name:?}, which {} no longer has",
+                    self.config_path.display()
+                )
+            }),
         }
     }
 }

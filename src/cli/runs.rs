@@ -68,13 +68,16 @@ async fn list(
                 r.kind().to_string(),
                 printable(&subject(r)),
                 status_text(r, now),
+                printable(r.engine.as_deref().unwrap_or("-")),
                 table::ago(r.created, now),
                 r.owner.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
     table::print(
-        &["RUN ID", "KIND", "SUBJECT", "STATUS", "CREATED", "OWNER"],
+        &[
+            "RUN ID", "KIND", "SUBJECT", "STATUS", "ENGINE", "CREATED", "OWNER",
+        ],
         &rows,
     )
 }
@@ -172,9 +175,9 @@ async fn delete(admin: &Admin, id: &str, force: bool, output: Output) -> Result<
             run.id
         );
     }
-    // The engine first: a running run is not deleted if its container cannot be stopped.
+    // Its engine first: a running run is not deleted if its container cannot be stopped.
     let engine = match running {
-        true => Some(admin.engine().await?),
+        true => Some(admin.engine(admin.engine_of(&run)?).await?),
         false => None,
     };
     deleted(

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::{Admin, Output, print_json};
 use crate::api::Health;
+use crate::config::EngineConfig;
 use crate::model::RunStatus;
 use crate::recovery::{orphan_containers, orphan_files};
 use crate::runner::RUN_LABEL;
@@ -23,7 +24,10 @@ const CLEANUP_MIN_AGE: Duration = Duration::from_secs(60);
 #[serde(rename_all = "PascalCase")]
 struct Status {
     server: ServerStatus,
+    /// The first engine's (the only one without `[[engines]]`).
     engine: EngineStatus,
+    /// Every engine, in the config's order.
+    engines: Vec<EngineStatus>,
     image: String,
     runs: RunCounts,
     disk: DiskUsage,
@@ -40,9 +44,11 @@ struct ServerStatus {
     error: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Clone)]
 #[serde(rename_all = "PascalCase")]
 struct EngineStatus {
+    name: String,
+    host: String,
     version: Option<String>,
     api_version: Option<String>,
     error: Option<String>,
@@ -72,7 +78,9 @@ struct DiskUsage {
 
 /// Prints the report; fails (after printing it) if the server or the engine cannot be reached.
 pub async fn status(admin: &Admin, output: Output) -> Result<()> {
-    let (server, engine) = tokio::join!(server_status(admin), engine_status(admin));
+    let looks = admin.config.engines.iter().map(|e| engine_status(admin, e));
+    let (server, engines) =
+        tokio::join!(server_status(admin), futures_util::future::join_all(looks));
     let mut runs = RunCounts::default();
     for (status, n) in admin.db.run_counts().await? {
         *match status {
@@ -106,7 +114,8 @@ pub async fn status(admin: &Admin, output: Output) -> Result<()> {
     .await?;
     let status = Status {
         server,
-        engine,
+        engine: engines[0].clone(),
+        engines,
         image: admin.config.image.clone(),
         runs,
         disk,
@@ -119,8 +128,20 @@ pub async fn status(admin: &Admin, output: Output) -> Result<()> {
     if let Some(e) = &status.server.error {
         bail!("the server is {e}");
     }
-    if let Some(e) = &status.engine.error {
-        bail!("the Docker engine is not reachable: {e}");
+    let down: Vec<String> = status
+        .engines
+        .iter()
+        .filter_map(|e| e.error.as_ref().map(|error| format!("{}: {error}", e.name)))
+        .collect();
+    match down.as_slice() {
+        [] => {}
+        [one] if status.engines.len() == 1 => {
+            bail!(
+                "the Docker engine is not reachable: {}",
+                one.split_once(": ").map_or(one.as_str(), |(_, e)| e)
+            )
+        }
+        _ => bail!("Docker engines are not reachable: {}", down.join("; ")),
     }
     Ok(())
 }
@@ -140,17 +161,24 @@ fn print_status(s: &Status) -> Result<()> {
             )
         }
     };
-    let engine = match (&s.engine.version, &s.engine.error) {
+    let engine = |e: &EngineStatus| match (&e.version, &e.error) {
         (Some(v), _) => format!(
             "Docker {v} (API {})",
-            s.engine.api_version.as_deref().unwrap_or("?")
+            e.api_version.as_deref().unwrap_or("?")
         ),
-        (None, e) => format!("not reachable: {}", e.as_deref().unwrap_or("")),
+        (None, error) => format!("not reachable: {}", error.as_deref().unwrap_or("")),
     };
     let r = &s.runs;
     let d = &s.disk;
     outln!("Server:     {server}")?;
-    outln!("Engine:     {engine}")?;
+    if let [one] = s.engines.as_slice() {
+        outln!("Engine:     {}", engine(one))?;
+    } else {
+        outln!("Engines:")?;
+        for e in &s.engines {
+            outln!("  {} ({}): {}", e.name, e.host, engine(e))?;
+        }
+    }
     outln!("Image:      {}", s.image)?;
     outln!(
         "Runs:       {} queued, {} running, {} completed, {} failed, {} cancelled",
@@ -215,15 +243,20 @@ fn reqwest_reason(e: &reqwest::Error) -> String {
     source.to_string()
 }
 
-async fn engine_status(admin: &Admin) -> EngineStatus {
-    let version = async { admin.engine().await?.version().await };
+async fn engine_status(admin: &Admin, engine: &EngineConfig) -> EngineStatus {
+    let version = async { admin.engine(engine).await?.version().await };
+    let (name, host) = (engine.name.clone(), crate::docker::host_name(&engine.host));
     match version.await {
         Ok(v) => EngineStatus {
+            name,
+            host,
             version: Some(v.version),
             api_version: Some(v.api_version),
             error: None,
         },
         Err(e) => EngineStatus {
+            name,
+            host,
             version: None,
             api_version: None,
             error: Some(format!("{e:#}")),
@@ -241,7 +274,6 @@ struct Cleaned {
 }
 
 pub async fn cleanup(admin: &Admin, dry_run: bool, output: Output) -> Result<()> {
-    let engine = admin.engine().await?;
     let verb = if dry_run { "Would remove" } else { "Removed" };
     let mut cleaned = Cleaned {
         containers_deleted: vec![],
@@ -249,19 +281,36 @@ pub async fn cleanup(admin: &Admin, dry_run: bool, output: Output) -> Result<()>
         space_reclaimed: 0,
         dry_run,
     };
-    for container in orphan_containers(&engine, &admin.db, &admin.storage, true).await? {
-        if !dry_run {
-            engine.remove(&container.id).await?;
+    // Every engine that answers is cleaned; one that does not is named at the end, and the
+    // command fails then, so that a cron job notices.
+    let mut unreachable = vec![];
+    let several = admin.config.engines.len() > 1;
+    for engine_config in &admin.config.engines {
+        let engine = match admin.engine(engine_config).await {
+            Ok(engine) => engine,
+            Err(e) => {
+                unreachable.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        let on = match several {
+            true => format!(" on engine {}", engine_config.name),
+            false => String::new(),
+        };
+        for container in orphan_containers(&engine, &admin.db, &admin.storage, true).await? {
+            if !dry_run {
+                engine.remove(&container.id).await?;
+            }
+            if !output.json {
+                let run = container.labels.get(RUN_LABEL).map_or("-", String::as_str);
+                outln!(
+                    "{verb} container {}{on} (run {run}, {}): no running run owns it",
+                    container.name,
+                    container.state
+                )?;
+            }
+            cleaned.containers_deleted.push(container.id);
         }
-        if !output.json {
-            let run = container.labels.get(RUN_LABEL).map_or("-", String::as_str);
-            outln!(
-                "{verb} container {} (run {run}, {}): no running run owns it",
-                container.name,
-                container.state
-            )?;
-        }
-        cleaned.containers_deleted.push(container.id);
     }
     for entry in orphan_files(&admin.db, &admin.storage, CLEANUP_MIN_AGE).await? {
         if !dry_run {
@@ -302,6 +351,9 @@ pub async fn cleanup(admin: &Admin, dry_run: bool, output: Output) -> Result<()>
             "Total reclaimed space"
         };
         outln!("{total}: {}", human_bytes(cleaned.space_reclaimed))?;
+    }
+    if !unreachable.is_empty() {
+        bail!("not every engine was cleaned: {}", unreachable.join("; "));
     }
     Ok(())
 }

@@ -299,16 +299,18 @@ impl Runner {
             Instant::now() + limits.timeout.saturating_sub(elapsed)
         });
         loop {
-            if on.engine.ping().await.is_ok() {
-                return Err(error);
-            }
+            let ping = match on.engine.ping().await {
+                Ok(()) => return Err(error),
+                Err(e) => e,
+            };
+            on.seen_down(&ping);
             let since = match on.reach() {
                 Reach::Down { since, .. } => since,
                 _ => time::OffsetDateTime::now_utc(),
             };
-            let grace = on.config.grace;
-            let grace_left = Duration::try_from(since + grace - time::OffsetDateTime::now_utc())
-                .unwrap_or_default();
+            let grace_left =
+                Duration::try_from(since + on.config.grace - time::OffsetDateTime::now_utc())
+                    .unwrap_or_default();
             tracing::warn!(run_id = %run.id, engine = on.name(), "its engine does not answer ({error:#}): the run waits for it up to {} s", grace_left.as_secs());
             let back = tokio::select! {
                 back = on.wait_up(Instant::now() + grace_left) => back,
@@ -326,15 +328,20 @@ impl Runner {
             let (skip, len) =
                 tokio::task::spawn_blocking(move || crate::logs::complete_lines(&path)).await??;
             active.log_len.send_replace(len);
-            let deadline = match on.engine.state(id).await? {
-                None => {
+            let deadline = match on.engine.state(id).await {
+                Err(e) => {
+                    // Gone again: the top of the loop tells.
+                    error = e;
+                    continue;
+                }
+                Ok(None) => {
                     return Ok(Outcome::failed(
                         exit_code::NOT_RUN,
                         format!("container lost while its engine {:?} was away", on.name()),
                     ));
                 }
-                Some(state) if matches!(state.as_str(), "exited" | "dead") => None,
-                Some(_) => deadline,
+                Ok(Some(state)) if matches!(state.as_str(), "exited" | "dead") => None,
+                Ok(Some(_)) => deadline,
             };
             tracing::info!(run_id = %run.id, engine = on.name(), container = %id, "its engine is back: watching the run again");
             match self

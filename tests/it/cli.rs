@@ -13,13 +13,13 @@ use crate::support::{
 };
 
 /// The CLI's exit code, stdout and stderr.
-struct Ran {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub struct Ran {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-fn cli(server: &TestServer, args: &[&str]) -> Ran {
+pub fn cli(server: &TestServer, args: &[&str]) -> Ran {
     cli_at(&server.config_path, &[], args)
 }
 
@@ -284,7 +284,9 @@ async fn runs_list_inspect_delete_and_prune_while_the_server_runs() {
 
     let table = ok(&server, &["runs", "list"]);
     let header = table.lines().next().unwrap();
-    for column in ["RUN ID", "KIND", "SUBJECT", "STATUS", "CREATED", "OWNER"] {
+    for column in [
+        "RUN ID", "KIND", "SUBJECT", "STATUS", "ENGINE", "CREATED", "OWNER",
+    ] {
         assert!(header.contains(column), "{header}");
     }
     assert!(
@@ -295,6 +297,7 @@ async fn runs_list_inspect_delete_and_prune_while_the_server_runs() {
         row(&table, &short(&passed)).contains("Completed (0) "),
         "{table}"
     );
+    assert!(row(&table, &short(&passed)).contains(" local "), "{table}");
     assert!(
         row(&table, &short(&running)).contains("Running for "),
         "{table}"
