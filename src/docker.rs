@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -32,12 +33,50 @@ const QUICK: Duration = Duration::from_secs(60);
 /// How long a look at whether an engine answers may take.
 pub const PING: Duration = Duration::from_secs(5);
 
-/// A connection to an engine.
+/// A connection to an engine. Cheap to clone; clones share the client.
 #[derive(Clone)]
 pub struct Engine {
-    docker: Docker,
+    inner: Arc<Client>,
+}
+
+struct Client {
+    config: EngineHost,
     /// Its address, for messages.
     host: String,
+    /// Made once its socket is there: a local engine that is down at the server's start (its
+    /// socket missing) gets its client when it is back.
+    docker: std::sync::Mutex<Option<Docker>>,
+}
+
+/// A bollard client of `host`.
+fn build(host: &EngineHost) -> Result<Docker, DockerError> {
+    // bollard's per-request timeout also covers uploads of large layouts and `/wait` on long
+    // runs; quick calls get their own timeout.
+    let timeout = 7 * 24 * 3600;
+    let version = bollard::API_DEFAULT_VERSION;
+    match host {
+        EngineHost::Default => {
+            Docker::connect_with_defaults().map(|d| d.with_timeout(Duration::from_secs(timeout)))
+        }
+        EngineHost::Unix(path) => {
+            Docker::connect_with_unix(&format!("unix://{}", path.display()), timeout, version)
+        }
+        EngineHost::Tcp { address, tls: None } => {
+            Docker::connect_with_http(&format!("tcp://{address}"), timeout, version)
+        }
+        EngineHost::Tcp {
+            address,
+            tls: Some(tls),
+        } => Docker::connect_with_ssl(
+            &format!("tcp://{address}"),
+            &tls.key,
+            &tls.cert,
+            &tls.ca,
+            timeout,
+            version,
+        ),
+        EngineHost::Ssh(url) => Docker::connect_with_ssh(url, timeout, version, None),
+    }
 }
 
 /// An engine's host as the config writes it (`DOCKER_HOST`, or the default socket, for the
@@ -111,61 +150,55 @@ impl Engine {
     }
 
     /// A client of the engine at `host`, without asking it anything yet. Fails only if the
-    /// client cannot be made (a TLS file that is not a certificate or key).
+    /// client cannot be made (a TLS file that is not a certificate or key); a local socket that
+    /// is not there yet is looked for again at each call.
     pub fn client_for(host: &EngineHost) -> Result<Engine> {
-        // bollard's per-request timeout also covers uploads of large layouts and `/wait`
-        // on long runs; quick calls get their own timeout below.
-        let timeout = 7 * 24 * 3600;
-        let version = bollard::API_DEFAULT_VERSION;
-        let docker = match host {
-            EngineHost::Default => Docker::connect_with_defaults()
-                .map(|d| d.with_timeout(Duration::from_secs(timeout))),
-            EngineHost::Unix(path) => {
-                Docker::connect_with_unix(&format!("unix://{}", path.display()), timeout, version)
+        let docker = match build(host) {
+            Ok(docker) => Some(docker),
+            Err(DockerError::SocketNotFoundError(_)) => None,
+            Err(e) => {
+                return Err(anyhow::Error::from(e).context(format!(
+                    "cannot make a client of the Docker engine at {}",
+                    host_name(host)
+                )));
             }
-            EngineHost::Tcp { address, tls: None } => {
-                Docker::connect_with_http(&format!("tcp://{address}"), timeout, version)
-            }
-            EngineHost::Tcp {
-                address,
-                tls: Some(tls),
-            } => Docker::connect_with_ssl(
-                &format!("tcp://{address}"),
-                &tls.key,
-                &tls.cert,
-                &tls.ca,
-                timeout,
-                version,
-            ),
-            EngineHost::Ssh(url) => Docker::connect_with_ssh(url, timeout, version, None),
-        }
-        .with_context(|| {
-            format!(
-                "cannot make a client of the Docker engine at {}",
-                host_name(host)
-            )
-        })?;
+        };
         Ok(Engine {
-            docker,
-            host: host_name(host),
+            inner: Arc::new(Client {
+                config: host.clone(),
+                host: host_name(host),
+                docker: std::sync::Mutex::new(docker),
+            }),
         })
+    }
+
+    /// The client, made now if its socket was missing until now.
+    fn docker(&self) -> Result<Docker> {
+        let mut docker = self.inner.docker.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(docker) = &*docker {
+            return Ok(docker.clone());
+        }
+        let made = build(&self.inner.config)
+            .with_context(|| format!("cannot reach the Docker engine at {}", self.inner.host))?;
+        *docker = Some(made.clone());
+        Ok(made)
     }
 
     /// Agrees on an API version with the engine (every clone of this client uses it).
     pub async fn negotiate(&self) -> Result<()> {
-        tokio::time::timeout(QUICK, self.docker.clone().negotiate_version())
+        tokio::time::timeout(QUICK, self.docker()?.negotiate_version())
             .await
             .map_err(|_| {
                 anyhow!(
                     "the Docker engine at {} did not answer within {} s",
-                    self.host,
+                    self.inner.host,
                     QUICK.as_secs()
                 )
             })?
             .with_context(|| {
                 format!(
                     "cannot reach the Docker engine at {} (is it running, and may this user use it?)",
-                    self.host
+                    self.inner.host
                 )
             })?;
         Ok(())
@@ -173,11 +206,11 @@ impl Engine {
 
     /// Whether the engine answers (`/_ping`), within a few seconds.
     pub async fn ping(&self) -> Result<()> {
-        match tokio::time::timeout(PING, self.docker.ping()).await {
+        match tokio::time::timeout(PING, self.docker()?.ping()).await {
             Ok(answer) => answer.map(drop).map_err(anyhow::Error::from),
             Err(_) => Err(anyhow!(
                 "the Docker engine at {} did not answer within {} s",
-                self.host,
+                self.inner.host,
                 PING.as_secs()
             )),
         }
@@ -185,12 +218,12 @@ impl Engine {
 
     /// The memory of the engine's machine, in bytes.
     pub async fn memory(&self) -> Result<u64> {
-        let info = quick(self.docker.info()).await?;
+        let info = quick(self.docker()?.info()).await?;
         Ok(info.mem_total.unwrap_or(0).max(0) as u64)
     }
 
     pub async fn version(&self) -> Result<EngineVersion> {
-        let v = quick(self.docker.version()).await?;
+        let v = quick(self.docker()?.version()).await?;
         Ok(EngineVersion {
             version: v.version.unwrap_or_default(),
             api_version: v.api_version.unwrap_or_default(),
@@ -199,7 +232,7 @@ impl Engine {
 
     /// The `sha256:` id of a local image, or `None` if the engine does not have it.
     pub async fn image_id(&self, image: &str) -> Result<Option<String>> {
-        match quick(self.docker.inspect_image(image)).await {
+        match quick(self.docker()?.inspect_image(image)).await {
             Ok(info) => Ok(info.id),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(e.context(format!("cannot inspect image {image}"))),
@@ -208,7 +241,7 @@ impl Engine {
 
     /// Whether the engine has a volume of this name.
     pub async fn volume_exists(&self, name: &str) -> Result<bool> {
-        match quick(self.docker.inspect_volume(name)).await {
+        match quick(self.docker()?.inspect_volume(name)).await {
             Ok(_) => Ok(true),
             Err(e) if is_not_found(&e) => Ok(false),
             Err(e) => Err(e.context(format!("cannot inspect volume {name}"))),
@@ -220,7 +253,7 @@ impl Engine {
         let options = CreateImageOptionsBuilder::default()
             .from_image(image)
             .build();
-        let mut stream = self.docker.create_image(Some(options), None, None);
+        let mut stream = self.docker()?.create_image(Some(options), None, None);
         while let Some(info) = stream.next().await {
             let info = info.with_context(|| format!("cannot pull {image}"))?;
             if let Some(status) = info.status {
@@ -280,7 +313,7 @@ impl Engine {
         let options = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
-        let created = quick(self.docker.create_container(Some(options), body)).await?;
+        let created = quick(self.docker()?.create_container(Some(options), body)).await?;
         Ok(created.id)
     }
 
@@ -321,7 +354,7 @@ impl Engine {
         let body = bollard::body_try_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
         let options = UploadToContainerOptionsBuilder::default().path("/").build();
         let uploaded = self
-            .docker
+            .docker()?
             .upload_to_container(container, Some(options), body)
             .await;
         producer.await.context("the staging thread failed")?;
@@ -329,7 +362,7 @@ impl Engine {
     }
 
     pub async fn start(&self, container: &str) -> Result<()> {
-        quick(self.docker.start_container(container, None)).await
+        quick(self.docker()?.start_container(container, None)).await
     }
 
     /// The container's output from its start, stdout and stderr interleaved, each line
@@ -346,10 +379,14 @@ impl Engine {
             .stderr(true)
             .timestamps(true)
             .build();
-        self.docker
-            .logs(container, Some(options))
-            .map_ok(|out| out.into_bytes())
-            .map_err(anyhow::Error::from)
+        match self.docker() {
+            Ok(docker) => docker
+                .logs(container, Some(options))
+                .map_ok(|out| out.into_bytes())
+                .map_err(anyhow::Error::from)
+                .left_stream(),
+            Err(e) => futures_util::stream::once(async move { Err(e) }).right_stream(),
+        }
     }
 
     /// Returns once the container is no longer running.
@@ -357,7 +394,7 @@ impl Engine {
         let options = WaitContainerOptionsBuilder::default()
             .condition("not-running")
             .build();
-        let mut stream = self.docker.wait_container(container, Some(options));
+        let mut stream = self.docker()?.wait_container(container, Some(options));
         match stream.next().await {
             // A non-zero exit is a result, not a failure: bollard reports it as an error.
             Some(Ok(_)) | Some(Err(DockerError::DockerContainerWaitError { .. })) | None => Ok(()),
@@ -371,7 +408,7 @@ impl Engine {
     /// The container's state (`created`, `running`, `exited`, ...), `None` if it is gone. The
     /// engine answers once a start it is making has ended.
     pub async fn state(&self, container: &str) -> Result<Option<String>> {
-        match quick(self.docker.inspect_container(container, None)).await {
+        match quick(self.docker()?.inspect_container(container, None)).await {
             Ok(info) => Ok(Some(
                 info.state
                     .and_then(|s| s.status)
@@ -385,7 +422,7 @@ impl Engine {
 
     /// Exit code and whether the kernel killed it for memory.
     pub async fn exit(&self, container: &str) -> Result<Exit> {
-        let info = quick(self.docker.inspect_container(container, None)).await?;
+        let info = quick(self.docker()?.inspect_container(container, None)).await?;
         let state = info.state.unwrap_or_default();
         Ok(Exit {
             code: state.exit_code.unwrap_or(-1),
@@ -400,7 +437,7 @@ impl Engine {
             .build();
         match tokio::time::timeout(
             grace + QUICK,
-            self.docker.stop_container(container, Some(options)),
+            self.docker()?.stop_container(container, Some(options)),
         )
         .await
         {
@@ -417,7 +454,7 @@ impl Engine {
         let options = KillContainerOptionsBuilder::default()
             .signal("SIGKILL")
             .build();
-        match quick(self.docker.kill_container(container, Some(options))).await {
+        match quick(self.docker()?.kill_container(container, Some(options))).await {
             // 409: it is not running any more, which is what we wanted.
             Err(e)
                 if e.downcast_ref::<DockerError>()
@@ -443,7 +480,7 @@ impl Engine {
             .path(path)
             .build();
         let mut stream = self
-            .docker
+            .docker()?
             .download_from_container(container, Some(options))
             .peekable();
         if let Some(Err(e)) = std::pin::Pin::new(&mut stream).peek().await {
@@ -473,7 +510,7 @@ impl Engine {
             .force(true)
             .v(true)
             .build();
-        match quick(self.docker.remove_container(container, Some(options))).await {
+        match quick(self.docker()?.remove_container(container, Some(options))).await {
             // 404: gone; 409 (forced): its removal is already in progress, by another caller.
             Err(e)
                 if e.downcast_ref::<DockerError>()
@@ -492,7 +529,7 @@ impl Engine {
             .all(true)
             .filters(&filters)
             .build();
-        let list = quick(self.docker.list_containers(Some(options))).await?;
+        let list = quick(self.docker()?.list_containers(Some(options))).await?;
         Ok(list
             .into_iter()
             .filter_map(|c| {

@@ -336,30 +336,12 @@ impl Pool {
     /// will have the image soon. A run whose image no usable engine has goes to a free one
     /// all the same, where it fails at once saying what to do (as with one engine).
     pub async fn place(&self, run: &Run) -> Option<Arc<Member>> {
-        let usable: Vec<&Arc<Member>> = self.inner.members.iter().filter(|m| m.usable()).collect();
-        let mut best: Option<(&Arc<Member>, usize)> = None;
-        let mut waiting = false;
-        let mut any_free = None;
-        for member in usable {
-            let free = member.free();
-            if free > 0 && any_free.is_none() {
-                any_free = Some(member);
-            }
-            match self.has_image(member, run).await {
-                Has::Yes if free > 0 => {
-                    if best.is_none_or(|(_, f)| free > f) {
-                        best = Some((member, free));
-                    }
-                }
-                Has::Yes | Has::Soon => waiting = true,
-                Has::No => {}
-            }
+        let mut usable = vec![];
+        for member in self.inner.members.iter().filter(|m| m.usable()) {
+            usable.push((member, member.free(), self.has_image(member, run).await));
         }
-        match (best, waiting) {
-            (Some((member, _)), _) => Some(member.clone()),
-            (None, true) => None,
-            (None, false) => any_free.cloned(),
-        }
+        let looks: Vec<(usize, Has)> = usable.iter().map(|(_, free, has)| (*free, *has)).collect();
+        choose(&looks).map(|i| usable[i].0.clone())
     }
 
     async fn has_image(&self, member: &Member, run: &Run) -> Has {
@@ -402,6 +384,26 @@ impl Pool {
     }
 }
 
+/// Which of the usable engines (each with its free slots and what it has of the image) takes
+/// the run, by index; `None` to wait. See [`Pool::place`].
+fn choose(engines: &[(usize, Has)]) -> Option<usize> {
+    let mut best: Option<(usize, usize)> = None;
+    for (i, (free, has)) in engines.iter().enumerate() {
+        if *has == Has::Yes && *free > 0 && best.is_none_or(|(_, f)| *free > f) {
+            best = Some((i, *free));
+        }
+    }
+    if let Some((i, _)) = best {
+        return Some(i);
+    }
+    // One has it (busy), or will soon: wait for it.
+    if engines.iter().any(|(_, has)| *has != Has::No) {
+        return None;
+    }
+    // No usable engine has it: a free one takes it and fails it saying so.
+    engines.iter().position(|(free, _)| *free > 0)
+}
+
 fn down(was: &Reach, error: anyhow::Error) -> Reach {
     let since = match was {
         Reach::Down { since, .. } => *since,
@@ -424,4 +426,38 @@ pub fn unreachable(engine: &str, since: OffsetDateTime) -> String {
         })
         .unwrap_or_default();
     format!("engine {engine:?} unreachable since {since}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_goes_to_the_most_free_engine_with_its_image_or_waits_for_one() {
+        use Has::{No, Soon, Yes};
+        // Most free slots first; the first in the config on a tie.
+        assert_eq!(choose(&[(1, Yes), (3, Yes), (3, Yes)]), Some(1));
+        assert_eq!(choose(&[(2, Yes), (2, Yes)]), Some(0));
+        // An engine without the image gets none, however free.
+        assert_eq!(choose(&[(1, Yes), (5, No)]), Some(0));
+        // The one with the image is busy: wait for it rather than go where it is missing.
+        assert_eq!(choose(&[(0, Yes), (5, No)]), None);
+        // It will have it soon (pulling, or self-testing): wait.
+        assert_eq!(choose(&[(5, Soon), (5, No)]), None);
+        assert_eq!(choose(&[(0, Soon), (1, Yes)]), Some(1));
+        // No usable engine has it: a free one takes it and fails it with what to do.
+        assert_eq!(choose(&[(0, No), (2, No)]), Some(1));
+        // Nothing free, or no usable engine at all: wait.
+        assert_eq!(choose(&[(0, No)]), None);
+        assert_eq!(choose(&[]), None);
+    }
+
+    #[test]
+    fn an_unreachable_engine_is_named_with_the_time_it_went() {
+        let since = time::macros::datetime!(2026-12-03 18:02:11.123 UTC);
+        assert_eq!(
+            unreachable("big-1", since),
+            "engine \"big-1\" unreachable since 2026-12-03T18:02:11Z"
+        );
+    }
 }

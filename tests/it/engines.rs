@@ -539,3 +539,62 @@ async fn a_drained_engine_takes_no_new_runs_and_stays_drained_across_a_restart()
     assert_none_on(&second, &server);
     server.assert_no_containers();
 }
+
+#[tokio::test]
+async fn a_run_whose_engine_is_away_at_start_waits_for_it() {
+    let mut second = SecondEngine::start();
+    second.load(precheck_image());
+    let mut server = two_engines(&second, 1, 1, "10m").start();
+    let blocker = precheck(&server, "chip_sleep60").await;
+    assert_eq!(running_on(&server, &blocker).await, "main");
+    let top = "chip_sleep10";
+    let run = precheck(&server, top).await;
+    assert_eq!(running_on(&server, &run).await, "second");
+    wait_for_line(&server, &run, "second 2 of 10").await;
+
+    // The server dies, and its run's engine is away when it starts again.
+    server.kill();
+    second.stop();
+    server.restart();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let body = inspect(&server, &run).await;
+    assert_eq!(body["State"]["Status"], "running", "{body}");
+    let (status, away) = health_of(&server, "second").await;
+    assert_eq!(status, 200, "the main engine takes runs");
+    assert_eq!(away["reachable"], false);
+    client::cancel(&server, &blocker).await;
+    second.start_again();
+    let done = wait(&server, &run).await;
+    assert_eq!(done["StatusCode"], 0, "{done}");
+    every_line_once(&lines(&logs(&server, &run, "").await), top, 10);
+    wait(&server, &blocker).await;
+    assert_none_on(&second, &server);
+    server.assert_no_containers();
+}
+
+#[tokio::test]
+async fn a_run_cancelled_while_its_engine_is_away_ends_at_once() {
+    let mut second = SecondEngine::start();
+    second.load(precheck_image());
+    let server = two_engines(&second, 1, 1, "10m").start();
+    let blocker = precheck(&server, "chip_sleep60").await;
+    assert_eq!(running_on(&server, &blocker).await, "main");
+    let run = precheck(&server, "chip_sleep60").await;
+    assert_eq!(running_on(&server, &run).await, "second");
+    wait_for_line(&server, &run, "second 1 of 60").await;
+    second.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    client::cancel(&server, &run).await;
+    let done = wait(&server, &run).await;
+    assert_eq!(
+        inspect(&server, &run).await["State"]["Status"],
+        "cancelled",
+        "{done}"
+    );
+    // Back, the engine loses the cancelled run's container.
+    second.start_again();
+    assert_none_on(&second, &server);
+    client::cancel(&server, &blocker).await;
+    wait(&server, &blocker).await;
+    server.assert_no_containers();
+}
