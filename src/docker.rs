@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
@@ -24,7 +24,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::config::{EngineHost, Limits};
+use crate::config::{EngineHost, Limits, Tls};
 use crate::storage::{ChunkSender, Unpacked, unpack_tree};
 
 /// Calls that should answer at once are cut off after this long.
@@ -153,6 +153,14 @@ impl Engine {
     /// client cannot be made (a TLS file that is not a certificate or key); a local socket that
     /// is not there yet is looked for again at each call.
     pub fn client_for(host: &EngineHost) -> Result<Engine> {
+        if let EngineHost::Tcp { tls: Some(tls), .. } = host {
+            check_tls(tls).with_context(|| {
+                format!(
+                    "cannot make a client of the Docker engine at {}",
+                    host_name(host)
+                )
+            })?;
+        }
         let docker = match build(host) {
             Ok(docker) => Some(docker),
             Err(DockerError::SocketNotFoundError(_)) => None,
@@ -207,7 +215,12 @@ impl Engine {
     /// Whether the engine answers (`/_ping`), within a few seconds.
     pub async fn ping(&self) -> Result<()> {
         match tokio::time::timeout(PING, self.docker()?.ping()).await {
-            Ok(answer) => answer.map(drop).map_err(anyhow::Error::from),
+            Ok(answer) => answer.map(drop).with_context(|| {
+                format!(
+                    "the Docker engine at {} does not answer /_ping",
+                    self.inner.host
+                )
+            }),
             Err(_) => Err(anyhow!(
                 "the Docker engine at {} did not answer within {} s",
                 self.inner.host,
@@ -216,9 +229,14 @@ impl Engine {
         }
     }
 
-    /// The memory of the engine's machine, in bytes.
+    /// The memory of the engine's machine, in bytes (`MemTotal` of `/info`).
     pub async fn memory(&self) -> Result<u64> {
-        let info = quick(self.docker()?.info()).await?;
+        let info = quick(self.docker()?.info()).await.with_context(|| {
+            format!(
+                "cannot ask the Docker engine at {} for its memory",
+                self.inner.host
+            )
+        })?;
         Ok(info.mem_total.unwrap_or(0).max(0) as u64)
     }
 
@@ -558,6 +576,47 @@ pub struct Labelled {
     pub labels: HashMap<String, String>,
 }
 
+/// Reads an engine's TLS files as bollard will. bollard takes a CA file without a certificate
+/// in it for an empty list, and reads the client's certificate and key only when it first
+/// connects, where a bad one shows as a failed handshake; here each is an error at once.
+fn check_tls(tls: &Tls) -> Result<()> {
+    use rustls_pki_types::pem::{Error as PemError, PemObject};
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let read = |path: &Path, key: &str| {
+        std::fs::read(path).with_context(|| format!("tls.{key}: cannot read {}", path.display()))
+    };
+    for (path, key) in [(&tls.ca, "ca"), (&tls.cert, "cert")] {
+        let pem = read(path, key)?;
+        let certificates = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                anyhow!(
+                    "tls.{key}: {} is not a PEM certificate file ({e})",
+                    path.display()
+                )
+            })?;
+        if certificates.is_empty() {
+            bail!(
+                "tls.{key}: {} holds no certificate: give it in PEM (\"-----BEGIN CERTIFICATE-----\")",
+                path.display()
+            );
+        }
+    }
+    let pem = read(&tls.key, "key")?;
+    match PrivateKeyDer::from_pem_slice(&pem) {
+        Ok(_) => Ok(()),
+        Err(PemError::NoItemsFound) => bail!(
+            "tls.key: {} holds no private key: give it in PEM (\"-----BEGIN PRIVATE KEY-----\")",
+            tls.key.display()
+        ),
+        Err(e) => bail!(
+            "tls.key: {} is not a PEM private key file ({e})",
+            tls.key.display()
+        ),
+    }
+}
+
 async fn quick<T>(call: impl Future<Output = Result<T, DockerError>>) -> Result<T> {
     match tokio::time::timeout(QUICK, call).await {
         Ok(result) => result.map_err(anyhow::Error::from),
@@ -582,4 +641,125 @@ fn is_not_found(e: &anyhow::Error) -> bool {
 
 fn is_not_modified(e: &DockerError) -> bool {
     status_of(e) == Some(304)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CERTIFICATE: &str = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
+
+    /// `ca.pem`, `cert.pem` and `key.pem` in a new folder, in PEM (not real ones: bollard does
+    /// not look inside them until it connects).
+    fn tls_files() -> (tempfile::TempDir, Tls) {
+        let dir = tempfile::tempdir().unwrap();
+        let tls = Tls {
+            ca: dir.path().join("ca.pem"),
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+        };
+        std::fs::write(&tls.ca, CERTIFICATE).unwrap();
+        std::fs::write(&tls.cert, CERTIFICATE).unwrap();
+        std::fs::write(&tls.key, KEY).unwrap();
+        (dir, tls)
+    }
+
+    fn tcp(tls: &Tls) -> EngineHost {
+        EngineHost::Tcp {
+            // Nothing listens on port 1: a connection is refused at once.
+            address: "127.0.0.1:1".into(),
+            tls: Some(tls.clone()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_is_not_there_is_a_client_whose_calls_name_the_host() {
+        let host = EngineHost::Unix("/nonexistent/docker.sock".into());
+        let engine = Engine::client_for(&host).unwrap();
+        for e in [
+            engine.negotiate().await.unwrap_err(),
+            engine.ping().await.unwrap_err(),
+            engine.memory().await.unwrap_err(),
+            Engine::connect_to(&host).await.map(drop).unwrap_err(),
+        ] {
+            let e = format!("{e:#}");
+            assert!(
+                e.contains("the Docker engine at unix:///nonexistent/docker.sock"),
+                "{e}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_files_in_pem_make_a_client_and_negotiating_names_the_host() {
+        let (_dir, tls) = tls_files();
+        let engine = Engine::client_for(&tcp(&tls)).unwrap();
+        let e = format!("{:#}", engine.negotiate().await.unwrap_err());
+        assert!(
+            e.starts_with("cannot reach the Docker engine at tcp://127.0.0.1:1"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_tls_file_that_is_not_pem_is_refused_naming_it() {
+        for (key, text, why) in [
+            (
+                "ca",
+                "not a certificate",
+                "holds no certificate: give it in PEM (\"-----BEGIN CERTIFICATE-----\")",
+            ),
+            (
+                "ca",
+                "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+                "is not a PEM certificate file (base64 decode error: ",
+            ),
+            (
+                "ca",
+                "-----BEGIN CERTIFICATE-----\nAAAA\n",
+                "is not a PEM certificate file (missing section end marker: ",
+            ),
+            (
+                "cert",
+                KEY,
+                "holds no certificate: give it in PEM (\"-----BEGIN CERTIFICATE-----\")",
+            ),
+            (
+                "key",
+                CERTIFICATE,
+                "holds no private key: give it in PEM (\"-----BEGIN PRIVATE KEY-----\")",
+            ),
+            (
+                "key",
+                "-----BEGIN PRIVATE KEY-----\n!!!\n-----END PRIVATE KEY-----\n",
+                "is not a PEM private key file (base64 decode error: ",
+            ),
+        ] {
+            let (dir, tls) = tls_files();
+            let path = dir.path().join(format!("{key}.pem"));
+            std::fs::write(&path, text).unwrap();
+            let e = Engine::client_for(&tcp(&tls)).map(drop).unwrap_err();
+            let expected = format!(
+                "cannot make a client of the Docker engine at tcp://127.0.0.1:1: tls.{key}: {} {why}",
+                path.display()
+            );
+            let e = format!("{e:#}");
+            assert!(e.starts_with(&expected), "{key} {text:?}: {e}");
+        }
+        // A file that went away since the config was read.
+        let (_dir, tls) = tls_files();
+        std::fs::remove_file(&tls.cert).unwrap();
+        let e = format!(
+            "{:#}",
+            Engine::client_for(&tcp(&tls)).map(drop).unwrap_err()
+        );
+        assert_eq!(
+            e,
+            format!(
+                "cannot make a client of the Docker engine at tcp://127.0.0.1:1: tls.cert: cannot read {}: No such file or directory (os error 2)",
+                tls.cert.display()
+            )
+        );
+    }
 }

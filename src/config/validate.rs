@@ -388,7 +388,8 @@ fn engines(
                     anyhow!("{at}.tls.{key}: missing: TLS needs ca, cert and key")
                 })?;
                 let path = base.join(path);
-                match std::fs::metadata(&path) {
+                // Opened, not only looked at: a file this user may not read is refused here.
+                match std::fs::File::open(&path).and_then(|f| f.metadata()) {
                     Ok(m) if m.is_file() => Ok(path),
                     Ok(_) => bail!("{at}.tls.{key}: {} is not a file", path.display()),
                     Err(e) => bail!("{at}.tls.{key}: cannot read {}: {e}", path.display()),
