@@ -5,7 +5,9 @@
 #   2. the median time from POST /api/v1/prechecks to /wait returning, for a no-op stand-in
 #      run, next to a plain `docker run` of the same image doing the same work;
 #   3. how long a restart takes to be serving again with 20 queued and 2 running runs, after
-#      SIGTERM and after kill -9 (the running containers are reattached, not restarted).
+#      SIGTERM and after kill -9 (the running containers are reattached, not restarted);
+#   4. 40 no-op runs through one engine of 2 slots and through two engines of 2 slots each (a
+#      second dockerd of the test's own; the integration test that checks it prints the times).
 # Usage: scripts/bench.sh [RUNS]   (default 20 runs each). Needs Docker, curl, jq, busybox-static.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,3 +95,6 @@ for signal in TERM KILL; do
 done
 # Cancel everything so no container is left behind.
 for run in $runs; do curl -s -o /dev/null -X DELETE "$SERVER/api/v1/prechecks/$run"; done
+
+echo "== 40 no-op runs on 1 engine x 2 slots and on 2 engines x 2 slots (release build) =="
+cargo test --release --quiet --test it forty_no_op_runs -- --nocapture 2>&1 | grep -E '^40 no-op runs:'

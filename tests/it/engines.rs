@@ -598,3 +598,59 @@ async fn a_run_cancelled_while_its_engine_is_away_ends_at_once() {
     wait(&server, &blocker).await;
     server.assert_no_containers();
 }
+
+/// Creates `n` no-op prechecks of one upload at once and waits for them all; returns how long
+/// that took and each run's engine. `scripts/bench.sh` prints what the test below measures.
+async fn no_op_runs(server: &TestServer, n: usize) -> (Duration, Vec<String>) {
+    let upload = client::upload(server, "chip.gds", crate::support::gds_bytes("chip")).await;
+    let t0 = std::time::Instant::now();
+    let mut runs = vec![];
+    for _ in 0..n {
+        runs.push(
+            client::create(server, &upload, "chip").await["Id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    for run in &runs {
+        assert_eq!(wait(server, run).await["StatusCode"], 0);
+    }
+    let took = t0.elapsed();
+    let mut engines = vec![];
+    for run in &runs {
+        engines.push(engine_of(server, run).await.unwrap_or_default());
+    }
+    (took, engines)
+}
+
+#[tokio::test]
+async fn forty_no_op_runs_go_through_one_engine_and_through_two() {
+    let second = SecondEngine::start();
+    second.load(precheck_image());
+    let one = TestServer::builder().max_concurrent(2).start();
+    let (alone, engines) = no_op_runs(&one, 40).await;
+    assert!(engines.iter().all(|e| e == "local"), "{engines:?}");
+    one.assert_no_containers();
+    drop(one);
+
+    let two = two_engines(&second, 2, 2, "10m").start();
+    wait_until_async(Duration::from_secs(60), "both images ready", || async {
+        let (_, body) = get_json(&two, "/health").await;
+        body["engines"]
+            .as_array()
+            .is_some_and(|e| e.iter().all(|e| e["image"]["status"] == "ready"))
+    })
+    .await;
+    let (together, engines) = no_op_runs(&two, 40).await;
+    let on_second = engines.iter().filter(|e| *e == "second").count();
+    assert!(on_second > 0 && on_second < 40, "{engines:?}");
+    println!(
+        "40 no-op runs: 1 engine x 2 slots {:.1} s, 2 engines x 2 slots {:.1} s ({on_second} on the second): {:.2}x the throughput",
+        alone.as_secs_f64(),
+        together.as_secs_f64(),
+        alone.as_secs_f64() / together.as_secs_f64()
+    );
+    assert_none_on(&second, &two);
+    two.assert_no_containers();
+}
