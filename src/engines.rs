@@ -9,8 +9,8 @@
 //! queue when anything changed.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -136,8 +136,6 @@ struct Inner {
     /// Poked when an engine's state or slots change: the queue waits on it.
     wake: Notify,
     config: Arc<Config>,
-    /// The last drained set read, to tell the queue about changes only.
-    drained: Mutex<HashSet<String>>,
 }
 
 impl Pool {
@@ -147,13 +145,8 @@ impl Pool {
     pub fn new(config: Arc<Config>, watch: impl Fn(&Engine) -> ImageWatch) -> Result<Pool> {
         let mut members = vec![];
         for engine_config in &config.engines {
-            let engine = Engine::client_for(&engine_config.host).map_err(|e| {
-                anyhow::anyhow!(
-                    "engine {:?} ({}): {e:#}",
-                    engine_config.name,
-                    host_text(&engine_config.host)
-                )
-            })?;
+            let engine = Engine::client_for(&engine_config.host)
+                .map_err(|e| anyhow::anyhow!("engine {:?}: {e:#}", engine_config.name))?;
             let image = watch(&engine);
             members.push(Arc::new(Member {
                 config: engine_config.clone(),
@@ -170,7 +163,6 @@ impl Pool {
                 members,
                 wake: Notify::new(),
                 config,
-                drained: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -328,7 +320,6 @@ impl Pool {
                 );
             }
         }
-        *self.inner.drained.lock().unwrap_or_else(|e| e.into_inner()) = drained;
     }
 
     /// Where `run` may go now: the engine with the most free slots among those that answer,
