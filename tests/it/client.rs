@@ -114,3 +114,17 @@ pub fn refused((status, body): (reqwest::StatusCode, Value), expected: u16, need
     let message = body["message"].as_str().unwrap_or_default();
     assert!(message.contains(needle), "{needle:?} not in {message:?}");
 }
+
+/// Waits (up to 2 minutes) until the run's log holds a line containing `needle`.
+pub async fn wait_for_line(server: &TestServer, run_id: &str, needle: &str) {
+    crate::support::wait_until_async(
+        std::time::Duration::from_secs(120),
+        &format!("a log line with {needle:?}"),
+        || async {
+            lines(&logs(server, run_id, "").await)
+                .iter()
+                .any(|l| l.contains(needle))
+        },
+    )
+    .await;
+}

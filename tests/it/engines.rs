@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::cli::ok;
-use crate::client::{self, get_json, http, inspect, lines, logs, precheck, wait};
+use crate::client::{self, get_json, http, inspect, lines, logs, precheck, wait, wait_for_line};
 use crate::support::{
     SecondEngine, TestServer, TestServerBuilder, docker_ok, mounts_under, precheck_image,
     processes_naming, wait_until, wait_until_async,
@@ -207,15 +207,16 @@ async fn running_on(server: &TestServer, run: &str) -> String {
     }
 }
 
-/// Waits until the run's log holds a line containing `needle`.
-async fn wait_for_line(server: &TestServer, run: &str, needle: &str) {
+/// Waits until every engine's precheck image has passed its self-test.
+async fn images_ready(server: &TestServer) {
     wait_until_async(
         Duration::from_secs(60),
-        &format!("a log line with {needle:?}"),
+        "every engine's image ready",
         || async {
-            lines(&logs(server, run, "").await)
-                .iter()
-                .any(|l| l.contains(needle))
+            let (_, body) = get_json(server, "/health").await;
+            body["engines"]
+                .as_array()
+                .is_some_and(|e| e.iter().all(|e| e["image"]["status"] == "ready"))
         },
     )
     .await;
@@ -469,13 +470,7 @@ async fn a_drained_engine_takes_no_new_runs_and_stays_drained_across_a_restart()
     let second = SecondEngine::start();
     second.load(precheck_image());
     let mut server = two_engines(&second, 1, 1, "10m").start();
-    wait_until_async(Duration::from_secs(60), "both images ready", || async {
-        let (_, body) = get_json(&server, "/health").await;
-        body["engines"]
-            .as_array()
-            .is_some_and(|e| e.iter().all(|e| e["image"]["status"] == "ready"))
-    })
-    .await;
+    images_ready(&server).await;
     // A run on the second engine, then the drain: it goes on to its end.
     let blocker = precheck(&server, "chip_sleep90").await;
     let on_second = precheck(&server, "chip_sleep6").await;
@@ -635,13 +630,7 @@ async fn forty_no_op_runs_go_through_one_engine_and_through_two() {
     drop(one);
 
     let two = two_engines(&second, 2, 2, "10m").start();
-    wait_until_async(Duration::from_secs(60), "both images ready", || async {
-        let (_, body) = get_json(&two, "/health").await;
-        body["engines"]
-            .as_array()
-            .is_some_and(|e| e.iter().all(|e| e["image"]["status"] == "ready"))
-    })
-    .await;
+    images_ready(&two).await;
     let (together, engines) = no_op_runs(&two, 40).await;
     let on_second = engines.iter().filter(|e| *e == "second").count();
     assert!(on_second > 0 && on_second < 40, "{engines:?}");

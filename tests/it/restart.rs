@@ -6,22 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::client::{self, get_json, inspect, lines, logs, precheck, wait};
+use crate::client::{self, get_json, inspect, lines, logs, precheck, wait, wait_for_line};
 use crate::support::{TestServer, docker_ok, files_in, partial_upload, wait_until_async};
-
-/// Waits until the run's log holds a line containing `needle`.
-async fn wait_for_line(server: &TestServer, run: &str, needle: &str) {
-    wait_until_async(
-        Duration::from_secs(60),
-        &format!("a log line with {needle:?}"),
-        || async {
-            lines(&logs(server, run, "").await)
-                .iter()
-                .any(|l| l.contains(needle))
-        },
-    )
-    .await;
-}
 
 /// The run's container (there must be exactly one), found by its run-id label.
 fn container_of(run: &str) -> String {

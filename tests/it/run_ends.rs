@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::client::{self, get_json, inspect, lines, logs, precheck, upload, wait};
-use crate::support::{TestServer, docker_ok, gds_bytes, wait_until_async, write_big_gds};
+use crate::client::{self, get_json, inspect, precheck, upload, wait, wait_for_line};
+use crate::support::{TestServer, docker_ok, gds_bytes, write_big_gds};
 
 /// A small tmpfs of its own, unmounted when dropped: a disk that fills up.
 struct Tmpfs {
@@ -105,19 +105,6 @@ fn server_on(disk: &Tmpfs) -> TestServer {
     TestServer::builder()
         .set("server.storage_path", storage.display().to_string())
         .start()
-}
-
-async fn wait_for_line(server: &TestServer, run: &str, needle: &str) {
-    wait_until_async(
-        Duration::from_secs(120),
-        &format!("a log line with {needle:?}"),
-        || async {
-            lines(&logs(server, run, "").await)
-                .iter()
-                .any(|l| l.contains(needle))
-        },
-    )
-    .await;
 }
 
 async fn status_of(server: &TestServer, run: &str) -> String {
