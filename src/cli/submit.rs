@@ -223,8 +223,12 @@ async fn submit(args: SubmitArgs) -> Result<u8, Stop> {
         return Err(anyhow!("--server: {base:?} is not an http:// or https:// URL").into());
     }
     let client = Client {
+        // reqwest aborts a connection whose sent data waits unacknowledged for 30 s (its
+        // default TCP user timeout), which a busy server reading a large layout slowly
+        // does: the server's own idle timeouts bound a stuck upload instead.
         http: reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
+            .tcp_user_timeout(None)
             .build()?,
         base,
         key,

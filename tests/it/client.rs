@@ -6,8 +6,13 @@ use serde_json::{Value, json};
 
 use crate::support::{TestServer, gds_bytes};
 
+/// A client like curl's: no TCP user timeout (reqwest's default of 30 s aborts an upload
+/// that a loaded server reads slowly, as it may while it inflates a bomb).
 pub fn http() -> reqwest::Client {
-    reqwest::Client::new()
+    reqwest::Client::builder()
+        .tcp_user_timeout(None)
+        .build()
+        .unwrap()
 }
 
 async fn expect(resp: reqwest::Response, status: u16) -> Value {

@@ -80,7 +80,7 @@ fn ids(runs: &[Value]) -> Vec<String> {
 #[tokio::test]
 async fn ten_thousand_queued_prechecks_page_by_page_with_their_queue_positions() {
     let mut server = TestServer::builder().max_concurrent(1).start();
-    let http = reqwest::Client::new();
+    let http = crate::client::http();
     // The one slot is taken by a run that sleeps; every later run stays queued.
     let top = "chip_sleep900";
     let layout = upload(&server, &format!("{top}.gds"), gds_bytes(top)).await;
