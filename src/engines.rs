@@ -3,8 +3,8 @@
 //! the precheck image.
 //!
 //! A [`Pool`] knows engines, not runs: the queue asks it where the oldest queued run may go
-//! ([`Pool::place`]), takes a slot on that engine, and gives it back when the run's container
-//! has ended. One task looks at every engine every [`TICK`] (a ping, and the drained set in the
+//! ([`Pool::place`]) and takes a [`Slot`] on that engine, given back the moment the run's
+//! container has stopped. One task looks at every engine every [`TICK`] (a ping, and the drained set in the
 //! database, which `precheck-server engines drain` changes from another process) and wakes the
 //! queue when anything changed.
 
@@ -349,17 +349,15 @@ impl Pool {
         }
     }
 
-    /// Takes a slot on `member` (even past its total: a run found running at start).
-    pub fn take(&self, member: &Member) {
+    /// Takes a slot on `member` (even past its total: a run found running at start), held
+    /// until [`Slot::free`] or the slot is dropped.
+    pub fn take(&self, member: &Arc<Member>) -> Slot {
         member.used.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// Gives a slot back and wakes the queue.
-    pub fn give_back(&self, member: &Member) {
-        let _ = member
-            .used
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| u.checked_sub(1));
-        self.poke();
+        Slot {
+            pool: self.clone(),
+            member: member.clone(),
+            held: AtomicBool::new(true),
+        }
     }
 
     /// Whether at least one engine can take runs: it answers, is not drained, and its image
@@ -372,6 +370,34 @@ impl Pool {
                     ImageStatus::Missing { .. } | ImageStatus::Broken { .. }
                 )
         })
+    }
+}
+
+/// A run's slot on its engine, from [`Pool::take`]. It is given back (waking the queue) when
+/// the run's container has stopped ([`Slot::free`]), so the next run starts while this one's
+/// results are copied out and its end recorded; or when it is dropped, however the run ends.
+pub struct Slot {
+    pool: Pool,
+    member: Arc<Member>,
+    held: AtomicBool,
+}
+
+impl Slot {
+    /// Gives the slot back, once.
+    pub fn free(&self) {
+        if self.held.swap(false, Ordering::SeqCst) {
+            let _ = self
+                .member
+                .used
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| u.checked_sub(1));
+            self.pool.poke();
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.free();
     }
 }
 

@@ -261,8 +261,7 @@ impl Queue {
     /// Executes a running run (or watches its container again) in a task of its own, which
     /// gives its slot back when the run is over.
     fn launch(&self, run: Run, member: Arc<Member>, start: Start) {
-        self.inner.pool.take(&member);
-        let active = Arc::new(ActiveRun::new());
+        let active = Arc::new(ActiveRun::new(self.inner.pool.take(&member)));
         self.inner
             .active
             .lock()
@@ -313,7 +312,8 @@ impl Queue {
                     }
                 }
             }
-            queue.inner.pool.give_back(&member);
+            // Freed when its container stopped, unless the run ended without one.
+            active.slot.free();
         });
     }
 }

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::db::Db;
 use crate::docker::ContainerSpec;
-use crate::engines::{Member, Reach};
+use crate::engines::{Member, Reach, Slot};
 use crate::metrics::Metrics;
 use crate::model::{Outcome, Run, RunParams, exit_code};
 use crate::storage::Storage;
@@ -58,20 +58,18 @@ pub struct ActiveRun {
     pub cancel: CancellationToken,
     /// Bytes written to the log file so far; log followers wait on changes.
     pub log_len: watch::Sender<u64>,
+    /// Its slot on its engine: freed when its container has stopped, before its results are
+    /// copied out and its end recorded.
+    pub slot: Slot,
 }
 
 impl ActiveRun {
-    pub fn new() -> ActiveRun {
+    pub fn new(slot: Slot) -> ActiveRun {
         ActiveRun {
             cancel: CancellationToken::new(),
             log_len: watch::Sender::new(0),
+            slot,
         }
-    }
-}
-
-impl Default for ActiveRun {
-    fn default() -> Self {
-        ActiveRun::new()
     }
 }
 
@@ -547,9 +545,13 @@ impl Runner {
             }
             _ = log_full.cancelled() => {
                 on.engine.kill(id).await?;
+                active.slot.free();
                 return Ok(log_not_written());
             }
         };
+        // The container has stopped: the next run may start while this one's log is read to
+        // its end, its results are copied out and its end is recorded.
+        active.slot.free();
         // The engine's followed stream can end before it has sent everything a fast printer
         // wrote (seen with 200 000 lines on Docker 20.10): once the container has stopped, the
         // rest is read from a plain, unfollowed log, skipping the messages already appended.

@@ -143,6 +143,32 @@ async fn queue_is_fifo_and_a_cancelled_queued_run_never_starts() {
 }
 
 #[tokio::test]
+async fn a_slot_is_free_once_its_container_stops_while_its_results_are_copied_out() {
+    let server = TestServer::builder().max_concurrent(1).start();
+    // 512 MiB of results to copy out after its container has stopped.
+    let first = precheck(&server, "chip_bigwork").await;
+    let second = precheck(&server, "chip_top").await;
+    assert_eq!(wait(&server, &first).await["StatusCode"], 0);
+    assert_eq!(wait(&server, &second).await["StatusCode"], 0);
+    let first = inspect(&server, &first).await;
+    let second = inspect(&server, &second).await;
+    let at = |run: &serde_json::Value, field: &str| {
+        time::OffsetDateTime::parse(
+            run["State"][field].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    assert!(
+        at(&second, "StartedAt") < at(&first, "FinishedAt"),
+        "the second run waited for the first one's copy-out: {} started, {} finished",
+        second["State"]["StartedAt"],
+        first["State"]["FinishedAt"]
+    );
+    server.assert_no_containers();
+}
+
+#[tokio::test]
 async fn cancel_stops_a_running_container_within_10_s() {
     let server = TestServer::start("");
     let run = precheck(&server, "chip_sleep120").await;
