@@ -159,8 +159,11 @@ impl UploadBody {
 
 /// Bytes the multipart framing may add around the file itself.
 const MULTIPART_SLACK: u64 = 64 * 1024;
-/// How long a refused upload's remaining body is read (and discarded) before the answer.
-const DRAIN_ON_REFUSAL: Duration = Duration::from_secs(2);
+/// How long a refused upload's remaining body is read (and discarded) before the answer: a
+/// client (hyper's, among others) that is still writing when the connection closes gets a
+/// broken pipe instead of the answer. Long enough for a loaded machine to take the rest of a
+/// bomb; it ends as soon as the body does.
+const DRAIN_ON_REFUSAL: Duration = Duration::from_secs(30);
 /// Enough of the file to recognise its format.
 const SNIFF_LEN: usize = 16;
 
