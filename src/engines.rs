@@ -4,9 +4,9 @@
 //!
 //! A [`Pool`] knows engines, not runs: the queue asks it where the oldest queued run may go
 //! ([`Pool::place`]) and takes a [`Slot`] on that engine, given back the moment the run's
-//! container has stopped. One task looks at every engine every [`TICK`] (a ping, and the drained set in the
-//! database, which `precheck-server engines drain` changes from another process) and wakes the
-//! queue when anything changed.
+//! container has stopped. One task looks at every engine every [`TICK`] (a ping, and the
+//! drained set in the database, which `precheck-server engines drain` changes from another
+//! process) and wakes the queue when anything changed.
 
 use std::collections::HashSet;
 use std::sync::Arc;

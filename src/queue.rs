@@ -258,8 +258,8 @@ impl Queue {
         }
     }
 
-    /// Executes a running run (or watches its container again) in a task of its own, which
-    /// gives its slot back when the run is over.
+    /// Executes a running run (or watches its container again) in a task of its own, holding
+    /// a slot until its container stops (or the run ends without one).
     fn launch(&self, run: Run, member: Arc<Member>, start: Start) {
         let active = Arc::new(ActiveRun::new(self.inner.pool.take(&member)));
         self.inner
