@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Measures what docs/benchmarks.md reports, on this machine, with the release build:
-#   1. the server's idle RSS, its peak RSS during a 1 GiB upload, and the upload's MB/s
-#      (the integration test that checks the upload prints them);
+#   1. the server's idle RSS, its peak RSS during a 1 GiB upload, and the upload's MB/s next to
+#      `cat FILE > DEST && sync` of the same file onto the same disk (the integration test that
+#      checks the upload prints them);
 #   2. the median time from POST /api/v1/prechecks to /wait returning, for a no-op stand-in
-#      run, next to a plain `docker run` of the same image doing the same work;
+#      run, next to a plain `docker run --rm --network none` of the same image doing the same
+#      work, and 20 no-op runs created at once at 2 slots against the ideal (10 plain runs);
 #   3. how long a restart takes to be serving again with 20 queued and 2 running runs, after
 #      SIGTERM and after kill -9 (the running containers are reattached, not restarted);
 #   4. 40 no-op runs through one engine of 2 slots and through two engines of 2 slots each (a
@@ -15,6 +17,7 @@ RUNS="${1:-20}"
 
 echo "== 1 GiB upload (release build) =="
 cargo test --release --quiet --test it a_1_gib_upload -- --nocapture 2>&1 | grep -E '^1 GiB upload:'
+echo "(goal: the upload at 0.8x or more of cat > DEST && sync)"
 
 echo "== create -> /wait, no-op stand-in run, median of $RUNS =="
 cargo build --release --quiet --bins --examples
@@ -72,8 +75,26 @@ for _ in $(seq "$RUNS"); do
     --id FFFFFFFF --slot 1x1 --dir /tmp/work >/dev/null
   ms "$t0" >>"$work/docker.ms"
 done
-echo "precheck-server create -> /wait: median $(median <"$work/server.ms") ms"
-echo "plain docker run:                median $(median <"$work/docker.ms") ms"
+server_ms=$(median <"$work/server.ms")
+docker_ms=$(median <"$work/docker.ms")
+echo "precheck-server create -> /wait: median $server_ms ms"
+echo "plain docker run:                median $docker_ms ms"
+echo "create -> /wait against docker run: $(awk -v a="$server_ms" -v b="$docker_ms" 'BEGIN {printf "%.2fx", a / b}') (goal: 1.15x or less)"
+
+echo "== 20 no-op runs created at once, 2 slots =="
+upload=$(curl -sf -F "file=@$work/chip_top.gds" "$SERVER/api/v1/uploads" | jq -r .Id)
+t0=$(date +%s%N)
+batch=""
+for _ in $(seq 20); do
+  batch="$batch $(curl -sf -X POST "$SERVER/api/v1/prechecks" -H 'Content-Type: application/json' \
+    -d "{\"upload_id\":\"$upload\",\"top_cell\":\"chip_top\"}" | jq -r .Id)"
+done
+for run in $batch; do
+  code=$(curl -sf -X POST "$SERVER/api/v1/prechecks/$run/wait?timeout=120" | jq -r .StatusCode)
+  [ "$code" = 0 ] || { echo "run $run ended with $code" >&2; exit 1; }
+done
+batch_ms=$(ms "$t0")
+echo "20 no-op runs at 2 slots: $batch_ms ms; ideal (10 x plain docker run) $((10 * ${docker_ms%.*})) ms: $(awk -v a="$batch_ms" -v b="$docker_ms" 'BEGIN {printf "%.2fx", a / (10 * b)}') (goal: 1.2x or less)"
 
 echo "== restart with 20 queued and 2 running runs =="
 create() {

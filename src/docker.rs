@@ -522,21 +522,31 @@ impl Engine {
     }
 
     /// Removes a container, whatever its state. A container that is already gone, or that
-    /// someone else is removing (409 "removal ... already in progress"), is fine.
+    /// someone else is removing (409 "removal ... already in progress"), is fine. A 500 is
+    /// asked again twice, 200 ms apart: two removals at once can make the engine fail the
+    /// second one's file system removal (fuse-overlayfs: "directory not empty") and leave the
+    /// container `dead`, which a removal then takes.
     pub async fn remove(&self, container: &str) -> Result<()> {
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
             .build();
-        match quick(self.docker()?.remove_container(container, Some(options))).await {
-            // 404: gone; 409 (forced): its removal is already in progress, by another caller.
-            Err(e)
-                if e.downcast_ref::<DockerError>()
-                    .is_some_and(|e| matches!(status_of(e), Some(404 | 409))) =>
-            {
-                Ok(())
-            }
-            other => other,
+        let docker = self.docker()?;
+        let mut tries = 0;
+        loop {
+            let removed = quick(docker.remove_container(container, Some(options.clone())));
+            let status = match removed.await {
+                Ok(()) => return Ok(()),
+                Err(e) => match e.downcast_ref::<DockerError>().and_then(status_of) {
+                    // 404: gone; 409 (forced): its removal is in progress, by another caller.
+                    Some(404 | 409) => return Ok(()),
+                    Some(500) if tries < 2 => 500,
+                    _ => return Err(e),
+                },
+            };
+            tries += 1;
+            tracing::debug!(%container, status, "the engine failed a removal: asking again");
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 

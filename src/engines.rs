@@ -2,21 +2,23 @@
 //! each with its slots, its reachability, whether an operator drained it, and its own watch of
 //! the precheck image.
 //!
-//! A [`Pool`] knows engines, not runs: the queue asks it where the oldest queued run may go
-//! ([`Pool::place`]) and takes a [`Slot`] on that engine, given back the moment the run's
-//! container has stopped. One task looks at every engine every [`TICK`] (a ping, and the
-//! drained set in the database, which `precheck-server engines drain` changes from another
-//! process) and wakes the queue when anything changed.
+//! A [`Pool`] knows engines, not runs: the queue asks it where the oldest queued run not yet
+//! placed may go ([`Pool::place`]), which puts the run in that engine's line (a [`Ticket`]);
+//! the run's container is prepared there while it waits, and at its turn it takes a [`Slot`],
+//! given back the moment its container has stopped. One task looks at every engine every
+//! [`TICK`] (a ping, and the drained set in the database, which `precheck-server engines drain`
+//! changes from another process) and wakes the queue when anything changed.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::config::{Config, EngineConfig};
 use crate::db::Db;
@@ -60,6 +62,12 @@ pub struct Member {
     total: AtomicUsize,
     used: AtomicUsize,
     drained: AtomicBool,
+    /// The runs placed here that have not started, in the order they were placed: the first
+    /// takes the next free slot. A std Mutex: it is never held across an `.await`.
+    line: Mutex<VecDeque<Uuid>>,
+    /// Bumped at every change that may give the first in line its turn, or take its engine
+    /// away (a slot given back, a look at the engines, a drain).
+    changes: watch::Sender<u64>,
 }
 
 impl Member {
@@ -105,9 +113,25 @@ impl Member {
         self.drained.load(Ordering::SeqCst)
     }
 
-    fn free(&self) -> usize {
+    /// How many runs are placed here and wait for a slot, their containers being prepared or
+    /// ready to start.
+    pub fn waiting(&self) -> usize {
+        self.line().len()
+    }
+
+    fn line(&self) -> std::sync::MutexGuard<'_, VecDeque<Uuid>> {
+        self.line.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Slots neither used nor promised to a run in line; and room in line beyond them (as many
+    /// runs as it has slots may wait prepared for the next ones).
+    fn room(&self) -> (usize, usize) {
         let (used, total) = self.slots();
-        total.saturating_sub(used)
+        let taken = used + self.waiting();
+        (
+            total.saturating_sub(taken),
+            (2 * total).saturating_sub(taken),
+        )
     }
 
     /// Whether it may take a run now: it answers and is not drained.
@@ -156,6 +180,8 @@ impl Pool {
                 total: AtomicUsize::new(engine_config.max_concurrent.unwrap_or(0)),
                 used: AtomicUsize::new(0),
                 drained: AtomicBool::new(false),
+                line: Mutex::new(VecDeque::new()),
+                changes: watch::Sender::new(0),
             }));
         }
         Ok(Pool {
@@ -219,9 +245,12 @@ impl Pool {
         }
     }
 
-    /// Wakes the queue.
+    /// Wakes the queue, and every run in an engine's line.
     pub fn poke(&self) {
         self.inner.wake.notify_one();
+        for member in &self.inner.members {
+            member.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
     }
 
     /// Completes at the next [`Pool::poke`] (or at once if one came since the last wait).
@@ -322,17 +351,41 @@ impl Pool {
         }
     }
 
-    /// Where `run` may go now: the engine with the most free slots among those that answer,
-    /// are not drained and have its image. `None` to wait: every such engine is busy, or one
-    /// will have the image soon. A run whose image no usable engine has goes to a free one
-    /// all the same, where it fails at once saying what to do (as with one engine).
-    pub async fn place(&self, run: &Run) -> Option<Arc<Member>> {
+    /// Where `run` may go now, in that engine's line: of the engines that answer, are not drained
+    /// and have its image, the one with the most free slots, or if none is free, the one with
+    /// the most room in line (its container is prepared there while the slots are busy). `None`
+    /// to wait: every such engine is full, or one will have the image soon. A run whose image
+    /// no usable engine has goes to a free one all the same, where it fails at once saying what
+    /// to do (as with one engine).
+    pub async fn place(&self, run: &Run) -> Option<Ticket> {
         let mut usable = vec![];
         for member in self.inner.members.iter().filter(|m| m.usable()) {
-            usable.push((member, member.free(), self.has_image(member, run).await));
+            let (free, room) = member.room();
+            let has = self.has_image(member, run).await;
+            usable.push((member, Look { free, room, has }));
         }
-        let looks: Vec<(usize, Has)> = usable.iter().map(|(_, free, has)| (*free, *has)).collect();
-        choose(&looks).map(|i| usable[i].0.clone())
+        let looks: Vec<Look> = usable.iter().map(|(_, look)| *look).collect();
+        let member = usable[choose(&looks)?].0.clone();
+        member.line().push_back(run.id);
+        Some(Ticket {
+            pool: self.clone(),
+            member,
+            run: run.clone(),
+        })
+    }
+
+    /// Whether an engine other than `member` could start `run` now: usable, with its image, and
+    /// a slot that no run in its line waits for.
+    async fn free_elsewhere(&self, member: &Arc<Member>, run: &Run) -> bool {
+        for other in self.inner.members.iter() {
+            if Arc::ptr_eq(other, member) || !other.usable() || other.room().0 == 0 {
+                continue;
+            }
+            if self.has_image(other, run).await == Has::Yes {
+                return true;
+            }
+        }
+        false
     }
 
     async fn has_image(&self, member: &Member, run: &Run) -> Has {
@@ -373,6 +426,63 @@ impl Pool {
     }
 }
 
+/// A run's place in its engine's line, from [`Pool::place`]; it leaves the line when it takes
+/// its slot ([`Ticket::turn`]) or is dropped.
+pub struct Ticket {
+    pool: Pool,
+    member: Arc<Member>,
+    run: Run,
+}
+
+impl Ticket {
+    pub fn member(&self) -> &Arc<Member> {
+        &self.member
+    }
+
+    /// Waits until the run is first in its engine's line and a slot is free there, and takes
+    /// it. `None` if the engine stops answering or is drained first, or if, first in line, the
+    /// run could start on another engine now (one freed up while this one's slots stay busy,
+    /// maybe for hours): the run is placed again.
+    pub async fn turn(self) -> Option<Slot> {
+        let member = &self.member;
+        let mut changes = member.changes.subscribe();
+        loop {
+            if !member.usable() {
+                return None;
+            }
+            let first = {
+                let mut line = member.line();
+                let (used, total) = member.slots();
+                let first = line.front() == Some(&self.run.id);
+                if first && used < total {
+                    line.pop_front();
+                    drop(line);
+                    return Some(self.pool.take(member));
+                }
+                first
+            };
+            if first && self.pool.free_elsewhere(member, &self.run).await {
+                return None;
+            }
+            if changes.changed().await.is_err() {
+                return None;
+            }
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut line = self.member.line();
+        if let Some(at) = line.iter().position(|id| *id == self.run.id) {
+            line.remove(at);
+            drop(line);
+            // The next in line may have its turn now, and the queue may place one more.
+            self.pool.poke();
+        }
+    }
+}
+
 /// A run's slot on its engine, from [`Pool::take`]. It is given back (waking the queue) when
 /// the run's container has stopped ([`Slot::free`]), so the next run starts while this one's
 /// results are copied out and its end recorded; or when it is dropped, however the run ends.
@@ -401,24 +511,35 @@ impl Drop for Slot {
     }
 }
 
-/// Which of the usable engines (each with its free slots and what it has of the image) takes
-/// the run, by index; `None` to wait. See [`Pool::place`].
-fn choose(engines: &[(usize, Has)]) -> Option<usize> {
-    let mut best: Option<(usize, usize)> = None;
-    for (i, (free, has)) in engines.iter().enumerate() {
-        if *has == Has::Yes && *free > 0 && best.is_none_or(|(_, f)| *free > f) {
-            best = Some((i, *free));
+/// What [`Pool::place`] sees of one usable engine: free slots, room in line, the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Look {
+    free: usize,
+    room: usize,
+    has: Has,
+}
+
+/// Which of the usable engines takes the run, by index; `None` to wait. See [`Pool::place`].
+fn choose(engines: &[Look]) -> Option<usize> {
+    let most = |of: fn(&Look) -> usize| {
+        let mut best: Option<(usize, usize)> = None;
+        for (i, look) in engines.iter().enumerate() {
+            let n = of(look);
+            if look.has == Has::Yes && n > 0 && best.is_none_or(|(_, b)| n > b) {
+                best = Some((i, n));
+            }
         }
-    }
-    if let Some((i, _)) = best {
+        best.map(|(i, _)| i)
+    };
+    if let Some(i) = most(|l| l.free).or_else(|| most(|l| l.room)) {
         return Some(i);
     }
-    // One has it (busy), or will soon: wait for it.
-    if engines.iter().any(|(_, has)| *has != Has::No) {
+    // One has it (full), or will soon: wait for it.
+    if engines.iter().any(|l| l.has != Has::No) {
         return None;
     }
     // No usable engine has it: a free one takes it and fails it saying so.
-    engines.iter().position(|(free, _)| *free > 0)
+    engines.iter().position(|l| l.free > 0)
 }
 
 fn down(was: &Reach, error: anyhow::Error) -> Reach {
@@ -452,21 +573,34 @@ mod tests {
     #[test]
     fn a_run_goes_to_the_most_free_engine_with_its_image_or_waits_for_one() {
         use Has::{No, Soon, Yes};
+        // (free slots, room in line): an engine with both slots busy and none in line has
+        // (0, 2).
+        let at = |list: &[(usize, usize, Has)]| {
+            let looks: Vec<Look> = list
+                .iter()
+                .map(|&(free, room, has)| Look { free, room, has })
+                .collect();
+            choose(&looks)
+        };
         // Most free slots first; the first in the config on a tie.
-        assert_eq!(choose(&[(1, Yes), (3, Yes), (3, Yes)]), Some(1));
-        assert_eq!(choose(&[(2, Yes), (2, Yes)]), Some(0));
+        assert_eq!(at(&[(1, 3, Yes), (3, 5, Yes), (3, 5, Yes)]), Some(1));
+        assert_eq!(at(&[(2, 4, Yes), (2, 4, Yes)]), Some(0));
         // An engine without the image gets none, however free.
-        assert_eq!(choose(&[(1, Yes), (5, No)]), Some(0));
-        // The one with the image is busy: wait for it rather than go where it is missing.
-        assert_eq!(choose(&[(0, Yes), (5, No)]), None);
+        assert_eq!(at(&[(1, 3, Yes), (5, 10, No)]), Some(0));
+        // A free slot wins over more room in line.
+        assert_eq!(at(&[(0, 4, Yes), (1, 1, Yes)]), Some(1));
+        // Every slot busy: the most room in line, where the run is prepared.
+        assert_eq!(at(&[(0, 1, Yes), (0, 2, Yes)]), Some(1));
+        // The one with the image is full: wait for it rather than go where it is missing.
+        assert_eq!(at(&[(0, 0, Yes), (5, 10, No)]), None);
         // It will have it soon (pulling, or self-testing): wait.
-        assert_eq!(choose(&[(5, Soon), (5, No)]), None);
-        assert_eq!(choose(&[(0, Soon), (1, Yes)]), Some(1));
+        assert_eq!(at(&[(5, 10, Soon), (5, 10, No)]), None);
+        assert_eq!(at(&[(0, 0, Soon), (1, 2, Yes)]), Some(1));
         // No usable engine has it: a free one takes it and fails it with what to do.
-        assert_eq!(choose(&[(0, No), (2, No)]), Some(1));
+        assert_eq!(at(&[(0, 2, No), (2, 4, No)]), Some(1));
         // Nothing free, or no usable engine at all: wait.
-        assert_eq!(choose(&[(0, No)]), None);
-        assert_eq!(choose(&[]), None);
+        assert_eq!(at(&[(0, 2, No)]), None);
+        assert_eq!(at(&[]), None);
     }
 
     #[test]

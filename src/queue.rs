@@ -2,12 +2,15 @@
 //! an engine of the [`Pool`] with a free slot.
 //!
 //! The database holds the queue; this module only decides when the oldest queued run goes and
-//! where ([`Pool::place`]). It sleeps on the pool's wake, poked when a run is created or
-//! cancelled, when a slot is given back, when an engine's image changes, and at each look at
-//! the engines ([`crate::engines::TICK`]). State changes are broadcast as [`RunEvent`]s so
-//! `/wait` and log followers wake the moment a run ends.
+//! where ([`Pool::place`]). A placed run waits in its engine's line while its container is
+//! prepared there (made, its files staged: [`Runner::prepare`]), still queued; at its turn it
+//! takes the free slot, is claimed (running, on that engine) and only its start is left. The
+//! scheduler sleeps on the pool's wake, poked when a run is created or cancelled, when a slot
+//! is given back, when an engine's image changes, and at each look at the engines
+//! ([`crate::engines::TICK`]). State changes are broadcast as [`RunEvent`]s so `/wait` and log
+//! followers wake the moment a run ends.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,15 +21,18 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::db::{Cancel, Db};
-use crate::engines::{Member, Pool};
+use crate::engines::{Member, Pool, Slot, Ticket};
 use crate::model::{Outcome, Run, RunKind, RunStatus};
 use crate::recovery::{Recovered, recover_when_back};
-use crate::runner::{ActiveRun, Attach, Due, Record, Runner};
+use crate::runner::{ActiveRun, Attach, Due, Prepared, Record, Runner};
 
 /// How a launched run begins.
 enum Start {
-    /// Claimed from the queue: its container is made now.
-    New,
+    /// Claimed from the queue at its turn: its prepared container is started now.
+    New(String),
+    /// Claimed from the queue to end: its preparation found it cannot run (and the container
+    /// made before that, if any, is removed).
+    Unstarted(Outcome, Option<String>),
     /// Found running (or ended) at start: its container is watched again.
     Resume(Attach),
     /// Found running at start on an engine that did not answer: it waits for the engine.
@@ -63,6 +69,9 @@ struct Inner {
     events: broadcast::Sender<RunEvent>,
     // A std Mutex: it is never held across an `.await`.
     active: Mutex<HashMap<Uuid, Arc<ActiveRun>>>,
+    /// The queued runs placed on an engine (being prepared, or waiting for their turn), each
+    /// with the token that abandons it (a cancel). Same Mutex rule.
+    placed: Mutex<HashMap<Uuid, CancellationToken>>,
     shutdown: CancellationToken,
 }
 
@@ -84,14 +93,18 @@ impl Queue {
                 pool,
                 events,
                 active: Mutex::new(HashMap::new()),
+                placed: Mutex::new(HashMap::new()),
                 shutdown: shutdown.clone(),
             }),
         };
+        let pool = &queue.inner.pool;
         for (run, member, attach) in recovered.resumed {
-            queue.launch(run, member, Start::Resume(attach));
+            let slot = pool.take(&member);
+            queue.launch(run, member, slot, Start::Resume(attach));
         }
         for (run, member) in recovered.away {
-            queue.launch(run, member, Start::WhenBack);
+            let slot = pool.take(&member);
+            queue.launch(run, member, slot, Start::WhenBack);
         }
         let scheduler = queue.clone();
         tokio::spawn(async move {
@@ -136,6 +149,10 @@ impl Queue {
                 };
                 self.inner.runner.ends().ended(run, &cancelled, due).await?;
                 self.publish(run, RunStatus::Cancelled, Some(cancelled.exit_code), false);
+                // Its container may be prepared on an engine: that goes.
+                if let Some(abandon) = self.placed().get(&run_id) {
+                    abandon.cancel();
+                }
                 // It may have been the run the scheduler waits to place.
                 self.inner.pool.poke();
             }
@@ -199,6 +216,10 @@ impl Queue {
             .cloned()
     }
 
+    fn placed(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, CancellationToken>> {
+        self.inner.placed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn publish(&self, run: &Run, status: RunStatus, exit_code: Option<i64>, resumed: bool) {
         let _ = self.inner.events.send(RunEvent {
             run_id: run.id,
@@ -212,11 +233,12 @@ impl Queue {
         });
     }
 
-    /// Places the oldest queued run on an engine and claims it there, one after the other.
+    /// Places the oldest queued run not placed yet on an engine, one after the other.
     async fn schedule(&self) {
         let (db, pool) = (&self.inner.db, &self.inner.pool);
         loop {
-            let head = match db.next_queued().await {
+            let placed: HashSet<Uuid> = self.placed().keys().copied().collect();
+            let head = match db.next_queued(placed).await {
                 Ok(head) => head,
                 Err(e) => {
                     tracing::error!("cannot read the queue: {e:#}");
@@ -228,46 +250,105 @@ impl Queue {
                 pool.woken().await;
                 continue;
             };
-            let Some(member) = pool.place(&head).await else {
+            let Some(ticket) = pool.place(&head).await else {
                 pool.woken().await;
                 continue;
             };
-            let claimed = db
-                .claim_run(
-                    head.id,
-                    member.name().to_string(),
-                    OffsetDateTime::now_utc(),
-                )
-                .await;
-            match claimed {
-                Ok(Some(run)) => {
-                    tracing::info!(run_id = %run.id, kind = %run.kind(), engine = member.name(), "run started");
-                    self.inner.runner.metrics.run_started(&run);
-                    self.launch(run, member, Start::New);
-                }
-                Ok(None) => {
-                    // Cancelled or deleted meanwhile, or its engine was drained: the drained
-                    // set is read again before the next placement.
-                    pool.look_drained(db).await;
-                }
-                Err(e) => {
-                    tracing::error!("cannot claim the next run: {e:#}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+            self.prepare(head, ticket);
         }
     }
 
+    /// Prepares a placed run's container on its engine while it waits in line there, then at
+    /// its turn claims it and launches it. A run whose engine goes away or is drained while it
+    /// waits, or whose claim fails, has its container removed; a cancelled one ends there, the
+    /// others are placed again. A run that cannot run is claimed to end it.
+    fn prepare(&self, run: Run, ticket: Ticket) {
+        let abandon = CancellationToken::new();
+        self.placed().insert(run.id, abandon.clone());
+        let queue = self.clone();
+        tokio::spawn(async move {
+            let (runner, db, pool) = (&queue.inner.runner, &queue.inner.db, &queue.inner.pool);
+            let member = ticket.member().clone();
+            // A cancel between the scheduler's read of the queue and the token's insertion
+            // found no token: the database says so now (the cancel writes there first).
+            if !matches!(db.run(run.id).await, Ok(Some(r)) if r.status == RunStatus::Queued) {
+                drop(ticket);
+                queue.placed().remove(&run.id);
+                pool.poke();
+                return;
+            }
+            let (start, slot) = match runner.prepare(&run, &member, &abandon).await {
+                Prepared::Ready(id) => {
+                    let slot = tokio::select! {
+                        slot = ticket.turn() => slot,
+                        _ = abandon.cancelled() => None,
+                        // Left as it is: the next start removes the container of a queued run.
+                        _ = queue.stopping() => return,
+                    };
+                    match slot {
+                        Some(slot) => (Start::New(id), slot),
+                        None => {
+                            runner.discard(&run, &member, &id).await;
+                            queue.placed().remove(&run.id);
+                            pool.poke();
+                            return;
+                        }
+                    }
+                }
+                // Its end takes a slot for a moment, even past the total.
+                Prepared::Ended(outcome, container) => {
+                    drop(ticket);
+                    (Start::Unstarted(outcome, container), pool.take(&member))
+                }
+            };
+            if queue.is_stopping() {
+                return;
+            }
+            let claimed = db
+                .claim_run(run.id, member.name().to_string(), OffsetDateTime::now_utc())
+                .await;
+            let claimed = match claimed {
+                Ok(Some(run)) => Some(run),
+                // Cancelled or deleted meanwhile, or its engine was drained: the drained set
+                // is read again before the next placement.
+                Ok(None) => {
+                    pool.look_drained(db).await;
+                    None
+                }
+                Err(e) => {
+                    tracing::error!(run_id = %run.id, "cannot claim the run: {e:#}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    None
+                }
+            };
+            queue.placed().remove(&run.id);
+            let Some(run) = claimed else {
+                let container = match start {
+                    Start::New(id) | Start::Unstarted(_, Some(id)) => Some(id),
+                    _ => None,
+                };
+                if let Some(id) = container {
+                    runner.discard(&run, &member, &id).await;
+                }
+                drop(slot);
+                return;
+            };
+            tracing::info!(run_id = %run.id, kind = %run.kind(), engine = member.name(), "run started");
+            runner.metrics.run_started(&run);
+            queue.launch(run, member, slot, start);
+        });
+    }
+
     /// Executes a running run (or watches its container again) in a task of its own, holding
-    /// a slot until its container stops (or the run ends without one).
-    fn launch(&self, run: Run, member: Arc<Member>, start: Start) {
-        let active = Arc::new(ActiveRun::new(self.inner.pool.take(&member)));
+    /// its slot until its container stops (or the run ends without one).
+    fn launch(&self, run: Run, member: Arc<Member>, slot: Slot, start: Start) {
+        let active = Arc::new(ActiveRun::new(slot));
         self.inner
             .active
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(run.id, active.clone());
-        let resumed = !matches!(start, Start::New);
+        let resumed = matches!(start, Start::Resume(_) | Start::WhenBack);
         self.publish(&run, RunStatus::Running, None, resumed);
         let queue = self.clone();
         tokio::spawn(async move {
@@ -283,7 +364,12 @@ impl Queue {
             }
             let runner = &queue.inner.runner;
             let outcome = match start {
-                Start::New => Some(runner.execute(&run, &active, &member).await),
+                Start::New(id) => Some(runner.execute(&run, &active, &member, id).await),
+                Start::Unstarted(outcome, container) => Some(
+                    runner
+                        .end_unstarted(&run, &member, outcome, container)
+                        .await,
+                ),
                 Start::Resume(attach) => Some(runner.resume(&run, &active, &member, attach).await),
                 Start::WhenBack => match recover_when_back(runner, &member, &run).await {
                     Ok(Some(attach)) => Some(runner.resume(&run, &active, &member, attach).await),

@@ -67,10 +67,13 @@ pub async fn recover(runner: &Runner, pool: &Pool) -> Result<Recovered> {
             recovered.resumed.push((run, member, attach));
         }
     }
-    // Nothing of this server runs yet: an earlier server's self-tests are leftovers too.
+    // Nothing of this server runs yet: an earlier server's self-tests and prepared containers
+    // are leftovers too (their queued runs are prepared again).
     for member in pool.members().iter().filter(|m| m.reach().is_up()) {
         let engine = &member.engine;
-        for container in orphan_containers(engine, &runner.db, &runner.storage, false).await? {
+        for container in
+            orphan_containers(engine, &runner.db, &runner.storage, Asking::Start).await?
+        {
             tracing::info!(engine = member.name(), container = %container.name, "removing a container no running run owns");
             engine.remove(&container.id).await?;
         }
@@ -100,8 +103,10 @@ pub async fn recover_when_back(
     }
     let attach = recover_one(runner, member, run).await?;
     // Its engine's leftovers were not looked at at start.
-    for container in orphan_containers(&member.engine, &runner.db, &runner.storage, true).await? {
-        tracing::info!(engine = member.name(), container = %container.name, "removing a container no running run owns");
+    for container in
+        orphan_containers(&member.engine, &runner.db, &runner.storage, Asking::Serving).await?
+    {
+        tracing::info!(engine = member.name(), container = %container.name, "removing a container no queued or running run owns");
         member.engine.remove(&container.id).await?;
     }
     Ok(attach)
@@ -249,29 +254,44 @@ pub async fn our_containers(engine: &Engine, storage: &Storage) -> Result<Vec<La
     engine.containers_labelled(&[storage_label(storage)]).await
 }
 
-/// This storage folder's containers that no running run owns: their run finished before its
-/// container was removed, was deleted, or never existed. With `keep_probes`, image self-test
-/// containers are not among them: a running server removes its own, and the next start any
-/// that a killed one left.
+/// Who asks [`orphan_containers`]: what nothing owns depends on whether a server is at work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asking {
+    /// A server starting: nothing of it runs yet, so the containers prepared for queued runs
+    /// and image self-tests that an earlier server left are leftovers too.
+    Start,
+    /// While a server may be serving (`precheck-server cleanup`, an engine back after an
+    /// outage): a queued run's prepared container and a self-test are its own.
+    Serving,
+}
+
+/// This storage folder's containers that no run owns: their run finished before its
+/// container was removed, was deleted, or never existed (and, at a start, see [`Asking`]).
 pub async fn orphan_containers(
     engine: &Engine,
     db: &Db,
     storage: &Storage,
-    keep_probes: bool,
+    asking: Asking,
 ) -> Result<Vec<Labelled>> {
-    // Containers first: the server marks a run running before it creates its container, so a
-    // container listed here whose run is not running afterwards is not about to be used.
+    // Containers first: the server has a run queued or running before it creates its
+    // container, so a container listed here whose run is neither afterwards is not about to be
+    // used.
     let containers = our_containers(engine, storage).await?;
-    let running: HashSet<Uuid> = db
-        .runs(vec![RunStatus::Running], Scope::All)
+    let owners = match asking {
+        Asking::Start => vec![RunStatus::Running],
+        Asking::Serving => vec![RunStatus::Running, RunStatus::Queued],
+    };
+    let owned: HashSet<Uuid> = db
+        .runs(owners, Scope::All)
         .await?
         .into_iter()
         .map(|r| r.id)
         .collect();
+    let serving = asking == Asking::Serving;
     Ok(containers
         .into_iter()
-        .filter(|c| !run_of(c).is_some_and(|id| running.contains(&id)))
-        .filter(|c| !(keep_probes && c.labels.contains_key(PROBE_LABEL)))
+        .filter(|c| !run_of(c).is_some_and(|id| owned.contains(&id)))
+        .filter(|c| !(serving && c.labels.contains_key(PROBE_LABEL)))
         .collect())
 }
 

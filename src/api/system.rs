@@ -46,6 +46,9 @@ pub struct EngineHealth {
     pub slots_used: usize,
     /// How many may run on it at once.
     pub slots_total: usize,
+    /// Queued runs placed on it, waiting for a slot there with their containers being
+    /// prepared or ready to start (up to `slots_total` beyond its free slots).
+    pub prepared: usize,
     /// Whether it takes runs now.
     pub can_take_runs: bool,
     pub image: ImageHealth,
@@ -236,6 +239,7 @@ async fn engine_health(member: &Member) -> EngineHealth {
         drained,
         slots_used,
         slots_total,
+        prepared: member.waiting(),
         image,
     }
 }

@@ -113,7 +113,7 @@ pub enum Command {
 pub enum AdminCommand {
     /// Is the server up? The engine's version, queued and running runs, disk used.
     Status(Output),
-    /// Remove containers of this server that no running run owns, and files no row references.
+    /// Remove containers of this server that no queued or running run owns, and files no row references.
     Cleanup {
         /// Only say what would be removed.
         #[arg(long)]

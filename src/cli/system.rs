@@ -9,7 +9,7 @@ use super::{Admin, Output, print_json};
 use crate::api::Health;
 use crate::config::EngineConfig;
 use crate::model::RunStatus;
-use crate::recovery::{orphan_containers, orphan_files};
+use crate::recovery::{Asking, orphan_containers, orphan_files};
 use crate::runner::RUN_LABEL;
 use crate::storage::{EntryKind, disk_usage};
 use crate::units::human_bytes;
@@ -297,14 +297,16 @@ pub async fn cleanup(admin: &Admin, dry_run: bool, output: Output) -> Result<()>
             true => format!(" on engine {}", engine_config.name),
             false => String::new(),
         };
-        for container in orphan_containers(&engine, &admin.db, &admin.storage, true).await? {
+        for container in
+            orphan_containers(&engine, &admin.db, &admin.storage, Asking::Serving).await?
+        {
             if !dry_run {
                 engine.remove(&container.id).await?;
             }
             if !output.json {
                 let run = container.labels.get(RUN_LABEL).map_or("-", String::as_str);
                 outln!(
-                    "{verb} container {}{on} (run {run}, {}): no running run owns it",
+                    "{verb} container {}{on} (run {run}, {}): no queued or running run owns it",
                     container.name,
                     container.state
                 )?;

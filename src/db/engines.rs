@@ -1,7 +1,7 @@
 //! The queue's side of engines: the oldest queued run, its claim for an engine (never for one an
 //! operator drained), and the drained set (`precheck-server engines drain`, `resume`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
 use rusqlite::{OptionalExtension, params};
@@ -13,20 +13,20 @@ use super::{Db, micros, parse_uuid};
 use crate::model::Run;
 
 impl Db {
-    /// The oldest queued run, without claiming it: the queue finds it an engine first.
-    pub async fn next_queued(&self) -> Result<Option<Run>> {
-        self.call(|c| {
-            let id: Option<String> = c
-                .query_row(
-                    "SELECT id FROM runs WHERE status = 'queued' ORDER BY seq LIMIT 1",
-                    [],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            match id {
-                Some(id) => select_run(c, parse_uuid(&id)?),
-                None => Ok(None),
+    /// The oldest queued run but those in `placed`, without claiming it: the queue finds it an
+    /// engine first.
+    pub async fn next_queued(&self, placed: HashSet<Uuid>) -> Result<Option<Run>> {
+        self.call(move |c| {
+            let mut head =
+                c.prepare("SELECT id FROM runs WHERE status = 'queued' ORDER BY seq LIMIT ?1")?;
+            let ids = head.query_map([placed.len() as i64 + 1], |r| r.get::<_, String>(0))?;
+            for id in ids {
+                let id = parse_uuid(&id?)?;
+                if !placed.contains(&id) {
+                    return select_run(c, id);
+                }
             }
+            Ok(None)
         })
         .await
     }
@@ -137,7 +137,16 @@ mod tests {
     #[tokio::test]
     async fn a_claim_records_the_engine_and_never_overtakes_a_drain() {
         let (_dir, db, ids) = queued(3).await;
-        assert_eq!(db.next_queued().await.unwrap().unwrap().id, ids[0]);
+        let head = |placed: &[Uuid]| {
+            let db = db.clone();
+            let placed = placed.iter().copied().collect();
+            async move { db.next_queued(placed).await.unwrap().map(|r| r.id) }
+        };
+        assert_eq!(head(&[]).await, Some(ids[0]));
+        // The runs placed already (their containers being prepared) are passed over.
+        assert_eq!(head(&[ids[0]]).await, Some(ids[1]));
+        assert_eq!(head(&[ids[1], ids[0]]).await, Some(ids[2]));
+        assert_eq!(head(&ids).await, None);
         let run = db
             .claim_run(ids[0], "a".into(), now())
             .await
@@ -153,7 +162,7 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        assert_eq!(db.next_queued().await.unwrap().unwrap().id, ids[1]);
+        assert_eq!(head(&[]).await, Some(ids[1]));
 
         assert!(db.set_drained("b".into(), true, now()).await.unwrap());
         assert!(
@@ -190,7 +199,7 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        assert!(db.next_queued().await.unwrap().is_none());
+        assert_eq!(head(&[]).await, None);
 
         let per = db.running_per_engine().await.unwrap();
         assert_eq!(per.get("a"), Some(&1));

@@ -209,7 +209,7 @@ impl Db {
     /// For the tests: claims the oldest queued run for the engine `local`, as the queue does.
     #[cfg(test)]
     pub async fn claim_next_run(&self, now: OffsetDateTime) -> Result<Option<Run>> {
-        match self.next_queued().await? {
+        match self.next_queued(Default::default()).await? {
             Some(run) => self.claim_run(run.id, "local".into(), now).await,
             None => Ok(None),
         }

@@ -120,6 +120,22 @@ impl StartGate {
     }
 }
 
+/// What [`Runner::prepare`] made of a queued run.
+pub enum Prepared {
+    /// Its container, made and staged, ready to start.
+    Ready(String),
+    /// It cannot run, and how it ends; the container made before that, if any.
+    Ended(Outcome, Option<String>),
+}
+
+/// Where a run's execution begins.
+enum Begin {
+    /// Its prepared container, to start.
+    Prepared(String),
+    /// Its container, found again after a restart.
+    Attach(Attach),
+}
+
 /// Where a watch of a container begins: after the first `skip` of its log messages (the log
 /// file has them), with the run's deadline (`None` if the container has stopped already).
 struct WatchFrom {
@@ -140,10 +156,52 @@ pub struct Attach {
 }
 
 impl Runner {
-    /// Executes a run that the queue has claimed, records how it ended and removes its
-    /// container.
-    pub async fn execute(&self, run: &Run, active: &ActiveRun, on: &Arc<Member>) -> Outcome {
-        self.lifecycle(run, active, on, None).await
+    /// Prepares a queued run's container on the engine it was placed on, while it waits for a
+    /// slot there: its image, its container made and its files staged. Changes nothing but
+    /// the run's image id: the run stays queued.
+    pub async fn prepare(
+        &self,
+        run: &Run,
+        on: &Arc<Member>,
+        cancel: &CancellationToken,
+    ) -> Prepared {
+        match &run.params {
+            RunParams::Precheck(p) => self.prepare_as(&Precheck(p), run, on, cancel).await,
+            RunParams::Simulation(p) => self.prepare_as(&Simulation(p), run, on, cancel).await,
+            RunParams::Build(p) => self.prepare_as(&Build(p), run, on, cancel).await,
+        }
+    }
+
+    /// Starts the prepared container of a run that the queue has claimed, watches it, records
+    /// how it ended and removes the container.
+    pub async fn execute(
+        &self,
+        run: &Run,
+        active: &ActiveRun,
+        on: &Arc<Member>,
+        container: String,
+    ) -> Outcome {
+        self.lifecycle(run, active, on, Begin::Prepared(container))
+            .await
+    }
+
+    /// Ends a claimed run whose preparation ended it (its image is missing, its files are
+    /// gone, the engine refused the container), as an execution would have.
+    pub async fn end_unstarted(
+        &self,
+        run: &Run,
+        on: &Arc<Member>,
+        outcome: Outcome,
+        container: Option<String>,
+    ) -> Outcome {
+        let result = self.run_dir(run).await.map(|()| outcome);
+        self.finish(run, on, result, container).await
+    }
+
+    /// Removes the prepared container of a run that will not start on this engine (cancelled,
+    /// deleted, or its engine went away or was drained while it waited).
+    pub async fn discard(&self, run: &Run, on: &Arc<Member>, container: &str) {
+        self.remove_container(run, on, container).await
     }
 
     /// Watches the container of a run that was running when the server stopped, from where
@@ -166,7 +224,7 @@ impl Runner {
             self.remove_container(run, on, &attach.container).await;
             return outcome;
         }
-        self.lifecycle(run, active, on, Some(attach)).await
+        self.lifecycle(run, active, on, Begin::Attach(attach)).await
     }
 
     /// The one step every run's end goes through (see [`Ends`]), on this runner's handles.
@@ -185,46 +243,46 @@ impl Runner {
         run: &Run,
         active: &ActiveRun,
         on: &Arc<Member>,
-        attach: Option<Attach>,
+        begin: Begin,
     ) -> Outcome {
         match &run.params {
-            RunParams::Precheck(p) => self.run_as(&Precheck(p), run, active, on, attach).await,
-            RunParams::Simulation(p) => self.run_as(&Simulation(p), run, active, on, attach).await,
-            RunParams::Build(p) => self.run_as(&Build(p), run, active, on, attach).await,
+            RunParams::Precheck(p) => self.run_as(&Precheck(p), run, active, on, begin).await,
+            RunParams::Simulation(p) => self.run_as(&Simulation(p), run, active, on, begin).await,
+            RunParams::Build(p) => self.run_as(&Build(p), run, active, on, begin).await,
         }
     }
 
-    /// Makes and starts the run's container (or, after a restart, takes the one it had), watches
-    /// it to its end and finishes the run.
+    /// Starts the run's prepared container (or, after a restart, takes the one it had),
+    /// watches it to its end and finishes the run.
     async fn run_as<K: Kind>(
         &self,
         kind: &K,
         run: &Run,
         active: &ActiveRun,
         on: &Arc<Member>,
-        attach: Option<Attach>,
+        begin: Begin,
     ) -> Outcome {
-        let mut container = None;
-        let result = match attach {
-            None => {
-                self.run_container(kind, run, active, on, &mut container)
-                    .await
+        let (id, result) = match begin {
+            Begin::Prepared(id) => {
+                let result = self.start_container(kind, run, active, on, &id).await;
+                (id, result)
             }
-            Some(attach) => {
-                container = Some(attach.container.clone());
-                let (id, skip) = (&attach.container, attach.skip);
+            Begin::Attach(attach) => {
                 let from = WatchFrom {
-                    skip,
+                    skip: attach.skip,
                     deadline: attach.deadline,
                 };
-                self.watch(kind, run, active, on, id, from).await
+                let result = self
+                    .watch(kind, run, active, on, &attach.container, from)
+                    .await;
+                (attach.container, result)
             }
         };
-        let result = match (result, &container) {
-            (Err(e), Some(id)) => self.through_outage(kind, run, active, on, id, e).await,
-            (result, _) => result,
+        let result = match result {
+            Err(e) => self.through_outage(kind, run, active, on, &id, e).await,
+            ok => ok,
         };
-        self.finish(run, on, result, container).await
+        self.finish(run, on, result, Some(id)).await
     }
 
     /// Notes the outcome in the log, records it, then removes the container: a server stopped
@@ -236,14 +294,7 @@ impl Runner {
         result: Result<Outcome>,
         container: Option<String>,
     ) -> Outcome {
-        let outcome = result.unwrap_or_else(|e| {
-            tracing::warn!(run_id = %run.id, "run failed: {e:#}");
-            if is_disk_full(&e) {
-                Outcome::failed(exit_code::NOT_RUN, DISK_FULL)
-            } else {
-                Outcome::failed(exit_code::NOT_RUN, format!("{e:#}"))
-            }
-        });
+        let outcome = result.unwrap_or_else(|e| failure(run, e));
         let due = Due {
             note: true,
             record: Record::UntilTaken,
@@ -362,20 +413,48 @@ impl Runner {
         }
     }
 
-    async fn run_container<K: Kind>(
-        &self,
-        kind: &K,
-        run: &Run,
-        active: &ActiveRun,
-        on: &Arc<Member>,
-        container: &mut Option<String>,
-    ) -> Result<Outcome> {
-        let cancelled = &active.cancel;
+    /// The run's folder, where its log and results go.
+    async fn run_dir(&self, run: &Run) -> Result<()> {
         let run_dir = self.storage.run_dir(run.id);
         tokio::fs::create_dir_all(&run_dir)
             .await
-            .with_context(|| format!("cannot create {}", run_dir.display()))?;
+            .with_context(|| format!("cannot create {}", run_dir.display()))
+    }
 
+    async fn prepare_as<K: Kind>(
+        &self,
+        kind: &K,
+        run: &Run,
+        on: &Arc<Member>,
+        cancel: &CancellationToken,
+    ) -> Prepared {
+        let mut container = None;
+        match self
+            .make_container(kind, run, on, cancel, &mut container)
+            .await
+        {
+            Ok(Ok(())) => match container {
+                Some(id) => Prepared::Ready(id),
+                None => Prepared::Ended(
+                    Outcome::failed(exit_code::NOT_RUN, "no container was made"),
+                    None,
+                ),
+            },
+            Ok(Err(outcome)) => Prepared::Ended(outcome, container),
+            Err(e) => Prepared::Ended(failure(run, e), container),
+        }
+    }
+
+    /// Makes the run's container and stages its files (`container` is set as soon as there
+    /// is one); `Ok(Err(outcome))` if the run cannot start.
+    async fn make_container<K: Kind>(
+        &self,
+        kind: &K,
+        run: &Run,
+        on: &Arc<Member>,
+        cancelled: &CancellationToken,
+        container: &mut Option<String>,
+    ) -> Result<Result<(), Outcome>> {
         let image = &run.image;
         // A precheck of the configured image waits for its self-test and fails at once if the
         // image is broken.
@@ -384,27 +463,27 @@ impl Runner {
             if probed {
                 on.image.missing();
             }
-            return Ok(Outcome::failed(
+            return Ok(Err(Outcome::failed(
                 exit_code::NOT_RUN,
                 format!(
                     "the image {image} is not on the Docker engine: run `docker pull {image}` on the engine's host, then submit again"
                 ),
-            ));
+            )));
         };
         self.db.set_image_id(run.id, image_id.clone()).await?;
         if probed {
             let verdict = tokio::select! {
                 verdict = on.image.verdict(&image_id) => verdict,
-                _ = cancelled.cancelled() => return Ok(Outcome::cancelled()),
+                _ = cancelled.cancelled() => return Ok(Err(Outcome::cancelled())),
             };
             if let Err(why) = verdict {
-                return Ok(Outcome::failed(exit_code::NOT_RUN, why));
+                return Ok(Err(Outcome::failed(exit_code::NOT_RUN, why)));
             }
         }
 
         let plan = match kind.plan(&self.ctx(on), run).await? {
             Ok(plan) => plan,
-            Err(refused) => return Ok(refused),
+            Err(refused) => return Ok(Err(refused)),
         };
         let (limits, _) = self.config.limits_for(run.kind());
         let spec = ContainerSpec {
@@ -424,11 +503,10 @@ impl Runner {
             mounts: plan.mounts,
         };
         if cancelled.is_cancelled() {
-            return Ok(Outcome::cancelled());
+            return Ok(Err(Outcome::cancelled()));
         }
-        let id = on
-            .engine
-            .create(&spec)
+        let id = self
+            .create(on, &spec)
             .await
             .inspect_err(|_| {
                 self.metrics.start_failures.inc();
@@ -438,9 +516,39 @@ impl Runner {
         let dirs: Vec<&str> = plan.dirs.iter().map(String::as_str).collect();
         tokio::select! {
             staged = on.engine.stage(&id, &dirs, &plan.files) => staged?,
-            _ = cancelled.cancelled() => return Ok(Outcome::cancelled()),
+            _ = cancelled.cancelled() => return Ok(Err(Outcome::cancelled())),
         }
-        if cancelled.is_cancelled() {
+        Ok(Ok(()))
+    }
+
+    /// Creates the container; a container of the same name that never started (prepared for
+    /// this run earlier on this engine, and not removed yet because the engine was away when
+    /// the run went elsewhere) is removed first.
+    async fn create(&self, on: &Member, spec: &ContainerSpec) -> Result<String> {
+        match on.engine.create(spec).await {
+            Ok(id) => Ok(id),
+            Err(e) => match on.engine.state(&spec.name).await {
+                Ok(Some(state)) if state == "created" => {
+                    tracing::info!(container = %spec.name, "removing this run's earlier prepared container");
+                    on.engine.remove(&spec.name).await?;
+                    on.engine.create(spec).await
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Starts a prepared container and watches it.
+    async fn start_container<K: Kind>(
+        &self,
+        kind: &K,
+        run: &Run,
+        active: &ActiveRun,
+        on: &Arc<Member>,
+        id: &str,
+    ) -> Result<Outcome> {
+        self.run_dir(run).await?;
+        if active.cancel.is_cancelled() {
             return Ok(Outcome::cancelled());
         }
         // The start is recorded before it is asked for, and a stop waits for it to end: after
@@ -458,19 +566,20 @@ impl Runner {
             return Ok(Outcome::failed(exit_code::NOT_RUN, "the run was deleted"));
         }
         on.engine
-            .start(&id)
+            .start(id)
             .await
             .inspect_err(|_| {
                 self.metrics.start_failures.inc();
             })
             .context("cannot start the container")?;
         drop(gate);
+        let (limits, _) = self.config.limits_for(run.kind());
         let deadline = Instant::now() + limits.timeout;
         let from = WatchFrom {
             skip: 0,
             deadline: Some(deadline),
         };
-        self.watch(kind, run, active, on, &id, from).await
+        self.watch(kind, run, active, on, id, from).await
     }
 
     /// Follows a started container's log into the run's log file (after the first `skip`
@@ -666,6 +775,16 @@ fn log_not_written() -> Outcome {
         exit_code::NOT_RUN,
         format!("{DISK_FULL}: its log could not be written, so it was stopped"),
     )
+}
+
+/// How a run ends that an error stopped.
+fn failure(run: &Run, e: anyhow::Error) -> Outcome {
+    tracing::warn!(run_id = %run.id, "run failed: {e:#}");
+    if is_disk_full(&e) {
+        Outcome::failed(exit_code::NOT_RUN, DISK_FULL)
+    } else {
+        Outcome::failed(exit_code::NOT_RUN, format!("{e:#}"))
+    }
 }
 
 /// Whether an error is a full disk (a file write's or the database's).

@@ -16,6 +16,7 @@ mod layouts;
 mod librelane;
 mod observability;
 mod openapi;
+mod prepared;
 mod projects;
 mod realwork;
 mod restart;

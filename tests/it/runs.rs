@@ -113,6 +113,7 @@ async fn a_run_over_the_timeout_fails_and_says_so() {
 async fn queue_is_fifo_and_a_cancelled_queued_run_never_starts() {
     let server = TestServer::builder().max_concurrent(1).start();
     let first = precheck(&server, "chip_sleep3").await;
+    crate::client::wait_for_line(&server, &first, "second 1 of 3").await;
     let second = precheck(&server, "chip_top").await;
     let third = precheck(&server, "chip_top").await;
     let body = inspect(&server, &third).await;
