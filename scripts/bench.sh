@@ -21,7 +21,8 @@ echo "(goal: the upload at 0.8x or more of cat > DEST && sync)"
 
 echo "== create -> /wait, no-op stand-in run, median of $RUNS =="
 cargo build --release --quiet --bins --examples
-IMAGE=precheck-server-test/precheck:standin   # built by the test above
+# The stand-in precheck image the test above built (tagged by its Dockerfile's hash; newest first).
+IMAGE=$(docker images --format '{{.Repository}}:{{.Tag}}' precheck-server-test/precheck | grep -m1 ':standin')
 work=$(mktemp -d)
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 ms() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }

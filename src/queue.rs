@@ -24,7 +24,7 @@ use crate::db::{Cancel, Db};
 use crate::engines::{Member, Pool, Slot, Ticket};
 use crate::model::{Outcome, Run, RunKind, RunStatus};
 use crate::recovery::{Recovered, recover_when_back};
-use crate::runner::{ActiveRun, Attach, Due, Prepared, Record, Runner};
+use crate::runner::{ActiveRun, Attach, Due, Finished, Prepared, Record, Runner};
 
 /// How a launched run begins.
 enum Start {
@@ -37,6 +37,15 @@ enum Start {
     Resume(Attach),
     /// Found running at start on an engine that did not answer: it waits for the engine.
     WhenBack,
+}
+
+/// A queued run placed on an engine, as a cancel sees it.
+#[derive(Clone)]
+struct Placed {
+    /// Abandons its preparation or its wait (the run was cancelled).
+    abandon: CancellationToken,
+    /// Cancelled when its task has ended, its container removed if it was abandoned.
+    done: CancellationToken,
 }
 
 /// A run changed state (the database already says so).
@@ -69,9 +78,9 @@ struct Inner {
     events: broadcast::Sender<RunEvent>,
     // A std Mutex: it is never held across an `.await`.
     active: Mutex<HashMap<Uuid, Arc<ActiveRun>>>,
-    /// The queued runs placed on an engine (being prepared, or waiting for their turn), each
-    /// with the token that abandons it (a cancel). Same Mutex rule.
-    placed: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// The queued runs placed on an engine (being prepared, or waiting for their turn). Same
+    /// Mutex rule.
+    placed: Mutex<HashMap<Uuid, Placed>>,
     shutdown: CancellationToken,
 }
 
@@ -149,9 +158,14 @@ impl Queue {
                 };
                 self.inner.runner.ends().ended(run, &cancelled, due).await?;
                 self.publish(run, RunStatus::Cancelled, Some(cancelled.exit_code), false);
-                // Its container may be prepared on an engine: that goes.
-                if let Some(abandon) = self.placed().get(&run_id) {
-                    abandon.cancel();
+                // Its container may be prepared on an engine: that goes before the answer, so
+                // that a cancelled run has no container left (a minute at most, for an engine
+                // that stopped answering in the middle of it).
+                let placed = self.placed().get(&run_id).cloned();
+                if let Some(placed) = placed {
+                    placed.abandon.cancel();
+                    let _ = tokio::time::timeout(Duration::from_secs(60), placed.done.cancelled())
+                        .await;
                 }
                 // It may have been the run the scheduler waits to place.
                 self.inner.pool.poke();
@@ -216,7 +230,7 @@ impl Queue {
             .cloned()
     }
 
-    fn placed(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, CancellationToken>> {
+    fn placed(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Placed>> {
         self.inner.placed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -263,10 +277,15 @@ impl Queue {
     /// waits, or whose claim fails, has its container removed; a cancelled one ends there, the
     /// others are placed again. A run that cannot run is claimed to end it.
     fn prepare(&self, run: Run, ticket: Ticket) {
-        let abandon = CancellationToken::new();
-        self.placed().insert(run.id, abandon.clone());
+        let placed = Placed {
+            abandon: CancellationToken::new(),
+            done: CancellationToken::new(),
+        };
+        self.placed().insert(run.id, placed.clone());
         let queue = self.clone();
         tokio::spawn(async move {
+            let _done = placed.done.drop_guard();
+            let abandon = placed.abandon;
             let (runner, db, pool) = (&queue.inner.runner, &queue.inner.db, &queue.inner.pool);
             let member = ticket.member().clone();
             // A cancel between the scheduler's read of the queue and the token's insertion
@@ -280,15 +299,16 @@ impl Queue {
             let (start, slot) = match runner.prepare(&run, &member, &abandon).await {
                 Prepared::Ready(id) => {
                     let slot = tokio::select! {
-                        slot = ticket.turn() => slot,
+                        biased;
                         _ = abandon.cancelled() => None,
                         // Left as it is: the next start removes the container of a queued run.
                         _ = queue.stopping() => return,
+                        slot = ticket.turn() => slot,
                     };
                     match slot {
                         Some(slot) => (Start::New(id), slot),
                         None => {
-                            runner.discard(&run, &member, &id).await;
+                            runner.remove(&run, &member, Some(id)).await;
                             queue.placed().remove(&run.id);
                             pool.poke();
                             return;
@@ -301,7 +321,9 @@ impl Queue {
                     (Start::Unstarted(outcome, container), pool.take(&member))
                 }
             };
-            if queue.is_stopping() {
+            // Nothing starts once the server stops; a run that cannot run is ended all the same
+            // (or, cancelled, has its container removed).
+            if matches!(start, Start::New(_)) && queue.is_stopping() {
                 return;
             }
             let claimed = db
@@ -327,9 +349,7 @@ impl Queue {
                     Start::New(id) | Start::Unstarted(_, Some(id)) => Some(id),
                     _ => None,
                 };
-                if let Some(id) = container {
-                    runner.discard(&run, &member, &id).await;
-                }
+                runner.remove(&run, &member, container).await;
                 drop(slot);
                 return;
             };
@@ -363,13 +383,11 @@ impl Queue {
                 active.cancel.cancel();
             }
             let runner = &queue.inner.runner;
-            let outcome = match start {
+            let finished = match start {
                 Start::New(id) => Some(runner.execute(&run, &active, &member, id).await),
-                Start::Unstarted(outcome, container) => Some(
-                    runner
-                        .end_unstarted(&run, &member, outcome, container)
-                        .await,
-                ),
+                Start::Unstarted(outcome, container) => {
+                    Some(runner.end_unstarted(&run, outcome, container).await)
+                }
                 Start::Resume(attach) => Some(runner.resume(&run, &active, &member, attach).await),
                 Start::WhenBack => match recover_when_back(runner, &member, &run).await {
                     Ok(Some(attach)) => Some(runner.resume(&run, &active, &member, attach).await),
@@ -387,10 +405,12 @@ impl Queue {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&run.id);
-            match outcome {
-                Some(outcome) => {
+            match finished {
+                // Told first, then its container goes: `/wait` does not wait for the removal.
+                Some(Finished { outcome, container }) => {
                     tracing::info!(run_id = %run.id, status = %outcome.status, exit_code = outcome.exit_code, "run finished");
                     queue.publish(&run, outcome.status, Some(outcome.exit_code), false);
+                    runner.remove(&run, &member, container).await;
                 }
                 None => {
                     if let Ok(Some(now)) = queue.inner.db.run(run.id).await {

@@ -94,7 +94,7 @@ impl Kind for Build<'_> {
         _ctx: &Ctx<'_>,
         run: &Run,
         run_dir: &Path,
-        out: &mut CopyOut<'_>,
+        out: &CopyOut<'_>,
     ) -> Result<()> {
         let scratch = run_dir.join("scratch");
         crate::storage::remove_tree(&scratch).await?;

@@ -68,7 +68,7 @@ pub(super) trait Kind: Sync {
         ctx: &Ctx<'_>,
         run: &Run,
         run_dir: &Path,
-        out: &mut CopyOut<'_>,
+        out: &CopyOut<'_>,
     ) -> Result<()>;
 
     /// How the container's own exit code ends the run (it was not killed for its memory).
@@ -102,10 +102,12 @@ pub(super) struct Plan {
 }
 
 /// Copies paths out of one stopped container, gathering what was skipped for the run's log.
+/// Copies may run at once (into different folders).
 pub(super) struct CopyOut<'a> {
     engine: &'a Engine,
     container: &'a str,
-    pub skipped: Unpacked,
+    // A std Mutex: it is never held across an `.await`.
+    skipped: std::sync::Mutex<Unpacked>,
 }
 
 impl<'a> CopyOut<'a> {
@@ -113,17 +115,25 @@ impl<'a> CopyOut<'a> {
         CopyOut {
             engine,
             container,
-            skipped: Unpacked::default(),
+            skipped: Default::default(),
         }
     }
 
     /// Copies `path` (a file or a folder) into the folder `dest`; false if the container has
     /// no such path.
-    pub async fn copy(&mut self, path: &str, dest: &Path) -> Result<bool> {
+    pub async fn copy(&self, path: &str, dest: &Path) -> Result<bool> {
         let copied = self.engine.copy_out(self.container, path, dest).await?;
         let found = copied.is_some();
-        self.skipped.extend(copied.unwrap_or_default());
+        self.skipped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(copied.unwrap_or_default());
         Ok(found)
+    }
+
+    /// What the copies skipped.
+    pub fn skipped(self) -> Unpacked {
+        self.skipped.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 }
 

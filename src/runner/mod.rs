@@ -35,7 +35,7 @@ use crate::docker::ContainerSpec;
 use crate::engines::{Member, Reach, Slot};
 use crate::metrics::Metrics;
 use crate::model::{Outcome, Run, RunParams, exit_code};
-use crate::storage::Storage;
+use crate::storage::{Storage, Unpacked};
 use crate::units::human_bytes;
 
 pub use build::final_gds;
@@ -120,6 +120,13 @@ impl StartGate {
     }
 }
 
+/// A run's end, recorded: how it ended, and its container, to remove
+/// ([`Runner::remove`]).
+pub struct Finished {
+    pub outcome: Outcome,
+    pub container: Option<String>,
+}
+
 /// What [`Runner::prepare`] made of a queued run.
 pub enum Prepared {
     /// Its container, made and staged, ready to start.
@@ -172,15 +179,15 @@ impl Runner {
         }
     }
 
-    /// Starts the prepared container of a run that the queue has claimed, watches it, records
-    /// how it ended and removes the container.
+    /// Starts the prepared container of a run that the queue has claimed, watches it and
+    /// records how it ended.
     pub async fn execute(
         &self,
         run: &Run,
         active: &ActiveRun,
         on: &Arc<Member>,
         container: String,
-    ) -> Outcome {
+    ) -> Finished {
         self.lifecycle(run, active, on, Begin::Prepared(container))
             .await
     }
@@ -190,18 +197,20 @@ impl Runner {
     pub async fn end_unstarted(
         &self,
         run: &Run,
-        on: &Arc<Member>,
         outcome: Outcome,
         container: Option<String>,
-    ) -> Outcome {
+    ) -> Finished {
         let result = self.run_dir(run).await.map(|()| outcome);
-        self.finish(run, on, result, container).await
+        self.finish(run, result, container).await
     }
 
-    /// Removes the prepared container of a run that will not start on this engine (cancelled,
-    /// deleted, or its engine went away or was drained while it waited).
-    pub async fn discard(&self, run: &Run, on: &Arc<Member>, container: &str) {
-        self.remove_container(run, on, container).await
+    /// Removes a run's container: once its end is recorded (and told), or a prepared one that
+    /// will not start on this engine (cancelled, deleted, or its engine went away or was
+    /// drained while it waited). If the engine does not answer, once it is back.
+    pub async fn remove(&self, run: &Run, on: &Arc<Member>, finished: Option<String>) {
+        if let Some(id) = finished {
+            self.remove_container(run, on, &id).await
+        }
     }
 
     /// Watches the container of a run that was running when the server stopped, from where
@@ -212,7 +221,7 @@ impl Runner {
         active: &ActiveRun,
         on: &Arc<Member>,
         attach: Attach,
-    ) -> Outcome {
+    ) -> Finished {
         if let Some(outcome) = attach.ended {
             // Its end is in the log and its results are in its folder already.
             let due = Due {
@@ -221,8 +230,10 @@ impl Runner {
             };
             // Recorded until taken: this never fails.
             let _ = self.ends().ended(run, &outcome, due).await;
-            self.remove_container(run, on, &attach.container).await;
-            return outcome;
+            return Finished {
+                outcome,
+                container: Some(attach.container),
+            };
         }
         self.lifecycle(run, active, on, Begin::Attach(attach)).await
     }
@@ -244,7 +255,7 @@ impl Runner {
         active: &ActiveRun,
         on: &Arc<Member>,
         begin: Begin,
-    ) -> Outcome {
+    ) -> Finished {
         match &run.params {
             RunParams::Precheck(p) => self.run_as(&Precheck(p), run, active, on, begin).await,
             RunParams::Simulation(p) => self.run_as(&Simulation(p), run, active, on, begin).await,
@@ -261,7 +272,7 @@ impl Runner {
         active: &ActiveRun,
         on: &Arc<Member>,
         begin: Begin,
-    ) -> Outcome {
+    ) -> Finished {
         let (id, result) = match begin {
             Begin::Prepared(id) => {
                 let result = self.start_container(kind, run, active, on, &id).await;
@@ -282,18 +293,18 @@ impl Runner {
             Err(e) => self.through_outage(kind, run, active, on, &id, e).await,
             ok => ok,
         };
-        self.finish(run, on, result, Some(id)).await
+        self.finish(run, result, Some(id)).await
     }
 
-    /// Notes the outcome in the log, records it, then removes the container: a server stopped
-    /// in between finds either a running run with its container or a finished one.
+    /// Notes the outcome in the log and records it. The container is removed after (by the
+    /// caller, once it has told the run's waiters): a server stopped in between finds either a
+    /// running run with its container or a finished one.
     async fn finish(
         &self,
         run: &Run,
-        on: &Arc<Member>,
         result: Result<Outcome>,
         container: Option<String>,
-    ) -> Outcome {
+    ) -> Finished {
         let outcome = result.unwrap_or_else(|e| failure(run, e));
         let due = Due {
             note: true,
@@ -301,10 +312,7 @@ impl Runner {
         };
         // Recorded until taken: this never fails.
         let _ = self.ends().ended(run, &outcome, due).await;
-        if let Some(id) = container {
-            self.remove_container(run, on, &id).await;
-        }
-        outcome
+        Finished { outcome, container }
     }
 
     /// Removes the run's container; if its engine does not answer, once the engine is back.
@@ -675,6 +683,8 @@ impl Runner {
                 ));
             }
         };
+        // The rest of the log, the results and the exit code, all at once. Results are copied
+        // out whatever the ending: a failed run's files are what its designer needs to read.
         let rest = append_logs(
             on.engine.logs(id, false),
             log_path,
@@ -682,25 +692,27 @@ impl Runner {
             followed,
             tracker.clone(),
             self.metrics.log_bytes.clone(),
-        )
-        .await;
+        );
+        let out = CopyOut::new(&on.engine, id);
+        let copied = kind.collect(&ctx, run, &run_dir, &out);
+        let (rest, copied, exit) = tokio::join!(rest, copied, on.engine.exit(id));
         match rest {
-            Err(e) if is_disk_full(&e) => return Ok(log_not_written()),
+            Err(e) if is_disk_full(&e) => {
+                remove_results::<K>(&run_dir).await?;
+                return Ok(log_not_written());
+            }
             Err(e) => return Err(e.context("cannot read the rest of the container's log")),
             Ok(_) => {}
         }
-
-        // Results are copied out whatever the ending: a failed run's files are what its
-        // designer needs to read.
-        if let Err(e) = self.collect(kind, run, on, id, &run_dir).await {
+        // Noted after the container's last line.
+        self.note_skipped(run, out.skipped()).await;
+        if let Err(e) = copied {
             if !is_disk_full(&e) {
                 return Err(e);
             }
             // Half a layout is no result: nothing partial is served as the run's output, and
             // what was copied goes, so that the run's end fits on the disk.
-            for partial in K::RESULTS {
-                crate::storage::remove_tree(&run_dir.join(partial)).await?;
-            }
+            remove_results::<K>(&run_dir).await?;
             return Ok(Outcome::failed(
                 exit_code::NOT_RUN,
                 format!("{DISK_FULL}: its results could not be copied out"),
@@ -710,7 +722,7 @@ impl Runner {
             return Ok(outcome);
         }
 
-        let exit = on.engine.exit(id).await?;
+        let exit = exit?;
         if exit.oom_killed {
             return Ok(Outcome {
                 oom_killed: true,
@@ -730,39 +742,36 @@ impl Runner {
         Ok(kind.judge(&ctx, run, exit.code, progress).await)
     }
 
-    /// Copies a stopped container's results into the run's folder, as its kind says. Only
-    /// regular files and folders are kept; what was skipped is noted in the run's log
-    /// (docs/decisions.md, "What containers hand back").
-    async fn collect<K: Kind>(
-        &self,
-        kind: &K,
-        run: &Run,
-        on: &Arc<Member>,
-        id: &str,
-        run_dir: &Path,
-    ) -> Result<()> {
-        let mut out = CopyOut::new(&on.engine, id);
-        kind.collect(&self.ctx(on), run, run_dir, &mut out).await?;
-        let skipped = out.skipped;
-        if !skipped.is_empty() {
-            let count = skipped.skipped.len() as u64 + skipped.unnamed;
-            let mut lines = vec![format!(
-                "{count} entries were not copied out of the container: only regular files and folders are, and links are never followed (docs/decisions.md, \"What containers hand back\")"
-            )];
-            lines.extend(skipped.skipped);
-            if skipped.unnamed > 0 {
-                lines.push(format!("and {} more skipped", skipped.unnamed));
-            }
-            let log = self.storage.log_path(run.id);
-            for line in &lines {
-                if let Err(e) = note(&log, line).await {
-                    tracing::warn!(run_id = %run.id, "cannot note a skipped entry in the log: {e}");
-                    break;
-                }
+    /// Notes in the run's log what was not copied out of its container: only regular files
+    /// and folders are (docs/decisions.md, "What containers hand back").
+    async fn note_skipped(&self, run: &Run, skipped: Unpacked) {
+        if skipped.is_empty() {
+            return;
+        }
+        let count = skipped.skipped.len() as u64 + skipped.unnamed;
+        let mut lines = vec![format!(
+            "{count} entries were not copied out of the container: only regular files and folders are, and links are never followed (docs/decisions.md, \"What containers hand back\")"
+        )];
+        lines.extend(skipped.skipped);
+        if skipped.unnamed > 0 {
+            lines.push(format!("and {} more skipped", skipped.unnamed));
+        }
+        let log = self.storage.log_path(run.id);
+        for line in &lines {
+            if let Err(e) = note(&log, line).await {
+                tracing::warn!(run_id = %run.id, "cannot note a skipped entry in the log: {e}");
+                break;
             }
         }
-        Ok(())
     }
+}
+
+/// Removes what a kind copies out of its container, for a run that keeps none of it.
+async fn remove_results<K: Kind>(run_dir: &Path) -> Result<()> {
+    for partial in K::RESULTS {
+        crate::storage::remove_tree(&run_dir.join(partial)).await?;
+    }
+    Ok(())
 }
 
 /// How a run ended when the server's disk filled up under it.

@@ -60,11 +60,16 @@ impl Kind for Precheck<'_> {
         _ctx: &Ctx<'_>,
         _run: &Run,
         run_dir: &Path,
-        out: &mut CopyOut<'_>,
+        out: &CopyOut<'_>,
     ) -> Result<()> {
-        out.copy("/work", run_dir).await?;
-        out.copy("/output/design.gds", &run_dir.join("output"))
-            .await?;
+        // Into different folders: both at once.
+        let output = run_dir.join("output");
+        let (work, design) = tokio::join!(
+            out.copy("/work", run_dir),
+            out.copy("/output/design.gds", &output)
+        );
+        work?;
+        design?;
         Ok(())
     }
 

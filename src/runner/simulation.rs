@@ -35,7 +35,7 @@ impl Kind for Simulation<'_> {
         _ctx: &Ctx<'_>,
         _run: &Run,
         run_dir: &Path,
-        out: &mut CopyOut<'_>,
+        out: &CopyOut<'_>,
     ) -> Result<()> {
         let scratch = run_dir.join("scratch");
         crate::storage::remove_tree(&scratch).await?;
