@@ -5,6 +5,7 @@
 //! cargo run --example layout -- chip_top.gds
 //! cargo run --example layout -- --slot 0p5x1 --cob --top my_chip my_chip.oas
 //! cargo run --example layout -- --defect drc-space chip_top.gds.gz
+//! cargo run --example layout -- --size 1073741824 chip_top.gds   # 1 GiB, for the benchmark
 //! ```
 //! The format follows the file name (`.gds`, `.gds.gz`, `.oas`); the top cell defaults to the
 //! name up to its first dot, as the precheck's `--top` does.
@@ -12,7 +13,7 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use precheck_server::layout::write::{Defect, Die, SLOT_SIZES};
+use precheck_server::layout::write::{Defect, Die, SLOT_SIZES, big_gds};
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +35,10 @@ struct Args {
     /// drc-width or drc-space.
     #[arg(long)]
     defect: Option<String>,
+    /// Instead: a big GDSII die of about this many bytes (many squares in a 1x1 die), written
+    /// in constant memory, as the upload benchmark sends it.
+    #[arg(long, conflicts_with_all = ["slot", "cob", "defect"])]
+    size: Option<u64>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +59,17 @@ fn main() -> anyhow::Result<()> {
         args.slot,
         SLOT_SIZES.map(|(slot, _, _)| slot).join(", ")
     );
+    if let Some(size) = args.size {
+        anyhow::ensure!(
+            name.ends_with(".gds"),
+            "{name}: --size writes GDSII: name it .gds"
+        );
+        let file = std::fs::File::create(&args.file)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", args.file.display()))?;
+        big_gds(std::io::BufWriter::with_capacity(1 << 20, file), &top, size)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", args.file.display()))?;
+        return Ok(());
+    }
     let mut die = Die::new(&top).slot(&args.slot);
     if args.cob {
         die = die.cob();

@@ -1365,6 +1365,31 @@ pub fn geometry_cases() -> Vec<(&'static str, Library, bool)> {
     ]
 }
 
+/// Writes a valid GDSII library of about `approx_bytes` bytes in constant memory: one structure
+/// `top` holding many 1 µm squares on 1/0 inside a 1x1 die (a GUARD_RING_MK box of the slot's
+/// size, 1 nm units), so that a precheck of it passes the server's die checks. Returns the
+/// exact number of bytes written. For the tests, the benchmarks and `examples/layout.rs --size`.
+pub fn big_gds<W: Write>(out: W, top: &str, approx_bytes: u64) -> io::Result<u64> {
+    /// BOUNDARY + LAYER + DATATYPE + XY (5 points) + ENDEL.
+    const BOUNDARY_BYTES: u64 = 4 + 6 + 6 + (4 + 5 * 8) + 4;
+    /// ENDSTR + ENDLIB.
+    const END_BYTES: u64 = 4 + 4;
+    let mut gds = GdsWriter::new(out, 0.001)?;
+    gds.begin_cell(top)?;
+    gds.rect(Layer(167, 5), [0, 0, 3_932_000, 5_122_000])?;
+    let count = (approx_bytes.saturating_sub(gds.written() + END_BYTES) / BOUNDARY_BYTES).max(1);
+    for i in 0..count {
+        // Rows of 1900 squares, 2500 rows, then over again: all inside the die.
+        let x = (i % 1900) as i64 * 2000;
+        let y = ((i / 1900) % 2500) as i64 * 2000;
+        gds.rect(Layer(1, 0), [x, y, x + 1000, y + 1000])?;
+    }
+    gds.end_cell()?;
+    let written = gds.written() + 4;
+    gds.finish()?.flush()?;
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

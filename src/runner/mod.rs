@@ -80,13 +80,14 @@ pub struct Runner {
     pub storage: Storage,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
-    /// The container starts being made; a stop waits for them.
+    /// The container creates and starts being made; a stop waits for them.
     pub starts: StartGate,
 }
 
-/// The container starts the server is making, and whether it is stopping: a stop waits for
-/// the starts already asked for, and no start begins after it. So a stopped server leaves each
-/// run's container either started (with its start recorded) or never asked to start.
+/// The container creates and starts the server is making, and whether it is stopping: a stop
+/// waits for those already asked for, and none begins after it. So a stopped server leaves each
+/// run's container either started (with its start recorded) or never asked to start, and no
+/// container that the engine makes after the server is gone.
 #[derive(Clone, Default)]
 pub struct StartGate(Arc<GateState>);
 
@@ -513,6 +514,9 @@ impl Runner {
         if cancelled.is_cancelled() {
             return Ok(Err(Outcome::cancelled()));
         }
+        // Through the start gate too: a stopped server has no create in flight, whose
+        // container the engine would make after the server is gone.
+        let gate = self.starts.enter().await;
         let id = self
             .create(on, &spec)
             .await
@@ -520,6 +524,7 @@ impl Runner {
                 self.metrics.start_failures.inc();
             })
             .context("cannot create the container")?;
+        drop(gate);
         *container = Some(id.clone());
         let dirs: Vec<&str> = plan.dirs.iter().map(String::as_str).collect();
         tokio::select! {

@@ -2,10 +2,10 @@
 //! written in constant memory.
 
 use std::fs;
-use std::io::{self, BufWriter};
+use std::io::BufWriter;
 use std::path::Path;
 
-use precheck_server::layout::write::{Cell, Die, GdsWriter, Layer, Library, Placement};
+use precheck_server::layout::write::{Cell, Die, Layer, Library, Placement, big_gds};
 
 /// A good 1x1 die whose top cell is `top`, as GDSII: what a designer sends the precheck
 /// (`layout::write::Die`: origin (0, 0), 1 nm, the slot's exact size, a seal ring).
@@ -34,30 +34,10 @@ pub fn gds_library(dbu_meters: f64, cells: &[(&str, &[&str])]) -> Vec<u8> {
 /// size), so that a precheck of it passes the server's die checks. Returns the file's exact
 /// size.
 pub fn write_big_gds(path: impl AsRef<Path>, top: &str, approx_bytes: u64) -> u64 {
-    /// BOUNDARY + LAYER + DATATYPE + XY (5 points) + ENDEL.
-    const BOUNDARY_BYTES: u64 = 4 + 6 + 6 + (4 + 5 * 8) + 4;
-    /// ENDSTR + ENDLIB.
-    const END_BYTES: u64 = 4 + 4;
     let path = path.as_ref();
     let file = fs::File::create(path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
-    let written = (|| -> io::Result<u64> {
-        let mut gds = GdsWriter::new(BufWriter::with_capacity(1 << 20, file), 0.001)?;
-        gds.begin_cell(top)?;
-        gds.rect(Layer(167, 5), [0, 0, 3_932_000, 5_122_000])?;
-        let count =
-            (approx_bytes.saturating_sub(gds.written() + END_BYTES) / BOUNDARY_BYTES).max(1);
-        for i in 0..count {
-            // Rows of 1900 squares, 2500 rows, then over again: all inside the die.
-            let x = (i % 1900) as i64 * 2000;
-            let y = ((i / 1900) % 2500) as i64 * 2000;
-            gds.rect(Layer(1, 0), [x, y, x + 1000, y + 1000])?;
-        }
-        gds.end_cell()?;
-        let written = gds.written() + 4;
-        gds.finish()?;
-        Ok(written)
-    })();
-    written.unwrap_or_else(|e| panic!("write {}: {e}", path.display()))
+    big_gds(BufWriter::with_capacity(1 << 20, file), top, approx_bytes)
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()))
 }
 
 #[cfg(test)]
