@@ -208,8 +208,8 @@ impl Runner {
     /// Removes a run's container: once its end is recorded (and told), or a prepared one that
     /// will not start on this engine (cancelled, deleted, or its engine went away or was
     /// drained while it waited). If the engine does not answer, once it is back.
-    pub async fn remove(&self, run: &Run, on: &Arc<Member>, finished: Option<String>) {
-        if let Some(id) = finished {
+    pub async fn remove(&self, run: &Run, on: &Arc<Member>, container: Option<String>) {
+        if let Some(id) = container {
             self.remove_container(run, on, &id).await
         }
     }
@@ -442,20 +442,14 @@ impl Runner {
             .make_container(kind, run, on, cancel, &mut container)
             .await
         {
-            Ok(Ok(())) => match container {
-                Some(id) => Prepared::Ready(id),
-                None => Prepared::Ended(
-                    Outcome::failed(exit_code::NOT_RUN, "no container was made"),
-                    None,
-                ),
-            },
+            Ok(Ok(id)) => Prepared::Ready(id),
             Ok(Err(outcome)) => Prepared::Ended(outcome, container),
             Err(e) => Prepared::Ended(failure(run, e), container),
         }
     }
 
-    /// Makes the run's container and stages its files (`container` is set as soon as there
-    /// is one); `Ok(Err(outcome))` if the run cannot start.
+    /// Makes the run's container and stages its files; its id, or `Ok(Err(outcome))` if the
+    /// run cannot start (`container` is set as soon as there is one, to remove then).
     async fn make_container<K: Kind>(
         &self,
         kind: &K,
@@ -463,7 +457,7 @@ impl Runner {
         on: &Arc<Member>,
         cancelled: &CancellationToken,
         container: &mut Option<String>,
-    ) -> Result<Result<(), Outcome>> {
+    ) -> Result<Result<String, Outcome>> {
         let image = &run.image;
         // A precheck of the configured image waits for its self-test and fails at once if the
         // image is broken.
@@ -531,7 +525,7 @@ impl Runner {
             staged = on.engine.stage(&id, &dirs, &plan.files) => staged?,
             _ = cancelled.cancelled() => return Ok(Err(Outcome::cancelled())),
         }
-        Ok(Ok(()))
+        Ok(Ok(id))
     }
 
     /// Creates the container; a container of the same name that never started (prepared for
